@@ -1,0 +1,256 @@
+//! Every metric hotmount exports, defined in one place (DESIGN.md §6), on a
+//! registry of its own so tests can create as many agents as they like.
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+const NAMESPACE: &str = "hotmount";
+
+/// Buckets for mount operations and probes: 1 ms to about 2 minutes.
+const OPERATION_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+/// Buckets for FUSE requests: 10 µs to 10 s.
+const REQUEST_BUCKETS: &[f64] = &[
+    0.00001, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0,
+];
+
+/// All of hotmount's metrics.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// `hotmount_mounts{backend,state}`: mounts by backend and state.
+    pub mounts: IntGaugeVec,
+    /// `hotmount_mount_operations_total{backend,op,result}`.
+    pub mount_operations: IntCounterVec,
+    /// `hotmount_mount_operation_duration_seconds{backend,op}`.
+    pub mount_operation_duration: HistogramVec,
+    /// `hotmount_mount_healthy{name,backend}`: 1 when the last probe passed.
+    pub mount_healthy: IntGaugeVec,
+    /// `hotmount_probe_duration_seconds{backend}`.
+    pub probe_duration: HistogramVec,
+    /// `hotmount_recoveries_total{name,reason}`.
+    pub recoveries: IntCounterVec,
+    /// `hotmount_fuse_requests_total{name,op}`.
+    pub fuse_requests: IntCounterVec,
+    /// `hotmount_fuse_request_duration_seconds{op}`.
+    pub fuse_request_duration: HistogramVec,
+    /// `hotmount_s3_requests_total{name,op,result}`.
+    pub s3_requests: IntCounterVec,
+    /// `hotmount_s3_bytes_read_total{name}`.
+    pub s3_bytes_read: IntCounterVec,
+    /// `hotmount_http_requests_total{route,method,code}`.
+    pub http_requests: IntCounterVec,
+    /// `hotmount_build_info{version}`: always 1.
+    pub build_info: IntGaugeVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let opts = |name: &str, help: &str| Opts::new(name, help).namespace(NAMESPACE);
+        let histogram = |name: &str, help: &str, buckets: &[f64]| {
+            HistogramOpts::new(name, help)
+                .namespace(NAMESPACE)
+                .buckets(buckets.to_vec())
+        };
+        let metrics = Metrics {
+            mounts: IntGaugeVec::new(
+                opts("mounts", "Datasets by backend and state."),
+                &["backend", "state"],
+            )
+            .expect("valid metric"),
+            mount_operations: IntCounterVec::new(
+                opts(
+                    "mount_operations_total",
+                    "Mount, unmount and recovery operations by result.",
+                ),
+                &["backend", "op", "result"],
+            )
+            .expect("valid metric"),
+            mount_operation_duration: HistogramVec::new(
+                histogram(
+                    "mount_operation_duration_seconds",
+                    "Time taken by mount operations.",
+                    OPERATION_BUCKETS,
+                ),
+                &["backend", "op"],
+            )
+            .expect("valid metric"),
+            mount_healthy: IntGaugeVec::new(
+                opts(
+                    "mount_healthy",
+                    "1 when the dataset's last health probe passed, else 0.",
+                ),
+                &["name", "backend"],
+            )
+            .expect("valid metric"),
+            probe_duration: HistogramVec::new(
+                histogram(
+                    "probe_duration_seconds",
+                    "Time taken by health probes.",
+                    OPERATION_BUCKETS,
+                ),
+                &["backend"],
+            )
+            .expect("valid metric"),
+            recoveries: IntCounterVec::new(
+                opts("recoveries_total", "Re-mounts of broken datasets by reason."),
+                &["name", "reason"],
+            )
+            .expect("valid metric"),
+            fuse_requests: IntCounterVec::new(
+                opts("fuse_requests_total", "FUSE requests served by operation."),
+                &["name", "op"],
+            )
+            .expect("valid metric"),
+            fuse_request_duration: HistogramVec::new(
+                histogram(
+                    "fuse_request_duration_seconds",
+                    "Time taken to answer FUSE requests.",
+                    REQUEST_BUCKETS,
+                ),
+                &["op"],
+            )
+            .expect("valid metric"),
+            s3_requests: IntCounterVec::new(
+                opts("s3_requests_total", "Object store requests by operation and result."),
+                &["name", "op", "result"],
+            )
+            .expect("valid metric"),
+            s3_bytes_read: IntCounterVec::new(
+                opts("s3_bytes_read_total", "Bytes read from the object store."),
+                &["name"],
+            )
+            .expect("valid metric"),
+            http_requests: IntCounterVec::new(
+                opts("http_requests_total", "Control API requests by route and status."),
+                &["route", "method", "code"],
+            )
+            .expect("valid metric"),
+            build_info: IntGaugeVec::new(
+                opts("build_info", "Always 1; the version label says which build runs."),
+                &["version"],
+            )
+            .expect("valid metric"),
+            registry,
+        };
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(metrics.mounts.clone()),
+            Box::new(metrics.mount_operations.clone()),
+            Box::new(metrics.mount_operation_duration.clone()),
+            Box::new(metrics.mount_healthy.clone()),
+            Box::new(metrics.probe_duration.clone()),
+            Box::new(metrics.recoveries.clone()),
+            Box::new(metrics.fuse_requests.clone()),
+            Box::new(metrics.fuse_request_duration.clone()),
+            Box::new(metrics.s3_requests.clone()),
+            Box::new(metrics.s3_bytes_read.clone()),
+            Box::new(metrics.http_requests.clone()),
+            Box::new(metrics.build_info.clone()),
+        ];
+        for collector in collectors {
+            metrics
+                .registry
+                .register(collector)
+                .expect("metric names are unique");
+        }
+        metrics
+            .build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        metrics
+    }
+
+    /// Counts one mount operation and its duration.
+    pub fn observe_operation(&self, backend: &str, op: &str, ok: bool, took: Duration) {
+        let result = if ok { "success" } else { "error" };
+        self.mount_operations
+            .with_label_values(&[backend, op, result])
+            .inc();
+        self.mount_operation_duration
+            .with_label_values(&[backend, op])
+            .observe(took.as_secs_f64());
+    }
+
+    /// Counts one object-store request for dataset `name`.
+    pub fn observe_s3_request(&self, name: &str, op: &str, ok: bool) {
+        let result = if ok { "success" } else { "error" };
+        self.s3_requests.with_label_values(&[name, op, result]).inc();
+    }
+
+    /// Counts one FUSE request for dataset `name`.
+    pub fn observe_fuse_request(&self, name: &str, op: &str, took: Duration) {
+        self.fuse_requests.with_label_values(&[name, op]).inc();
+        self.fuse_request_duration
+            .with_label_values(&[op])
+            .observe(took.as_secs_f64());
+    }
+
+    /// Drops the per-dataset series of a dataset that is gone.
+    pub fn forget_dataset(&self, name: &str, backend: &str) {
+        let _ = self.mount_healthy.remove_label_values(&[name, backend]);
+        let _ = self.s3_bytes_read.remove_label_values(&[name]);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buffer)
+            .expect("text encoding into a Vec cannot fail");
+        String::from_utf8(buffer).expect("prometheus text is UTF-8")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_is_rendered_with_the_prefix() {
+        let metrics = Metrics::new();
+        metrics.observe_operation("s3", "mount", true, Duration::from_millis(3));
+        metrics.observe_s3_request("ds", "get", true);
+        metrics.observe_fuse_request("ds", "read", Duration::from_micros(50));
+        metrics.mount_healthy.with_label_values(&["ds", "s3"]).set(1);
+        metrics.mounts.with_label_values(&["s3", "Mounted"]).set(1);
+        metrics.recoveries.with_label_values(&["ds", "probe"]).inc();
+        metrics.probe_duration.with_label_values(&["s3"]).observe(0.01);
+        metrics.s3_bytes_read.with_label_values(&["ds"]).inc_by(10);
+        metrics
+            .http_requests
+            .with_label_values(&["/v1/mounts", "GET", "200"])
+            .inc();
+        let text = metrics.render();
+        for family in [
+            "hotmount_mounts",
+            "hotmount_mount_operations_total",
+            "hotmount_mount_operation_duration_seconds",
+            "hotmount_mount_healthy",
+            "hotmount_probe_duration_seconds",
+            "hotmount_recoveries_total",
+            "hotmount_fuse_requests_total",
+            "hotmount_fuse_request_duration_seconds",
+            "hotmount_s3_requests_total",
+            "hotmount_s3_bytes_read_total",
+            "hotmount_http_requests_total",
+            "hotmount_build_info",
+        ] {
+            assert!(text.contains(&format!("# TYPE {family} ")), "{family} missing:\n{text}");
+        }
+        metrics.forget_dataset("ds", "s3");
+        assert!(!metrics.render().contains("hotmount_mount_healthy{"));
+    }
+}

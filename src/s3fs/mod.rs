@@ -1,0 +1,10 @@
+//! hotmount's S3 filesystem: the object store ([`store`]), the filesystem logic
+//! that tests drive without the kernel ([`fs`]), and the thin fuser adapter
+//! ([`fuse`]).
+
+pub mod fs;
+pub mod fuse;
+pub mod store;
+
+pub use fs::{FsOptions, S3Filesystem};
+pub use store::{Bucket, FileEndpointPolicy, StoreError, open_bucket};

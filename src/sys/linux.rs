@@ -1,0 +1,201 @@
+//! The real [`Mounter`]: mount(2), umount2(2), /dev/fuse and mountinfo, through
+//! nix, procfs and fuser.
+
+use std::fs::OpenOptions;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::mount::{MntFlags, MsFlags};
+
+use super::{
+    FuseMountRequest, FuseSession, MountEntry, MountFlags, MountRequest, Mounter, SysError,
+    UnmountMode,
+};
+use crate::s3fs::fuse::FuseAdapter;
+
+/// Where the kernel exposes FUSE connections (fusectl).
+const FUSE_CONNECTIONS: &str = "/sys/fs/fuse/connections";
+
+/// The [`Mounter`] that talks to the kernel.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LinuxMounter;
+
+fn ms_flags(flags: MountFlags) -> MsFlags {
+    let mut ms = MsFlags::empty();
+    ms.set(MsFlags::MS_RDONLY, flags.read_only);
+    ms.set(MsFlags::MS_NOSUID, flags.nosuid);
+    ms.set(MsFlags::MS_NODEV, flags.nodev);
+    ms.set(MsFlags::MS_NOEXEC, flags.noexec);
+    ms
+}
+
+fn io_errno(err: &std::io::Error) -> Errno {
+    err.raw_os_error().map(Errno::from_raw).unwrap_or(Errno::EIO)
+}
+
+impl Mounter for LinuxMounter {
+    fn mount(&self, request: &MountRequest) -> Result<(), SysError> {
+        nix::mount::mount(
+            Some(request.source.as_str()),
+            &request.target,
+            Some(request.fstype.as_str()),
+            ms_flags(request.flags),
+            Some(request.data.as_str()),
+        )
+        .map_err(|errno| SysError::Mount {
+            fstype: request.fstype.clone(),
+            source_name: request.source.clone(),
+            target: request.target.clone(),
+            errno,
+        })
+    }
+
+    fn mount_fuse(
+        &self,
+        request: &FuseMountRequest,
+        adapter: FuseAdapter,
+    ) -> Result<FuseSession, SysError> {
+        let device: OwnedFd = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open("/dev/fuse")
+            .map_err(|e| SysError::FuseDevice(io_errno(&e)))?
+            .into();
+        let data = format!(
+            "fd={},rootmode=40000,user_id=0,group_id=0,allow_other,default_permissions",
+            device.as_raw_fd()
+        );
+        self.mount(&MountRequest {
+            source: request.fsname.clone(),
+            target: request.target.clone(),
+            fstype: "fuse.hotmount".to_string(),
+            flags: request.flags,
+            data,
+        })?;
+        let connection = std::fs::metadata(&request.target)
+            .ok()
+            .map(|m| nix::sys::stat::minor(m.dev()) as u32);
+        let started = start_fuse_server(device, adapter, request.threads);
+        match started {
+            Ok(thread) => Ok(FuseSession {
+                thread: Some(thread),
+                connection,
+            }),
+            Err(source) => {
+                // Nothing half-done: the mount without a server goes again.
+                let _ = self.unmount(&request.target, UnmountMode::Lazy);
+                Err(SysError::FuseSession {
+                    target: request.target.clone(),
+                    source,
+                })
+            }
+        }
+    }
+
+    fn unmount(&self, target: &Path, mode: UnmountMode) -> Result<(), SysError> {
+        let flags = match mode {
+            UnmountMode::Normal => MntFlags::empty(),
+            UnmountMode::Lazy => MntFlags::MNT_DETACH,
+            UnmountMode::Force => MntFlags::MNT_FORCE | MntFlags::MNT_DETACH,
+        };
+        nix::mount::umount2(target, flags).map_err(|errno| SysError::Unmount {
+            target: target.to_path_buf(),
+            errno,
+        })
+    }
+
+    fn make_rshared(&self, target: &Path) -> Result<(), SysError> {
+        nix::mount::mount(
+            None::<&str>,
+            target,
+            None::<&str>,
+            MsFlags::MS_SHARED | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(|errno| SysError::Propagation {
+            target: target.to_path_buf(),
+            errno,
+        })
+    }
+
+    fn mount_table(&self) -> Result<Vec<MountEntry>, SysError> {
+        let infos = procfs::process::Process::myself()
+            .and_then(|me| me.mountinfo())
+            .map_err(|e| SysError::MountInfo(e.to_string()))?;
+        Ok(infos.into_iter().map(MountEntry::from).collect())
+    }
+
+    fn abort_fuse_connection(&self, connection: u32) -> Result<(), SysError> {
+        let path = PathBuf::from(format!("{FUSE_CONNECTIONS}/{connection}/abort"));
+        if !Path::new(FUSE_CONNECTIONS).join(connection.to_string()).exists() {
+            // fusectl may not be mounted in this namespace yet.
+            let _ = nix::mount::mount(
+                Some("fusectl"),
+                FUSE_CONNECTIONS,
+                Some("fusectl"),
+                MsFlags::empty(),
+                None::<&str>,
+            );
+        }
+        std::fs::write(&path, b"1").map_err(|e| SysError::FuseSession {
+            target: path,
+            source: e,
+        })
+    }
+}
+
+fn start_fuse_server(
+    device: OwnedFd,
+    adapter: FuseAdapter,
+    threads: usize,
+) -> std::io::Result<std::thread::JoinHandle<std::io::Result<()>>> {
+    let mut config = fuser::Config::default();
+    config.n_threads = Some(threads.max(1));
+    config.clone_fd = true;
+    let session = fuser::Session::from_fd(adapter, device, fuser::SessionACL::All, config)?;
+    std::thread::Builder::new()
+        .name("fuse-session".to_string())
+        .spawn(move || session.run())
+}
+
+impl From<procfs::process::MountInfo> for MountEntry {
+    fn from(info: procfs::process::MountInfo) -> Self {
+        use procfs::process::MountOptFields;
+        let options = |map: std::collections::HashMap<String, Option<String>>| {
+            let mut list: Vec<String> = map
+                .into_iter()
+                .map(|(k, v)| match v {
+                    Some(v) => format!("{k}={v}"),
+                    None => k,
+                })
+                .collect();
+            list.sort();
+            list
+        };
+        let (major, minor) = info.majmin.split_once(':').unwrap_or(("0", "0"));
+        MountEntry {
+            mount_id: info.mnt_id,
+            parent_id: info.pid,
+            major_minor: (major.parse().unwrap_or(0), minor.parse().unwrap_or(0)),
+            root: PathBuf::from(info.root),
+            mount_point: info.mount_point,
+            mount_options: options(info.mount_options),
+            optional_fields: info
+                .opt_fields
+                .iter()
+                .map(|field| match field {
+                    MountOptFields::Shared(n) => format!("shared:{n}"),
+                    MountOptFields::Master(n) => format!("master:{n}"),
+                    MountOptFields::PropagateFrom(n) => format!("propagate_from:{n}"),
+                    MountOptFields::Unbindable => "unbindable".to_string(),
+                })
+                .collect(),
+            fstype: info.fs_type,
+            source: info.mount_source.unwrap_or_default(),
+            super_options: options(info.super_options),
+        }
+    }
+}
