@@ -1,7 +1,139 @@
 //! hotmount: a node-local agent that mounts NFS exports and S3 buckets (served by
 //! its own FUSE filesystem) under one rshared root, so running pods see datasets
-//! appear and disappear live.
+//! appear and disappear live. [`run`] wires the pieces together.
+
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod manager;
 pub mod metrics;
+pub mod nfs;
 pub mod s3fs;
 pub mod spec;
+pub mod state;
 pub mod sys;
+
+use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::manager::{Manager, ManagerError};
+use crate::metrics::Metrics;
+use crate::state::{StateError, StateStore};
+use crate::sys::Mounter;
+
+/// Why the agent stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The state directory is unusable.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// A listener could not be set up.
+    #[error("listen on {what}: {source}")]
+    Listen {
+        /// The socket path or address.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Start-up (root, reconcile) failed.
+    #[error("start: {0}")]
+    Start(#[from] ManagerError),
+    /// A server failed.
+    #[error("serve: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Runs the agent until `shutdown` completes: serves the API (answering
+/// `/readyz` 503 while starting), prepares the root, reconciles, then serves;
+/// on shutdown finishes in-flight calls and stops the manager.
+pub async fn run(
+    config: Config,
+    mounter: Arc<dyn Mounter>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let metrics = Arc::new(Metrics::new());
+    let store = StateStore::open(&config.state_dir)?;
+    let manager = Manager::new(config.manager.clone(), mounter, store, metrics);
+
+    let unix = bind_socket(&config)?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let mut servers = tokio::task::JoinSet::new();
+    servers.spawn(
+        axum::serve(unix, api::router(manager.clone()))
+            .with_graceful_shutdown(stopped(stop_rx.clone()))
+            .into_future(),
+    );
+    if let Some((addr, tokens)) = &config.listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| RunError::Listen {
+                what: addr.to_string(),
+                source,
+            })?;
+        tracing::info!(%addr, "serving the API on TCP (bearer tokens required)");
+        servers.spawn(
+            axum::serve(listener, api::router_with_tokens(manager.clone(), tokens.clone()))
+                .with_graceful_shutdown(stopped(stop_rx.clone()))
+                .into_future(),
+        );
+    }
+    tracing::info!(socket = %config.socket.display(), root = %manager.root().display(), "hotmount starting");
+
+    let started = manager.start().await;
+    if let Err(err) = started {
+        let _ = stop_tx.send(true);
+        while servers.join_next().await.is_some() {}
+        let _ = std::fs::remove_file(&config.socket);
+        return Err(err.into());
+    }
+    tracing::info!(datasets = manager.list().len(), "ready");
+
+    let mut shutdown = std::pin::pin!(shutdown);
+    let failure = tokio::select! {
+        () = &mut shutdown => None,
+        Some(result) = servers.join_next() => Some(result),
+    };
+    tracing::info!("stopping: finishing in-flight calls");
+    let _ = stop_tx.send(true);
+    while servers.join_next().await.is_some() {}
+    manager.shutdown().await;
+    let _ = std::fs::remove_file(&config.socket);
+    match failure {
+        Some(Ok(Err(e))) => Err(RunError::Serve(e)),
+        Some(Err(join)) => Err(RunError::Serve(std::io::Error::other(join))),
+        _ => Ok(()),
+    }
+}
+
+fn bind_socket(config: &Config) -> Result<tokio::net::UnixListener, RunError> {
+    let path: &PathBuf = &config.socket;
+    let fail = |source| RunError::Listen {
+        what: path.display().to_string(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(fail)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => tracing::info!(socket = %path.display(), "removed a stale socket"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(fail(e)),
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(fail)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(fail)?;
+    if let Some(group) = &config.socket_group {
+        let gid = nix::unistd::Group::from_name(group)
+            .map_err(|e| fail(std::io::Error::from(e)))?
+            .ok_or_else(|| fail(std::io::Error::other(format!("no group named {group}"))))?
+            .gid;
+        nix::unistd::chown(path, None, Some(gid)).map_err(|e| fail(std::io::Error::from(e)))?;
+    }
+    Ok(listener)
+}

@@ -128,6 +128,18 @@ impl Mounter for LinuxMounter {
         Ok(infos.into_iter().map(MountEntry::from).collect())
     }
 
+    fn verify_propagation(&self, root: &Path) -> Result<(), SysError> {
+        let canary = root.join(format!(".hotmount-canary-{}", std::process::id()));
+        let fail = |reason: String| SysError::Canary {
+            root: root.to_path_buf(),
+            reason,
+        };
+        std::fs::create_dir_all(&canary).map_err(|e| fail(format!("create {}: {e}", canary.display())))?;
+        let result = self.canary_check(root, &canary).map_err(fail);
+        let _ = std::fs::remove_dir(&canary);
+        result
+    }
+
     fn abort_fuse_connection(&self, connection: u32) -> Result<(), SysError> {
         let path = PathBuf::from(format!("{FUSE_CONNECTIONS}/{connection}/abort"));
         if !Path::new(FUSE_CONNECTIONS).join(connection.to_string()).exists() {
@@ -144,6 +156,96 @@ impl Mounter for LinuxMounter {
             target: path,
             source: e,
         })
+    }
+}
+
+/// How long each side of the canary check waits for the other.
+const CANARY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn canary_visible(canary: &Path) -> Result<bool, String> {
+    // The calling thread's own namespace, not the process's.
+    let text = std::fs::read_to_string("/proc/thread-self/mountinfo").map_err(|e| e.to_string())?;
+    let wanted = canary.to_string_lossy();
+    Ok(text
+        .lines()
+        .any(|line| line.split(' ').nth(4) == Some(wanted.as_ref())))
+}
+
+/// The "pod" side of the canary check, on a thread of its own: unshare the
+/// mount namespace, make the root a slave, report what it sees.
+fn canary_viewer(
+    root: PathBuf,
+    canary: PathBuf,
+    steps: std::sync::mpsc::Receiver<()>,
+    seen: std::sync::mpsc::Sender<Result<bool, String>>,
+) {
+    let setup = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .map_err(|e| format!("unshare a viewer namespace: {e}"))
+        .and_then(|()| {
+            nix::mount::mount(
+                None::<&str>,
+                &root,
+                None::<&str>,
+                MsFlags::MS_SLAVE | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .map_err(|e| format!("make the viewer's root a slave: {e}"))
+        });
+    let failed = setup.is_err();
+    if seen.send(setup.map(|()| true)).is_err() || failed {
+        return;
+    }
+    for _ in 0..2 {
+        if steps.recv_timeout(CANARY_WAIT).is_err() {
+            return;
+        }
+        if seen.send(canary_visible(&canary)).is_err() {
+            return;
+        }
+    }
+}
+
+impl LinuxMounter {
+    fn canary_check(&self, root: &Path, canary: &Path) -> Result<(), String> {
+        let (step_tx, step_rx) = std::sync::mpsc::channel();
+        let (seen_tx, seen_rx) = std::sync::mpsc::channel();
+        let (viewer_root, viewer_canary) = (root.to_path_buf(), canary.to_path_buf());
+        let viewer = std::thread::Builder::new()
+            .name("canary-viewer".to_string())
+            .spawn(move || canary_viewer(viewer_root, viewer_canary, step_rx, seen_tx))
+            .map_err(|e| e.to_string())?;
+        let wait = |what: &str| {
+            seen_rx
+                .recv_timeout(CANARY_WAIT)
+                .map_err(|_| format!("viewer did not answer ({what})"))?
+        };
+        let result = (|| {
+            wait("setup")?;
+            self.mount(&MountRequest {
+                source: "hotmount-canary".to_string(),
+                target: canary.to_path_buf(),
+                fstype: "tmpfs".to_string(),
+                flags: MountFlags::dataset(true),
+                data: "size=4k".to_string(),
+            })
+            .map_err(|e| e.to_string())?;
+            let _ = step_tx.send(());
+            let appeared = wait("mount");
+            let unmounted = self.unmount(canary, UnmountMode::Lazy);
+            let _ = step_tx.send(());
+            let vanished = wait("unmount");
+            unmounted.map_err(|e| e.to_string())?;
+            if !appeared? {
+                return Err("a canary mount did not appear in a slave namespace".to_string());
+            }
+            if vanished? {
+                return Err("a canary unmount did not propagate to a slave namespace".to_string());
+            }
+            Ok(())
+        })();
+        drop(step_tx);
+        let _ = viewer.join();
+        result
     }
 }
 

@@ -193,6 +193,14 @@ pub enum SysError {
     /// Opening /dev/fuse failed.
     #[error("open /dev/fuse: {0}")]
     FuseDevice(nix::errno::Errno),
+    /// The canary mount did not propagate.
+    #[error("canary under {root}: {reason}")]
+    Canary {
+        /// The root.
+        root: PathBuf,
+        /// What was seen.
+        reason: String,
+    },
     /// The FUSE handshake or server start failed.
     #[error("start fuse server for {target}: {source}")]
     FuseSession {
@@ -214,7 +222,7 @@ impl SysError {
             SysError::FuseSession { source, .. } => {
                 source.raw_os_error().map(nix::errno::Errno::from_raw)
             }
-            SysError::MountInfo(_) => None,
+            SysError::MountInfo(_) | SysError::Canary { .. } => None,
         }
     }
 }
@@ -237,6 +245,10 @@ pub trait Mounter: Send + Sync + 'static {
     fn mount_table(&self) -> Result<Vec<MountEntry>, SysError>;
     /// Aborts a FUSE connection through /sys/fs/fuse/connections/N/abort.
     fn abort_fuse_connection(&self, connection: u32) -> Result<(), SysError>;
+    /// Proves that mounts under `root` propagate into other mount namespaces:
+    /// a canary mounted under it must appear in, and vanish from, a fresh
+    /// namespace whose copy of the root is a slave (as a pod's is).
+    fn verify_propagation(&self, root: &Path) -> Result<(), SysError>;
 }
 
 /// The mounts at exactly `path`, bottom first.

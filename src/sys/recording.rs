@@ -27,6 +27,8 @@ pub enum RecordedCall {
     MakeRshared(PathBuf),
     /// `abort_fuse_connection`.
     AbortFuse(u32),
+    /// `verify_propagation`.
+    VerifyPropagation(PathBuf),
 }
 
 #[derive(Debug, Default)]
@@ -39,7 +41,8 @@ struct Inner {
 }
 
 /// The recording fake. Operation names for [`RecordingMounter::fail`] and
-/// [`RecordingMounter::delay`]: `mount`, `mount_fuse`, `unmount`, `make_rshared`.
+/// [`RecordingMounter::delay`]: `mount`, `mount_fuse`, `unmount`, `make_rshared`,
+/// `verify_propagation`.
 #[derive(Debug, Default)]
 pub struct RecordingMounter {
     inner: Mutex<Inner>,
@@ -212,6 +215,20 @@ impl Mounter for RecordingMounter {
     fn abort_fuse_connection(&self, connection: u32) -> Result<(), SysError> {
         self.lock().calls.push(RecordedCall::AbortFuse(connection));
         Ok(())
+    }
+
+    fn verify_propagation(&self, root: &Path) -> Result<(), SysError> {
+        let failure = self.before("verify_propagation");
+        self.lock()
+            .calls
+            .push(RecordedCall::VerifyPropagation(root.to_path_buf()));
+        match failure {
+            Some(errno) => Err(SysError::Canary {
+                root: root.to_path_buf(),
+                reason: format!("did not appear in a slave namespace ({errno})"),
+            }),
+            None => Ok(()),
+        }
     }
 }
 

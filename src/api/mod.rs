@@ -1,0 +1,332 @@
+//! The control API (v1): `fn router(state) -> Router`, so tests call it with
+//! `oneshot` and no socket. Handlers parse a request into a typed command for
+//! the manager; they never touch the kernel.
+
+mod error;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+pub use error::{ApiError, ErrorBody, ErrorDetail};
+
+use crate::manager::{Manager, MountState, MountView};
+use crate::spec::MountSpec;
+
+/// Largest accepted request body.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Longest `?timeout=` a waiting GET may ask for.
+pub const MAX_WAIT: Duration = Duration::from_secs(600);
+
+/// Bearer tokens accepted on the TCP listener.
+#[derive(Clone, Default)]
+pub struct TokenSet {
+    tokens: Vec<String>,
+}
+
+impl std::fmt::Debug for TokenSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TokenSet({} tokens)", self.tokens.len())
+    }
+}
+
+impl TokenSet {
+    /// Parses a token file: one token per line, `#` comments.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let tokens: Vec<String> = text
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty() && !line.starts_with('#'))
+            .map(str::to_string)
+            .collect();
+        if tokens.is_empty() {
+            return Err("holds no token".to_string());
+        }
+        if let Some(short) = tokens.iter().position(|t| t.len() < 16) {
+            return Err(format!("token on line {} is shorter than 16 characters", short + 1));
+        }
+        Ok(TokenSet { tokens })
+    }
+
+    fn accepts(&self, presented: &[u8]) -> bool {
+        // Constant time per token: no early exit on the first differing byte.
+        self.tokens.iter().fold(false, |found, token| {
+            let token = token.as_bytes();
+            let same_len = token.len() == presented.len();
+            let diff = token
+                .iter()
+                .zip(presented.iter().chain(std::iter::repeat(&0)))
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+            found | (same_len && diff == 0)
+        })
+    }
+}
+
+/// The list response.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MountList {
+    /// Every dataset.
+    pub items: Vec<MountView>,
+}
+
+/// The readiness response.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Readiness {
+    /// Whether the agent serves mounts.
+    pub ready: bool,
+    /// Things an operator should look at.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GetQuery {
+    wait: Option<String>,
+    timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteQuery {
+    force: Option<bool>,
+}
+
+/// The router of the unix-socket listener (access is the socket's mode).
+pub fn router(manager: Manager) -> Router {
+    Router::new()
+        .route(
+            "/v1/mounts/{name}",
+            get(get_mount).put(put_mount).delete(delete_mount),
+        )
+        .route("/v1/mounts", get(list_mounts))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(no_route)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(manager.clone(), count_requests))
+        .with_state(manager)
+}
+
+/// The router of the TCP listener: every call needs a bearer token.
+pub fn router_with_tokens(manager: Manager, tokens: TokenSet) -> Router {
+    router(manager).layer(middleware::from_fn_with_state(
+        Arc::new(tokens),
+        require_token,
+    ))
+}
+
+async fn require_token(
+    State(tokens): State<Arc<TokenSet>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        Some(token) if tokens.accepts(token.as_bytes()) => next.run(request).await,
+        _ => {
+            let mut response = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                "a valid bearer token is required (Authorization: Bearer TOKEN)",
+            )
+            .into_response();
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+        }
+    }
+}
+
+async fn count_requests(State(manager): State<Manager>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    manager
+        .metrics()
+        .http_requests
+        .with_label_values(&[&route, method.as_str(), response.status().as_str()])
+        .inc();
+    response
+}
+
+async fn no_route(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        format!("no route {method} {}", uri.path()),
+    )
+}
+
+async fn put_mount(
+    State(manager): State<Manager>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    crate::spec::validate_name(&name)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "InvalidName", e.to_string()))?;
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "PayloadTooLarge",
+                format!("request body exceeds {MAX_BODY_BYTES} bytes"),
+            )
+        } else {
+            ApiError::new(StatusCode::BAD_REQUEST, "InvalidBody", rejection.body_text())
+        }
+    })?;
+    let spec = parse_spec(&body)?;
+    let outcome = manager.put(&name, spec).await?;
+    let status = if outcome.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(outcome.mount)).into_response())
+}
+
+/// Parses a mount spec; the error names the JSON path of the bad field.
+pub fn parse_spec(body: &[u8]) -> Result<MountSpec, ApiError> {
+    let deserializer = &mut serde_json::Deserializer::from_slice(body);
+    let spec: MountSpec = serde_path_to_error::deserialize(deserializer).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        let message = if path == "." || path.is_empty() {
+            format!("request body: {inner}")
+        } else {
+            format!("{path}: {inner}")
+        };
+        ApiError::new(StatusCode::BAD_REQUEST, "InvalidSpec", message)
+    })?;
+    spec.validate()
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "InvalidSpec", e.to_string()))?;
+    Ok(spec)
+}
+
+async fn get_mount(
+    State(manager): State<Manager>,
+    Path(name): Path<String>,
+    query: Result<Query<GetQuery>, QueryRejection>,
+) -> Result<Json<MountView>, ApiError> {
+    let Query(query) = query.map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, "InvalidQuery", e.body_text())
+    })?;
+    let Some(wait) = query.wait else {
+        if query.timeout.is_some() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "InvalidQuery",
+                "timeout: only valid together with wait=STATE",
+            ));
+        }
+        return Ok(Json(manager.get(&name)?));
+    };
+    let state: MountState = wait
+        .parse()
+        .map_err(|e: String| ApiError::new(StatusCode::BAD_REQUEST, "InvalidQuery", format!("wait: {e}")))?;
+    let timeout = match query.timeout.as_deref() {
+        None => Duration::from_secs(30),
+        Some(text) => humantime::parse_duration(text)
+            .ok()
+            .filter(|d| *d <= MAX_WAIT)
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidQuery",
+                    format!("timeout: {text:?} is not a duration up to 600s (e.g. 30s, 2m)"),
+                )
+            })?,
+    };
+    Ok(Json(manager.wait_for(&name, state, timeout).await?))
+}
+
+async fn delete_mount(
+    State(manager): State<Manager>,
+    Path(name): Path<String>,
+    query: Result<Query<DeleteQuery>, QueryRejection>,
+) -> Result<Json<MountView>, ApiError> {
+    let Query(query) = query.map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, "InvalidQuery", e.body_text())
+    })?;
+    Ok(Json(manager.delete(&name, query.force.unwrap_or(false)).await?))
+}
+
+async fn list_mounts(State(manager): State<Manager>) -> Json<MountList> {
+    Json(MountList {
+        items: manager.list(),
+    })
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn readyz(State(manager): State<Manager>) -> Response {
+    let readiness = Readiness {
+        ready: manager.is_ready(),
+        warnings: manager.warnings(),
+    };
+    let status = if readiness.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(readiness)).into_response()
+}
+
+async fn metrics(State(manager): State<Manager>) -> Response {
+    let mut response = Response::new(Body::from(manager.metrics().render()));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_files_need_long_tokens() {
+        let set = TokenSet::parse("# operators\nabcdefghijklmnopqrstuvwxyz\n").unwrap();
+        assert!(set.accepts(b"abcdefghijklmnopqrstuvwxyz"));
+        assert!(!set.accepts(b"abcdefghijklmnopqrstuvwxy"));
+        assert!(!set.accepts(b""));
+        assert!(TokenSet::parse("\n# none\n").is_err());
+        assert!(TokenSet::parse("short").unwrap_err().contains("line 1"));
+    }
+
+    #[test]
+    fn spec_errors_name_the_field_path() {
+        let err = parse_spec(br#"{"source":{"s3":{"bucket":"abc","bogus":1}}}"#).unwrap_err();
+        assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+        assert!(err.message.contains("source.s3"), "{}", err.message);
+        assert!(err.message.contains("bogus"), "{}", err.message);
+        let err = parse_spec(br#"{"source":{"nfs":{"server":"h","export":"/x","nconnect":"4"}}}"#).unwrap_err();
+        assert!(err.message.contains("source.nfs.nconnect"), "{}", err.message);
+        let err = parse_spec(b"not json").unwrap_err();
+        assert!(err.message.starts_with("request body"), "{}", err.message);
+    }
+}

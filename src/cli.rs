@@ -1,0 +1,444 @@
+//! The command line: `serve` runs the agent; `attach`, `detach`, `ls` and
+//! `status` are clients of its API (human tables by default, `--json` for
+//! scripts, a non-zero exit on failure).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use hyper::{Method, StatusCode};
+
+use crate::api::{ErrorBody, MountList};
+use crate::client::{Endpoint, Reply, call};
+use crate::config::{DEFAULT_SOCKET, ServeArgs};
+use crate::manager::MountView;
+use crate::spec::{
+    MountSpec, NfsSource, NfsVersion, S3Credentials, S3Source, SourceSpec,
+};
+
+/// hotmount: live dataset mounts for running pods.
+#[derive(Debug, clap::Parser)]
+#[command(name = "hotmount", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Run the agent.
+    Serve(ServeArgs),
+    /// Mount a dataset (S3 bucket or NFS export) under the root.
+    Attach(AttachArgs),
+    /// Unmount a dataset and forget it.
+    Detach(DetachArgs),
+    /// List datasets.
+    Ls(ListArgs),
+    /// Show one dataset.
+    Status(StatusArgs),
+}
+
+/// How clients reach the agent.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConnectArgs {
+    /// The agent's unix socket.
+    #[arg(long, env = "HOTMOUNT_SOCKET", default_value = DEFAULT_SOCKET, global = true)]
+    pub socket: PathBuf,
+    /// The agent's TCP address instead, e.g. http://10.0.0.7:7470 (needs --token-file).
+    #[arg(long, env = "HOTMOUNT_URL", global = true)]
+    pub url: Option<String>,
+    /// A file holding the bearer token for --url.
+    #[arg(long, env = "HOTMOUNT_TOKEN_FILE", global = true)]
+    pub token_file: Option<PathBuf>,
+}
+
+/// `attach`.
+#[derive(Debug, clap::Args)]
+pub struct AttachArgs {
+    /// The dataset name (the directory under the root).
+    pub name: String,
+    /// An S3 source: s3://BUCKET[/PREFIX].
+    #[arg(long, conflicts_with = "nfs", required_unless_present = "nfs")]
+    pub s3: Option<String>,
+    /// An NFS source: SERVER:/EXPORT.
+    #[arg(long)]
+    pub nfs: Option<String>,
+    /// S3 endpoint (http(s)://HOST:PORT, or file:///DIR).
+    #[arg(long, requires = "s3")]
+    pub endpoint: Option<String>,
+    /// S3 region.
+    #[arg(long, requires = "s3")]
+    pub region: Option<String>,
+    /// S3 path-style addressing.
+    #[arg(long, requires = "s3")]
+    pub path_style: bool,
+    /// S3 credentials file (access_key_id=..., secret_access_key=...).
+    #[arg(long, requires = "s3")]
+    pub credentials_file: Option<PathBuf>,
+    /// The S3 dataset never changes: cache metadata without expiry.
+    #[arg(long, requires = "s3")]
+    pub immutable: bool,
+    /// NFS version: 3, 4, 4.1 or 4.2.
+    #[arg(long, requires = "nfs")]
+    pub nfs_version: Option<String>,
+    /// Mount read-write (read-only by default).
+    #[arg(long)]
+    pub rw: bool,
+    /// A label KEY=VALUE (repeatable).
+    #[arg(long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Wait until the dataset is Mounted (up to --timeout).
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits.
+    #[arg(long, default_value = "60s")]
+    pub timeout: String,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Connection.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// `detach`.
+#[derive(Debug, clap::Args)]
+pub struct DetachArgs {
+    /// The dataset name.
+    pub name: String,
+    /// Detach lazily even if files are open.
+    #[arg(long)]
+    pub force: bool,
+    /// Connection.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// `ls`.
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Connection.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// `status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// The dataset name.
+    pub name: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Connection.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{text:?}: expected KEY=VALUE"))
+}
+
+/// A failed client command: what to print, and the exit code.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct CommandError {
+    /// The message.
+    pub message: String,
+}
+
+impl CommandError {
+    fn new(message: impl Into<String>) -> Self {
+        CommandError {
+            message: message.into(),
+        }
+    }
+}
+
+impl ConnectArgs {
+    fn endpoint(&self) -> Result<Endpoint, CommandError> {
+        let Some(url) = &self.url else {
+            return Ok(Endpoint::Unix(self.socket.clone()));
+        };
+        let authority = url
+            .strip_prefix("http://")
+            .ok_or_else(|| CommandError::new(format!("--url {url}: expected http://HOST:PORT")))?
+            .trim_end_matches('/')
+            .to_string();
+        let token_file = self
+            .token_file
+            .as_ref()
+            .ok_or_else(|| CommandError::new("--url needs --token-file"))?;
+        let token = std::fs::read_to_string(token_file)
+            .map_err(|e| CommandError::new(format!("--token-file {}: {e}", token_file.display())))?
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty() && !l.starts_with('#'))
+            .ok_or_else(|| CommandError::new(format!("--token-file {}: no token", token_file.display())))?
+            .to_string();
+        Ok(Endpoint::Tcp { authority, token })
+    }
+}
+
+/// Builds the mount spec of `attach` from its flags.
+pub fn spec_from_attach(args: &AttachArgs) -> Result<MountSpec, CommandError> {
+    let source = if let Some(url) = &args.s3 {
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or_else(|| CommandError::new(format!("--s3 {url}: expected s3://BUCKET[/PREFIX]")))?;
+        let (bucket, prefix) = match rest.split_once('/') {
+            Some((bucket, prefix)) => (bucket, (!prefix.is_empty()).then(|| prefix.to_string())),
+            None => (rest, None),
+        };
+        SourceSpec::S3(S3Source {
+            bucket: bucket.to_string(),
+            prefix,
+            endpoint: args.endpoint.clone(),
+            region: args.region.clone(),
+            path_style: args.path_style,
+            credentials: args.credentials_file.clone().map(S3Credentials::File),
+            immutable: args.immutable,
+        })
+    } else if let Some(nfs) = &args.nfs {
+        let (server, export) = nfs
+            .rsplit_once(":/")
+            .ok_or_else(|| CommandError::new(format!("--nfs {nfs}: expected SERVER:/EXPORT")))?;
+        let version = args
+            .nfs_version
+            .as_deref()
+            .map(|v| {
+                serde_json::from_value::<NfsVersion>(serde_json::Value::String(v.to_string()))
+                    .map_err(|_| CommandError::new(format!("--nfs-version {v}: expected 3, 4, 4.1 or 4.2")))
+            })
+            .transpose()?;
+        SourceSpec::Nfs(NfsSource {
+            server: server.trim_start_matches('[').trim_end_matches(']').to_string(),
+            export: format!("/{export}"),
+            version,
+            nconnect: None,
+            soft: None,
+            timeo_seconds: None,
+            retrans: None,
+            rsize: None,
+            wsize: None,
+            port: None,
+        })
+    } else {
+        return Err(CommandError::new("give --s3 or --nfs"));
+    };
+    let spec = MountSpec {
+        source,
+        read_only: !args.rw,
+        labels: args.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
+    };
+    spec.validate()
+        .map_err(|e| CommandError::new(format!("invalid mount: {e}")))?;
+    Ok(spec)
+}
+
+fn api_error(reply: &Reply) -> CommandError {
+    match serde_json::from_slice::<ErrorBody>(&reply.body) {
+        Ok(body) => CommandError::new(format!(
+            "{} ({}): {}",
+            body.error.code,
+            reply.status.as_u16(),
+            body.error.message
+        )),
+        Err(_) => CommandError::new(format!(
+            "agent answered {}: {}",
+            reply.status,
+            String::from_utf8_lossy(&reply.body)
+        )),
+    }
+}
+
+async fn request(
+    connect: &ConnectArgs,
+    method: Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> Result<Reply, CommandError> {
+    let endpoint = connect.endpoint()?;
+    call(&endpoint, method, path, body)
+        .await
+        .map_err(|e| CommandError::new(e.to_string()))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(reply: &Reply) -> Result<T, CommandError> {
+    if !reply.status.is_success() {
+        return Err(api_error(reply));
+    }
+    serde_json::from_slice(&reply.body)
+        .map_err(|e| CommandError::new(format!("unexpected answer from the agent: {e}")))
+}
+
+/// Runs a client command; returns what to print.
+pub async fn run_client(command: Command) -> Result<String, CommandError> {
+    match command {
+        Command::Serve(_) => Err(CommandError::new("serve is not a client command")),
+        Command::Attach(args) => {
+            let spec = spec_from_attach(&args)?;
+            let body = serde_json::to_vec(&spec).expect("a spec serialises");
+            let path = format!("/v1/mounts/{}", args.name);
+            let reply = request(&args.connect, Method::PUT, &path, Some(body)).await?;
+            let mut view: MountView = decode(&reply)?;
+            if args.wait && view.state != crate::manager::MountState::Mounted {
+                let wait_path = format!("{path}?wait=Mounted&timeout={}", args.timeout);
+                let reply = request(&args.connect, Method::GET, &wait_path, None).await?;
+                view = decode(&reply)?;
+            }
+            if args.json {
+                Ok(serde_json::to_string_pretty(&view).expect("views serialise"))
+            } else {
+                let verb = if reply.status == StatusCode::CREATED {
+                    "mounted"
+                } else {
+                    "already mounted"
+                };
+                Ok(format!("{} {verb} at {} ({})", view.name, view.path.display(), view.state.as_str()))
+            }
+        }
+        Command::Detach(args) => {
+            let path = format!("/v1/mounts/{}{}", args.name, if args.force { "?force=true" } else { "" });
+            let reply = request(&args.connect, Method::DELETE, &path, None).await?;
+            let view: MountView = decode(&reply)?;
+            Ok(format!("{} unmounted from {}", view.name, view.path.display()))
+        }
+        Command::Ls(args) => {
+            let reply = request(&args.connect, Method::GET, "/v1/mounts", None).await?;
+            let list: MountList = decode(&reply)?;
+            if args.json {
+                return Ok(serde_json::to_string_pretty(&list).expect("lists serialise"));
+            }
+            Ok(render_table(&list.items))
+        }
+        Command::Status(args) => {
+            let reply = request(&args.connect, Method::GET, &format!("/v1/mounts/{}", args.name), None).await?;
+            let view: MountView = decode(&reply)?;
+            if args.json {
+                return Ok(serde_json::to_string_pretty(&view).expect("views serialise"));
+            }
+            Ok(render_status(&view))
+        }
+    }
+}
+
+/// A short description of a source.
+pub fn describe_source(source: &SourceSpec) -> String {
+    match source {
+        SourceSpec::S3(s3) => format!("s3://{}/{}", s3.bucket, s3.normalized_prefix()),
+        SourceSpec::Nfs(nfs) => format!("{}:{}", nfs.server, nfs.export),
+    }
+}
+
+/// The `ls` table.
+pub fn render_table(items: &[MountView]) -> String {
+    let mut rows = vec![[
+        "NAME".to_string(),
+        "BACKEND".to_string(),
+        "STATE".to_string(),
+        "MODE".to_string(),
+        "SOURCE".to_string(),
+        "PATH".to_string(),
+    ]];
+    for item in items {
+        rows.push([
+            item.name.clone(),
+            item.source.backend().as_str().to_string(),
+            item.state.as_str().to_string(),
+            if item.read_only { "ro" } else { "rw" }.to_string(),
+            describe_source(&item.source),
+            item.path.display().to_string(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..6)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    rows.iter()
+        .map(|row| {
+            row.iter()
+                .zip(&widths)
+                .map(|(cell, w)| format!("{cell:<w$}"))
+                .collect::<Vec<_>>()
+                .join("  ")
+                .trim_end()
+                .to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The `status` view.
+pub fn render_status(view: &MountView) -> String {
+    let mut lines = vec![
+        format!("name:        {}", view.name),
+        format!("path:        {}", view.path.display()),
+        format!("source:      {}", describe_source(&view.source)),
+        format!("backend:     {}", view.source.backend().as_str()),
+        format!("mode:        {}", if view.read_only { "read-only" } else { "read-write" }),
+        format!("state:       {}", view.state.as_str()),
+        format!("generation:  {}", view.generation),
+        format!("created:     {}", view.created_at.to_rfc3339()),
+    ];
+    if let Some(probe) = view.health.last_probe {
+        let latency = view.health.latency_seconds.unwrap_or_default() * 1000.0;
+        lines.push(format!("last probe:  {} ({latency:.1} ms)", probe.to_rfc3339()));
+    }
+    if let Some(error) = &view.last_error {
+        lines.push(format!("last error:  {error}"));
+    }
+    for (key, value) in &view.labels {
+        lines.push(format!("label:       {key}={value}"));
+    }
+    lines.join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn attach(argv: &[&str]) -> Result<MountSpec, String> {
+        let mut full = vec!["hotmount", "attach"];
+        full.extend_from_slice(argv);
+        let cli = Cli::try_parse_from(full).map_err(|e| e.to_string())?;
+        let Command::Attach(args) = cli.command else { panic!() };
+        spec_from_attach(&args).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn attach_builds_s3_specs() {
+        let spec = attach(&["ds", "--s3", "s3://bucket/a/b", "--endpoint", "file:///srv/buckets", "--rw"]).unwrap();
+        assert!(!spec.read_only);
+        let SourceSpec::S3(s3) = spec.source else { panic!() };
+        assert_eq!(s3.bucket, "bucket");
+        assert_eq!(s3.prefix.as_deref(), Some("a/b"));
+        assert_eq!(s3.endpoint.as_deref(), Some("file:///srv/buckets"));
+    }
+
+    #[test]
+    fn attach_builds_nfs_specs() {
+        let spec = attach(&["ds", "--nfs", "10.0.0.5:/exports/x", "--nfs-version", "4.2", "--label", "team=a"]).unwrap();
+        assert!(spec.read_only);
+        assert_eq!(spec.labels.get("team").map(String::as_str), Some("a"));
+        let SourceSpec::Nfs(nfs) = spec.source else { panic!() };
+        assert_eq!((nfs.server.as_str(), nfs.export.as_str()), ("10.0.0.5", "/exports/x"));
+        assert_eq!(nfs.version, Some(NfsVersion::V4_2));
+    }
+
+    #[test]
+    fn attach_rejects_bad_sources() {
+        assert!(attach(&["ds", "--s3", "http://bucket"]).unwrap_err().contains("s3://"));
+        assert!(attach(&["ds", "--nfs", "server-no-export"]).unwrap_err().contains("SERVER:/EXPORT"));
+        assert!(attach(&["ds", "--nfs", "h:/x", "--nfs-version", "5"]).unwrap_err().contains("--nfs-version"));
+        assert!(attach(&["ds"]).is_err());
+        assert!(attach(&["ds", "--s3", "s3://b", "--nfs", "h:/x"]).is_err());
+        assert!(attach(&["ds", "--s3", "s3://AB"]).unwrap_err().contains("source.s3.bucket"));
+    }
+}

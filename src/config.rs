@@ -1,0 +1,325 @@
+//! `hotmount serve` configuration: flags, `HOTMOUNT_*` variables and an
+//! optional TOML file (flags and variables win), validated into [`Config`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::api::TokenSet;
+use crate::manager::ManagerConfig;
+use crate::s3fs::FileEndpointPolicy;
+
+/// Default root of the datasets.
+pub const DEFAULT_ROOT: &str = "/var/lib/hotmount/mnt";
+/// Default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/hotmount/state";
+/// Default control socket.
+pub const DEFAULT_SOCKET: &str = "/run/hotmount/api.sock";
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e} (e.g. 30s, 500ms, 2m)"))
+}
+
+/// The flags of `hotmount serve` (each also from a `HOTMOUNT_*` variable).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// The shared root where datasets appear [default: /var/lib/hotmount/mnt].
+    #[arg(long, env = "HOTMOUNT_ROOT")]
+    pub root: Option<PathBuf>,
+    /// Where desired state is kept [default: /var/lib/hotmount/state].
+    #[arg(long, env = "HOTMOUNT_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// The control socket [default: /run/hotmount/api.sock].
+    #[arg(long, env = "HOTMOUNT_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// Group that may use the socket (mode 0660).
+    #[arg(long, env = "HOTMOUNT_SOCKET_GROUP")]
+    pub socket_group: Option<String>,
+    /// Also serve the API on TCP (needs --token-file).
+    #[arg(long, env = "HOTMOUNT_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Bearer tokens for the TCP listener, one per line.
+    #[arg(long, env = "HOTMOUNT_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// A TOML file with any of these settings (kebab-case keys).
+    #[arg(long, env = "HOTMOUNT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, env = "HOTMOUNT_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// A directory whose subdirectories may be served as buckets through
+    /// `file://` endpoints (repeatable, or comma-separated).
+    #[arg(long = "allow-file-endpoint", env = "HOTMOUNT_ALLOW_FILE_ENDPOINT", value_delimiter = ',')]
+    pub allow_file_endpoint: Vec<PathBuf>,
+    /// Deadline of one mount [default: 30s].
+    #[arg(long, env = "HOTMOUNT_MOUNT_TIMEOUT", value_parser = parse_duration)]
+    pub mount_timeout: Option<Duration>,
+    /// Time between health probes [default: 10s].
+    #[arg(long, env = "HOTMOUNT_PROBE_INTERVAL", value_parser = parse_duration)]
+    pub probe_interval: Option<Duration>,
+    /// Deadline of one health probe [default: 5s].
+    #[arg(long, env = "HOTMOUNT_PROBE_TIMEOUT", value_parser = parse_duration)]
+    pub probe_timeout: Option<Duration>,
+    /// Metadata cache TTL of S3 mounts [default: 60s].
+    #[arg(long, env = "HOTMOUNT_METADATA_TTL", value_parser = parse_duration)]
+    pub metadata_ttl: Option<Duration>,
+    /// FUSE worker threads per S3 mount [default: 4].
+    #[arg(long, env = "HOTMOUNT_FUSE_THREADS")]
+    pub fuse_threads: Option<usize>,
+    /// Unmount FUSE mounts on SIGTERM (NFS mounts always stay).
+    #[arg(long, env = "HOTMOUNT_UNMOUNT_FUSE_ON_STOP")]
+    pub unmount_fuse_on_stop: bool,
+}
+
+/// The optional config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileConfig {
+    root: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    socket_group: Option<String>,
+    listen: Option<SocketAddr>,
+    token_file: Option<PathBuf>,
+    log_format: Option<LogFormat>,
+    #[serde(default)]
+    allow_file_endpoint: Vec<PathBuf>,
+    mount_timeout: Option<String>,
+    probe_interval: Option<String>,
+    probe_timeout: Option<String>,
+    metadata_ttl: Option<String>,
+    fuse_threads: Option<usize>,
+    unmount_fuse_on_stop: Option<bool>,
+}
+
+/// A bad setting: which one, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read or parsed.
+    #[error("config file {path}: {reason}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A setting is invalid.
+    #[error("{setting}: {reason}")]
+    Invalid {
+        /// The flag name.
+        setting: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting,
+        reason: reason.into(),
+    }
+}
+
+/// The validated configuration of `hotmount serve`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The state directory.
+    pub state_dir: PathBuf,
+    /// The unix socket.
+    pub socket: PathBuf,
+    /// Group owning the socket.
+    pub socket_group: Option<String>,
+    /// The TCP listener, with its tokens.
+    pub listen: Option<(SocketAddr, TokenSet)>,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// The manager's settings (root included).
+    pub manager: ManagerConfig,
+}
+
+impl Config {
+    /// Merges flags, variables and the file, and validates the result.
+    pub fn from_args(args: ServeArgs) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            None => FileConfig::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+                toml::from_str(&text).map_err(|e| ConfigError::File {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?
+            }
+        };
+        let file_duration = |setting: &'static str, value: &Option<String>| {
+            value
+                .as_deref()
+                .map(|v| parse_duration(v).map_err(|e| invalid(setting, e)))
+                .transpose()
+        };
+        let root = args
+            .root
+            .or(file.root)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT));
+        let state_dir = args
+            .state_dir
+            .or(file.state_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        let socket = args
+            .socket
+            .or(file.socket)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
+        for (setting, path) in [("--root", &root), ("--state-dir", &state_dir), ("--socket", &socket)] {
+            if !path.is_absolute() {
+                return Err(invalid(setting, format!("{} must be an absolute path", path.display())));
+            }
+        }
+        if root == Path::new("/") || state_dir.starts_with(&root) || root.starts_with(&state_dir) {
+            return Err(invalid(
+                "--root",
+                "must not be / and must not contain or sit inside --state-dir",
+            ));
+        }
+        let listen = args.listen.or(file.listen);
+        let token_file = args.token_file.or(file.token_file);
+        let listen = match (listen, token_file) {
+            (None, _) => None,
+            (Some(_), None) => {
+                return Err(invalid("--listen", "needs --token-file: every TCP call needs a bearer token"));
+            }
+            (Some(addr), Some(path)) => {
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| invalid("--token-file", format!("{}: {e}", path.display())))?;
+                let tokens = TokenSet::parse(&text)
+                    .map_err(|e| invalid("--token-file", format!("{}: {e}", path.display())))?;
+                Some((addr, tokens))
+            }
+        };
+        let mut allowed = args.allow_file_endpoint;
+        allowed.extend(file.allow_file_endpoint);
+        for dir in &allowed {
+            if !dir.is_absolute() || !dir.is_dir() {
+                return Err(invalid(
+                    "--allow-file-endpoint",
+                    format!("{} must be an existing absolute directory", dir.display()),
+                ));
+            }
+        }
+        let mut manager = ManagerConfig::new(root);
+        manager.file_policy = FileEndpointPolicy {
+            allowed_dirs: allowed,
+        };
+        let durations = [
+            ("--mount-timeout", args.mount_timeout, &file.mount_timeout),
+            ("--probe-interval", args.probe_interval, &file.probe_interval),
+            ("--probe-timeout", args.probe_timeout, &file.probe_timeout),
+            ("--metadata-ttl", args.metadata_ttl, &file.metadata_ttl),
+        ];
+        for (setting, flag, from_file) in durations {
+            let Some(value) = flag.map(Ok).or_else(|| file_duration(setting, from_file).transpose()) else {
+                continue;
+            };
+            let value = value?;
+            if value.is_zero() && setting != "--metadata-ttl" {
+                return Err(invalid(setting, "must be greater than zero"));
+            }
+            match setting {
+                "--mount-timeout" => manager.mount_timeout = value,
+                "--probe-interval" => manager.probe_interval = value,
+                "--probe-timeout" => manager.probe_timeout = value,
+                _ => manager.metadata_ttl = value,
+            }
+        }
+        if let Some(threads) = args.fuse_threads.or(file.fuse_threads) {
+            if !(1..=64).contains(&threads) {
+                return Err(invalid("--fuse-threads", "must be between 1 and 64"));
+            }
+            manager.fuse_threads = threads;
+        }
+        manager.unmount_fuse_on_stop =
+            args.unmount_fuse_on_stop || file.unmount_fuse_on_stop.unwrap_or(false);
+        Ok(Config {
+            state_dir,
+            socket,
+            socket_group: args.socket_group.or(file.socket_group),
+            listen,
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+            manager,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_design() {
+        let config = Config::from_args(ServeArgs::default()).unwrap();
+        assert_eq!(config.manager.root, PathBuf::from(DEFAULT_ROOT));
+        assert_eq!(config.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+        assert_eq!(config.socket, PathBuf::from(DEFAULT_SOCKET));
+        assert!(config.listen.is_none());
+        assert_eq!(config.manager.mount_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hotmount.toml");
+        std::fs::write(
+            &file,
+            "root = \"/srv/file-root\"\nprobe-interval = \"3s\"\nfuse-threads = 8\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(file),
+            root: Some("/srv/flag-root".into()),
+            ..ServeArgs::default()
+        };
+        let config = Config::from_args(args).unwrap();
+        assert_eq!(config.manager.root, PathBuf::from("/srv/flag-root"));
+        assert_eq!(config.manager.probe_interval, Duration::from_secs(3));
+        assert_eq!(config.manager.fuse_threads, 8);
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let cases = [
+            (ServeArgs { root: Some("rel".into()), ..Default::default() }, "--root"),
+            (ServeArgs { listen: Some("127.0.0.1:7470".parse().unwrap()), ..Default::default() }, "--listen"),
+            (ServeArgs { fuse_threads: Some(0), ..Default::default() }, "--fuse-threads"),
+            (ServeArgs { probe_interval: Some(Duration::ZERO), ..Default::default() }, "--probe-interval"),
+            (ServeArgs { allow_file_endpoint: vec!["/nonexistent/dir".into()], ..Default::default() }, "--allow-file-endpoint"),
+            (ServeArgs { root: Some("/var/lib/hotmount/state/x".into()), ..Default::default() }, "--root"),
+        ];
+        for (args, setting) in cases {
+            let err = Config::from_args(args).unwrap_err();
+            assert!(err.to_string().starts_with(setting), "{err}");
+        }
+    }
+
+    #[test]
+    fn unknown_file_keys_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hotmount.toml");
+        std::fs::write(&file, "rooot = \"/x\"\n").unwrap();
+        let err = Config::from_args(ServeArgs { config: Some(file), ..Default::default() }).unwrap_err();
+        assert!(err.to_string().contains("rooot"), "{err}");
+    }
+}

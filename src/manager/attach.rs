@@ -1,0 +1,345 @@
+//! Mounting and unmounting one dataset: NFS through the kernel, S3 through
+//! hotmount's FUSE filesystem. Every step runs under the mount deadline, off
+//! the async threads, and a failure at any step undoes the earlier ones.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::manager::{Manager, ManagerError};
+use crate::s3fs::fuse::FuseAdapter;
+use crate::s3fs::{FsOptions, S3Filesystem, open_bucket};
+use crate::spec::{MountSpec, SourceSpec};
+use crate::sys::{FuseMountRequest, FuseSession, MountFlags, Mounter, UnmountMode, mounts_at};
+
+/// What is mounted for a dataset.
+#[derive(Debug)]
+pub enum Attached {
+    /// A kernel mount (NFS): nothing to keep alive in the agent.
+    Kernel,
+    /// A FUSE mount served by this process.
+    Fuse(FuseSession),
+}
+
+impl Attached {
+    fn connection(&self) -> Option<u32> {
+        match self {
+            Attached::Fuse(session) => session.connection,
+            Attached::Kernel => None,
+        }
+    }
+}
+
+/// A detach that did not happen: why, and the mount that is still there.
+pub(crate) struct DetachFailure {
+    pub(crate) error: ManagerError,
+    pub(crate) attached: Option<Attached>,
+}
+
+/// How many mounts may be stacked on one path before we stop peeling them.
+const MAX_STACKED: usize = 16;
+
+impl Manager {
+    /// Mounts a dataset whose path holds nothing: makes the directory, mounts,
+    /// verifies; on any failure removes what it made.
+    pub(crate) async fn attach_fresh(
+        &self,
+        name: &str,
+        spec: &MountSpec,
+    ) -> Result<Attached, ManagerError> {
+        let path = self.path_of(name);
+        let table = self.mount_table(name).await?;
+        if !mounts_at(&table, &path).is_empty() {
+            return Err(ManagerError::AlreadyMounted {
+                name: name.to_string(),
+                path,
+            });
+        }
+        let created = match std::fs::create_dir(&path) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => false,
+            Err(source) => {
+                return Err(ManagerError::Directory {
+                    name: name.to_string(),
+                    path,
+                    source,
+                });
+            }
+        };
+        let result = self.attach(name, spec).await;
+        if result.is_err() && created {
+            self.remove_dir(name);
+        }
+        result
+    }
+
+    /// Mounts `spec` at `<root>/<name>` (the directory exists) within the
+    /// mount deadline.
+    pub(crate) async fn attach(
+        &self,
+        name: &str,
+        spec: &MountSpec,
+    ) -> Result<Attached, ManagerError> {
+        let deadline = Instant::now() + self.inner.config.mount_timeout;
+        let remaining = || deadline.saturating_duration_since(Instant::now());
+        let target = self.path_of(name);
+        let flags = MountFlags::dataset(spec.read_only);
+        match &spec.source {
+            SourceSpec::Nfs(nfs) => {
+                let addr = crate::nfs::resolve(&nfs.server, remaining())
+                    .await
+                    .map_err(|source| ManagerError::Nfs {
+                        name: name.to_string(),
+                        source,
+                    })?;
+                let request = crate::nfs::mount_request(nfs, addr, spec.read_only, &target, None);
+                self.blocking_mount(name, "nfs mount", remaining(), move |mounter| {
+                    mounter.mount(&request).map(|()| Attached::Kernel)
+                })
+                .await
+            }
+            SourceSpec::S3(s3) => {
+                let store_error = |source| ManagerError::Store {
+                    name: name.to_string(),
+                    source,
+                };
+                let bucket = open_bucket(s3, &self.inner.config.file_policy).map_err(store_error)?;
+                bucket.check(s3, remaining()).await.map_err(store_error)?;
+                let fsname = format!("hotmount:{}", bucket.display);
+                let filesystem = S3Filesystem::new(
+                    bucket,
+                    FsOptions {
+                        dataset: name.to_string(),
+                        read_only: spec.read_only,
+                        metadata_ttl: self.inner.config.metadata_ttl,
+                        immutable: s3.immutable,
+                    },
+                    tokio::runtime::Handle::current(),
+                    self.inner.metrics.clone(),
+                );
+                let request = FuseMountRequest {
+                    target,
+                    fsname,
+                    flags,
+                    threads: self.inner.config.fuse_threads,
+                };
+                let adapter = FuseAdapter::new(Arc::new(filesystem));
+                self.blocking_mount(name, "fuse mount", remaining(), move |mounter| {
+                    mounter.mount_fuse(&request, adapter).map(Attached::Fuse)
+                })
+                .await
+            }
+        }
+    }
+
+    /// Runs a mount call on a blocking thread under `deadline`. If the call
+    /// outlives the deadline, a clean-up task waits for it and undoes it.
+    async fn blocking_mount(
+        &self,
+        name: &str,
+        step: &'static str,
+        deadline: Duration,
+        call: impl FnOnce(&dyn Mounter) -> Result<Attached, crate::sys::SysError> + Send + 'static,
+    ) -> Result<Attached, ManagerError> {
+        let mounter = self.inner.mounter.clone();
+        let target = self.path_of(name);
+        let mut handle = tokio::task::spawn_blocking(move || call(mounter.as_ref()));
+        let joined = match tokio::time::timeout(deadline, &mut handle).await {
+            Ok(joined) => joined,
+            Err(_) => {
+                let manager = self.clone();
+                let dataset = name.to_string();
+                tokio::spawn(async move {
+                    if let Ok(Ok(attached)) = handle.await {
+                        tracing::warn!(dataset, "a timed-out mount completed late; undoing it");
+                        manager.detach_quietly(&dataset, Some(attached)).await;
+                        manager.remove_dir(&dataset);
+                    }
+                });
+                return Err(ManagerError::Timeout {
+                    name: name.to_string(),
+                    step,
+                    seconds: deadline.as_secs().max(1),
+                });
+            }
+        };
+        let attached = joined
+            .map_err(|e| ManagerError::Internal(format!("mount task: {e}")))?
+            .map_err(|source| ManagerError::Sys {
+                name: name.to_string(),
+                source,
+            })?;
+        // Verify: exactly one mount on the path.
+        let table = self.mount_table(name).await;
+        let count = table
+            .as_ref()
+            .map(|t| mounts_at(t, &target).len())
+            .unwrap_or(0);
+        if count != 1 {
+            self.detach_quietly(name, Some(attached)).await;
+            return Err(ManagerError::Internal(format!(
+                "mount {name}: expected one mount at {} after mounting, found {count}",
+                target.display()
+            )));
+        }
+        Ok(attached)
+    }
+
+    pub(crate) async fn mount_table(
+        &self,
+        name: &str,
+    ) -> Result<Vec<crate::sys::MountEntry>, ManagerError> {
+        let mounter = self.inner.mounter.clone();
+        tokio::task::spawn_blocking(move || mounter.mount_table())
+            .await
+            .map_err(|e| ManagerError::Internal(e.to_string()))?
+            .map_err(|source| ManagerError::Sys {
+                name: name.to_string(),
+                source,
+            })
+    }
+
+    /// Unmounts a dataset. `force`: a busy mount is detached lazily (and NFS
+    /// requests aborted). A dead backend (`degraded`) skips the polite try.
+    pub(crate) async fn detach(
+        &self,
+        name: &str,
+        attached: Option<Attached>,
+        force: bool,
+        degraded: bool,
+    ) -> Result<(), DetachFailure> {
+        let target = self.path_of(name);
+        let is_fuse = matches!(attached, Some(Attached::Fuse(_)));
+        let first = if degraded && !is_fuse {
+            UnmountMode::Force
+        } else if degraded {
+            UnmountMode::Lazy
+        } else {
+            UnmountMode::Normal
+        };
+        match self.unmount_with_deadline(&target, first).await {
+            Ok(()) => {}
+            Err(UnmountOutcome::NotMounted) => {}
+            Err(UnmountOutcome::Busy) if !force => {
+                return Err(DetachFailure {
+                    error: ManagerError::Busy {
+                        name: name.to_string(),
+                    },
+                    attached,
+                });
+            }
+            Err(UnmountOutcome::Busy | UnmountOutcome::TimedOut) => {
+                let mode = if is_fuse {
+                    UnmountMode::Lazy
+                } else {
+                    UnmountMode::Force
+                };
+                if let Err(UnmountOutcome::Failed(source)) =
+                    self.unmount_with_deadline(&target, mode).await
+                {
+                    return Err(DetachFailure {
+                        error: ManagerError::Sys {
+                            name: name.to_string(),
+                            source,
+                        },
+                        attached,
+                    });
+                }
+            }
+            Err(UnmountOutcome::Failed(source)) => {
+                return Err(DetachFailure {
+                    error: ManagerError::Sys {
+                        name: name.to_string(),
+                        source,
+                    },
+                    attached,
+                });
+            }
+        }
+        // Never leave stacked mounts behind.
+        self.peel_mounts(name, &target).await;
+        if let Some(Attached::Fuse(session)) = attached {
+            finish_session(session);
+        }
+        Ok(())
+    }
+
+    /// Detaches whatever is at the dataset's path, lazily, ignoring errors
+    /// (clean-up after a failure).
+    pub(crate) async fn detach_quietly(&self, name: &str, attached: Option<Attached>) {
+        if let Some(connection) = attached.as_ref().and_then(Attached::connection) {
+            let mounter = self.inner.mounter.clone();
+            let _ = tokio::task::spawn_blocking(move || mounter.abort_fuse_connection(connection))
+                .await;
+        }
+        let target = self.path_of(name);
+        let _ = self.unmount_with_deadline(&target, UnmountMode::Lazy).await;
+        self.peel_mounts(name, &target).await;
+        if let Some(Attached::Fuse(session)) = attached {
+            finish_session(session);
+        }
+    }
+
+    /// Lazily unmounts every mount left at `target`.
+    pub(crate) async fn peel_mounts(&self, name: &str, target: &Path) {
+        for _ in 0..MAX_STACKED {
+            let Ok(table) = self.mount_table(name).await else {
+                return;
+            };
+            if mounts_at(&table, target).is_empty() {
+                return;
+            }
+            if let Err(UnmountOutcome::Failed(e)) =
+                self.unmount_with_deadline(target, UnmountMode::Lazy).await
+            {
+                tracing::warn!(dataset = name, error = %e, "could not detach a stacked mount");
+                return;
+            }
+        }
+    }
+
+    async fn unmount_with_deadline(
+        &self,
+        target: &Path,
+        mode: UnmountMode,
+    ) -> Result<(), UnmountOutcome> {
+        let mounter = self.inner.mounter.clone();
+        let path: PathBuf = target.to_path_buf();
+        let call = tokio::task::spawn_blocking(move || mounter.unmount(&path, mode));
+        match tokio::time::timeout(self.inner.config.unmount_timeout, call).await {
+            Err(_) => Err(UnmountOutcome::TimedOut),
+            Ok(Err(join)) => Err(UnmountOutcome::Failed(crate::sys::SysError::MountInfo(
+                join.to_string(),
+            ))),
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(err))) => match err.errno() {
+                Some(nix::errno::Errno::EBUSY) => Err(UnmountOutcome::Busy),
+                Some(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => {
+                    Err(UnmountOutcome::NotMounted)
+                }
+                _ => Err(UnmountOutcome::Failed(err)),
+            },
+        }
+    }
+}
+
+enum UnmountOutcome {
+    NotMounted,
+    Busy,
+    TimedOut,
+    Failed(crate::sys::SysError),
+}
+
+/// Lets a FUSE server thread finish in the background: after a lazy detach
+/// it keeps serving files that are still open, and ends with the connection.
+fn finish_session(session: FuseSession) {
+    std::thread::Builder::new()
+        .name("fuse-join".to_string())
+        .spawn(move || {
+            if let Err(e) = session.join() {
+                tracing::debug!(error = %e, "fuse session ended with an error");
+            }
+        })
+        .map(drop)
+        .unwrap_or_else(|e| tracing::warn!(error = %e, "could not spawn fuse join thread"));
+}

@@ -1,0 +1,129 @@
+//! The manager's errors: one variant per failing step, each naming the dataset.
+
+use std::time::Duration;
+
+use crate::manager::MountState;
+use crate::s3fs::StoreError;
+use crate::spec::SpecError;
+use crate::state::StateError;
+use crate::sys::SysError;
+
+/// Why a manager operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    /// The name is not a valid dataset name.
+    #[error("invalid name: {0}")]
+    InvalidName(SpecError),
+    /// The spec fails validation.
+    #[error("invalid spec: {0}")]
+    InvalidSpec(SpecError),
+    /// No dataset of that name.
+    #[error("mount {name} not found")]
+    NotFound {
+        /// The name.
+        name: String,
+    },
+    /// The name is taken by another spec.
+    #[error("mount {name} exists with a different spec: delete it first")]
+    Conflict {
+        /// The name.
+        name: String,
+    },
+    /// The mount is in use and `force` was not given.
+    #[error("mount {name} is busy (files open): retry later or use force=true for a lazy detach")]
+    Busy {
+        /// The name.
+        name: String,
+    },
+    /// `wait` timed out.
+    #[error("mount {name} did not reach {state:?} within {waited:?} (it is {current:?})")]
+    WaitTimeout {
+        /// The name.
+        name: String,
+        /// The awaited state.
+        state: MountState,
+        /// The state now.
+        current: MountState,
+        /// How long we waited.
+        waited: Duration,
+    },
+    /// The agent has not finished starting.
+    #[error("agent is starting: state not reconciled yet")]
+    NotReady,
+    /// Opening or checking the S3 bucket failed.
+    #[error("mount {name}: {source}")]
+    Store {
+        /// The name.
+        name: String,
+        /// The store's reason.
+        source: StoreError,
+    },
+    /// Resolving the NFS server failed.
+    #[error("mount {name}: {source}")]
+    Nfs {
+        /// The name.
+        name: String,
+        /// The reason.
+        source: crate::nfs::NfsError,
+    },
+    /// A mount step did not finish within its deadline.
+    #[error("mount {name}: {step} did not finish within {seconds}s")]
+    Timeout {
+        /// The name.
+        name: String,
+        /// The step.
+        step: &'static str,
+        /// The deadline.
+        seconds: u64,
+    },
+    /// The path is already a mount point hotmount did not make.
+    #[error("mount {name}: {path} is already a mount point")]
+    AlreadyMounted {
+        /// The name.
+        name: String,
+        /// The path.
+        path: std::path::PathBuf,
+    },
+    /// A system call failed.
+    #[error("mount {name}: {source}")]
+    Sys {
+        /// The name (or `root`).
+        name: String,
+        /// The failing call.
+        source: SysError,
+    },
+    /// The mount directory could not be made.
+    #[error("mount {name}: create {path}: {source}")]
+    Directory {
+        /// The name.
+        name: String,
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The root could not be prepared.
+    #[error("root {path}: {reason}")]
+    Root {
+        /// The root.
+        path: std::path::PathBuf,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
+    /// The desired state could not be saved.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// A bug or a panicked task.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ManagerError {
+    /// Whether retrying later may succeed (used by recovery backoff logs).
+    pub fn is_backend(&self) -> bool {
+        matches!(
+            self,
+            ManagerError::Store { .. } | ManagerError::Nfs { .. } | ManagerError::Timeout { .. }
+        )
+    }
+}

@@ -1,0 +1,137 @@
+//! The start-up reconcile: desired state against the mount table. Adopt NFS
+//! mounts that match; re-create missing or broken ones at the same path (a
+//! dead FUSE mount from a previous run is detached lazily first); remove
+//! orphans under the root. Never stack two mounts on one path.
+
+
+
+use crate::manager::{Attached, Health, Manager, ManagerError, MountState, Record, Slot, lock};
+use crate::spec::SourceSpec;
+use crate::state::StoredMount;
+use crate::sys::{MountEntry, mounts_at};
+
+impl Manager {
+    pub(crate) async fn reconcile(&self) -> Result<(), ManagerError> {
+        let store = self.inner.store.clone();
+        let loaded = tokio::task::spawn_blocking(move || store.load())
+            .await
+            .map_err(|e| ManagerError::Internal(e.to_string()))??;
+        if let Some((aside, reason)) = &loaded.quarantined {
+            lock(&self.inner.warnings).push(format!(
+                "state file was corrupt ({reason}); moved to {} and started with no datasets",
+                aside.display()
+            ));
+        }
+        *self.inner.desired.lock().await = loaded.mounts.clone();
+        let table = self.mount_table("root").await?;
+        self.remove_orphans(&table, &loaded.mounts).await;
+        let restores = loaded
+            .mounts
+            .into_iter()
+            .map(|(name, stored)| self.restore(name, stored, &table));
+        futures::future::join_all(restores).await;
+        Ok(())
+    }
+
+    async fn remove_orphans(
+        &self,
+        table: &[MountEntry],
+        desired: &std::collections::BTreeMap<String, StoredMount>,
+    ) {
+        let root = self.inner.config.root.clone();
+        let mut orphans: Vec<String> = table
+            .iter()
+            .filter(|entry| entry.mount_point.parent() == Some(root.as_path()))
+            .filter_map(|entry| entry.mount_point.file_name()?.to_str().map(str::to_string))
+            .filter(|name| !desired.contains_key(name))
+            .collect();
+        if let Ok(dir) = std::fs::read_dir(&root) {
+            for entry in dir.flatten() {
+                if let Some(name) = entry.file_name().to_str()
+                    && !desired.contains_key(name)
+                    && !orphans.iter().any(|o| o == name)
+                {
+                    orphans.push(name.to_string());
+                }
+            }
+        }
+        for name in orphans {
+            let path = root.join(&name);
+            tracing::info!(path = %path.display(), "removing orphan under the root");
+            self.peel_mounts(&name, &path).await;
+            if let Err(e) = std::fs::remove_dir(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "could not remove orphan directory");
+            }
+        }
+    }
+
+    async fn restore(&self, name: String, stored: StoredMount, table: &[MountEntry]) {
+        let spec = stored.spec.clone();
+        let slot = Slot::new(Record {
+            spec: spec.clone(),
+            state: MountState::Pending,
+            last_error: None,
+            health: Health::default(),
+            created_at: stored.created_at,
+            generation: stored.generation,
+        });
+        lock(&self.inner.slots).insert(name.clone(), slot.clone());
+        self.refresh_state_gauge();
+        let _op = slot.op.lock().await;
+        let path = self.path_of(&name);
+        let existing = mounts_at(table, &path);
+        let adoptable = match &spec.source {
+            SourceSpec::Nfs(nfs) => existing.len() == 1 && crate::nfs::matches(nfs, existing[0]),
+            SourceSpec::S3(_) => false,
+        };
+        if adoptable {
+            slot.set_attached(Attached::Kernel);
+            self.set_state(&slot, MountState::Mounted, None);
+            self.set_healthy(&name, &spec, true);
+            tracing::info!(dataset = name, "adopted the mount already in place");
+            drop(_op);
+            self.spawn_probe(&name, &slot);
+            return;
+        }
+        let broken = !existing.is_empty();
+        if broken {
+            tracing::info!(dataset = name, mounts = existing.len(), "mount from a previous run is not adoptable; re-creating it");
+            self.detach_quietly(&name, None).await;
+        }
+        if let Err(e) = std::fs::create_dir_all(&path) {
+            tracing::warn!(dataset = name, error = %e, "could not create mount directory");
+        }
+        match self.attach(&name, &spec).await {
+            Ok(attached) => {
+                slot.set_attached(attached);
+                let generation = stored.generation + 1;
+                slot.record.send_modify(|r| r.generation = generation);
+                let _ = self
+                    .persist(|desired| {
+                        if let Some(entry) = desired.get_mut(&name) {
+                            entry.generation = generation;
+                        }
+                    })
+                    .await;
+                self.set_state(&slot, MountState::Mounted, None);
+                self.set_healthy(&name, &spec, true);
+                if broken {
+                    self.inner
+                        .metrics
+                        .recoveries
+                        .with_label_values(&[&name, "restart"])
+                        .inc();
+                }
+                tracing::info!(dataset = name, "restored");
+            }
+            Err(err) => {
+                tracing::warn!(dataset = name, error = %err, "restore failed; will retry with backoff");
+                self.set_state(&slot, MountState::Failed, Some(err.to_string()));
+                self.set_healthy(&name, &spec, false);
+            }
+        }
+        drop(_op);
+        self.spawn_probe(&name, &slot);
+    }
+}
+
