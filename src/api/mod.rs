@@ -212,7 +212,7 @@ pub fn parse_spec(body: &[u8]) -> Result<MountSpec, ApiError> {
     let spec: MountSpec = serde_path_to_error::deserialize(deserializer).map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner();
-        let message = if path == "." || path.is_empty() {
+        let message = if path.is_empty() || path == "." || path == "?" {
             format!("request body: {inner}")
         } else {
             format!("{path}: {inner}")

@@ -3,7 +3,7 @@
 
 use std::fs::OpenOptions;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
@@ -75,9 +75,14 @@ impl Mounter for LinuxMounter {
             flags: request.flags,
             data,
         })?;
-        let connection = std::fs::metadata(&request.target)
-            .ok()
-            .map(|m| nix::sys::stat::minor(m.dev()) as u32);
+        // The connection number is the device minor. Read it from mountinfo:
+        // a stat of the mount point would wait for the INIT reply, which only
+        // the handshake below sends.
+        let connection = self.mount_table().ok().and_then(|table| {
+            super::mounts_at(&table, &request.target)
+                .last()
+                .map(|entry| entry.major_minor.1)
+        });
         let started = start_fuse_server(device, adapter, request.threads);
         match started {
             Ok(thread) => Ok(FuseSession {

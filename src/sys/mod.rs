@@ -140,9 +140,10 @@ impl FuseSession {
         }
     }
 
-    /// Whether the server thread is still serving requests.
+    /// Whether the server thread is still serving requests (a session with
+    /// no thread of its own has nothing that could end).
     pub fn is_serving(&self) -> bool {
-        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+        self.thread.as_ref().is_none_or(|t| !t.is_finished())
     }
 
     /// Waits for the server thread to end (after the mount is gone).

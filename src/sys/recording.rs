@@ -38,10 +38,13 @@ struct Inner {
     next_id: i32,
     failures: HashMap<&'static str, Errno>,
     delays: HashMap<&'static str, Duration>,
+    in_flight: usize,
+    max_in_flight: usize,
 }
 
 /// The recording fake. Operation names for [`RecordingMounter::fail`] and
-/// [`RecordingMounter::delay`]: `mount`, `mount_fuse`, `unmount`, `make_rshared`,
+/// [`RecordingMounter::delay`]: `mount`, `mount_fuse`, `unmount` (every mode),
+/// `unmount_normal` (only a plain, non-lazy unmount), `make_rshared`,
 /// `verify_propagation`.
 #[derive(Debug, Default)]
 pub struct RecordingMounter {
@@ -88,12 +91,24 @@ impl RecordingMounter {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The most mount/unmount calls that were ever under way at once.
+    pub fn max_concurrent_calls(&self) -> usize {
+        self.lock().max_in_flight
+    }
+
     fn before(&self, op: &'static str) -> Option<Errno> {
-        let delay = self.lock().delays.get(op).copied();
+        let delay = {
+            let mut inner = self.lock();
+            inner.in_flight += 1;
+            inner.max_in_flight = inner.max_in_flight.max(inner.in_flight);
+            inner.delays.get(op).copied()
+        };
         if let Some(delay) = delay {
             std::thread::sleep(delay);
         }
-        self.lock().failures.get(op).copied()
+        let mut inner = self.lock();
+        inner.in_flight -= 1;
+        inner.failures.get(op).copied()
     }
 }
 
@@ -161,7 +176,11 @@ impl Mounter for RecordingMounter {
     }
 
     fn unmount(&self, target: &Path, mode: UnmountMode) -> Result<(), SysError> {
-        let failure = self.before("unmount");
+        let failure = self.before("unmount").or_else(|| {
+            (mode == UnmountMode::Normal)
+                .then(|| self.lock().failures.get("unmount_normal").copied())
+                .flatten()
+        });
         let mut inner = self.lock();
         inner
             .calls
