@@ -37,6 +37,8 @@ pub enum Command {
     Ls(ListArgs),
     /// Show one dataset.
     Status(StatusArgs),
+    /// Exit 0 when the agent is ready (for probes); `--alive`: when it answers.
+    Ready(ReadyArgs),
 }
 
 /// How clients reach the agent.
@@ -134,6 +136,17 @@ pub struct StatusArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// Connection.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// `ready`.
+#[derive(Debug, clap::Args)]
+pub struct ReadyArgs {
+    /// Only check that the agent answers (liveness), not that it is ready.
+    #[arg(long)]
+    pub alive: bool,
     /// Connection.
     #[command(flatten)]
     pub connect: ConnectArgs,
@@ -317,6 +330,19 @@ pub async fn run_client(command: Command) -> Result<String, CommandError> {
                 return Ok(serde_json::to_string_pretty(&list).expect("lists serialise"));
             }
             Ok(render_table(&list.items))
+        }
+        Command::Ready(args) => {
+            let path = if args.alive { "/healthz" } else { "/readyz" };
+            let reply = request(&args.connect, Method::GET, path, None).await?;
+            if reply.status.is_success() {
+                Ok(String::new())
+            } else {
+                Err(CommandError::new(format!(
+                    "agent is not ready ({}): {}",
+                    reply.status,
+                    String::from_utf8_lossy(&reply.body)
+                )))
+            }
         }
         Command::Status(args) => {
             let reply = request(&args.connect, Method::GET, &format!("/v1/mounts/{}", args.name), None).await?;
