@@ -76,45 +76,56 @@ pub async fn call(
         endpoint: endpoint.clone(),
         source,
     };
-    let mut builder = Request::builder().method(method).uri(path_and_query);
-    let (sender, connection) = match endpoint {
-        Endpoint::Unix(path) => {
-            let stream = tokio::net::UnixStream::connect(path).await.map_err(connect)?;
-            builder = builder.header(hyper::header::HOST, "localhost");
-            hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map(|(s, c)| (s, tokio::spawn(async move { c.await })))
-        }
-        Endpoint::Tcp { authority, token } => {
-            let stream = tokio::net::TcpStream::connect(authority).await.map_err(connect)?;
-            builder = builder
-                .header(hyper::header::HOST, authority.as_str())
-                .header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
-            hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map(|(s, c)| (s, tokio::spawn(async move { c.await })))
-        }
-    }
-    .map_err(|e| http(e.to_string()))?;
-    let mut sender = sender;
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(path_and_query)
+        .header(hyper::header::HOST, "localhost");
     if body.is_some() {
         builder = builder.header(hyper::header::CONTENT_TYPE, "application/json");
+    }
+    if let Endpoint::Tcp { token, .. } = endpoint {
+        builder = builder.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
     }
     let request = builder
         .body(Full::new(Bytes::from(body.unwrap_or_default())))
         .map_err(|e| http(e.to_string()))?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| http(e.to_string()))?;
+    let response = match endpoint {
+        Endpoint::Unix(path) => {
+            let stream = tokio::net::UnixStream::connect(path).await.map_err(connect)?;
+            exchange(stream, request).await
+        }
+        Endpoint::Tcp { authority, .. } => {
+            let stream = tokio::net::TcpStream::connect(authority.as_str())
+                .await
+                .map_err(connect)?;
+            exchange(stream, request).await
+        }
+    }
+    .map_err(|e| http(e.to_string()))?;
     let status = response.status();
     let body = response
         .into_body()
         .collect()
         .await
-        .map_err(|e| http(e.to_string()))?
+        .map_err(|never| match never {})?
         .to_bytes();
-    drop(sender);
-    let _ = connection.await;
     Ok(Reply { status, body })
+}
+
+/// One request on a fresh HTTP/1.1 connection over `stream`, body read whole.
+async fn exchange<S>(
+    stream: S,
+    request: Request<Full<Bytes>>,
+) -> Result<hyper::Response<Full<Bytes>>, hyper::Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    let driver = tokio::spawn(connection);
+    let response = sender.send_request(request).await?;
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await?.to_bytes();
+    drop(sender);
+    let _ = driver.await;
+    Ok(hyper::Response::from_parts(parts, Full::new(bytes)))
 }

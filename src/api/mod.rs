@@ -322,11 +322,11 @@ mod tests {
     fn spec_errors_name_the_field_path() {
         let err = parse_spec(br#"{"source":{"s3":{"bucket":"abc","bogus":1}}}"#).unwrap_err();
         assert_eq!(err.status(), StatusCode::BAD_REQUEST);
-        assert!(err.message.contains("source.s3"), "{}", err.message);
-        assert!(err.message.contains("bogus"), "{}", err.message);
+        assert!(err.message().contains("source.s3"), "{}", err.message());
+        assert!(err.message().contains("bogus"), "{}", err.message());
         let err = parse_spec(br#"{"source":{"nfs":{"server":"h","export":"/x","nconnect":"4"}}}"#).unwrap_err();
-        assert!(err.message.contains("source.nfs.nconnect"), "{}", err.message);
+        assert!(err.message().contains("source.nfs.nconnect"), "{}", err.message());
         let err = parse_spec(b"not json").unwrap_err();
-        assert!(err.message.starts_with("request body"), "{}", err.message);
+        assert!(err.message().starts_with("request body"), "{}", err.message());
     }
 }
