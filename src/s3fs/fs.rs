@@ -973,3 +973,632 @@ impl S3Filesystem {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::fmt;
+    use std::sync::atomic::AtomicUsize;
+
+    use async_trait::async_trait;
+    use futures::stream::BoxStream;
+    use object_store::local::LocalFileSystem;
+    use object_store::memory::InMemory;
+    use object_store::{
+        CopyOptions, GetResult, ListResult, MultipartUpload, ObjectStore, PutMultipartOptions,
+        PutOptions, PutPayload, PutResult,
+    };
+
+    use super::*;
+
+    /// An [`ObjectStore`] that counts the requests it forwards.
+    #[derive(Debug)]
+    struct CountingStore {
+        inner: Arc<dyn ObjectStore>,
+        heads: AtomicUsize,
+        gets: AtomicUsize,
+        lists: AtomicUsize,
+    }
+
+    impl CountingStore {
+        fn new(inner: Arc<dyn ObjectStore>) -> Arc<Self> {
+            Arc::new(CountingStore {
+                inner,
+                heads: AtomicUsize::new(0),
+                gets: AtomicUsize::new(0),
+                lists: AtomicUsize::new(0),
+            })
+        }
+
+        fn requests(&self) -> usize {
+            self.heads.load(Ordering::SeqCst)
+                + self.gets.load(Ordering::SeqCst)
+                + self.lists.load(Ordering::SeqCst)
+        }
+    }
+
+    impl fmt::Display for CountingStore {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "counting({})", self.inner)
+        }
+    }
+
+    #[async_trait]
+    impl ObjectStore for CountingStore {
+        async fn put_opts(
+            &self,
+            location: &ObjectPath,
+            payload: PutPayload,
+            opts: PutOptions,
+        ) -> object_store::Result<PutResult> {
+            self.inner.put_opts(location, payload, opts).await
+        }
+
+        async fn put_multipart_opts(
+            &self,
+            location: &ObjectPath,
+            opts: PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn MultipartUpload>> {
+            self.inner.put_multipart_opts(location, opts).await
+        }
+
+        async fn get_opts(
+            &self,
+            location: &ObjectPath,
+            options: GetOptions,
+        ) -> object_store::Result<GetResult> {
+            let counter = if options.head {
+                &self.heads
+            } else {
+                &self.gets
+            };
+            counter.fetch_add(1, Ordering::SeqCst);
+            self.inner.get_opts(location, options).await
+        }
+
+        fn delete_stream(
+            &self,
+            locations: BoxStream<'static, object_store::Result<ObjectPath>>,
+        ) -> BoxStream<'static, object_store::Result<ObjectPath>> {
+            self.inner.delete_stream(locations)
+        }
+
+        fn list(
+            &self,
+            prefix: Option<&ObjectPath>,
+        ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+            self.lists.fetch_add(1, Ordering::SeqCst);
+            self.inner.list(prefix)
+        }
+
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&ObjectPath>,
+        ) -> object_store::Result<ListResult> {
+            self.lists.fetch_add(1, Ordering::SeqCst);
+            self.inner.list_with_delimiter(prefix).await
+        }
+
+        async fn copy_opts(
+            &self,
+            from: &ObjectPath,
+            to: &ObjectPath,
+            options: CopyOptions,
+        ) -> object_store::Result<()> {
+            self.inner.copy_opts(from, to, options).await
+        }
+    }
+
+    struct Setup {
+        read_only: bool,
+        ttl: Duration,
+        immutable: bool,
+        prefix: &'static str,
+    }
+
+    impl Default for Setup {
+        fn default() -> Self {
+            Setup {
+                read_only: true,
+                ttl: Duration::from_secs(60),
+                immutable: false,
+                prefix: "",
+            }
+        }
+    }
+
+    impl Setup {
+        fn build(self, store: Arc<dyn ObjectStore>) -> S3Filesystem {
+            S3Filesystem::new(
+                Bucket {
+                    store,
+                    prefix: self.prefix.to_string(),
+                    display: "test-bucket".to_string(),
+                },
+                FsOptions {
+                    dataset: "test".to_string(),
+                    read_only: self.read_only,
+                    metadata_ttl: self.ttl,
+                    immutable: self.immutable,
+                },
+                tokio::runtime::Handle::current(),
+                Arc::new(Metrics::new()),
+            )
+        }
+    }
+
+    async fn put(store: &dyn ObjectStore, key: &str, data: impl Into<Bytes>) {
+        store
+            .put(&ObjectPath::from(key), PutPayload::from(data.into()))
+            .await
+            .expect("put test object");
+    }
+
+    /// Deterministic, position-dependent bytes (so misplaced ranges show).
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    async fn sample_store() -> Arc<InMemory> {
+        let store = Arc::new(InMemory::new());
+        put(&*store, "a.txt", "hello").await;
+        put(&*store, "empty", Bytes::new()).await;
+        put(&*store, "dir/b.txt", "bee").await;
+        put(&*store, "dir/sub/c.txt", "sea").await;
+        put(&*store, "deep/x/y/z.bin", pattern(10)).await;
+        put(&*store, "both", "hidden file").await;
+        put(&*store, "both/inner", "inner").await;
+        store
+    }
+
+    fn errno_of<T: fmt::Debug>(result: Result<T, FsError>) -> i32 {
+        result.expect_err("operation should fail").errno()
+    }
+
+    async fn open_read_all(fs: &S3Filesystem, parent: u64, name: &str) -> Vec<u8> {
+        let attr = fs.lookup(parent, OsStr::new(name)).await.expect("lookup");
+        let fh = fs.open(attr.ino.0, libc::O_RDONLY).await.expect("open");
+        let data = fs.read(fh, 0, u32::MAX).await.expect("read");
+        fs.release(fh);
+        data.to_vec()
+    }
+
+    fn names(entries: &[DirEntry]) -> Vec<&str> {
+        entries.iter().map(|e| e.name.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn lookup_resolves_files_directories_and_missing_names() {
+        let fs = Setup::default().build(sample_store().await);
+        let file = fs.lookup(ROOT_INODE, OsStr::new("a.txt")).await.unwrap();
+        assert_eq!(file.kind, FileType::RegularFile);
+        assert_eq!(file.size, 5);
+        let dir = fs.lookup(ROOT_INODE, OsStr::new("dir")).await.unwrap();
+        assert_eq!(dir.kind, FileType::Directory);
+        let sub = fs.lookup(dir.ino.0, OsStr::new("sub")).await.unwrap();
+        assert_eq!(sub.kind, FileType::Directory);
+        let c = fs.lookup(sub.ino.0, OsStr::new("c.txt")).await.unwrap();
+        assert_eq!((c.kind, c.size), (FileType::RegularFile, 3));
+        // Directories inferred from keys alone, several levels deep.
+        let deep = fs.lookup(ROOT_INODE, OsStr::new("deep")).await.unwrap();
+        let x = fs.lookup(deep.ino.0, OsStr::new("x")).await.unwrap();
+        let y = fs.lookup(x.ino.0, OsStr::new("y")).await.unwrap();
+        assert_eq!(y.kind, FileType::Directory);
+        assert_eq!(open_read_all(&fs, y.ino.0, "z.bin").await, pattern(10));
+        // A prefix of a name is not a directory.
+        assert_eq!(
+            errno_of(fs.lookup(ROOT_INODE, OsStr::new("di")).await),
+            libc::ENOENT
+        );
+        assert_eq!(
+            errno_of(fs.lookup(ROOT_INODE, OsStr::new("missing")).await),
+            libc::ENOENT
+        );
+        assert_eq!(
+            errno_of(fs.lookup(dir.ino.0, OsStr::new("a.txt")).await),
+            libc::ENOENT
+        );
+        // Same name looked up twice keeps its inode number.
+        let again = fs.lookup(ROOT_INODE, OsStr::new("a.txt")).await.unwrap();
+        assert_eq!(again.ino, file.ino);
+        // Lookup below a file.
+        assert_eq!(
+            errno_of(fs.lookup(file.ino.0, OsStr::new("x")).await),
+            libc::ENOTDIR
+        );
+    }
+
+    #[tokio::test]
+    async fn directory_wins_over_object_with_the_same_name() {
+        let fs = Setup::default().build(sample_store().await);
+        let both = fs.lookup(ROOT_INODE, OsStr::new("both")).await.unwrap();
+        assert_eq!(both.kind, FileType::Directory);
+        let fh = fs.opendir(ROOT_INODE).unwrap();
+        let entries = fs.readdir(fh, 0).await.unwrap();
+        let listed: Vec<_> = entries.iter().filter(|e| e.name == "both").collect();
+        assert_eq!(listed.len(), 1, "one entry for both: {:?}", names(&entries));
+        assert_eq!(listed[0].attr.kind, FileType::Directory);
+        assert_eq!(listed[0].attr.ino, both.ino);
+    }
+
+    #[tokio::test]
+    async fn names_are_validated() {
+        let fs = Setup::default().build(sample_store().await);
+        let long = "n".repeat(256);
+        assert_eq!(
+            errno_of(fs.lookup(ROOT_INODE, OsStr::new(&long)).await),
+            libc::ENAMETOOLONG
+        );
+        assert_eq!(
+            errno_of(fs.lookup(ROOT_INODE, OsStr::new("dir/b.txt")).await),
+            libc::EINVAL
+        );
+        assert_eq!(
+            errno_of(fs.lookup(ROOT_INODE, OsStr::new("a\0b")).await),
+            libc::EINVAL
+        );
+        let dot = fs.lookup(ROOT_INODE, OsStr::new(".")).await.unwrap();
+        assert_eq!(dot.ino.0, ROOT_INODE);
+        let dir = fs.lookup(ROOT_INODE, OsStr::new("dir")).await.unwrap();
+        let up = fs.lookup(dir.ino.0, OsStr::new("..")).await.unwrap();
+        assert_eq!(up.ino.0, ROOT_INODE);
+        assert_eq!(
+            errno_of(fs.lookup(999, OsStr::new("x")).await),
+            libc::ENOENT
+        );
+    }
+
+    #[tokio::test]
+    async fn positive_and_negative_entries_are_cached_for_the_ttl() {
+        let store = CountingStore::new(sample_store().await);
+        let fs = Setup::default().build(store.clone());
+        assert_eq!(fs.kernel_ttl(), Duration::from_secs(60));
+        fs.lookup(ROOT_INODE, OsStr::new("a.txt")).await.unwrap();
+        assert_eq!(
+            errno_of(fs.lookup(ROOT_INODE, OsStr::new("nope")).await),
+            libc::ENOENT
+        );
+        let after_first = store.requests();
+        assert!(
+            after_first >= 4,
+            "head and list per name, got {after_first}"
+        );
+        fs.lookup(ROOT_INODE, OsStr::new("a.txt")).await.unwrap();
+        assert_eq!(
+            errno_of(fs.lookup(ROOT_INODE, OsStr::new("nope")).await),
+            libc::ENOENT
+        );
+        assert_eq!(
+            store.requests(),
+            after_first,
+            "cache hits must not reach the store"
+        );
+        // A name created after the negative entry stays hidden until expiry.
+        put(&*store, "nope", "now here").await;
+        assert_eq!(
+            errno_of(fs.lookup(ROOT_INODE, OsStr::new("nope")).await),
+            libc::ENOENT
+        );
+    }
+
+    #[tokio::test]
+    async fn expired_entries_go_back_to_the_store() {
+        let store = CountingStore::new(sample_store().await);
+        let fs = Setup {
+            ttl: Duration::ZERO,
+            ..Setup::default()
+        }
+        .build(store.clone());
+        assert_eq!(
+            errno_of(fs.lookup(ROOT_INODE, OsStr::new("nope")).await),
+            libc::ENOENT
+        );
+        let before = store.requests();
+        put(&*store, "nope", "now here").await;
+        let attr = fs.lookup(ROOT_INODE, OsStr::new("nope")).await.unwrap();
+        assert!(store.requests() > before);
+        assert_eq!(attr.size, 8);
+        // getattr revalidates with a HEAD and sees the new size.
+        put(&*store, "nope", "longer content").await;
+        let before = store.heads.load(Ordering::SeqCst);
+        let attr = fs.getattr(attr.ino.0).await.unwrap();
+        assert_eq!(attr.size, 14);
+        assert_eq!(store.heads.load(Ordering::SeqCst), before + 1);
+    }
+
+    #[tokio::test]
+    async fn immutable_datasets_cache_forever() {
+        let store = CountingStore::new(sample_store().await);
+        let fs = Setup {
+            ttl: Duration::ZERO,
+            immutable: true,
+            ..Setup::default()
+        }
+        .build(store.clone());
+        assert!(fs.kernel_ttl() >= Duration::from_secs(24 * 3600));
+        let attr = fs.lookup(ROOT_INODE, OsStr::new("a.txt")).await.unwrap();
+        let before = store.requests();
+        fs.lookup(ROOT_INODE, OsStr::new("a.txt")).await.unwrap();
+        fs.getattr(attr.ino.0).await.unwrap();
+        let fh = fs.open(attr.ino.0, libc::O_RDONLY).await.unwrap();
+        assert_eq!(store.requests(), before, "no revalidation when immutable");
+        assert_eq!(&fs.read(fh, 0, 100).await.unwrap()[..], b"hello");
+    }
+
+    #[tokio::test]
+    async fn attributes_follow_object_metadata() {
+        let store = Arc::new(InMemory::new());
+        put(&*store, "f", pattern(1025)).await;
+        put(&*store, "d/g", "x").await;
+        let meta = store.head(&ObjectPath::from("f")).await.unwrap();
+        let fs = Setup::default().build(store.clone());
+        let file = fs.lookup(ROOT_INODE, OsStr::new("f")).await.unwrap();
+        assert_eq!(file.size, 1025);
+        assert_eq!(file.blocks, 3);
+        assert_eq!(file.perm, 0o444);
+        assert_eq!(
+            (file.nlink, file.uid, file.gid, file.blksize),
+            (1, 0, 0, 4096)
+        );
+        assert_eq!(file.mtime, SystemTime::from(meta.last_modified));
+        let dir = fs.lookup(ROOT_INODE, OsStr::new("d")).await.unwrap();
+        assert_eq!(
+            (dir.kind, dir.perm, dir.nlink),
+            (FileType::Directory, 0o555, 2)
+        );
+        assert_eq!(dir.mtime, SystemTime::from(fs.mounted_at));
+        let root = fs.getattr(ROOT_INODE).await.unwrap();
+        assert_eq!((root.kind, root.perm), (FileType::Directory, 0o555));
+
+        let writable = Setup {
+            read_only: false,
+            ..Setup::default()
+        }
+        .build(store);
+        assert_eq!(
+            writable
+                .lookup(ROOT_INODE, OsStr::new("f"))
+                .await
+                .unwrap()
+                .perm,
+            0o644
+        );
+        assert_eq!(
+            writable
+                .lookup(ROOT_INODE, OsStr::new("d"))
+                .await
+                .unwrap()
+                .perm,
+            0o755
+        );
+        assert_eq!(fs.statfs().block_size, 4096);
+        assert_eq!(fs.statfs().name_max, 255);
+        assert!(fs.statfs().blocks_available > 1 << 30);
+    }
+
+    #[tokio::test]
+    async fn readdir_lists_directories_and_files_and_skips_markers() {
+        let store = sample_store().await;
+        // A directory marker object: its key is the prefix itself.
+        put(&*store, "dir/", Bytes::new()).await;
+        let fs = Setup::default().build(store);
+        let fh = fs.opendir(ROOT_INODE).unwrap();
+        let entries = fs.readdir(fh, 0).await.unwrap();
+        assert_eq!(
+            names(&entries),
+            [".", "..", "a.txt", "both", "deep", "dir", "empty"]
+        );
+        let offsets: Vec<u64> = entries.iter().map(|e| e.next_offset).collect();
+        assert_eq!(offsets, [1, 2, 3, 4, 5, 6, 7]);
+        let listed_dir = entries.iter().find(|e| e.name == "dir").unwrap();
+        assert_eq!(listed_dir.attr.kind, FileType::Directory);
+        // The kernel looks a name up before opening it.
+        let dir = fs.lookup(ROOT_INODE, OsStr::new("dir")).await.unwrap();
+        assert_eq!(dir.ino, listed_dir.attr.ino);
+        fs.releasedir(fh);
+
+        let fh = fs.opendir(dir.ino.0).unwrap();
+        let entries = fs.readdir(fh, 0).await.unwrap();
+        assert_eq!(names(&entries), [".", "..", "b.txt", "sub"]);
+        assert_eq!(entries[1].attr.ino.0, ROOT_INODE);
+        // The listed inode is the one lookup returns.
+        let b = fs.lookup(dir.ino.0, OsStr::new("b.txt")).await.unwrap();
+        assert_eq!(entries[2].attr.ino, b.ino);
+        fs.releasedir(fh);
+        assert_eq!(errno_of(fs.opendir(b.ino.0)), libc::ENOTDIR);
+        assert_eq!(errno_of(fs.readdir(12345, 0).await), libc::EBADF);
+    }
+
+    #[tokio::test]
+    async fn readdir_offsets_are_stable_over_a_large_listing() {
+        let store = Arc::new(InMemory::new());
+        for i in 0..1500 {
+            put(&*store, &format!("big/key-{i:05}"), "x").await;
+        }
+        let fs = Setup::default().build(store.clone());
+        let big = fs.lookup(ROOT_INODE, OsStr::new("big")).await.unwrap();
+        let fh = fs.opendir(big.ino.0).unwrap();
+        let all = fs.readdir(fh, 0).await.unwrap();
+        assert_eq!(all.len(), 1502);
+        assert_eq!(all[2].name, "key-00000");
+        assert_eq!(all[1501].name, "key-01499");
+        // New keys do not shift a listing in progress.
+        put(&*store, "big/key-00000a", "x").await;
+        let rest = fs.readdir(fh, 700).await.unwrap();
+        assert_eq!(rest.len(), 802);
+        assert_eq!(rest[0].name, all[700].name);
+        assert_eq!(rest[0].attr.ino, all[700].attr.ino);
+        assert_eq!(rest[0].next_offset, 701);
+        assert!(fs.readdir(fh, 1502).await.unwrap().is_empty());
+        // Rewinding (offset 0) takes a new listing.
+        assert_eq!(fs.readdir(fh, 0).await.unwrap().len(), 1503);
+        // Entries the kernel never looked up go away with the handle.
+        let inodes_open = fs.inode_count();
+        fs.releasedir(fh);
+        assert_eq!(fs.inode_count(), inodes_open - 1501);
+    }
+
+    #[tokio::test]
+    async fn forget_drops_inodes_the_kernel_released() {
+        let fs = Setup::default().build(sample_store().await);
+        let base = fs.inode_count();
+        let a = fs.lookup(ROOT_INODE, OsStr::new("a.txt")).await.unwrap();
+        fs.lookup(ROOT_INODE, OsStr::new("a.txt")).await.unwrap();
+        assert_eq!(fs.inode_count(), base + 1);
+        fs.forget(a.ino.0, 1);
+        assert_eq!(fs.inode_count(), base + 1, "one reference left");
+        assert_eq!(fs.getattr(a.ino.0).await.unwrap().ino, a.ino);
+        fs.forget(a.ino.0, 1);
+        assert_eq!(fs.inode_count(), base);
+        assert_eq!(errno_of(fs.getattr(a.ino.0).await), libc::ENOENT);
+        fs.forget(ROOT_INODE, 10);
+        assert!(
+            fs.getattr(ROOT_INODE).await.is_ok(),
+            "the root is never dropped"
+        );
+
+        // readdirplus entries: referenced through remember_lookup, kept after release.
+        let fh = fs.opendir(ROOT_INODE).unwrap();
+        let entries = fs.readdir(fh, 0).await.unwrap();
+        let empty = entries.iter().find(|e| e.name == "empty").unwrap();
+        fs.remember_lookup(empty.attr.ino.0);
+        fs.releasedir(fh);
+        assert_eq!(fs.inode_count(), base + 1);
+        assert_eq!(fs.getattr(empty.attr.ino.0).await.unwrap().size, 0);
+        fs.forget(empty.attr.ino.0, 1);
+        assert_eq!(fs.inode_count(), base);
+    }
+
+    #[tokio::test]
+    async fn reads_are_ranged_and_clipped_at_the_end() {
+        let store = CountingStore::new(Arc::new(InMemory::new()));
+        let content = pattern(10_000);
+        put(&*store, "data", content.clone()).await;
+        put(&*store, "zero", Bytes::new()).await;
+        put(&*store, "one", vec![42u8]).await;
+        let fs = Setup::default().build(store.clone());
+        let attr = fs.lookup(ROOT_INODE, OsStr::new("data")).await.unwrap();
+        let fh = fs.open(attr.ino.0, libc::O_RDONLY).await.unwrap();
+        assert_eq!(fs.read(fh, 0, 4096).await.unwrap(), content[..4096]);
+        assert_eq!(fs.read(fh, 5000, 1000).await.unwrap(), content[5000..6000]);
+        assert_eq!(fs.read(fh, 9000, 4096).await.unwrap(), content[9000..]);
+        let gets = store.gets.load(Ordering::SeqCst);
+        assert!(fs.read(fh, 10_000, 4096).await.unwrap().is_empty());
+        assert!(fs.read(fh, 20_000, 4096).await.unwrap().is_empty());
+        assert!(fs.read(fh, 10, 0).await.unwrap().is_empty());
+        assert_eq!(
+            store.gets.load(Ordering::SeqCst),
+            gets,
+            "no GET at or past the end"
+        );
+        fs.release(fh);
+        assert_eq!(errno_of(fs.read(fh, 0, 1).await), libc::EBADF);
+        assert_eq!(open_read_all(&fs, ROOT_INODE, "zero").await, b"");
+        assert_eq!(open_read_all(&fs, ROOT_INODE, "one").await, [42]);
+        let one = fs.lookup(ROOT_INODE, OsStr::new("one")).await.unwrap();
+        let fh = fs.open(one.ino.0, libc::O_RDONLY).await.unwrap();
+        assert!(fs.read(fh, 1, 10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_object_replaced_after_open_gives_eio() {
+        let store = Arc::new(InMemory::new());
+        put(&*store, "v", "version one").await;
+        let fs = Setup::default().build(store.clone());
+        let attr = fs.lookup(ROOT_INODE, OsStr::new("v")).await.unwrap();
+        let fh = fs.open(attr.ino.0, libc::O_RDONLY).await.unwrap();
+        assert_eq!(&fs.read(fh, 0, 7).await.unwrap()[..], b"version");
+        // Same size, different content: only the ETag tells them apart.
+        put(&*store, "v", "VERSION TWO").await;
+        assert_eq!(errno_of(fs.read(fh, 0, 7).await), libc::EIO);
+        assert_eq!(errno_of(fs.read(fh, 8, 3).await), libc::EIO);
+    }
+
+    #[tokio::test]
+    async fn modifications_are_refused() {
+        let fs = Setup::default().build(sample_store().await);
+        let file = fs.lookup(ROOT_INODE, OsStr::new("a.txt")).await.unwrap();
+        assert_eq!(
+            errno_of(fs.open(file.ino.0, libc::O_WRONLY).await),
+            libc::EROFS
+        );
+        assert_eq!(
+            errno_of(fs.open(file.ino.0, libc::O_RDWR).await),
+            libc::EROFS
+        );
+        assert_eq!(
+            errno_of(fs.open(file.ino.0, libc::O_RDONLY | libc::O_TRUNC).await),
+            libc::EROFS
+        );
+        assert_eq!(
+            fs.refuse_modification("mkdir", "x".into()).errno(),
+            libc::EROFS
+        );
+        let dir = fs.lookup(ROOT_INODE, OsStr::new("dir")).await.unwrap();
+        assert_eq!(
+            errno_of(fs.open(dir.ino.0, libc::O_RDONLY).await),
+            libc::EISDIR
+        );
+
+        let writable = Setup {
+            read_only: false,
+            ..Setup::default()
+        }
+        .build(sample_store().await);
+        assert_eq!(
+            writable.refuse_modification("mkdir", "x".into()).errno(),
+            libc::EOPNOTSUPP
+        );
+    }
+
+    #[tokio::test]
+    async fn local_filesystem_buckets_work_the_same() {
+        let temp = tempfile::tempdir().unwrap();
+        let root = temp.path();
+        std::fs::create_dir_all(root.join("data/nested/deeper")).unwrap();
+        std::fs::write(root.join("data/top.bin"), pattern(5000)).unwrap();
+        std::fs::write(root.join("data/nested/deeper/leaf.txt"), "leaf").unwrap();
+        std::fs::write(root.join("data/empty"), "").unwrap();
+        std::fs::write(root.join("outside.txt"), "not under the prefix").unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new_with_prefix(root).unwrap());
+        let fs = Setup {
+            prefix: "data/",
+            ..Setup::default()
+        }
+        .build(store);
+
+        let fh = fs.opendir(ROOT_INODE).unwrap();
+        let entries = fs.readdir(fh, 0).await.unwrap();
+        assert_eq!(names(&entries), [".", "..", "empty", "nested", "top.bin"]);
+        fs.releasedir(fh);
+        assert_eq!(
+            errno_of(fs.lookup(ROOT_INODE, OsStr::new("outside.txt")).await),
+            libc::ENOENT
+        );
+        let top = fs.lookup(ROOT_INODE, OsStr::new("top.bin")).await.unwrap();
+        assert_eq!((top.kind, top.size), (FileType::RegularFile, 5000));
+        assert_eq!(
+            open_read_all(&fs, ROOT_INODE, "top.bin").await,
+            pattern(5000)
+        );
+        assert_eq!(open_read_all(&fs, ROOT_INODE, "empty").await, b"");
+        let nested = fs.lookup(ROOT_INODE, OsStr::new("nested")).await.unwrap();
+        assert_eq!(nested.kind, FileType::Directory);
+        let deeper = fs.lookup(nested.ino.0, OsStr::new("deeper")).await.unwrap();
+        assert_eq!(open_read_all(&fs, deeper.ino.0, "leaf.txt").await, b"leaf");
+        // A file is not a directory, even though the local store could list it.
+        assert_eq!(
+            fs.lookup(ROOT_INODE, OsStr::new("top.bin"))
+                .await
+                .unwrap()
+                .kind,
+            FileType::RegularFile
+        );
+
+        let fh = fs.open(top.ino.0, libc::O_RDONLY).await.unwrap();
+        assert_eq!(fs.read(fh, 4990, 100).await.unwrap(), pattern(5000)[4990..]);
+        // Replace the file (new inode, new size): the pinned handle refuses it.
+        std::fs::write(root.join("data/top.new"), pattern(6000)).unwrap();
+        std::fs::rename(root.join("data/top.new"), root.join("data/top.bin")).unwrap();
+        assert_eq!(errno_of(fs.read(fh, 0, 100).await), libc::EIO);
+    }
+}
