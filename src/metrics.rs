@@ -106,7 +106,10 @@ impl Metrics {
             )
             .expect("valid metric"),
             recoveries: IntCounterVec::new(
-                opts("recoveries_total", "Re-mounts of broken datasets by reason."),
+                opts(
+                    "recoveries_total",
+                    "Re-mounts of broken datasets by reason.",
+                ),
                 &["name", "reason"],
             )
             .expect("valid metric"),
@@ -125,7 +128,10 @@ impl Metrics {
             )
             .expect("valid metric"),
             s3_requests: IntCounterVec::new(
-                opts("s3_requests_total", "Object store requests by operation and result."),
+                opts(
+                    "s3_requests_total",
+                    "Object store requests by operation and result.",
+                ),
                 &["name", "op", "result"],
             )
             .expect("valid metric"),
@@ -135,12 +141,18 @@ impl Metrics {
             )
             .expect("valid metric"),
             http_requests: IntCounterVec::new(
-                opts("http_requests_total", "Control API requests by route and status."),
+                opts(
+                    "http_requests_total",
+                    "Control API requests by route and status.",
+                ),
                 &["route", "method", "code"],
             )
             .expect("valid metric"),
             build_info: IntGaugeVec::new(
-                opts("build_info", "Always 1; the version label says which build runs."),
+                opts(
+                    "build_info",
+                    "Always 1; the version label says which build runs.",
+                ),
                 &["version"],
             )
             .expect("valid metric"),
@@ -187,7 +199,9 @@ impl Metrics {
     /// Counts one object-store request for dataset `name`.
     pub fn observe_s3_request(&self, name: &str, op: &str, ok: bool) {
         let result = if ok { "success" } else { "error" };
-        self.s3_requests.with_label_values(&[name, op, result]).inc();
+        self.s3_requests
+            .with_label_values(&[name, op, result])
+            .inc();
     }
 
     /// Counts one FUSE request for dataset `name`.
@@ -224,10 +238,16 @@ mod tests {
         metrics.observe_operation("s3", "mount", true, Duration::from_millis(3));
         metrics.observe_s3_request("ds", "get", true);
         metrics.observe_fuse_request("ds", "read", Duration::from_micros(50));
-        metrics.mount_healthy.with_label_values(&["ds", "s3"]).set(1);
+        metrics
+            .mount_healthy
+            .with_label_values(&["ds", "s3"])
+            .set(1);
         metrics.mounts.with_label_values(&["s3", "Mounted"]).set(1);
         metrics.recoveries.with_label_values(&["ds", "probe"]).inc();
-        metrics.probe_duration.with_label_values(&["s3"]).observe(0.01);
+        metrics
+            .probe_duration
+            .with_label_values(&["s3"])
+            .observe(0.01);
         metrics.s3_bytes_read.with_label_values(&["ds"]).inc_by(10);
         metrics
             .http_requests
@@ -248,7 +268,10 @@ mod tests {
             "hotmount_http_requests_total",
             "hotmount_build_info",
         ] {
-            assert!(text.contains(&format!("# TYPE {family} ")), "{family} missing:\n{text}");
+            assert!(
+                text.contains(&format!("# TYPE {family} ")),
+                "{family} missing:\n{text}"
+            );
         }
         metrics.forget_dataset("ds", "s3");
         assert!(!metrics.render().contains("hotmount_mount_healthy{"));

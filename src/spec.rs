@@ -196,7 +196,10 @@ impl fmt::Debug for InlineCredentials {
         f.debug_struct("InlineCredentials")
             .field("access_key_id", &self.access_key_id)
             .field("secret_access_key", &REDACTED)
-            .field("session_token", &self.session_token.as_ref().map(|_| REDACTED))
+            .field(
+                "session_token",
+                &self.session_token.as_ref().map(|_| REDACTED),
+            )
             .finish()
     }
 }
@@ -260,7 +263,10 @@ impl NfsSource {
         if let Some(n) = self.nconnect
             && !(1..=16).contains(&n)
         {
-            return Err(SpecError::new(field("nconnect"), "must be between 1 and 16"));
+            return Err(SpecError::new(
+                field("nconnect"),
+                "must be between 1 and 16",
+            ));
         }
         if let Some(t) = self.timeo_seconds
             && !(1..=600).contains(&t)
@@ -378,7 +384,9 @@ fn is_host(server: &str) -> bool {
     (1..=253).contains(&server.len())
         && server.split('.').all(|label| {
             (1..=63).contains(&label.len())
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })
@@ -436,7 +444,18 @@ mod tests {
         for good in ["a", "imagenet", "set-1.v2", "a_b", &"x".repeat(63)] {
             assert!(validate_name(good).is_ok(), "{good} should be accepted");
         }
-        for bad in ["", "-a", "a-", "A", "a/b", "..", ".a", "a b", &"x".repeat(64), "é"] {
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "A",
+            "a/b",
+            "..",
+            ".a",
+            "a b",
+            &"x".repeat(64),
+            "é",
+        ] {
             assert!(validate_name(bad).is_err(), "{bad:?} should be rejected");
         }
     }
@@ -477,17 +496,47 @@ mod tests {
     #[test]
     fn bad_fields_are_named() {
         let cases = [
-            (r#"{"source":{"nfs":{"server":"a b","export":"/x"}}}"#, "source.nfs.server"),
-            (r#"{"source":{"nfs":{"server":"h","export":"x"}}}"#, "source.nfs.export"),
-            (r#"{"source":{"nfs":{"server":"h","export":"/x,rw"}}}"#, "source.nfs.export"),
-            (r#"{"source":{"nfs":{"server":"h","export":"/x/../etc"}}}"#, "source.nfs.export"),
-            (r#"{"source":{"nfs":{"server":"h","export":"/x","nconnect":17}}}"#, "source.nfs.nconnect"),
-            (r#"{"source":{"nfs":{"server":"h","export":"/x","rsize":5000}}}"#, "source.nfs.rsize"),
-            (r#"{"source":{"nfs":{"server":"h","export":"/x","timeoSeconds":0}}}"#, "source.nfs.timeoSeconds"),
+            (
+                r#"{"source":{"nfs":{"server":"a b","export":"/x"}}}"#,
+                "source.nfs.server",
+            ),
+            (
+                r#"{"source":{"nfs":{"server":"h","export":"x"}}}"#,
+                "source.nfs.export",
+            ),
+            (
+                r#"{"source":{"nfs":{"server":"h","export":"/x,rw"}}}"#,
+                "source.nfs.export",
+            ),
+            (
+                r#"{"source":{"nfs":{"server":"h","export":"/x/../etc"}}}"#,
+                "source.nfs.export",
+            ),
+            (
+                r#"{"source":{"nfs":{"server":"h","export":"/x","nconnect":17}}}"#,
+                "source.nfs.nconnect",
+            ),
+            (
+                r#"{"source":{"nfs":{"server":"h","export":"/x","rsize":5000}}}"#,
+                "source.nfs.rsize",
+            ),
+            (
+                r#"{"source":{"nfs":{"server":"h","export":"/x","timeoSeconds":0}}}"#,
+                "source.nfs.timeoSeconds",
+            ),
             (r#"{"source":{"s3":{"bucket":"AB"}}}"#, "source.s3.bucket"),
-            (r#"{"source":{"s3":{"bucket":"abc","endpoint":"ftp://x"}}}"#, "source.s3.endpoint"),
-            (r#"{"source":{"s3":{"bucket":"abc","prefix":"a/../b"}}}"#, "source.s3.prefix"),
-            (r#"{"source":{"s3":{"bucket":"abc","credentials":{"file":"rel"}}}}"#, "source.s3.credentials.file"),
+            (
+                r#"{"source":{"s3":{"bucket":"abc","endpoint":"ftp://x"}}}"#,
+                "source.s3.endpoint",
+            ),
+            (
+                r#"{"source":{"s3":{"bucket":"abc","prefix":"a/../b"}}}"#,
+                "source.s3.prefix",
+            ),
+            (
+                r#"{"source":{"s3":{"bucket":"abc","credentials":{"file":"rel"}}}}"#,
+                "source.s3.credentials.file",
+            ),
         ];
         for (json, field) in cases {
             let err = parse(json).unwrap().validate().unwrap_err();
@@ -503,16 +552,25 @@ mod tests {
         )
         .unwrap();
         let shown = serde_json::to_string(&spec.redacted()).unwrap();
-        assert!(!shown.contains("s3cr3t") && !shown.contains("tok\""), "{shown}");
+        assert!(
+            !shown.contains("s3cr3t") && !shown.contains("tok\""),
+            "{shown}"
+        );
         assert!(shown.contains("AKID"));
         let debug = format!("{spec:?}");
-        assert!(!debug.contains("s3cr3t") && !debug.contains("\"tok\""), "{debug}");
+        assert!(
+            !debug.contains("s3cr3t") && !debug.contains("\"tok\""),
+            "{debug}"
+        );
     }
 
     #[test]
     fn anonymous_credentials_are_a_plain_string() {
-        let spec = parse(r#"{"source":{"s3":{"bucket":"abc","credentials":"anonymous"}}}"#).unwrap();
-        let SourceSpec::S3(s3) = spec.source else { panic!() };
+        let spec =
+            parse(r#"{"source":{"s3":{"bucket":"abc","credentials":"anonymous"}}}"#).unwrap();
+        let SourceSpec::S3(s3) = spec.source else {
+            panic!()
+        };
         assert_eq!(s3.credentials, Some(S3Credentials::Anonymous));
     }
 

@@ -1,11 +1,47 @@
 //! The S3 filesystem logic (inodes, directory listings, reads), independent of
 //! the kernel: the FUSE adapter calls it, tests drive it directly.
+//!
+//! Semantics (read path):
+//! - the root inode is the bucket prefix; a name is a file when the object
+//!   `prefix/name` exists, a directory when any key lives under `prefix/name/`;
+//!   when both exist the directory wins (the file is hidden) so that a tree of
+//!   keys always stays reachable;
+//! - directories have no object of their own: their mtime is the mount time;
+//! - inode numbers are never reused within one mount, so one generation number
+//!   is enough; an inode is dropped once the kernel forgot it;
+//! - attributes, entries and negative entries are cached for `metadata_ttl`
+//!   (forever when `immutable`), and the kernel gets the same TTL;
+//! - an open file is pinned to the ETag it had at open: a read after the object
+//!   changed fails with EIO, never returns mixed bytes.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use fuser::{FileAttr, FileType, Generation};
+use futures::StreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{GetOptions, GetRange, ObjectMeta, ObjectStoreExt};
 
 use crate::metrics::Metrics;
 use crate::s3fs::store::Bucket;
+
+/// The inode number of the mount's root (the bucket prefix).
+pub const ROOT_INODE: u64 = 1;
+/// Inode numbers are never reused within one mount, so one generation suffices.
+pub const GENERATION: Generation = Generation(1);
+/// The block size reported in attributes and statfs.
+const BLOCK_SIZE: u32 = 4096;
+/// The longest name a directory entry may have.
+const MAX_NAME_LEN: usize = 255;
+/// The TTL handed to the kernel for immutable datasets ("forever").
+const IMMUTABLE_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Negative entries kept at most; the cache is cleared when it grows past this.
+const MAX_NEGATIVE_ENTRIES: usize = 100_000;
 
 /// Options of one S3 filesystem.
 #[derive(Debug, Clone)]
@@ -20,6 +56,289 @@ pub struct FsOptions {
     pub immutable: bool,
 }
 
+/// Why a filesystem operation failed; [`FsError::errno`] is what the kernel gets.
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    /// The name does not exist (a negative entry).
+    #[error("{key}: no such file or directory")]
+    NotFound {
+        /// The key that was looked for.
+        key: String,
+    },
+    /// The kernel named an inode this filesystem does not know (any more).
+    #[error("inode {0} is unknown")]
+    UnknownInode(u64),
+    /// The kernel named a handle this filesystem does not know.
+    #[error("handle {0} is unknown")]
+    UnknownHandle(u64),
+    /// A name longer than 255 bytes.
+    #[error("name {0:?} is longer than 255 bytes")]
+    NameTooLong(String),
+    /// A name that cannot be a key segment (`/`, NUL, not UTF-8).
+    #[error("name {0:?} is not a valid entry name")]
+    InvalidName(String),
+    /// A directory operation on a file.
+    #[error("{0} is not a directory")]
+    NotADirectory(String),
+    /// A file operation on a directory.
+    #[error("{0} is a directory")]
+    IsADirectory(String),
+    /// A modification on a read-only mount.
+    #[error("{op} {target}: read-only filesystem")]
+    ReadOnly {
+        /// The refused operation.
+        op: &'static str,
+        /// What it was aimed at.
+        target: String,
+    },
+    /// A modification this filesystem does not implement yet.
+    #[error("{op} {target}: not supported by the s3 filesystem")]
+    NotSupported {
+        /// The refused operation.
+        op: &'static str,
+        /// What it was aimed at.
+        target: String,
+    },
+    /// The object changed since it was opened.
+    #[error("read {key}: object changed since open ({detail})")]
+    ObjectChanged {
+        /// The object.
+        key: String,
+        /// What differed.
+        detail: String,
+    },
+    /// The object store refused or failed a request.
+    #[error("{op} {key}: {source}")]
+    Store {
+        /// The request (`head`, `list`, `get`).
+        op: &'static str,
+        /// The key or prefix.
+        key: String,
+        /// The store's error.
+        source: object_store::Error,
+    },
+}
+
+impl FsError {
+    /// The errno the kernel gets for this error.
+    pub fn errno(&self) -> i32 {
+        match self {
+            FsError::NotFound { .. } | FsError::UnknownInode(_) => libc::ENOENT,
+            FsError::UnknownHandle(_) => libc::EBADF,
+            FsError::NameTooLong(_) => libc::ENAMETOOLONG,
+            FsError::InvalidName(_) => libc::EINVAL,
+            FsError::NotADirectory(_) => libc::ENOTDIR,
+            FsError::IsADirectory(_) => libc::EISDIR,
+            FsError::ReadOnly { .. } => libc::EROFS,
+            FsError::NotSupported { .. } => libc::EOPNOTSUPP,
+            FsError::ObjectChanged { .. } => libc::EIO,
+            FsError::Store { source, .. } => match source {
+                object_store::Error::NotFound { .. } => libc::ENOENT,
+                object_store::Error::Precondition { .. } => libc::EIO,
+                object_store::Error::PermissionDenied { .. }
+                | object_store::Error::Unauthenticated { .. } => libc::EACCES,
+                _ => libc::EIO,
+            },
+        }
+    }
+
+    /// Whether this is an expected answer (a missing name, a refused
+    /// modification) rather than a failure worth a log line.
+    pub fn is_expected(&self) -> bool {
+        matches!(
+            self.errno(),
+            libc::ENOENT | libc::ENAMETOOLONG | libc::EROFS | libc::ENOTDIR | libc::EISDIR
+        )
+    }
+}
+
+/// What an inode is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeKind {
+    /// A key prefix.
+    Directory,
+    /// An object.
+    File,
+}
+
+/// The object metadata an inode carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ObjectStat {
+    size: u64,
+    last_modified: DateTime<Utc>,
+    etag: Option<String>,
+}
+
+impl ObjectStat {
+    fn from_meta(meta: &ObjectMeta) -> Self {
+        ObjectStat {
+            size: meta.size,
+            last_modified: meta.last_modified,
+            etag: meta.e_tag.clone(),
+        }
+    }
+
+    fn directory(mounted_at: DateTime<Utc>) -> Self {
+        ObjectStat {
+            size: 0,
+            last_modified: mounted_at,
+            etag: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Inode {
+    parent: u64,
+    name: String,
+    /// The object key (files) or the prefix without its trailing `/` (directories).
+    key: ObjectPath,
+    kind: NodeKind,
+    stat: ObjectStat,
+    validated_at: Instant,
+    /// The kernel's lookup count (lookup and readdirplus replies minus forgets).
+    lookups: u64,
+}
+
+/// Inodes by number and by (parent, name), plus negative entries.
+#[derive(Debug)]
+struct InodeTable {
+    next_ino: u64,
+    inodes: HashMap<u64, Inode>,
+    children: HashMap<(u64, String), u64>,
+    negative: HashMap<(u64, String), Instant>,
+}
+
+impl InodeTable {
+    /// Records `name` under `parent` as `kind` with `stat`; keeps the inode
+    /// number when the name is known with the same kind, otherwise allocates a
+    /// new one (the old inode lives on until the kernel forgets it).
+    fn upsert(
+        &mut self,
+        parent: u64,
+        name: &str,
+        key: ObjectPath,
+        kind: NodeKind,
+        stat: ObjectStat,
+    ) -> u64 {
+        let slot = (parent, name.to_string());
+        self.negative.remove(&slot);
+        let now = Instant::now();
+        if let Some(&ino) = self.children.get(&slot) {
+            if let Some(inode) = self.inodes.get_mut(&ino) {
+                if inode.kind == kind {
+                    inode.stat = stat;
+                    inode.validated_at = now;
+                    return ino;
+                }
+            }
+        }
+        let ino = self.next_ino;
+        self.next_ino += 1;
+        self.inodes.insert(
+            ino,
+            Inode {
+                parent,
+                name: name.to_string(),
+                key,
+                kind,
+                stat,
+                validated_at: now,
+                lookups: 0,
+            },
+        );
+        self.children.insert(slot, ino);
+        ino
+    }
+
+    /// Drops `ino` if the kernel holds no reference to it.
+    fn drop_if_unreferenced(&mut self, ino: u64) {
+        if ino == ROOT_INODE {
+            return;
+        }
+        let Some(inode) = self.inodes.get(&ino) else {
+            return;
+        };
+        if inode.lookups > 0 {
+            return;
+        }
+        let slot = (inode.parent, inode.name.clone());
+        self.inodes.remove(&ino);
+        if self.children.get(&slot) == Some(&ino) {
+            self.children.remove(&slot);
+        }
+    }
+
+    fn insert_negative(&mut self, parent: u64, name: &str) {
+        if self.negative.len() >= MAX_NEGATIVE_ENTRIES {
+            self.negative.clear();
+        }
+        let slot = (parent, name.to_string());
+        if let Some(ino) = self.children.remove(&slot) {
+            // The name is gone; the inode stays until the kernel forgets it.
+            self.drop_if_unreferenced(ino);
+        }
+        self.negative.insert(slot, Instant::now());
+    }
+}
+
+/// One entry of a directory listing snapshot.
+#[derive(Debug, Clone)]
+struct ListedEntry {
+    name: String,
+    key: ObjectPath,
+    kind: NodeKind,
+    stat: ObjectStat,
+}
+
+/// An open directory: the listing taken at the first read (offset 0), so that
+/// offsets stay stable across calls.
+#[derive(Debug, Default)]
+struct DirHandle {
+    ino: u64,
+    snapshot: tokio::sync::Mutex<Option<Arc<Vec<ListedEntry>>>>,
+    /// Inodes created for this handle's entries; dropped at release if the
+    /// kernel never looked them up.
+    created: Mutex<Vec<u64>>,
+}
+
+/// An open file, pinned to what the object was at open.
+#[derive(Debug, Clone)]
+struct FileHandleState {
+    key: ObjectPath,
+    stat: ObjectStat,
+}
+
+/// One entry returned by [`S3Filesystem::readdir`].
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    /// The offset of the entry after this one (what the kernel sends next).
+    pub next_offset: u64,
+    /// The entry's name.
+    pub name: String,
+    /// Its attributes (inode number included).
+    pub attr: FileAttr,
+}
+
+/// Numbers for statfs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FsStats {
+    /// Total blocks of `block_size`.
+    pub blocks: u64,
+    /// Free blocks.
+    pub blocks_free: u64,
+    /// Blocks available to unprivileged users.
+    pub blocks_available: u64,
+    /// Total inodes.
+    pub files: u64,
+    /// Free inodes.
+    pub files_free: u64,
+    /// Block size.
+    pub block_size: u32,
+    /// Longest name.
+    pub name_max: u32,
+}
+
 /// One mounted bucket.
 #[derive(Debug)]
 pub struct S3Filesystem {
@@ -27,6 +346,11 @@ pub struct S3Filesystem {
     options: FsOptions,
     runtime: tokio::runtime::Handle,
     metrics: Arc<Metrics>,
+    mounted_at: DateTime<Utc>,
+    inodes: Mutex<InodeTable>,
+    next_handle: AtomicU64,
+    dir_handles: Mutex<HashMap<u64, Arc<DirHandle>>>,
+    file_handles: Mutex<HashMap<u64, FileHandleState>>,
 }
 
 impl S3Filesystem {
@@ -37,11 +361,1244 @@ impl S3Filesystem {
         runtime: tokio::runtime::Handle,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let mounted_at = Utc::now();
+        let root_key = ObjectPath::from(bucket.prefix.trim_end_matches('/'));
+        let mut inodes = HashMap::new();
+        inodes.insert(
+            ROOT_INODE,
+            Inode {
+                parent: ROOT_INODE,
+                name: String::new(),
+                key: root_key,
+                kind: NodeKind::Directory,
+                stat: ObjectStat::directory(mounted_at),
+                validated_at: Instant::now(),
+                lookups: 1,
+            },
+        );
         S3Filesystem {
             bucket,
             options,
             runtime,
             metrics,
+            mounted_at,
+            inodes: Mutex::new(InodeTable {
+                next_ino: ROOT_INODE + 1,
+                inodes,
+                children: HashMap::new(),
+                negative: HashMap::new(),
+            }),
+            next_handle: AtomicU64::new(1),
+            dir_handles: Mutex::new(HashMap::new()),
+            file_handles: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The runtime that runs network work.
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.runtime
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The options this filesystem was built with.
+    pub fn options(&self) -> &FsOptions {
+        &self.options
+    }
+
+    /// The bucket (and prefix) this filesystem serves, e.g. for mountinfo.
+    pub fn bucket_display(&self) -> &str {
+        &self.bucket.display
+    }
+
+    /// How long the kernel may cache entries and attributes.
+    pub fn kernel_ttl(&self) -> Duration {
+        if self.options.immutable {
+            IMMUTABLE_TTL
+        } else {
+            self.options.metadata_ttl
+        }
+    }
+
+    /// How many inodes are in the table (root included), for tests and debugging.
+    pub fn inode_count(&self) -> usize {
+        self.table().inodes.len()
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, InodeTable> {
+        self.inodes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn is_fresh(&self, validated_at: Instant) -> bool {
+        self.options.immutable || validated_at.elapsed() < self.options.metadata_ttl
+    }
+
+    fn inode(&self, ino: u64) -> Result<Inode, FsError> {
+        self.table()
+            .inodes
+            .get(&ino)
+            .cloned()
+            .ok_or(FsError::UnknownInode(ino))
+    }
+
+    fn attr_of(&self, ino: u64, inode: &Inode) -> FileAttr {
+        let mtime: SystemTime = inode.stat.last_modified.into();
+        let (kind, perm, nlink) = match (inode.kind, self.options.read_only) {
+            (NodeKind::Directory, true) => (FileType::Directory, 0o555, 2),
+            (NodeKind::Directory, false) => (FileType::Directory, 0o755, 2),
+            (NodeKind::File, true) => (FileType::RegularFile, 0o444, 1),
+            (NodeKind::File, false) => (FileType::RegularFile, 0o644, 1),
+        };
+        FileAttr {
+            ino: fuser::INodeNo(ino),
+            size: inode.stat.size,
+            blocks: inode.stat.size.div_ceil(512),
+            atime: mtime,
+            mtime,
+            ctime: mtime,
+            crtime: mtime,
+            kind,
+            perm,
+            nlink,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            blksize: BLOCK_SIZE,
+            flags: 0,
+        }
+    }
+
+    fn observe(&self, op: &str, ok: bool) {
+        self.metrics
+            .observe_s3_request(&self.options.dataset, op, ok);
+    }
+
+    /// HEAD `key`: `Ok(None)` when it does not exist.
+    async fn head(&self, key: &ObjectPath) -> Result<Option<ObjectMeta>, FsError> {
+        match self.bucket.store.head(key).await {
+            Ok(meta) => {
+                self.observe("head", true);
+                Ok(Some(meta))
+            }
+            Err(object_store::Error::NotFound { .. }) => {
+                // A missing key is an answer, not a failed request.
+                self.observe("head", true);
+                Ok(None)
+            }
+            Err(source) => {
+                self.observe("head", false);
+                Err(FsError::Store {
+                    op: "head",
+                    key: key.to_string(),
+                    source,
+                })
+            }
+        }
+    }
+
+    /// Whether any key lives strictly below `prefix` (a one-page LIST of
+    /// which only the first key is used).
+    async fn has_keys_below(&self, prefix: &ObjectPath) -> Result<bool, FsError> {
+        let depth = prefix.parts().count();
+        let mut stream = self.bucket.store.list(Some(prefix));
+        while let Some(item) = stream.next().await {
+            match item {
+                // Stores may return the prefix itself when it is an object.
+                Ok(meta) if meta.location.parts().count() > depth => {
+                    self.observe("list", true);
+                    return Ok(true);
+                }
+                Ok(_) => continue,
+                Err(object_store::Error::NotFound { .. }) => break,
+                Err(source) => {
+                    self.observe("list", false);
+                    return Err(FsError::Store {
+                        op: "list",
+                        key: format!("{prefix}/"),
+                        source,
+                    });
+                }
+            }
+        }
+        self.observe("list", true);
+        Ok(false)
+    }
+
+    fn validate_name(name: &OsStr) -> Result<&str, FsError> {
+        let Some(text) = name.to_str() else {
+            return Err(FsError::InvalidName(name.to_string_lossy().into_owned()));
+        };
+        if text.len() > MAX_NAME_LEN {
+            return Err(FsError::NameTooLong(text.to_string()));
+        }
+        if text.is_empty() || text.contains('/') || text.contains('\0') {
+            return Err(FsError::InvalidName(text.to_string()));
+        }
+        Ok(text)
+    }
+
+    fn child_key(parent: &ObjectPath, name: &str) -> Option<ObjectPath> {
+        let joined = if parent.as_ref().is_empty() {
+            name.to_string()
+        } else {
+            format!("{parent}/{name}")
+        };
+        ObjectPath::parse(joined).ok()
+    }
+
+    /// Resolves `name` in directory `parent`; on success the kernel holds one
+    /// more reference to the returned inode.
+    pub async fn lookup(&self, parent: u64, name: &OsStr) -> Result<FileAttr, FsError> {
+        let parent_inode = self.inode(parent)?;
+        if parent_inode.kind != NodeKind::Directory {
+            return Err(FsError::NotADirectory(parent_inode.key.to_string()));
+        }
+        let target = match name.to_str() {
+            Some(".") => Some(parent),
+            Some("..") => Some(parent_inode.parent),
+            _ => None,
+        };
+        if let Some(ino) = target {
+            return self.reference(ino);
+        }
+        let name = Self::validate_name(name)?;
+        let slot = (parent, name.to_string());
+        {
+            let table = self.table();
+            if let Some(inode) = table.children.get(&slot).and_then(|i| table.inodes.get(i)) {
+                if self.is_fresh(inode.validated_at) {
+                    let ino = table.children[&slot];
+                    drop(table);
+                    return self.reference(ino);
+                }
+            } else if let Some(at) = table.negative.get(&slot) {
+                if self.is_fresh(*at) {
+                    return Err(FsError::NotFound {
+                        key: format!("{}/{name}", parent_inode.key),
+                    });
+                }
+            }
+        }
+        let Some(key) = Self::child_key(&parent_inode.key, name) else {
+            // No object can have this key: a missing name.
+            return Err(FsError::NotFound {
+                key: format!("{}/{name}", parent_inode.key),
+            });
+        };
+        let (object, directory) = tokio::join!(self.head(&key), self.has_keys_below(&key));
+        // A directory wins over an object with the same name, so that the keys
+        // under it stay reachable; the object is hidden.
+        let found = if directory? {
+            Some((NodeKind::Directory, ObjectStat::directory(self.mounted_at)))
+        } else {
+            object?.map(|meta| (NodeKind::File, ObjectStat::from_meta(&meta)))
+        };
+        let mut table = self.table();
+        match found {
+            Some((kind, stat)) => {
+                let ino = table.upsert(parent, name, key, kind, stat);
+                let inode = table
+                    .inodes
+                    .get_mut(&ino)
+                    .ok_or(FsError::UnknownInode(ino))?;
+                inode.lookups += 1;
+                Ok(self.attr_of(ino, inode))
+            }
+            None => {
+                table.insert_negative(parent, name);
+                Err(FsError::NotFound {
+                    key: key.to_string(),
+                })
+            }
+        }
+    }
+
+    /// Adds one kernel reference to `ino` and returns its attributes.
+    fn reference(&self, ino: u64) -> Result<FileAttr, FsError> {
+        let mut table = self.table();
+        let inode = table
+            .inodes
+            .get_mut(&ino)
+            .ok_or(FsError::UnknownInode(ino))?;
+        inode.lookups += 1;
+        Ok(self.attr_of(ino, inode))
+    }
+
+    /// Records that the kernel took a reference to `ino` through a
+    /// readdirplus entry (other than `.` and `..`).
+    pub fn remember_lookup(&self, ino: u64) {
+        if let Some(inode) = self.table().inodes.get_mut(&ino) {
+            inode.lookups += 1;
+        }
+    }
+
+    /// The kernel dropped `count` references to `ino`.
+    pub fn forget(&self, ino: u64, count: u64) {
+        let mut table = self.table();
+        if let Some(inode) = table.inodes.get_mut(&ino) {
+            inode.lookups = inode.lookups.saturating_sub(count);
+            table.drop_if_unreferenced(ino);
+        }
+    }
+
+    /// The attributes of `ino`, revalidated with a HEAD when the cache expired.
+    pub async fn getattr(&self, ino: u64) -> Result<FileAttr, FsError> {
+        let inode = self.inode(ino)?;
+        if inode.kind == NodeKind::Directory || self.is_fresh(inode.validated_at) {
+            return Ok(self.attr_of(ino, &inode));
+        }
+        let meta = self
+            .head(&inode.key)
+            .await?
+            .ok_or_else(|| FsError::NotFound {
+                key: inode.key.to_string(),
+            })?;
+        let mut table = self.table();
+        let inode = table
+            .inodes
+            .get_mut(&ino)
+            .ok_or(FsError::UnknownInode(ino))?;
+        inode.stat = ObjectStat::from_meta(&meta);
+        inode.validated_at = Instant::now();
+        Ok(self.attr_of(ino, inode))
+    }
+
+    fn new_handle(&self) -> u64 {
+        self.next_handle.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Opens directory `ino`; the listing is taken at the first read.
+    pub fn opendir(&self, ino: u64) -> Result<u64, FsError> {
+        let inode = self.inode(ino)?;
+        if inode.kind != NodeKind::Directory {
+            return Err(FsError::NotADirectory(inode.key.to_string()));
+        }
+        let fh = self.new_handle();
+        let handle = DirHandle {
+            ino,
+            ..DirHandle::default()
+        };
+        self.dir_handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(fh, Arc::new(handle));
+        Ok(fh)
+    }
+
+    /// Closes a directory handle; inodes it created that the kernel never
+    /// looked up are dropped.
+    pub fn releasedir(&self, fh: u64) {
+        let handle = self
+            .dir_handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh);
+        if let Some(handle) = handle {
+            let created =
+                std::mem::take(&mut *handle.created.lock().unwrap_or_else(|p| p.into_inner()));
+            let mut table = self.table();
+            for ino in created {
+                table.drop_if_unreferenced(ino);
+            }
+        }
+    }
+
+    /// Lists directory `prefix` completely (the store follows continuation
+    /// tokens), directories first by name, then files.
+    async fn list_directory(&self, prefix: &ObjectPath) -> Result<Vec<ListedEntry>, FsError> {
+        let listed = if prefix.as_ref().is_empty() {
+            self.bucket.store.list_with_delimiter(None).await
+        } else {
+            self.bucket.store.list_with_delimiter(Some(prefix)).await
+        };
+        self.observe("list", listed.is_ok());
+        let listed = listed.map_err(|source| FsError::Store {
+            op: "list",
+            key: format!("{prefix}/"),
+            source,
+        })?;
+        let mut entries: Vec<ListedEntry> = Vec::new();
+        let mut directories = std::collections::HashSet::new();
+        for common in listed.common_prefixes {
+            let Some(name) = common.filename() else {
+                continue;
+            };
+            if name.is_empty() || name.len() > MAX_NAME_LEN {
+                continue;
+            }
+            directories.insert(name.to_string());
+            entries.push(ListedEntry {
+                name: name.to_string(),
+                kind: NodeKind::Directory,
+                stat: ObjectStat::directory(self.mounted_at),
+                key: common,
+            });
+        }
+        for object in listed.objects {
+            // The zero-byte marker whose key is the prefix itself (`dir/`) is
+            // not an entry; nor is any key ending in `/`.
+            if object.location == *prefix || object.location.as_ref().ends_with('/') {
+                continue;
+            }
+            let Some(name) = object.location.filename() else {
+                continue;
+            };
+            if name.is_empty() || name.len() > MAX_NAME_LEN || directories.contains(name) {
+                continue;
+            }
+            entries.push(ListedEntry {
+                name: name.to_string(),
+                kind: NodeKind::File,
+                stat: ObjectStat::from_meta(&object),
+                key: object.location.clone(),
+            });
+        }
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(entries)
+    }
+
+    /// Entries of open directory `fh` from `offset` on: offset 0 is `.`, 1 is
+    /// `..`, then the listing taken when offset 0 was read (re-read on every
+    /// read at offset 0, i.e. rewinddir). Each entry carries its inode
+    /// attributes; the listing refreshes the metadata cache.
+    pub async fn readdir(&self, fh: u64, offset: u64) -> Result<Vec<DirEntry>, FsError> {
+        let handle = self
+            .dir_handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::UnknownHandle(fh))?;
+        let dir = self.inode(handle.ino)?;
+        let snapshot = {
+            let mut snapshot = handle.snapshot.lock().await;
+            if offset == 0 || snapshot.is_none() {
+                *snapshot = Some(Arc::new(self.list_directory(&dir.key).await?));
+            }
+            snapshot.clone().unwrap_or_default()
+        };
+        let mut out = Vec::new();
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        if start < 2 {
+            let parent = self.inode(dir.parent)?;
+            let dots = [(".", handle.ino, &dir), ("..", dir.parent, &parent)];
+            for (index, (name, ino, inode)) in dots.into_iter().enumerate().skip(start) {
+                out.push(DirEntry {
+                    next_offset: index as u64 + 1,
+                    name: name.to_string(),
+                    attr: self.attr_of(ino, inode),
+                });
+            }
+        }
+        let mut table = self.table();
+        let mut created = Vec::new();
+        for (index, entry) in snapshot.iter().enumerate().skip(start.saturating_sub(2)) {
+            let known = table
+                .children
+                .contains_key(&(handle.ino, entry.name.clone()));
+            let ino = table.upsert(
+                handle.ino,
+                &entry.name,
+                entry.key.clone(),
+                entry.kind,
+                entry.stat.clone(),
+            );
+            if !known {
+                created.push(ino);
+            }
+            let inode = table.inodes.get(&ino).ok_or(FsError::UnknownInode(ino))?;
+            out.push(DirEntry {
+                next_offset: index as u64 + 3,
+                name: entry.name.clone(),
+                attr: self.attr_of(ino, inode),
+            });
+        }
+        drop(table);
+        handle
+            .created
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(created);
+        Ok(out)
+    }
+
+    /// Refuses a modification: EROFS on a read-only mount, otherwise
+    /// EOPNOTSUPP (writes are not implemented yet).
+    pub fn refuse_modification(&self, op: &'static str, target: String) -> FsError {
+        if self.options.read_only {
+            FsError::ReadOnly { op, target }
+        } else {
+            FsError::NotSupported { op, target }
+        }
+    }
+
+    /// Opens file `ino` for reading with the kernel's open `flags`; the handle
+    /// is pinned to the object's ETag (from the cache when still fresh).
+    pub async fn open(&self, ino: u64, flags: i32) -> Result<u64, FsError> {
+        let inode = self.inode(ino)?;
+        let writes = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        if writes {
+            return Err(self.refuse_modification("open for writing", inode.key.to_string()));
+        }
+        if inode.kind != NodeKind::File {
+            return Err(FsError::IsADirectory(inode.key.to_string()));
+        }
+        let stat = if self.is_fresh(inode.validated_at) {
+            inode.stat.clone()
+        } else {
+            let meta = self
+                .head(&inode.key)
+                .await?
+                .ok_or_else(|| FsError::NotFound {
+                    key: inode.key.to_string(),
+                })?;
+            let stat = ObjectStat::from_meta(&meta);
+            if let Some(cached) = self.table().inodes.get_mut(&ino) {
+                cached.stat = stat.clone();
+                cached.validated_at = Instant::now();
+            }
+            stat
+        };
+        let fh = self.new_handle();
+        self.file_handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                fh,
+                FileHandleState {
+                    key: inode.key,
+                    stat,
+                },
+            );
+        Ok(fh)
+    }
+
+    /// Reads `[offset, offset + size)` of open file `fh`, clipped to the size
+    /// seen at open; empty at or after the end.
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Bytes, FsError> {
+        let handle = self
+            .file_handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::UnknownHandle(fh))?;
+        let end = offset.saturating_add(u64::from(size)).min(handle.stat.size);
+        if offset >= end {
+            return Ok(Bytes::new());
+        }
+        let options = GetOptions {
+            if_match: handle.stat.etag.clone(),
+            // Without an ETag, the modification time pins the version.
+            if_unmodified_since: handle
+                .stat
+                .etag
+                .is_none()
+                .then_some(handle.stat.last_modified),
+            range: Some(GetRange::Bounded(offset..end)),
+            ..GetOptions::default()
+        };
+        let key = handle.key.to_string();
+        let fetched = async {
+            let result = self.bucket.store.get_opts(&handle.key, options).await?;
+            let meta = result.meta.clone();
+            let range = result.range.clone();
+            Ok::<_, object_store::Error>((meta, range, result.bytes().await?))
+        }
+        .await;
+        self.observe("get", fetched.is_ok());
+        let (meta, range, data) = fetched.map_err(|source| match source {
+            object_store::Error::Precondition { .. } => FsError::ObjectChanged {
+                key: key.clone(),
+                detail: "etag no longer matches".to_string(),
+            },
+            source => FsError::Store {
+                op: "get",
+                key: key.clone(),
+                source,
+            },
+        })?;
+        // Stores that ignore preconditions still report what they served.
+        let now = ObjectStat::from_meta(&meta);
+        let changed =
+            (handle.stat.etag.is_some() && now.etag.is_some() && now.etag != handle.stat.etag)
+                || now.size != handle.stat.size
+                || (handle.stat.etag.is_none() && now.last_modified != handle.stat.last_modified);
+        if changed || range != (offset..end) || data.len() as u64 != end - offset {
+            return Err(FsError::ObjectChanged {
+                key,
+                detail: format!(
+                    "served {} bytes of size {} etag {:?}, opened at size {} etag {:?}",
+                    data.len(),
+                    now.size,
+                    now.etag,
+                    handle.stat.size,
+                    handle.stat.etag
+                ),
+            });
+        }
+        self.metrics
+            .s3_bytes_read
+            .with_label_values(&[self.options.dataset.as_str()])
+            .inc_by(data.len() as u64);
+        Ok(data)
+    }
+
+    /// Closes file handle `fh`.
+    pub fn release(&self, fh: u64) {
+        self.file_handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh);
+    }
+
+    /// Numbers for statfs: an object store has no real capacity, so large
+    /// constants (like mountpoint-s3) keep `df` and space checks happy.
+    pub fn statfs(&self) -> FsStats {
+        let blocks = 1u64 << 40; // 4 PiB of 4 KiB blocks
+        let files = 1u64 << 32;
+        FsStats {
+            blocks,
+            blocks_free: blocks,
+            blocks_available: blocks,
+            files,
+            files_free: files,
+            block_size: BLOCK_SIZE,
+            name_max: MAX_NAME_LEN as u32,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fmt;
+    use std::sync::atomic::AtomicUsize;
+
+    use async_trait::async_trait;
+    use futures::stream::BoxStream;
+    use object_store::local::LocalFileSystem;
+    use object_store::memory::InMemory;
+    use object_store::{
+        CopyOptions, GetResult, ListResult, MultipartUpload, ObjectStore, PutMultipartOptions,
+        PutOptions, PutPayload, PutResult,
+    };
+
+    use super::*;
+
+    /// An [`ObjectStore`] that counts the requests it forwards.
+    #[derive(Debug)]
+    struct CountingStore {
+        inner: Arc<dyn ObjectStore>,
+        heads: AtomicUsize,
+        gets: AtomicUsize,
+        lists: AtomicUsize,
+    }
+
+    impl CountingStore {
+        fn new(inner: Arc<dyn ObjectStore>) -> Arc<Self> {
+            Arc::new(CountingStore {
+                inner,
+                heads: AtomicUsize::new(0),
+                gets: AtomicUsize::new(0),
+                lists: AtomicUsize::new(0),
+            })
+        }
+
+        fn requests(&self) -> usize {
+            self.heads.load(Ordering::SeqCst)
+                + self.gets.load(Ordering::SeqCst)
+                + self.lists.load(Ordering::SeqCst)
+        }
+    }
+
+    impl fmt::Display for CountingStore {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "counting({})", self.inner)
+        }
+    }
+
+    #[async_trait]
+    impl ObjectStore for CountingStore {
+        async fn put_opts(
+            &self,
+            location: &ObjectPath,
+            payload: PutPayload,
+            opts: PutOptions,
+        ) -> object_store::Result<PutResult> {
+            self.inner.put_opts(location, payload, opts).await
+        }
+
+        async fn put_multipart_opts(
+            &self,
+            location: &ObjectPath,
+            opts: PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn MultipartUpload>> {
+            self.inner.put_multipart_opts(location, opts).await
+        }
+
+        async fn get_opts(
+            &self,
+            location: &ObjectPath,
+            options: GetOptions,
+        ) -> object_store::Result<GetResult> {
+            let counter = if options.head {
+                &self.heads
+            } else {
+                &self.gets
+            };
+            counter.fetch_add(1, Ordering::SeqCst);
+            self.inner.get_opts(location, options).await
+        }
+
+        fn delete_stream(
+            &self,
+            locations: BoxStream<'static, object_store::Result<ObjectPath>>,
+        ) -> BoxStream<'static, object_store::Result<ObjectPath>> {
+            self.inner.delete_stream(locations)
+        }
+
+        fn list(
+            &self,
+            prefix: Option<&ObjectPath>,
+        ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+            self.lists.fetch_add(1, Ordering::SeqCst);
+            self.inner.list(prefix)
+        }
+
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&ObjectPath>,
+        ) -> object_store::Result<ListResult> {
+            self.lists.fetch_add(1, Ordering::SeqCst);
+            self.inner.list_with_delimiter(prefix).await
+        }
+
+        async fn copy_opts(
+            &self,
+            from: &ObjectPath,
+            to: &ObjectPath,
+            options: CopyOptions,
+        ) -> object_store::Result<()> {
+            self.inner.copy_opts(from, to, options).await
+        }
+    }
+
+    struct Setup {
+        read_only: bool,
+        ttl: Duration,
+        immutable: bool,
+        prefix: &'static str,
+    }
+
+    impl Default for Setup {
+        fn default() -> Self {
+            Setup {
+                read_only: true,
+                ttl: Duration::from_secs(60),
+                immutable: false,
+                prefix: "",
+            }
+        }
+    }
+
+    impl Setup {
+        fn build(self, store: Arc<dyn ObjectStore>) -> S3Filesystem {
+            S3Filesystem::new(
+                Bucket {
+                    store,
+                    prefix: self.prefix.to_string(),
+                    display: "test-bucket".to_string(),
+                },
+                FsOptions {
+                    dataset: "test".to_string(),
+                    read_only: self.read_only,
+                    metadata_ttl: self.ttl,
+                    immutable: self.immutable,
+                },
+                tokio::runtime::Handle::current(),
+                Arc::new(Metrics::new()),
+            )
+        }
+    }
+
+    async fn put(store: &dyn ObjectStore, key: &str, data: impl Into<Bytes>) {
+        store
+            .put(&ObjectPath::from(key), PutPayload::from(data.into()))
+            .await
+            .expect("put test object");
+    }
+
+    /// Deterministic, position-dependent bytes (so misplaced ranges show).
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    async fn sample_store() -> Arc<InMemory> {
+        let store = Arc::new(InMemory::new());
+        put(&*store, "a.txt", "hello").await;
+        put(&*store, "empty", Bytes::new()).await;
+        put(&*store, "dir/b.txt", "bee").await;
+        put(&*store, "dir/sub/c.txt", "sea").await;
+        put(&*store, "deep/x/y/z.bin", pattern(10)).await;
+        put(&*store, "both", "hidden file").await;
+        put(&*store, "both/inner", "inner").await;
+        store
+    }
+
+    fn errno_of<T: fmt::Debug>(result: Result<T, FsError>) -> i32 {
+        result.expect_err("operation should fail").errno()
+    }
+
+    async fn open_read_all(fs: &S3Filesystem, parent: u64, name: &str) -> Vec<u8> {
+        let attr = fs.lookup(parent, OsStr::new(name)).await.expect("lookup");
+        let fh = fs.open(attr.ino.0, libc::O_RDONLY).await.expect("open");
+        let data = fs.read(fh, 0, u32::MAX).await.expect("read");
+        fs.release(fh);
+        data.to_vec()
+    }
+
+    fn names(entries: &[DirEntry]) -> Vec<&str> {
+        entries.iter().map(|e| e.name.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn lookup_resolves_files_directories_and_missing_names() {
+        let fs = Setup::default().build(sample_store().await);
+        let file = fs.lookup(ROOT_INODE, OsStr::new("a.txt")).await.unwrap();
+        assert_eq!(file.kind, FileType::RegularFile);
+        assert_eq!(file.size, 5);
+        let dir = fs.lookup(ROOT_INODE, OsStr::new("dir")).await.unwrap();
+        assert_eq!(dir.kind, FileType::Directory);
+        let sub = fs.lookup(dir.ino.0, OsStr::new("sub")).await.unwrap();
+        assert_eq!(sub.kind, FileType::Directory);
+        let c = fs.lookup(sub.ino.0, OsStr::new("c.txt")).await.unwrap();
+        assert_eq!((c.kind, c.size), (FileType::RegularFile, 3));
+        // Directories inferred from keys alone, several levels deep.
+        let deep = fs.lookup(ROOT_INODE, OsStr::new("deep")).await.unwrap();
+        let x = fs.lookup(deep.ino.0, OsStr::new("x")).await.unwrap();
+        let y = fs.lookup(x.ino.0, OsStr::new("y")).await.unwrap();
+        assert_eq!(y.kind, FileType::Directory);
+        assert_eq!(open_read_all(&fs, y.ino.0, "z.bin").await, pattern(10));
+        // A prefix of a name is not a directory.
+        assert_eq!(
+            errno_of(fs.lookup(ROOT_INODE, OsStr::new("di")).await),
+            libc::ENOENT
+        );
+        assert_eq!(
+            errno_of(fs.lookup(ROOT_INODE, OsStr::new("missing")).await),
+            libc::ENOENT
+        );
+        assert_eq!(
+            errno_of(fs.lookup(dir.ino.0, OsStr::new("a.txt")).await),
+            libc::ENOENT
+        );
+        // Same name looked up twice keeps its inode number.
+        let again = fs.lookup(ROOT_INODE, OsStr::new("a.txt")).await.unwrap();
+        assert_eq!(again.ino, file.ino);
+        // Lookup below a file.
+        assert_eq!(
+            errno_of(fs.lookup(file.ino.0, OsStr::new("x")).await),
+            libc::ENOTDIR
+        );
+    }
+
+    #[tokio::test]
+    async fn directory_wins_over_object_with_the_same_name() {
+        let fs = Setup::default().build(sample_store().await);
+        let both = fs.lookup(ROOT_INODE, OsStr::new("both")).await.unwrap();
+        assert_eq!(both.kind, FileType::Directory);
+        let fh = fs.opendir(ROOT_INODE).unwrap();
+        let entries = fs.readdir(fh, 0).await.unwrap();
+        let listed: Vec<_> = entries.iter().filter(|e| e.name == "both").collect();
+        assert_eq!(listed.len(), 1, "one entry for both: {:?}", names(&entries));
+        assert_eq!(listed[0].attr.kind, FileType::Directory);
+        assert_eq!(listed[0].attr.ino, both.ino);
+    }
+
+    #[tokio::test]
+    async fn names_are_validated() {
+        let fs = Setup::default().build(sample_store().await);
+        let long = "n".repeat(256);
+        assert_eq!(
+            errno_of(fs.lookup(ROOT_INODE, OsStr::new(&long)).await),
+            libc::ENAMETOOLONG
+        );
+        assert_eq!(
+            errno_of(fs.lookup(ROOT_INODE, OsStr::new("dir/b.txt")).await),
+            libc::EINVAL
+        );
+        assert_eq!(
+            errno_of(fs.lookup(ROOT_INODE, OsStr::new("a\0b")).await),
+            libc::EINVAL
+        );
+        let dot = fs.lookup(ROOT_INODE, OsStr::new(".")).await.unwrap();
+        assert_eq!(dot.ino.0, ROOT_INODE);
+        let dir = fs.lookup(ROOT_INODE, OsStr::new("dir")).await.unwrap();
+        let up = fs.lookup(dir.ino.0, OsStr::new("..")).await.unwrap();
+        assert_eq!(up.ino.0, ROOT_INODE);
+        assert_eq!(
+            errno_of(fs.lookup(999, OsStr::new("x")).await),
+            libc::ENOENT
+        );
+    }
+
+    #[tokio::test]
+    async fn positive_and_negative_entries_are_cached_for_the_ttl() {
+        let store = CountingStore::new(sample_store().await);
+        let fs = Setup::default().build(store.clone());
+        assert_eq!(fs.kernel_ttl(), Duration::from_secs(60));
+        fs.lookup(ROOT_INODE, OsStr::new("a.txt")).await.unwrap();
+        assert_eq!(
+            errno_of(fs.lookup(ROOT_INODE, OsStr::new("nope")).await),
+            libc::ENOENT
+        );
+        let after_first = store.requests();
+        assert!(
+            after_first >= 4,
+            "head and list per name, got {after_first}"
+        );
+        fs.lookup(ROOT_INODE, OsStr::new("a.txt")).await.unwrap();
+        assert_eq!(
+            errno_of(fs.lookup(ROOT_INODE, OsStr::new("nope")).await),
+            libc::ENOENT
+        );
+        assert_eq!(
+            store.requests(),
+            after_first,
+            "cache hits must not reach the store"
+        );
+        // A name created after the negative entry stays hidden until expiry.
+        put(&*store, "nope", "now here").await;
+        assert_eq!(
+            errno_of(fs.lookup(ROOT_INODE, OsStr::new("nope")).await),
+            libc::ENOENT
+        );
+    }
+
+    #[tokio::test]
+    async fn expired_entries_go_back_to_the_store() {
+        let store = CountingStore::new(sample_store().await);
+        let fs = Setup {
+            ttl: Duration::ZERO,
+            ..Setup::default()
+        }
+        .build(store.clone());
+        assert_eq!(
+            errno_of(fs.lookup(ROOT_INODE, OsStr::new("nope")).await),
+            libc::ENOENT
+        );
+        let before = store.requests();
+        put(&*store, "nope", "now here").await;
+        let attr = fs.lookup(ROOT_INODE, OsStr::new("nope")).await.unwrap();
+        assert!(store.requests() > before);
+        assert_eq!(attr.size, 8);
+        // getattr revalidates with a HEAD and sees the new size.
+        put(&*store, "nope", "longer content").await;
+        let before = store.heads.load(Ordering::SeqCst);
+        let attr = fs.getattr(attr.ino.0).await.unwrap();
+        assert_eq!(attr.size, 14);
+        assert_eq!(store.heads.load(Ordering::SeqCst), before + 1);
+    }
+
+    #[tokio::test]
+    async fn immutable_datasets_cache_forever() {
+        let store = CountingStore::new(sample_store().await);
+        let fs = Setup {
+            ttl: Duration::ZERO,
+            immutable: true,
+            ..Setup::default()
+        }
+        .build(store.clone());
+        assert!(fs.kernel_ttl() >= Duration::from_secs(24 * 3600));
+        let attr = fs.lookup(ROOT_INODE, OsStr::new("a.txt")).await.unwrap();
+        let before = store.requests();
+        fs.lookup(ROOT_INODE, OsStr::new("a.txt")).await.unwrap();
+        fs.getattr(attr.ino.0).await.unwrap();
+        let fh = fs.open(attr.ino.0, libc::O_RDONLY).await.unwrap();
+        assert_eq!(store.requests(), before, "no revalidation when immutable");
+        assert_eq!(&fs.read(fh, 0, 100).await.unwrap()[..], b"hello");
+    }
+
+    #[tokio::test]
+    async fn attributes_follow_object_metadata() {
+        let store = Arc::new(InMemory::new());
+        put(&*store, "f", pattern(1025)).await;
+        put(&*store, "d/g", "x").await;
+        let meta = store.head(&ObjectPath::from("f")).await.unwrap();
+        let fs = Setup::default().build(store.clone());
+        let file = fs.lookup(ROOT_INODE, OsStr::new("f")).await.unwrap();
+        assert_eq!(file.size, 1025);
+        assert_eq!(file.blocks, 3);
+        assert_eq!(file.perm, 0o444);
+        assert_eq!(
+            (file.nlink, file.uid, file.gid, file.blksize),
+            (1, 0, 0, 4096)
+        );
+        assert_eq!(file.mtime, SystemTime::from(meta.last_modified));
+        let dir = fs.lookup(ROOT_INODE, OsStr::new("d")).await.unwrap();
+        assert_eq!(
+            (dir.kind, dir.perm, dir.nlink),
+            (FileType::Directory, 0o555, 2)
+        );
+        assert_eq!(dir.mtime, SystemTime::from(fs.mounted_at));
+        let root = fs.getattr(ROOT_INODE).await.unwrap();
+        assert_eq!((root.kind, root.perm), (FileType::Directory, 0o555));
+
+        let writable = Setup {
+            read_only: false,
+            ..Setup::default()
+        }
+        .build(store);
+        assert_eq!(
+            writable
+                .lookup(ROOT_INODE, OsStr::new("f"))
+                .await
+                .unwrap()
+                .perm,
+            0o644
+        );
+        assert_eq!(
+            writable
+                .lookup(ROOT_INODE, OsStr::new("d"))
+                .await
+                .unwrap()
+                .perm,
+            0o755
+        );
+        assert_eq!(fs.statfs().block_size, 4096);
+        assert_eq!(fs.statfs().name_max, 255);
+        assert!(fs.statfs().blocks_available > 1 << 30);
+    }
+
+    #[tokio::test]
+    async fn readdir_lists_directories_and_files_and_skips_markers() {
+        let store = sample_store().await;
+        // A directory marker object: its key is the prefix itself.
+        put(&*store, "dir/", Bytes::new()).await;
+        let fs = Setup::default().build(store);
+        let fh = fs.opendir(ROOT_INODE).unwrap();
+        let entries = fs.readdir(fh, 0).await.unwrap();
+        assert_eq!(
+            names(&entries),
+            [".", "..", "a.txt", "both", "deep", "dir", "empty"]
+        );
+        let offsets: Vec<u64> = entries.iter().map(|e| e.next_offset).collect();
+        assert_eq!(offsets, [1, 2, 3, 4, 5, 6, 7]);
+        let listed_dir = entries.iter().find(|e| e.name == "dir").unwrap();
+        assert_eq!(listed_dir.attr.kind, FileType::Directory);
+        // The kernel looks a name up before opening it.
+        let dir = fs.lookup(ROOT_INODE, OsStr::new("dir")).await.unwrap();
+        assert_eq!(dir.ino, listed_dir.attr.ino);
+        fs.releasedir(fh);
+
+        let fh = fs.opendir(dir.ino.0).unwrap();
+        let entries = fs.readdir(fh, 0).await.unwrap();
+        assert_eq!(names(&entries), [".", "..", "b.txt", "sub"]);
+        assert_eq!(entries[1].attr.ino.0, ROOT_INODE);
+        // The listed inode is the one lookup returns.
+        let b = fs.lookup(dir.ino.0, OsStr::new("b.txt")).await.unwrap();
+        assert_eq!(entries[2].attr.ino, b.ino);
+        fs.releasedir(fh);
+        assert_eq!(errno_of(fs.opendir(b.ino.0)), libc::ENOTDIR);
+        assert_eq!(errno_of(fs.readdir(12345, 0).await), libc::EBADF);
+    }
+
+    #[tokio::test]
+    async fn readdir_offsets_are_stable_over_a_large_listing() {
+        let store = Arc::new(InMemory::new());
+        for i in 0..1500 {
+            put(&*store, &format!("big/key-{i:05}"), "x").await;
+        }
+        let fs = Setup::default().build(store.clone());
+        let big = fs.lookup(ROOT_INODE, OsStr::new("big")).await.unwrap();
+        let fh = fs.opendir(big.ino.0).unwrap();
+        let all = fs.readdir(fh, 0).await.unwrap();
+        assert_eq!(all.len(), 1502);
+        assert_eq!(all[2].name, "key-00000");
+        assert_eq!(all[1501].name, "key-01499");
+        // New keys do not shift a listing in progress.
+        put(&*store, "big/key-00000a", "x").await;
+        let rest = fs.readdir(fh, 700).await.unwrap();
+        assert_eq!(rest.len(), 802);
+        assert_eq!(rest[0].name, all[700].name);
+        assert_eq!(rest[0].attr.ino, all[700].attr.ino);
+        assert_eq!(rest[0].next_offset, 701);
+        assert!(fs.readdir(fh, 1502).await.unwrap().is_empty());
+        // Rewinding (offset 0) takes a new listing.
+        assert_eq!(fs.readdir(fh, 0).await.unwrap().len(), 1503);
+        // Entries the kernel never looked up go away with the handle.
+        let inodes_open = fs.inode_count();
+        fs.releasedir(fh);
+        assert_eq!(fs.inode_count(), inodes_open - 1501);
+    }
+
+    #[tokio::test]
+    async fn forget_drops_inodes_the_kernel_released() {
+        let fs = Setup::default().build(sample_store().await);
+        let base = fs.inode_count();
+        let a = fs.lookup(ROOT_INODE, OsStr::new("a.txt")).await.unwrap();
+        fs.lookup(ROOT_INODE, OsStr::new("a.txt")).await.unwrap();
+        assert_eq!(fs.inode_count(), base + 1);
+        fs.forget(a.ino.0, 1);
+        assert_eq!(fs.inode_count(), base + 1, "one reference left");
+        assert_eq!(fs.getattr(a.ino.0).await.unwrap().ino, a.ino);
+        fs.forget(a.ino.0, 1);
+        assert_eq!(fs.inode_count(), base);
+        assert_eq!(errno_of(fs.getattr(a.ino.0).await), libc::ENOENT);
+        fs.forget(ROOT_INODE, 10);
+        assert!(
+            fs.getattr(ROOT_INODE).await.is_ok(),
+            "the root is never dropped"
+        );
+
+        // readdirplus entries: referenced through remember_lookup, kept after release.
+        let fh = fs.opendir(ROOT_INODE).unwrap();
+        let entries = fs.readdir(fh, 0).await.unwrap();
+        let empty = entries.iter().find(|e| e.name == "empty").unwrap();
+        fs.remember_lookup(empty.attr.ino.0);
+        fs.releasedir(fh);
+        assert_eq!(fs.inode_count(), base + 1);
+        assert_eq!(fs.getattr(empty.attr.ino.0).await.unwrap().size, 0);
+        fs.forget(empty.attr.ino.0, 1);
+        assert_eq!(fs.inode_count(), base);
+    }
+
+    #[tokio::test]
+    async fn reads_are_ranged_and_clipped_at_the_end() {
+        let store = CountingStore::new(Arc::new(InMemory::new()));
+        let content = pattern(10_000);
+        put(&*store, "data", content.clone()).await;
+        put(&*store, "zero", Bytes::new()).await;
+        put(&*store, "one", vec![42u8]).await;
+        let fs = Setup::default().build(store.clone());
+        let attr = fs.lookup(ROOT_INODE, OsStr::new("data")).await.unwrap();
+        let fh = fs.open(attr.ino.0, libc::O_RDONLY).await.unwrap();
+        assert_eq!(fs.read(fh, 0, 4096).await.unwrap(), content[..4096]);
+        assert_eq!(fs.read(fh, 5000, 1000).await.unwrap(), content[5000..6000]);
+        assert_eq!(fs.read(fh, 9000, 4096).await.unwrap(), content[9000..]);
+        let gets = store.gets.load(Ordering::SeqCst);
+        assert!(fs.read(fh, 10_000, 4096).await.unwrap().is_empty());
+        assert!(fs.read(fh, 20_000, 4096).await.unwrap().is_empty());
+        assert!(fs.read(fh, 10, 0).await.unwrap().is_empty());
+        assert_eq!(
+            store.gets.load(Ordering::SeqCst),
+            gets,
+            "no GET at or past the end"
+        );
+        fs.release(fh);
+        assert_eq!(errno_of(fs.read(fh, 0, 1).await), libc::EBADF);
+        assert_eq!(open_read_all(&fs, ROOT_INODE, "zero").await, b"");
+        assert_eq!(open_read_all(&fs, ROOT_INODE, "one").await, [42]);
+        let one = fs.lookup(ROOT_INODE, OsStr::new("one")).await.unwrap();
+        let fh = fs.open(one.ino.0, libc::O_RDONLY).await.unwrap();
+        assert!(fs.read(fh, 1, 10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_object_replaced_after_open_gives_eio() {
+        let store = Arc::new(InMemory::new());
+        put(&*store, "v", "version one").await;
+        let fs = Setup::default().build(store.clone());
+        let attr = fs.lookup(ROOT_INODE, OsStr::new("v")).await.unwrap();
+        let fh = fs.open(attr.ino.0, libc::O_RDONLY).await.unwrap();
+        assert_eq!(&fs.read(fh, 0, 7).await.unwrap()[..], b"version");
+        // Same size, different content: only the ETag tells them apart.
+        put(&*store, "v", "VERSION TWO").await;
+        assert_eq!(errno_of(fs.read(fh, 0, 7).await), libc::EIO);
+        assert_eq!(errno_of(fs.read(fh, 8, 3).await), libc::EIO);
+    }
+
+    #[tokio::test]
+    async fn modifications_are_refused() {
+        let fs = Setup::default().build(sample_store().await);
+        let file = fs.lookup(ROOT_INODE, OsStr::new("a.txt")).await.unwrap();
+        assert_eq!(
+            errno_of(fs.open(file.ino.0, libc::O_WRONLY).await),
+            libc::EROFS
+        );
+        assert_eq!(
+            errno_of(fs.open(file.ino.0, libc::O_RDWR).await),
+            libc::EROFS
+        );
+        assert_eq!(
+            errno_of(fs.open(file.ino.0, libc::O_RDONLY | libc::O_TRUNC).await),
+            libc::EROFS
+        );
+        assert_eq!(
+            fs.refuse_modification("mkdir", "x".into()).errno(),
+            libc::EROFS
+        );
+        let dir = fs.lookup(ROOT_INODE, OsStr::new("dir")).await.unwrap();
+        assert_eq!(
+            errno_of(fs.open(dir.ino.0, libc::O_RDONLY).await),
+            libc::EISDIR
+        );
+
+        let writable = Setup {
+            read_only: false,
+            ..Setup::default()
+        }
+        .build(sample_store().await);
+        assert_eq!(
+            writable.refuse_modification("mkdir", "x".into()).errno(),
+            libc::EOPNOTSUPP
+        );
+    }
+
+    #[tokio::test]
+    async fn local_filesystem_buckets_work_the_same() {
+        let temp = tempfile::tempdir().unwrap();
+        let root = temp.path();
+        std::fs::create_dir_all(root.join("data/nested/deeper")).unwrap();
+        std::fs::write(root.join("data/top.bin"), pattern(5000)).unwrap();
+        std::fs::write(root.join("data/nested/deeper/leaf.txt"), "leaf").unwrap();
+        std::fs::write(root.join("data/empty"), "").unwrap();
+        std::fs::write(root.join("outside.txt"), "not under the prefix").unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new_with_prefix(root).unwrap());
+        let fs = Setup {
+            prefix: "data/",
+            ..Setup::default()
+        }
+        .build(store);
+
+        let fh = fs.opendir(ROOT_INODE).unwrap();
+        let entries = fs.readdir(fh, 0).await.unwrap();
+        assert_eq!(names(&entries), [".", "..", "empty", "nested", "top.bin"]);
+        fs.releasedir(fh);
+        assert_eq!(
+            errno_of(fs.lookup(ROOT_INODE, OsStr::new("outside.txt")).await),
+            libc::ENOENT
+        );
+        let top = fs.lookup(ROOT_INODE, OsStr::new("top.bin")).await.unwrap();
+        assert_eq!((top.kind, top.size), (FileType::RegularFile, 5000));
+        assert_eq!(
+            open_read_all(&fs, ROOT_INODE, "top.bin").await,
+            pattern(5000)
+        );
+        assert_eq!(open_read_all(&fs, ROOT_INODE, "empty").await, b"");
+        let nested = fs.lookup(ROOT_INODE, OsStr::new("nested")).await.unwrap();
+        assert_eq!(nested.kind, FileType::Directory);
+        let deeper = fs.lookup(nested.ino.0, OsStr::new("deeper")).await.unwrap();
+        assert_eq!(open_read_all(&fs, deeper.ino.0, "leaf.txt").await, b"leaf");
+        // A file is not a directory, even though the local store could list it.
+        assert_eq!(
+            fs.lookup(ROOT_INODE, OsStr::new("top.bin"))
+                .await
+                .unwrap()
+                .kind,
+            FileType::RegularFile
+        );
+
+        let fh = fs.open(top.ino.0, libc::O_RDONLY).await.unwrap();
+        assert_eq!(fs.read(fh, 4990, 100).await.unwrap(), pattern(5000)[4990..]);
+        // Replace the file (new inode, new size): the pinned handle refuses it.
+        std::fs::write(root.join("data/top.new"), pattern(6000)).unwrap();
+        std::fs::rename(root.join("data/top.new"), root.join("data/top.bin")).unwrap();
+        assert_eq!(errno_of(fs.read(fh, 0, 100).await), libc::EIO);
     }
 }

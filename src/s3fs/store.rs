@@ -29,7 +29,9 @@ pub struct FileEndpointPolicy {
 
 impl FileEndpointPolicy {
     fn allows(&self, dir: &Path) -> bool {
-        self.allowed_dirs.iter().any(|allowed| dir.starts_with(allowed))
+        self.allowed_dirs
+            .iter()
+            .any(|allowed| dir.starts_with(allowed))
     }
 }
 
@@ -128,17 +130,21 @@ pub fn open_bucket(source: &S3Source, policy: &FileEndpointPolicy) -> Result<Buc
                     endpoint: endpoint_label(source),
                 });
             }
-            Arc::new(
-                LocalFileSystem::new_with_prefix(&bucket_dir).map_err(|e| StoreError::Config {
+            Arc::new(LocalFileSystem::new_with_prefix(&bucket_dir).map_err(|e| {
+                StoreError::Config {
+                    bucket: source.bucket.clone(),
+                    reason: e.to_string(),
+                }
+            })?)
+        }
+        None => Arc::new(
+            s3_builder(source)?
+                .build()
+                .map_err(|e| StoreError::Config {
                     bucket: source.bucket.clone(),
                     reason: e.to_string(),
                 })?,
-            )
-        }
-        None => Arc::new(s3_builder(source)?.build().map_err(|e| StoreError::Config {
-            bucket: source.bucket.clone(),
-            reason: e.to_string(),
-        })?),
+        ),
     };
     Ok(Bucket {
         store,
@@ -289,10 +295,11 @@ impl CredentialProvider for FileCredentialProvider {
     type Credential = AwsCredential;
 
     async fn get_credential(&self) -> object_store::Result<Arc<AwsCredential>> {
-        self.current().map_err(|e| object_store::Error::Unauthenticated {
-            path: self.path.display().to_string(),
-            source: Box::new(e),
-        })
+        self.current()
+            .map_err(|e| object_store::Error::Unauthenticated {
+                path: self.path.display().to_string(),
+                source: Box::new(e),
+            })
     }
 }
 
@@ -363,7 +370,10 @@ mod tests {
     fn credentials_files_parse_in_both_spellings() {
         let c = parse_credentials("# key\naccess_key_id = AK\nsecret_access_key=\"SK\"\n").unwrap();
         assert_eq!((c.key_id.as_str(), c.secret_key.as_str()), ("AK", "SK"));
-        let c = parse_credentials("[default]\nAWS_ACCESS_KEY_ID=A\nAWS_SECRET_ACCESS_KEY=S\nAWS_SESSION_TOKEN=T").unwrap();
+        let c = parse_credentials(
+            "[default]\nAWS_ACCESS_KEY_ID=A\nAWS_SECRET_ACCESS_KEY=S\nAWS_SESSION_TOKEN=T",
+        )
+        .unwrap();
         assert_eq!(c.token.as_deref(), Some("T"));
         assert!(parse_credentials("access_key_id=A").is_err());
         let err = parse_credentials("password=x").unwrap_err();
@@ -409,7 +419,10 @@ mod tests {
         drop(listener);
         let src = source(&format!("http://127.0.0.1:{port}"), "bucket");
         let bucket = open_bucket(&src, &FileEndpointPolicy::default()).unwrap();
-        let err = bucket.check(&src, Duration::from_secs(30)).await.unwrap_err();
+        let err = bucket
+            .check(&src, Duration::from_secs(30))
+            .await
+            .unwrap_err();
         assert!(matches!(err, StoreError::Unreachable { .. }), "{err}");
     }
 }

@@ -32,7 +32,9 @@ fn ms_flags(flags: MountFlags) -> MsFlags {
 }
 
 fn io_errno(err: &std::io::Error) -> Errno {
-    err.raw_os_error().map(Errno::from_raw).unwrap_or(Errno::EIO)
+    err.raw_os_error()
+        .map(Errno::from_raw)
+        .unwrap_or(Errno::EIO)
 }
 
 impl Mounter for LinuxMounter {
@@ -147,7 +149,10 @@ impl Mounter for LinuxMounter {
 
     fn abort_fuse_connection(&self, connection: u32) -> Result<(), SysError> {
         let path = PathBuf::from(format!("{FUSE_CONNECTIONS}/{connection}/abort"));
-        if !Path::new(FUSE_CONNECTIONS).join(connection.to_string()).exists() {
+        if !Path::new(FUSE_CONNECTIONS)
+            .join(connection.to_string())
+            .exists()
+        {
             // fusectl may not be mounted in this namespace yet.
             let _ = nix::mount::mount(
                 Some("fusectl"),

@@ -105,7 +105,9 @@ pub struct MountEntry {
 impl MountEntry {
     /// Whether this mount is a shared peer group member (`shared:N`).
     pub fn is_shared(&self) -> bool {
-        self.optional_fields.iter().any(|f| f.starts_with("shared:"))
+        self.optional_fields
+            .iter()
+            .any(|f| f.starts_with("shared:"))
     }
 
     /// Whether this mount is read-only.
@@ -115,10 +117,9 @@ impl MountEntry {
 
     /// The value of a super-block option such as `addr` or `vers`.
     pub fn super_option(&self, key: &str) -> Option<&str> {
-        self.super_options.iter().find_map(|o| {
-            o.strip_prefix(key)
-                .and_then(|rest| rest.strip_prefix('='))
-        })
+        self.super_options
+            .iter()
+            .find_map(|o| o.strip_prefix(key).and_then(|rest| rest.strip_prefix('=')))
     }
 }
 
@@ -261,7 +262,12 @@ pub fn mounts_at<'a>(table: &'a [MountEntry], path: &Path) -> Vec<&'a MountEntry
 mod tests {
     use super::*;
 
-    fn entry(point: &str, optional: &[&str], options: &[&str], super_options: &[&str]) -> MountEntry {
+    fn entry(
+        point: &str,
+        optional: &[&str],
+        options: &[&str],
+        super_options: &[&str],
+    ) -> MountEntry {
         MountEntry {
             mount_id: 1,
             parent_id: 0,
@@ -278,7 +284,12 @@ mod tests {
 
     #[test]
     fn entry_accessors_read_the_fields() {
-        let e = entry("/r/x", &["shared:7"], &["ro", "nosuid"], &["vers=4.1", "addr=10.0.2.2"]);
+        let e = entry(
+            "/r/x",
+            &["shared:7"],
+            &["ro", "nosuid"],
+            &["vers=4.1", "addr=10.0.2.2"],
+        );
         assert!(e.is_shared());
         assert!(e.is_read_only());
         assert_eq!(e.super_option("vers"), Some("4.1"));

@@ -274,9 +274,13 @@ mod tests {
         assert_eq!(table.len(), 1);
         assert!(table[0].is_read_only());
         assert_eq!(table[0].super_option("vers"), Some("4.1"));
-        fake.unmount(Path::new("/r/a"), UnmountMode::Normal).unwrap();
+        fake.unmount(Path::new("/r/a"), UnmountMode::Normal)
+            .unwrap();
         assert!(fake.mount_table().unwrap().is_empty());
-        assert!(fake.unmount(Path::new("/r/a"), UnmountMode::Normal).is_err());
+        assert!(
+            fake.unmount(Path::new("/r/a"), UnmountMode::Normal)
+                .is_err()
+        );
         assert_eq!(fake.calls().len(), 3);
     }
 
