@@ -11,9 +11,7 @@ use crate::api::{ErrorBody, MountList};
 use crate::client::{Endpoint, Reply, call};
 use crate::config::{DEFAULT_SOCKET, ServeArgs};
 use crate::manager::MountView;
-use crate::spec::{
-    MountSpec, NfsSource, NfsVersion, S3Credentials, S3Source, SourceSpec,
-};
+use crate::spec::{MountSpec, NfsSource, NfsVersion, S3Credentials, S3Source, SourceSpec};
 
 /// hotmount: live dataset mounts for running pods.
 #[derive(Debug, clap::Parser)]
@@ -193,7 +191,9 @@ impl ConnectArgs {
             .lines()
             .map(str::trim)
             .find(|l| !l.is_empty() && !l.starts_with('#'))
-            .ok_or_else(|| CommandError::new(format!("--token-file {}: no token", token_file.display())))?
+            .ok_or_else(|| {
+                CommandError::new(format!("--token-file {}: no token", token_file.display()))
+            })?
             .to_string();
         Ok(Endpoint::Tcp { authority, token })
     }
@@ -202,9 +202,9 @@ impl ConnectArgs {
 /// Builds the mount spec of `attach` from its flags.
 pub fn spec_from_attach(args: &AttachArgs) -> Result<MountSpec, CommandError> {
     let source = if let Some(url) = &args.s3 {
-        let rest = url
-            .strip_prefix("s3://")
-            .ok_or_else(|| CommandError::new(format!("--s3 {url}: expected s3://BUCKET[/PREFIX]")))?;
+        let rest = url.strip_prefix("s3://").ok_or_else(|| {
+            CommandError::new(format!("--s3 {url}: expected s3://BUCKET[/PREFIX]"))
+        })?;
         let (bucket, prefix) = match rest.split_once('/') {
             Some((bucket, prefix)) => (bucket, (!prefix.is_empty()).then(|| prefix.to_string())),
             None => (rest, None),
@@ -227,11 +227,16 @@ pub fn spec_from_attach(args: &AttachArgs) -> Result<MountSpec, CommandError> {
             .as_deref()
             .map(|v| {
                 serde_json::from_value::<NfsVersion>(serde_json::Value::String(v.to_string()))
-                    .map_err(|_| CommandError::new(format!("--nfs-version {v}: expected 3, 4, 4.1 or 4.2")))
+                    .map_err(|_| {
+                        CommandError::new(format!("--nfs-version {v}: expected 3, 4, 4.1 or 4.2"))
+                    })
             })
             .transpose()?;
         SourceSpec::Nfs(NfsSource {
-            server: server.trim_start_matches('[').trim_end_matches(']').to_string(),
+            server: server
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
             export: format!("/{export}"),
             version,
             nconnect: None,
@@ -314,14 +319,27 @@ pub async fn run_client(command: Command) -> Result<String, CommandError> {
                 } else {
                     "already mounted"
                 };
-                Ok(format!("{} {verb} at {} ({})", view.name, view.path.display(), view.state.as_str()))
+                Ok(format!(
+                    "{} {verb} at {} ({})",
+                    view.name,
+                    view.path.display(),
+                    view.state.as_str()
+                ))
             }
         }
         Command::Detach(args) => {
-            let path = format!("/v1/mounts/{}{}", args.name, if args.force { "?force=true" } else { "" });
+            let path = format!(
+                "/v1/mounts/{}{}",
+                args.name,
+                if args.force { "?force=true" } else { "" }
+            );
             let reply = request(&args.connect, Method::DELETE, &path, None).await?;
             let view: MountView = decode(&reply)?;
-            Ok(format!("{} unmounted from {}", view.name, view.path.display()))
+            Ok(format!(
+                "{} unmounted from {}",
+                view.name,
+                view.path.display()
+            ))
         }
         Command::Ls(args) => {
             let reply = request(&args.connect, Method::GET, "/v1/mounts", None).await?;
@@ -345,7 +363,13 @@ pub async fn run_client(command: Command) -> Result<String, CommandError> {
             }
         }
         Command::Status(args) => {
-            let reply = request(&args.connect, Method::GET, &format!("/v1/mounts/{}", args.name), None).await?;
+            let reply = request(
+                &args.connect,
+                Method::GET,
+                &format!("/v1/mounts/{}", args.name),
+                None,
+            )
+            .await?;
             let view: MountView = decode(&reply)?;
             if args.json {
                 return Ok(serde_json::to_string_pretty(&view).expect("views serialise"));
@@ -407,14 +431,24 @@ pub fn render_status(view: &MountView) -> String {
         format!("path:        {}", view.path.display()),
         format!("source:      {}", describe_source(&view.source)),
         format!("backend:     {}", view.source.backend().as_str()),
-        format!("mode:        {}", if view.read_only { "read-only" } else { "read-write" }),
+        format!(
+            "mode:        {}",
+            if view.read_only {
+                "read-only"
+            } else {
+                "read-write"
+            }
+        ),
         format!("state:       {}", view.state.as_str()),
         format!("generation:  {}", view.generation),
         format!("created:     {}", view.created_at.to_rfc3339()),
     ];
     if let Some(probe) = view.health.last_probe {
         let latency = view.health.latency_seconds.unwrap_or_default() * 1000.0;
-        lines.push(format!("last probe:  {} ({latency:.1} ms)", probe.to_rfc3339()));
+        lines.push(format!(
+            "last probe:  {} ({latency:.1} ms)",
+            probe.to_rfc3339()
+        ));
     }
     if let Some(error) = &view.last_error {
         lines.push(format!("last error:  {error}"));
@@ -434,15 +468,27 @@ mod tests {
         let mut full = vec!["hotmount", "attach"];
         full.extend_from_slice(argv);
         let cli = Cli::try_parse_from(full).map_err(|e| e.to_string())?;
-        let Command::Attach(args) = cli.command else { panic!() };
+        let Command::Attach(args) = cli.command else {
+            panic!()
+        };
         spec_from_attach(&args).map_err(|e| e.to_string())
     }
 
     #[test]
     fn attach_builds_s3_specs() {
-        let spec = attach(&["ds", "--s3", "s3://bucket/a/b", "--endpoint", "file:///srv/buckets", "--rw"]).unwrap();
+        let spec = attach(&[
+            "ds",
+            "--s3",
+            "s3://bucket/a/b",
+            "--endpoint",
+            "file:///srv/buckets",
+            "--rw",
+        ])
+        .unwrap();
         assert!(!spec.read_only);
-        let SourceSpec::S3(s3) = spec.source else { panic!() };
+        let SourceSpec::S3(s3) = spec.source else {
+            panic!()
+        };
         assert_eq!(s3.bucket, "bucket");
         assert_eq!(s3.prefix.as_deref(), Some("a/b"));
         assert_eq!(s3.endpoint.as_deref(), Some("file:///srv/buckets"));
@@ -450,21 +496,51 @@ mod tests {
 
     #[test]
     fn attach_builds_nfs_specs() {
-        let spec = attach(&["ds", "--nfs", "10.0.0.5:/exports/x", "--nfs-version", "4.2", "--label", "team=a"]).unwrap();
+        let spec = attach(&[
+            "ds",
+            "--nfs",
+            "10.0.0.5:/exports/x",
+            "--nfs-version",
+            "4.2",
+            "--label",
+            "team=a",
+        ])
+        .unwrap();
         assert!(spec.read_only);
         assert_eq!(spec.labels.get("team").map(String::as_str), Some("a"));
-        let SourceSpec::Nfs(nfs) = spec.source else { panic!() };
-        assert_eq!((nfs.server.as_str(), nfs.export.as_str()), ("10.0.0.5", "/exports/x"));
+        let SourceSpec::Nfs(nfs) = spec.source else {
+            panic!()
+        };
+        assert_eq!(
+            (nfs.server.as_str(), nfs.export.as_str()),
+            ("10.0.0.5", "/exports/x")
+        );
         assert_eq!(nfs.version, Some(NfsVersion::V4_2));
     }
 
     #[test]
     fn attach_rejects_bad_sources() {
-        assert!(attach(&["ds", "--s3", "http://bucket"]).unwrap_err().contains("s3://"));
-        assert!(attach(&["ds", "--nfs", "server-no-export"]).unwrap_err().contains("SERVER:/EXPORT"));
-        assert!(attach(&["ds", "--nfs", "h:/x", "--nfs-version", "5"]).unwrap_err().contains("--nfs-version"));
+        assert!(
+            attach(&["ds", "--s3", "http://bucket"])
+                .unwrap_err()
+                .contains("s3://")
+        );
+        assert!(
+            attach(&["ds", "--nfs", "server-no-export"])
+                .unwrap_err()
+                .contains("SERVER:/EXPORT")
+        );
+        assert!(
+            attach(&["ds", "--nfs", "h:/x", "--nfs-version", "5"])
+                .unwrap_err()
+                .contains("--nfs-version")
+        );
         assert!(attach(&["ds"]).is_err());
         assert!(attach(&["ds", "--s3", "s3://b", "--nfs", "h:/x"]).is_err());
-        assert!(attach(&["ds", "--s3", "s3://AB"]).unwrap_err().contains("source.s3.bucket"));
+        assert!(
+            attach(&["ds", "--s3", "s3://AB"])
+                .unwrap_err()
+                .contains("source.s3.bucket")
+        );
     }
 }

@@ -91,7 +91,9 @@ pub async fn call(
         .map_err(|e| http(e.to_string()))?;
     let response = match endpoint {
         Endpoint::Unix(path) => {
-            let stream = tokio::net::UnixStream::connect(path).await.map_err(connect)?;
+            let stream = tokio::net::UnixStream::connect(path)
+                .await
+                .map_err(connect)?;
             exchange(stream, request).await
         }
         Endpoint::Tcp { authority, .. } => {
@@ -120,7 +122,8 @@ async fn exchange<S>(
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     let driver = tokio::spawn(connection);
     let response = sender.send_request(request).await?;
     let (parts, body) = response.into_parts();

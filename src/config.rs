@@ -62,7 +62,11 @@ pub struct ServeArgs {
     pub log_format: Option<LogFormat>,
     /// A directory whose subdirectories may be served as buckets through
     /// `file://` endpoints (repeatable, or comma-separated).
-    #[arg(long = "allow-file-endpoint", env = "HOTMOUNT_ALLOW_FILE_ENDPOINT", value_delimiter = ',')]
+    #[arg(
+        long = "allow-file-endpoint",
+        env = "HOTMOUNT_ALLOW_FILE_ENDPOINT",
+        value_delimiter = ','
+    )]
     pub allow_file_endpoint: Vec<PathBuf>,
     /// Deadline of one mount [default: 30s].
     #[arg(long, env = "HOTMOUNT_MOUNT_TIMEOUT", value_parser = parse_duration)]
@@ -184,9 +188,16 @@ impl Config {
             .socket
             .or(file.socket)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
-        for (setting, path) in [("--root", &root), ("--state-dir", &state_dir), ("--socket", &socket)] {
+        for (setting, path) in [
+            ("--root", &root),
+            ("--state-dir", &state_dir),
+            ("--socket", &socket),
+        ] {
             if !path.is_absolute() {
-                return Err(invalid(setting, format!("{} must be an absolute path", path.display())));
+                return Err(invalid(
+                    setting,
+                    format!("{} must be an absolute path", path.display()),
+                ));
             }
         }
         if root == Path::new("/") || state_dir.starts_with(&root) || root.starts_with(&state_dir) {
@@ -200,7 +211,10 @@ impl Config {
         let listen = match (listen, token_file) {
             (None, _) => None,
             (Some(_), None) => {
-                return Err(invalid("--listen", "needs --token-file: every TCP call needs a bearer token"));
+                return Err(invalid(
+                    "--listen",
+                    "needs --token-file: every TCP call needs a bearer token",
+                ));
             }
             (Some(addr), Some(path)) => {
                 let text = std::fs::read_to_string(&path)
@@ -226,12 +240,19 @@ impl Config {
         };
         let durations = [
             ("--mount-timeout", args.mount_timeout, &file.mount_timeout),
-            ("--probe-interval", args.probe_interval, &file.probe_interval),
+            (
+                "--probe-interval",
+                args.probe_interval,
+                &file.probe_interval,
+            ),
             ("--probe-timeout", args.probe_timeout, &file.probe_timeout),
             ("--metadata-ttl", args.metadata_ttl, &file.metadata_ttl),
         ];
         for (setting, flag, from_file) in durations {
-            let Some(value) = flag.map(Ok).or_else(|| file_duration(setting, from_file).transpose()) else {
+            let Some(value) = flag
+                .map(Ok)
+                .or_else(|| file_duration(setting, from_file).transpose())
+            else {
                 continue;
             };
             let value = value?;
@@ -301,12 +322,48 @@ mod tests {
     #[test]
     fn bad_settings_are_named() {
         let cases = [
-            (ServeArgs { root: Some("rel".into()), ..Default::default() }, "--root"),
-            (ServeArgs { listen: Some("127.0.0.1:7470".parse().unwrap()), ..Default::default() }, "--listen"),
-            (ServeArgs { fuse_threads: Some(0), ..Default::default() }, "--fuse-threads"),
-            (ServeArgs { probe_interval: Some(Duration::ZERO), ..Default::default() }, "--probe-interval"),
-            (ServeArgs { allow_file_endpoint: vec!["/nonexistent/dir".into()], ..Default::default() }, "--allow-file-endpoint"),
-            (ServeArgs { root: Some("/var/lib/hotmount/state/x".into()), ..Default::default() }, "--root"),
+            (
+                ServeArgs {
+                    root: Some("rel".into()),
+                    ..Default::default()
+                },
+                "--root",
+            ),
+            (
+                ServeArgs {
+                    listen: Some("127.0.0.1:7470".parse().unwrap()),
+                    ..Default::default()
+                },
+                "--listen",
+            ),
+            (
+                ServeArgs {
+                    fuse_threads: Some(0),
+                    ..Default::default()
+                },
+                "--fuse-threads",
+            ),
+            (
+                ServeArgs {
+                    probe_interval: Some(Duration::ZERO),
+                    ..Default::default()
+                },
+                "--probe-interval",
+            ),
+            (
+                ServeArgs {
+                    allow_file_endpoint: vec!["/nonexistent/dir".into()],
+                    ..Default::default()
+                },
+                "--allow-file-endpoint",
+            ),
+            (
+                ServeArgs {
+                    root: Some("/var/lib/hotmount/state/x".into()),
+                    ..Default::default()
+                },
+                "--root",
+            ),
         ];
         for (args, setting) in cases {
             let err = Config::from_args(args).unwrap_err();
@@ -319,7 +376,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("hotmount.toml");
         std::fs::write(&file, "rooot = \"/x\"\n").unwrap();
-        let err = Config::from_args(ServeArgs { config: Some(file), ..Default::default() }).unwrap_err();
+        let err = Config::from_args(ServeArgs {
+            config: Some(file),
+            ..Default::default()
+        })
+        .unwrap_err();
         assert!(err.to_string().contains("rooot"), "{err}");
     }
 }

@@ -79,9 +79,12 @@ pub async fn run(
             })?;
         tracing::info!(%addr, "serving the API on TCP (bearer tokens required)");
         servers.spawn(
-            axum::serve(listener, api::router_with_tokens(manager.clone(), tokens.clone()))
-                .with_graceful_shutdown(stopped(stop_rx.clone()))
-                .into_future(),
+            axum::serve(
+                listener,
+                api::router_with_tokens(manager.clone(), tokens.clone()),
+            )
+            .with_graceful_shutdown(stopped(stop_rx.clone()))
+            .into_future(),
         );
     }
     tracing::info!(socket = %config.socket.display(), root = %manager.root().display(), "hotmount starting");

@@ -119,7 +119,10 @@ impl StateStore {
             .and_then(|file| {
                 for (name, stored) in &file.mounts {
                     crate::spec::validate_name(name).map_err(|e| format!("mount {name:?}: {e}"))?;
-                    stored.spec.validate().map_err(|e| format!("mount {name}: {e}"))?;
+                    stored
+                        .spec
+                        .validate()
+                        .map_err(|e| format!("mount {name}: {e}"))?;
                 }
                 Ok(file)
             });
@@ -129,9 +132,10 @@ impl StateStore {
                 quarantined: None,
             }),
             Err(reason) => {
-                let aside = self
-                    .dir
-                    .join(format!("{STATE_FILE}.corrupt-{}", Utc::now().format("%Y%m%dT%H%M%S%.3fZ")));
+                let aside = self.dir.join(format!(
+                    "{STATE_FILE}.corrupt-{}",
+                    Utc::now().format("%Y%m%dT%H%M%S%.3fZ")
+                ));
                 fs::rename(&path, &aside).map_err(|source| StateError::Write {
                     path: aside.clone(),
                     source,

@@ -10,13 +10,13 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
-use http_body_util::BodyExt;
 use hotmount::api::{TokenSet, router, router_with_tokens};
 use hotmount::manager::{Manager, ManagerConfig};
 use hotmount::metrics::Metrics;
 use hotmount::s3fs::FileEndpointPolicy;
 use hotmount::state::StateStore;
 use hotmount::sys::{MountEntry, Mounter, RecordedCall, RecordingMounter, UnmountMode};
+use http_body_util::BodyExt;
 use nix::errno::Errno;
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -55,7 +55,14 @@ impl Fixture {
     }
 
     async fn send(&self, method: Method, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
-        send(&self.app, method, uri, body.map(|b| b.to_string().into_bytes()), None).await
+        send(
+            &self.app,
+            method,
+            uri,
+            body.map(|b| b.to_string().into_bytes()),
+            None,
+        )
+        .await
     }
 }
 
@@ -113,19 +120,27 @@ async fn start(
 }
 
 async fn fixture() -> Fixture {
-    start(tempfile::tempdir().unwrap(), Arc::new(RecordingMounter::new()), |_| {})
-        .await
-        .unwrap()
+    start(
+        tempfile::tempdir().unwrap(),
+        Arc::new(RecordingMounter::new()),
+        |_| {},
+    )
+    .await
+    .unwrap()
 }
 
 fn error_code(body: &Value) -> &str {
-    body["error"]["code"].as_str().unwrap_or_else(|| panic!("no error code in {body}"))
+    body["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error code in {body}"))
 }
 
 #[tokio::test]
 async fn put_get_list_delete_round_trip() {
     let f = fixture().await;
-    let (status, body) = f.send(Method::PUT, "/v1/mounts/images", Some(f.s3_spec("data"))).await;
+    let (status, body) = f
+        .send(Method::PUT, "/v1/mounts/images", Some(f.s3_spec("data")))
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["state"], "Mounted");
     assert_eq!(body["path"], f.root().join("images").display().to_string());
@@ -134,7 +149,10 @@ async fn put_get_list_delete_round_trip() {
     assert!(f.root().join("images").is_dir());
     assert_eq!(f.mounts_at(&f.root().join("images")).len(), 1);
     let state: Value = serde_json::from_slice(&std::fs::read(f.state_file()).unwrap()).unwrap();
-    assert!(state["mounts"]["images"].is_object(), "acknowledged only once on disk: {state}");
+    assert!(
+        state["mounts"]["images"].is_object(),
+        "acknowledged only once on disk: {state}"
+    );
 
     let (status, body) = f.send(Method::GET, "/v1/mounts/images", None).await;
     assert_eq!(status, StatusCode::OK);
@@ -148,7 +166,10 @@ async fn put_get_list_delete_round_trip() {
     let (status, body) = f.send(Method::GET, "/v1/mounts/images", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(error_code(&body), "NotFound");
-    assert!(!f.root().join("images").exists(), "the directory goes with the mount");
+    assert!(
+        !f.root().join("images").exists(),
+        "the directory goes with the mount"
+    );
     assert!(f.mounts_at(&f.root().join("images")).is_empty());
     let state: Value = serde_json::from_slice(&std::fs::read(f.state_file()).unwrap()).unwrap();
     assert!(state["mounts"]["images"].is_null());
@@ -160,11 +181,15 @@ async fn put_get_list_delete_round_trip() {
 async fn put_is_idempotent_and_conflicts_on_another_spec() {
     let f = fixture().await;
     let spec = f.s3_spec("data");
-    let (status, _) = f.send(Method::PUT, "/v1/mounts/ds", Some(spec.clone())).await;
+    let (status, _) = f
+        .send(Method::PUT, "/v1/mounts/ds", Some(spec.clone()))
+        .await;
     assert_eq!(status, StatusCode::CREATED);
     let (status, body) = f.send(Method::PUT, "/v1/mounts/ds", Some(spec)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let (status, body) = f.send(Method::PUT, "/v1/mounts/ds", Some(f.s3_spec("other"))).await;
+    let (status, body) = f
+        .send(Method::PUT, "/v1/mounts/ds", Some(f.s3_spec("other")))
+        .await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(error_code(&body), "SpecConflict");
     let mounts = f
@@ -197,42 +222,72 @@ async fn bad_inputs_get_clear_errors_and_leave_nothing() {
         assert_eq!(got, status, "{uri}: {reply}");
         assert_eq!(error_code(&reply), code, "{reply}");
         let message = reply["error"]["message"].as_str().unwrap();
-        assert!(message.contains(mentions), "{message:?} should mention {mentions:?}");
+        assert!(
+            message.contains(mentions),
+            "{message:?} should mention {mentions:?}"
+        );
     }
-    assert!(std::fs::read_dir(f.root()).unwrap().next().is_none(), "no directory left behind");
+    assert!(
+        std::fs::read_dir(f.root()).unwrap().next().is_none(),
+        "no directory left behind"
+    );
     let (_, list) = f.send(Method::GET, "/v1/mounts", None).await;
     assert_eq!(list["items"].as_array().unwrap().len(), 0);
-    assert!(!f.state_file().exists() || !std::fs::read_to_string(f.state_file()).unwrap().contains("\"ok\""));
+    assert!(
+        !f.state_file().exists()
+            || !std::fs::read_to_string(f.state_file())
+                .unwrap()
+                .contains("\"ok\"")
+    );
 }
 
 #[tokio::test]
 async fn a_failing_mount_leaves_no_directory_state_or_entry() {
     let f = fixture().await;
     f.fake.fail("mount_fuse", Errno::EIO);
-    let (status, body) = f.send(Method::PUT, "/v1/mounts/ds", Some(f.s3_spec("data"))).await;
+    let (status, body) = f
+        .send(Method::PUT, "/v1/mounts/ds", Some(f.s3_spec("data")))
+        .await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
     assert_eq!(error_code(&body), "MountFailed");
-    assert!(body["error"]["message"].as_str().unwrap().contains("/dev/fuse"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/dev/fuse"),
+        "{body}"
+    );
     assert!(!f.root().join("ds").exists());
     let (status, _) = f.send(Method::GET, "/v1/mounts/ds", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     f.fake.heal();
-    let (status, _) = f.send(Method::PUT, "/v1/mounts/ds", Some(f.s3_spec("data"))).await;
-    assert_eq!(status, StatusCode::CREATED, "a retry after the failure works");
+    let (status, _) = f
+        .send(Method::PUT, "/v1/mounts/ds", Some(f.s3_spec("data")))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "a retry after the failure works"
+    );
 }
 
 #[tokio::test]
 async fn a_hanging_mount_times_out_and_is_undone_when_it_completes() {
     let dir = tempfile::tempdir().unwrap();
     let fake = Arc::new(RecordingMounter::new());
-    let f = start(dir, fake, |c| c.mount_timeout = Duration::from_millis(300)).await.unwrap();
+    let f = start(dir, fake, |c| c.mount_timeout = Duration::from_millis(300))
+        .await
+        .unwrap();
     f.fake.delay("mount", Duration::from_millis(1200));
     let spec = json!({"source": {"nfs": {"server": "10.0.2.2", "export": "/data"}}});
     let started = std::time::Instant::now();
     let (status, body) = f.send(Method::PUT, "/v1/mounts/slow", Some(spec)).await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
     assert_eq!(error_code(&body), "MountTimeout");
-    assert!(started.elapsed() < Duration::from_millis(1100), "the API answers at the deadline");
+    assert!(
+        started.elapsed() < Duration::from_millis(1100),
+        "the API answers at the deadline"
+    );
     // The API keeps answering while the mount hangs.
     let (status, _) = f.send(Method::GET, "/v1/mounts", None).await;
     assert_eq!(status, StatusCode::OK);
@@ -240,7 +295,10 @@ async fn a_hanging_mount_times_out_and_is_undone_when_it_completes() {
     let path = f.root().join("slow");
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        if f.mounts_at(&path).is_empty() && !path.exists() && started.elapsed() > Duration::from_millis(1300) {
+        if f.mounts_at(&path).is_empty()
+            && !path.exists()
+            && started.elapsed() > Duration::from_millis(1300)
+        {
             break;
         }
     }
@@ -262,29 +320,53 @@ async fn same_name_calls_are_serialised_and_different_names_run_in_parallel() {
     let mut statuses: Vec<u16> = same.iter().map(|(s, _)| s.as_u16()).collect();
     statuses.sort();
     assert_eq!(statuses, vec![200, 200, 201]);
-    assert_eq!(f.fake.max_concurrent_calls(), 1, "one name: one mount at a time");
+    assert_eq!(
+        f.fake.max_concurrent_calls(),
+        1,
+        "one name: one mount at a time"
+    );
     let names = ["a1", "a2", "a3"];
-    let different = futures::future::join_all(
-        names.iter().map(|n| f.send(Method::PUT, Box::leak(format!("/v1/mounts/{n}").into_boxed_str()), Some(spec.clone()))),
-    )
+    let different = futures::future::join_all(names.iter().map(|n| {
+        f.send(
+            Method::PUT,
+            Box::leak(format!("/v1/mounts/{n}").into_boxed_str()),
+            Some(spec.clone()),
+        )
+    }))
     .await;
     assert!(different.iter().all(|(s, _)| *s == StatusCode::CREATED));
-    assert!(f.fake.max_concurrent_calls() >= 2, "different names proceed in parallel");
+    assert!(
+        f.fake.max_concurrent_calls() >= 2,
+        "different names proceed in parallel"
+    );
 }
 
 #[tokio::test]
 async fn wait_returns_at_the_state_or_times_out() {
     let f = fixture().await;
-    f.send(Method::PUT, "/v1/mounts/ds", Some(f.s3_spec("data"))).await;
-    let (status, body) = f.send(Method::GET, "/v1/mounts/ds?wait=Mounted&timeout=1s", None).await;
+    f.send(Method::PUT, "/v1/mounts/ds", Some(f.s3_spec("data")))
+        .await;
+    let (status, body) = f
+        .send(Method::GET, "/v1/mounts/ds?wait=Mounted&timeout=1s", None)
+        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let (status, body) = f.send(Method::GET, "/v1/mounts/ds?wait=Failed&timeout=150ms", None).await;
+    let (status, body) = f
+        .send(Method::GET, "/v1/mounts/ds?wait=Failed&timeout=150ms", None)
+        .await;
     assert_eq!(status, StatusCode::REQUEST_TIMEOUT, "{body}");
     assert_eq!(error_code(&body), "WaitTimeout");
-    let (status, body) = f.send(Method::GET, "/v1/mounts/ds?wait=Sleeping", None).await;
+    let (status, body) = f
+        .send(Method::GET, "/v1/mounts/ds?wait=Sleeping", None)
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(body["error"]["message"].as_str().unwrap().contains("wait"));
-    let (status, _) = f.send(Method::GET, "/v1/mounts/ds?wait=Mounted&timeout=forever", None).await;
+    let (status, _) = f
+        .send(
+            Method::GET,
+            "/v1/mounts/ds?wait=Mounted&timeout=forever",
+            None,
+        )
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let (status, _) = f.send(Method::GET, "/v1/mounts/ds?bogus=1", None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
@@ -293,19 +375,28 @@ async fn wait_returns_at_the_state_or_times_out() {
 #[tokio::test]
 async fn a_busy_mount_is_kept_unless_forced() {
     let f = fixture().await;
-    f.send(Method::PUT, "/v1/mounts/ds", Some(f.s3_spec("data"))).await;
+    f.send(Method::PUT, "/v1/mounts/ds", Some(f.s3_spec("data")))
+        .await;
     f.fake.fail("unmount_normal", Errno::EBUSY);
     let (status, body) = f.send(Method::DELETE, "/v1/mounts/ds", None).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert_eq!(error_code(&body), "Busy");
     let (status, body) = f.send(Method::GET, "/v1/mounts/ds", None).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(body["state"], "Mounted", "a refused DELETE leaves the dataset as it was");
+    assert_eq!(
+        body["state"], "Mounted",
+        "a refused DELETE leaves the dataset as it was"
+    );
     assert_eq!(f.mounts_at(&f.root().join("ds")).len(), 1);
-    let (status, _) = f.send(Method::DELETE, "/v1/mounts/ds?force=true", None).await;
+    let (status, _) = f
+        .send(Method::DELETE, "/v1/mounts/ds?force=true", None)
+        .await;
     assert_eq!(status, StatusCode::OK);
     assert!(f.mounts_at(&f.root().join("ds")).is_empty());
-    assert!(f.fake.calls().contains(&RecordedCall::Unmount(f.root().join("ds"), UnmountMode::Lazy)));
+    assert!(f.fake.calls().contains(&RecordedCall::Unmount(
+        f.root().join("ds"),
+        UnmountMode::Lazy
+    )));
 }
 
 #[tokio::test]
@@ -327,8 +418,18 @@ async fn nfs_mounts_get_typed_kernel_options() {
     assert_eq!(mount.source, "10.0.2.2:/data");
     assert_eq!(mount.target, f.root().join("nfs-ds"));
     assert!(mount.flags.nosuid && mount.flags.nodev && !mount.flags.read_only);
-    for option in ["vers=4.1", "addr=10.0.2.2", "nconnect=4", "soft", "timeo=600"] {
-        assert!(mount.data.split(',').any(|o| o == option), "{option} missing in {}", mount.data);
+    for option in [
+        "vers=4.1",
+        "addr=10.0.2.2",
+        "nconnect=4",
+        "soft",
+        "timeo=600",
+    ] {
+        assert!(
+            mount.data.split(',').any(|o| o == option),
+            "{option} missing in {}",
+            mount.data
+        );
     }
 }
 
@@ -356,7 +457,14 @@ async fn tcp_router_requires_a_bearer_token() {
     let (status, body) = send(&app, Method::GET, "/v1/mounts", None, None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(error_code(&body), "Unauthorized");
-    let (status, _) = send(&app, Method::GET, "/v1/mounts", None, Some("wrong-token-wrong-token")).await;
+    let (status, _) = send(
+        &app,
+        Method::GET,
+        "/v1/mounts",
+        None,
+        Some("wrong-token-wrong-token"),
+    )
+    .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let (status, _) = send(&app, Method::GET, "/v1/mounts", None, Some(token)).await;
     assert_eq!(status, StatusCode::OK);
@@ -370,13 +478,24 @@ async fn health_ready_metrics_and_unknown_routes() {
     let (status, body) = f.send(Method::GET, "/readyz", None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["ready"], true);
-    f.send(Method::PUT, "/v1/mounts/ds", Some(f.s3_spec("data"))).await;
+    f.send(Method::PUT, "/v1/mounts/ds", Some(f.s3_spec("data")))
+        .await;
     let (status, text) = send(&f.app, Method::GET, "/metrics", None, None).await;
     assert_eq!(status, StatusCode::OK);
     let text = text.as_str().unwrap().to_string();
-    assert!(text.contains(r#"hotmount_mounts{backend="s3",state="Mounted"} 1"#), "{text}");
-    assert!(text.contains(r#"hotmount_mount_operations_total{backend="s3",op="mount",result="success"} 1"#));
-    assert!(text.contains(r#"hotmount_http_requests_total{code="201",method="PUT",route="/v1/mounts/{name}"} 1"#), "{text}");
+    assert!(
+        text.contains(r#"hotmount_mounts{backend="s3",state="Mounted"} 1"#),
+        "{text}"
+    );
+    assert!(text.contains(
+        r#"hotmount_mount_operations_total{backend="s3",op="mount",result="success"} 1"#
+    ));
+    assert!(
+        text.contains(
+            r#"hotmount_http_requests_total{code="201",method="PUT",route="/v1/mounts/{name}"} 1"#
+        ),
+        "{text}"
+    );
     assert!(text.contains("hotmount_build_info{version="));
     let (status, body) = f.send(Method::GET, "/v2/nothing", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
@@ -386,30 +505,43 @@ async fn health_ready_metrics_and_unknown_routes() {
 #[tokio::test]
 async fn a_vanished_mount_is_recovered_at_the_same_path() {
     let f = fixture().await;
-    f.send(Method::PUT, "/v1/mounts/ds", Some(f.s3_spec("data"))).await;
+    f.send(Method::PUT, "/v1/mounts/ds", Some(f.s3_spec("data")))
+        .await;
     let path = f.root().join("ds");
     // Somebody unmounts it behind the agent's back.
     f.fake.unmount(&path, UnmountMode::Lazy).unwrap();
-    let (status, body) = f.send(Method::GET, "/v1/mounts/ds?wait=Degraded&timeout=5s", None).await;
+    let (status, body) = f
+        .send(Method::GET, "/v1/mounts/ds?wait=Degraded&timeout=5s", None)
+        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let (status, body) = f.send(Method::GET, "/v1/mounts/ds?wait=Mounted&timeout=10s", None).await;
+    let (status, body) = f
+        .send(Method::GET, "/v1/mounts/ds?wait=Mounted&timeout=10s", None)
+        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["generation"], 2, "a re-mount bumps the generation");
     assert_eq!(f.mounts_at(&path).len(), 1, "exactly one mount again");
     let text = f.manager.metrics().render();
-    assert!(text.contains(r#"hotmount_recoveries_total{name="ds",reason="unmounted"} 1"#), "{text}");
+    assert!(
+        text.contains(r#"hotmount_recoveries_total{name="ds",reason="unmounted"} 1"#),
+        "{text}"
+    );
 }
 
 #[tokio::test]
 async fn a_stacked_mount_is_peeled_to_one() {
     let f = fixture().await;
-    f.send(Method::PUT, "/v1/mounts/ds", Some(f.s3_spec("data"))).await;
+    f.send(Method::PUT, "/v1/mounts/ds", Some(f.s3_spec("data")))
+        .await;
     let path = f.root().join("ds");
     f.fake.preload("tmpfs", "intruder", &path, &[]);
     assert_eq!(f.mounts_at(&path).len(), 2);
-    let (status, body) = f.send(Method::GET, "/v1/mounts/ds?wait=Degraded&timeout=5s", None).await;
+    let (status, body) = f
+        .send(Method::GET, "/v1/mounts/ds?wait=Degraded&timeout=5s", None)
+        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let (status, _) = f.send(Method::GET, "/v1/mounts/ds?wait=Mounted&timeout=10s", None).await;
+    let (status, _) = f
+        .send(Method::GET, "/v1/mounts/ds?wait=Mounted&timeout=10s", None)
+        .await;
     assert_eq!(status, StatusCode::OK);
     let entries = f.mounts_at(&path);
     assert_eq!(entries.len(), 1, "never two mounts on one path");
@@ -421,8 +553,11 @@ async fn restart_adopts_recreates_and_removes_orphans() {
     let f = fixture().await;
     let nfs = json!({"source": {"nfs": {"server": "10.0.2.2", "export": "/data"}}});
     f.send(Method::PUT, "/v1/mounts/nfs-ds", Some(nfs)).await;
-    f.send(Method::PUT, "/v1/mounts/s3-ds", Some(f.s3_spec("data"))).await;
-    let Fixture { dir, fake, manager, .. } = f;
+    f.send(Method::PUT, "/v1/mounts/s3-ds", Some(f.s3_spec("data")))
+        .await;
+    let Fixture {
+        dir, fake, manager, ..
+    } = f;
     manager.shutdown().await;
     drop(manager);
     // The old process died: its FUSE mount stays in the table, dead; an
@@ -434,16 +569,37 @@ async fn restart_adopts_recreates_and_removes_orphans() {
     let new_calls = f.fake.calls()[calls_before..].to_vec();
     let root = f.root();
     assert!(
-        !new_calls.iter().any(|c| matches!(c, RecordedCall::Mount(m) if m.fstype == "nfs4")),
+        !new_calls
+            .iter()
+            .any(|c| matches!(c, RecordedCall::Mount(m) if m.fstype == "nfs4")),
         "the NFS mount is adopted, not mounted twice: {new_calls:?}"
     );
-    assert!(new_calls.contains(&RecordedCall::Unmount(root.join("s3-ds"), UnmountMode::Lazy)), "{new_calls:?}");
-    assert!(new_calls.iter().any(|c| matches!(c, RecordedCall::MountFuse(r) if r.target == root.join("s3-ds"))));
-    assert!(new_calls.contains(&RecordedCall::Unmount(root.join("orphan"), UnmountMode::Lazy)));
+    assert!(
+        new_calls.contains(&RecordedCall::Unmount(
+            root.join("s3-ds"),
+            UnmountMode::Lazy
+        )),
+        "{new_calls:?}"
+    );
+    assert!(
+        new_calls
+            .iter()
+            .any(|c| matches!(c, RecordedCall::MountFuse(r) if r.target == root.join("s3-ds")))
+    );
+    assert!(new_calls.contains(&RecordedCall::Unmount(
+        root.join("orphan"),
+        UnmountMode::Lazy
+    )));
     assert!(!root.join("orphan").exists(), "orphan directory removed");
     for name in ["nfs-ds", "s3-ds"] {
-        assert_eq!(f.mounts_at(&root.join(name)).len(), 1, "{name}: exactly one mount");
-        let (status, body) = f.send(Method::GET, &format!("/v1/mounts/{name}"), None).await;
+        assert_eq!(
+            f.mounts_at(&root.join(name)).len(),
+            1,
+            "{name}: exactly one mount"
+        );
+        let (status, body) = f
+            .send(Method::GET, &format!("/v1/mounts/{name}"), None)
+            .await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body["state"], "Mounted", "{body}");
     }
@@ -453,16 +609,29 @@ async fn restart_adopts_recreates_and_removes_orphans() {
 async fn a_corrupt_state_file_is_moved_aside_and_reported() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("state")).unwrap();
-    std::fs::write(dir.path().join("state/mounts.json"), b"{\"version\": 1, \"mounts\": [").unwrap();
-    let f = start(dir, Arc::new(RecordingMounter::new()), |_| {}).await.unwrap();
+    std::fs::write(
+        dir.path().join("state/mounts.json"),
+        b"{\"version\": 1, \"mounts\": [",
+    )
+    .unwrap();
+    let f = start(dir, Arc::new(RecordingMounter::new()), |_| {})
+        .await
+        .unwrap();
     let (status, body) = f.send(Method::GET, "/readyz", None).await;
     assert_eq!(status, StatusCode::OK);
     let warning = body["warnings"][0].as_str().expect("a warning");
-    assert!(warning.contains("corrupt") && warning.contains("mounts.json.corrupt-"), "{warning}");
+    assert!(
+        warning.contains("corrupt") && warning.contains("mounts.json.corrupt-"),
+        "{warning}"
+    );
     let kept = std::fs::read_dir(f.dir.path().join("state"))
         .unwrap()
         .flatten()
-        .any(|e| e.file_name().to_string_lossy().starts_with("mounts.json.corrupt-"));
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("mounts.json.corrupt-")
+        });
     assert!(kept, "the corrupt file is kept for the operator");
 }
 
@@ -470,11 +639,20 @@ async fn a_corrupt_state_file_is_moved_aside_and_reported() {
 async fn a_root_that_cannot_be_shared_refuses_to_start() {
     let fake = Arc::new(RecordingMounter::new());
     fake.fail("make_rshared", Errno::EINVAL);
-    let err = start(tempfile::tempdir().unwrap(), fake, |_| {}).await.err().expect("refused");
+    let err = start(tempfile::tempdir().unwrap(), fake, |_| {})
+        .await
+        .err()
+        .expect("refused");
     let message = err.to_string();
-    assert!(message.contains("MountFlags") && message.contains("Bidirectional"), "{message}");
+    assert!(
+        message.contains("MountFlags") && message.contains("Bidirectional"),
+        "{message}"
+    );
     let fake = Arc::new(RecordingMounter::new());
     fake.fail("verify_propagation", Errno::EIO);
-    let err = start(tempfile::tempdir().unwrap(), fake, |_| {}).await.err().expect("refused");
+    let err = start(tempfile::tempdir().unwrap(), fake, |_| {})
+        .await
+        .err()
+        .expect("refused");
     assert!(err.to_string().contains("propagation"), "{err}");
 }

@@ -91,7 +91,9 @@ impl From<ManagerError> for ApiError {
                 StoreError::Timeout { .. } => (S::GATEWAY_TIMEOUT, "BackendTimeout"),
             },
             ManagerError::Nfs { source, .. } => match source {
-                crate::nfs::NfsError::ResolveTimeout { .. } => (S::GATEWAY_TIMEOUT, "BackendTimeout"),
+                crate::nfs::NfsError::ResolveTimeout { .. } => {
+                    (S::GATEWAY_TIMEOUT, "BackendTimeout")
+                }
                 _ => (S::BAD_GATEWAY, "BackendUnreachable"),
             },
             ManagerError::Timeout { .. } => (S::GATEWAY_TIMEOUT, "MountTimeout"),

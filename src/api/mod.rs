@@ -52,7 +52,10 @@ impl TokenSet {
             return Err("holds no token".to_string());
         }
         if let Some(short) = tokens.iter().position(|t| t.len() < 16) {
-            return Err(format!("token on line {} is shorter than 16 characters", short + 1));
+            return Err(format!(
+                "token on line {} is shorter than 16 characters",
+                short + 1
+            ));
         }
         Ok(TokenSet { tokens })
     }
@@ -114,7 +117,10 @@ pub fn router(manager: Manager) -> Router {
         .route("/metrics", get(metrics))
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(middleware::from_fn_with_state(manager.clone(), count_requests))
+        .layer(middleware::from_fn_with_state(
+            manager.clone(),
+            count_requests,
+        ))
         .with_state(manager)
 }
 
@@ -193,7 +199,11 @@ async fn put_mount(
                 format!("request body exceeds {MAX_BODY_BYTES} bytes"),
             )
         } else {
-            ApiError::new(StatusCode::BAD_REQUEST, "InvalidBody", rejection.body_text())
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "InvalidBody",
+                rejection.body_text(),
+            )
         }
     })?;
     let spec = parse_spec(&body)?;
@@ -229,9 +239,8 @@ async fn get_mount(
     Path(name): Path<String>,
     query: Result<Query<GetQuery>, QueryRejection>,
 ) -> Result<Json<MountView>, ApiError> {
-    let Query(query) = query.map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, "InvalidQuery", e.body_text())
-    })?;
+    let Query(query) =
+        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "InvalidQuery", e.body_text()))?;
     let Some(wait) = query.wait else {
         if query.timeout.is_some() {
             return Err(ApiError::new(
@@ -242,9 +251,13 @@ async fn get_mount(
         }
         return Ok(Json(manager.get(&name)?));
     };
-    let state: MountState = wait
-        .parse()
-        .map_err(|e: String| ApiError::new(StatusCode::BAD_REQUEST, "InvalidQuery", format!("wait: {e}")))?;
+    let state: MountState = wait.parse().map_err(|e: String| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "InvalidQuery",
+            format!("wait: {e}"),
+        )
+    })?;
     let timeout = match query.timeout.as_deref() {
         None => Duration::from_secs(30),
         Some(text) => humantime::parse_duration(text)
@@ -266,10 +279,11 @@ async fn delete_mount(
     Path(name): Path<String>,
     query: Result<Query<DeleteQuery>, QueryRejection>,
 ) -> Result<Json<MountView>, ApiError> {
-    let Query(query) = query.map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, "InvalidQuery", e.body_text())
-    })?;
-    Ok(Json(manager.delete(&name, query.force.unwrap_or(false)).await?))
+    let Query(query) =
+        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "InvalidQuery", e.body_text()))?;
+    Ok(Json(
+        manager.delete(&name, query.force.unwrap_or(false)).await?,
+    ))
 }
 
 async fn list_mounts(State(manager): State<Manager>) -> Json<MountList> {
@@ -324,9 +338,18 @@ mod tests {
         assert_eq!(err.status(), StatusCode::BAD_REQUEST);
         assert!(err.message().contains("source.s3"), "{}", err.message());
         assert!(err.message().contains("bogus"), "{}", err.message());
-        let err = parse_spec(br#"{"source":{"nfs":{"server":"h","export":"/x","nconnect":"4"}}}"#).unwrap_err();
-        assert!(err.message().contains("source.nfs.nconnect"), "{}", err.message());
+        let err = parse_spec(br#"{"source":{"nfs":{"server":"h","export":"/x","nconnect":"4"}}}"#)
+            .unwrap_err();
+        assert!(
+            err.message().contains("source.nfs.nconnect"),
+            "{}",
+            err.message()
+        );
         let err = parse_spec(b"not json").unwrap_err();
-        assert!(err.message().starts_with("request body"), "{}", err.message());
+        assert!(
+            err.message().starts_with("request body"),
+            "{}",
+            err.message()
+        );
     }
 }

@@ -103,7 +103,8 @@ impl Manager {
                     name: name.to_string(),
                     source,
                 };
-                let bucket = open_bucket(s3, &self.inner.config.file_policy).map_err(store_error)?;
+                let bucket =
+                    open_bucket(s3, &self.inner.config.file_policy).map_err(store_error)?;
                 bucket.check(s3, remaining()).await.map_err(store_error)?;
                 let fsname = format!("hotmount:{}", bucket.display);
                 let filesystem = S3Filesystem::new(

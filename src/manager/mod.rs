@@ -72,7 +72,9 @@ impl std::str::FromStr for MountState {
             .into_iter()
             .find(|state| state.as_str().eq_ignore_ascii_case(s))
             .ok_or_else(|| {
-                format!("unknown state {s:?}: expected Pending, Mounted, Degraded, Failed or Unmounting")
+                format!(
+                    "unknown state {s:?}: expected Pending, Mounted, Degraded, Failed or Unmounting"
+                )
             })
     }
 }
@@ -226,7 +228,9 @@ impl Drop for Slot {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 pub(crate) struct Inner {
@@ -332,12 +336,16 @@ impl Manager {
     }
 
     fn is_current(&self, name: &str, slot: &Arc<Slot>) -> bool {
-        self.slot(name).is_some_and(|current| Arc::ptr_eq(&current, slot))
+        self.slot(name)
+            .is_some_and(|current| Arc::ptr_eq(&current, slot))
     }
 
     fn remove_slot(&self, name: &str, slot: &Arc<Slot>) {
         let mut slots = lock(&self.inner.slots);
-        if slots.get(name).is_some_and(|current| Arc::ptr_eq(current, slot)) {
+        if slots
+            .get(name)
+            .is_some_and(|current| Arc::ptr_eq(current, slot))
+        {
             slots.remove(name);
         }
         drop(slots);
@@ -502,10 +510,11 @@ impl Manager {
             created_at: record.created_at,
             generation: record.generation,
         };
-        if let Err(err) = self.persist(|desired| {
-            desired.insert(name.to_string(), stored);
-        })
-        .await
+        if let Err(err) = self
+            .persist(|desired| {
+                desired.insert(name.to_string(), stored);
+            })
+            .await
         {
             self.detach_quietly(name, Some(attached)).await;
             self.remove_slot(name, &slot);
@@ -555,7 +564,8 @@ impl Manager {
             if let Some(attached) = failure.attached {
                 slot.set_attached(attached);
             }
-            slot.record.send_modify(|record| record.state = before.state);
+            slot.record
+                .send_modify(|record| record.state = before.state);
             self.refresh_state_gauge();
             self.spawn_probe(name, &slot);
             return Err(failure.error);
@@ -570,9 +580,12 @@ impl Manager {
         self.inner
             .metrics
             .forget_dataset(name, before.spec.source.backend().as_str());
-        self.inner
-            .metrics
-            .observe_operation(backend, "unmount", persisted.is_ok(), started.elapsed());
+        self.inner.metrics.observe_operation(
+            backend,
+            "unmount",
+            persisted.is_ok(),
+            started.elapsed(),
+        );
         persisted?;
         tracing::info!(dataset = name, force, "unmounted");
         let mut record = before;
@@ -634,7 +647,9 @@ impl Manager {
         match std::fs::remove_dir(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(path = %path.display(), error = %e, "could not remove mount directory"),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "could not remove mount directory")
+            }
         }
     }
 }

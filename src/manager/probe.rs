@@ -112,7 +112,8 @@ impl Manager {
                 Err(failure) => {
                     failures = failures.saturating_add(1);
                     self.set_healthy(&name, &record.spec, false);
-                    slot.record.send_modify(|r| r.health.last_probe = Some(Utc::now()));
+                    slot.record
+                        .send_modify(|r| r.health.last_probe = Some(Utc::now()));
                     if record.state != MountState::Failed {
                         tracing::warn!(dataset = name, reason = failure.reason, error = %failure.message, "probe failed");
                         self.set_state(&slot, MountState::Degraded, Some(failure.message.clone()));
@@ -180,7 +181,10 @@ impl Manager {
         match tokio::time::timeout(deadline, call).await {
             Err(_) => Err(ProbeFailure::transient(
                 "timeout",
-                format!("probe of {} did not answer within {deadline:?}", path.display()),
+                format!(
+                    "probe of {} did not answer within {deadline:?}",
+                    path.display()
+                ),
             )),
             Ok(Err(join)) => Err(ProbeFailure::transient("io_error", join.to_string())),
             Ok(Ok(Ok(()))) => Ok(started.elapsed()),

@@ -3,8 +3,6 @@
 //! dead FUSE mount from a previous run is detached lazily first); remove
 //! orphans under the root. Never stack two mounts on one path.
 
-
-
 use crate::manager::{Attached, Health, Manager, ManagerError, MountState, Record, Slot, lock};
 use crate::spec::SourceSpec;
 use crate::state::StoredMount;
@@ -95,7 +93,11 @@ impl Manager {
         }
         let broken = !existing.is_empty();
         if broken {
-            tracing::info!(dataset = name, mounts = existing.len(), "mount from a previous run is not adoptable; re-creating it");
+            tracing::info!(
+                dataset = name,
+                mounts = existing.len(),
+                "mount from a previous run is not adoptable; re-creating it"
+            );
             self.detach_quietly(&name, None).await;
         }
         if let Err(e) = std::fs::create_dir_all(&path) {
@@ -134,4 +136,3 @@ impl Manager {
         self.spawn_probe(&name, &slot);
     }
 }
-

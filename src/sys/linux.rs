@@ -141,7 +141,8 @@ impl Mounter for LinuxMounter {
             root: root.to_path_buf(),
             reason,
         };
-        std::fs::create_dir_all(&canary).map_err(|e| fail(format!("create {}: {e}", canary.display())))?;
+        std::fs::create_dir_all(&canary)
+            .map_err(|e| fail(format!("create {}: {e}", canary.display())))?;
         let result = self.canary_check(root, &canary).map_err(fail);
         let _ = std::fs::remove_dir(&canary);
         result
