@@ -235,24 +235,19 @@ impl Manager {
                 } else {
                     UnmountMode::Force
                 };
-                if let Err(UnmountOutcome::Failed(source)) =
-                    self.unmount_with_deadline(&target, mode).await
-                {
-                    return Err(DetachFailure {
-                        error: ManagerError::Sys {
-                            name: name.to_string(),
-                            source,
-                        },
-                        attached,
-                    });
+                match self.unmount_with_deadline(&target, mode).await {
+                    Ok(()) | Err(UnmountOutcome::NotMounted) => {}
+                    Err(other) => {
+                        return Err(DetachFailure {
+                            error: other.into_error(name, self.inner.config.unmount_timeout),
+                            attached,
+                        });
+                    }
                 }
             }
-            Err(UnmountOutcome::Failed(source)) => {
+            Err(other) => {
                 return Err(DetachFailure {
-                    error: ManagerError::Sys {
-                        name: name.to_string(),
-                        source,
-                    },
+                    error: other.into_error(name, self.inner.config.unmount_timeout),
                     attached,
                 });
             }
@@ -290,11 +285,16 @@ impl Manager {
             if mounts_at(&table, target).is_empty() {
                 return;
             }
-            if let Err(UnmountOutcome::Failed(e)) =
-                self.unmount_with_deadline(target, UnmountMode::Lazy).await
-            {
-                tracing::warn!(dataset = name, error = %e, "could not detach a stacked mount");
-                return;
+            match self.unmount_with_deadline(target, UnmountMode::Lazy).await {
+                Err(UnmountOutcome::Failed(e)) => {
+                    tracing::warn!(dataset = name, error = %e, "could not detach a stacked mount");
+                    return;
+                }
+                Err(UnmountOutcome::Crashed(e)) => {
+                    tracing::warn!(dataset = name, error = %e, "unmount task failed");
+                    return;
+                }
+                _ => {}
             }
         }
     }
@@ -309,9 +309,7 @@ impl Manager {
         let call = tokio::task::spawn_blocking(move || mounter.unmount(&path, mode));
         match tokio::time::timeout(self.inner.config.unmount_timeout, call).await {
             Err(_) => Err(UnmountOutcome::TimedOut),
-            Ok(Err(join)) => Err(UnmountOutcome::Failed(crate::sys::SysError::MountInfo(
-                join.to_string(),
-            ))),
+            Ok(Err(join)) => Err(UnmountOutcome::Crashed(join.to_string())),
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(err))) => match err.errno() {
                 Some(nix::errno::Errno::EBUSY) => Err(UnmountOutcome::Busy),
@@ -329,6 +327,33 @@ enum UnmountOutcome {
     Busy,
     TimedOut,
     Failed(crate::sys::SysError),
+    /// The blocking task panicked.
+    Crashed(String),
+}
+
+impl UnmountOutcome {
+    fn into_error(self, name: &str, deadline: Duration) -> ManagerError {
+        match self {
+            UnmountOutcome::Failed(source) => ManagerError::Sys {
+                name: name.to_string(),
+                source,
+            },
+            UnmountOutcome::Busy => ManagerError::Busy {
+                name: name.to_string(),
+            },
+            UnmountOutcome::TimedOut => ManagerError::Timeout {
+                name: name.to_string(),
+                step: "forced unmount",
+                seconds: deadline.as_secs(),
+            },
+            UnmountOutcome::Crashed(reason) => {
+                ManagerError::Internal(format!("unmount {name}: {reason}"))
+            }
+            UnmountOutcome::NotMounted => {
+                ManagerError::Internal(format!("unmount {name}: not mounted"))
+            }
+        }
+    }
 }
 
 /// Lets a FUSE server thread finish in the background: after a lazy detach
