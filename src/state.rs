@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::spec::MountSpec;
 
 const STATE_FILE: &str = "mounts.json";
+const AUDIT_FILE: &str = "audit.log";
 const FORMAT_VERSION: u32 = 1;
 
 /// One desired mount as stored.
@@ -27,6 +28,24 @@ pub struct StoredMount {
     pub created_at: DateTime<Utc>,
     /// Bumped on every re-mount.
     pub generation: u64,
+}
+
+/// One line of the audit log (`audit.log`, JSON lines, 0600): who changed
+/// what and how it ended. Never holds secrets.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEvent {
+    /// When.
+    pub time: DateTime<Utc>,
+    /// `mount`, `unmount`, `recover` or `restore`.
+    pub op: String,
+    /// The dataset.
+    pub name: String,
+    /// `success` or `error`.
+    pub result: String,
+    /// The error, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -152,6 +171,33 @@ impl StateStore {
         }
     }
 
+    /// Appends one event to the audit log (best effort: a full disk must not
+    /// fail a mount, so a failure is logged, not returned).
+    pub fn audit(&self, op: &str, name: &str, error: Option<String>) {
+        let event = AuditEvent {
+            time: Utc::now(),
+            op: op.to_string(),
+            name: name.to_string(),
+            result: if error.is_some() { "error" } else { "success" }.to_string(),
+            error,
+        };
+        let path = self.dir.join(AUDIT_FILE);
+        let written = serde_json::to_vec(&event)
+            .map_err(std::io::Error::other)
+            .and_then(|mut line| {
+                line.push(b'\n');
+                OpenOptions::new()
+                    .append(true)
+                    .create(true)
+                    .mode(0o600)
+                    .open(&path)?
+                    .write_all(&line)
+            });
+        if let Err(e) = written {
+            tracing::warn!(file = %path.display(), error = %e, "could not write the audit log");
+        }
+    }
+
     /// Replaces the state file atomically and durably.
     pub fn save(&self, mounts: &BTreeMap<String, StoredMount>) -> Result<(), StateError> {
         let path = self.path();
@@ -217,6 +263,23 @@ mod tests {
         // No temporary file is left behind.
         let names: Vec<_> = fs::read_dir(dir.path().join("state")).unwrap().collect();
         assert_eq!(names.len(), 1);
+        store.audit("mount", "ds", None);
+        store.audit("unmount", "ds", Some("busy".into()));
+        let log = fs::read_to_string(dir.path().join("state/audit.log")).unwrap();
+        let events: Vec<AuditEvent> = log
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(events.len(), 2);
+        assert_eq!(
+            (events[1].op.as_str(), events[1].result.as_str()),
+            ("unmount", "error")
+        );
+        let mode = fs::metadata(dir.path().join("state/audit.log"))
+            .unwrap()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
     }
 
     #[test]

@@ -501,6 +501,7 @@ impl Manager {
                     .observe_operation(backend, "mount", false, started.elapsed());
                 self.remove_slot(name, &slot);
                 tracing::warn!(dataset = name, error = %err, "mount failed; nothing left behind");
+                self.inner.store.audit("mount", name, Some(err.to_string()));
                 return Err(err);
             }
         };
@@ -530,6 +531,7 @@ impl Manager {
             .metrics
             .observe_operation(backend, "mount", true, started.elapsed());
         self.spawn_probe(name, &slot);
+        self.inner.store.audit("mount", name, None);
         tracing::info!(dataset = name, path = %self.path_of(name).display(), took_ms = started.elapsed().as_millis() as u64, "mounted");
         Ok(PutOutcome {
             mount: self.view(name, &slot.record()),
@@ -585,6 +587,11 @@ impl Manager {
             "unmount",
             persisted.is_ok(),
             started.elapsed(),
+        );
+        self.inner.store.audit(
+            "unmount",
+            name,
+            persisted.as_ref().err().map(ToString::to_string),
         );
         persisted?;
         tracing::info!(dataset = name, force, "unmounted");

@@ -239,6 +239,7 @@ impl Manager {
                 self.inner
                     .metrics
                     .observe_operation(backend, "recover", true, started.elapsed());
+                self.inner.store.audit("recover", name, None);
                 tracing::info!(dataset = name, reason, generation, "re-mounted");
             }
             Err(err) => {
@@ -246,6 +247,9 @@ impl Manager {
                     .metrics
                     .observe_operation(backend, "recover", false, started.elapsed());
                 tracing::warn!(dataset = name, reason, error = %err, "re-mount failed; will retry");
+                self.inner
+                    .store
+                    .audit("recover", name, Some(err.to_string()));
                 self.set_state(slot, MountState::Failed, Some(err.to_string()));
             }
         }
