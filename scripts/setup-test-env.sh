@@ -101,7 +101,8 @@ install_garage() {
   exec 9>"$CACHE_ROOT/.garage-$GARAGE_VERSION.lock"
   flock -w "$FOREIGN_GARAGE_BUILD_WAIT_SECONDS" 9 || { echo "timed out waiting for the garage lock" >&2; return 1; }
   local waited=0
-  while foreign_garage_build_running && [ ! -x "$GARAGE_BIN" ]; do
+  # Wait for the process itself: the binary may appear before cargo has finished.
+  while foreign_garage_build_running; do
     [ "$waited" -ge "$FOREIGN_GARAGE_BUILD_WAIT_SECONDS" ] && { echo "timed out waiting for the running 'cargo install garage' (see $FOREIGN_GARAGE_BUILD_LOG)" >&2; return 1; }
     sleep 5; waited=$((waited + 5))
   done
@@ -125,5 +126,8 @@ check_garage() {
 
 step "apt packages" install_apt_packages
 step "tools present" check_tools
+if [ ! -x "$GARAGE_BIN" ]; then
+  echo "setup-test-env: garage $GARAGE_VERSION not cached in $GARAGE_ROOT: building it (about 10 min on 2 cores)"
+fi
 step "garage $GARAGE_VERSION" install_garage
 step "garage runs" check_garage
