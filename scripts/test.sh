@@ -4,6 +4,7 @@
 #! Runs as root. Exits non-zero if any step fails; nothing is skipped silently.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+trap 'rc=$?; echo "test.sh: FAILED (exit $rc) at: $BASH_COMMAND" >&2' ERR
 
 CACHE_ROOT="${HOTMOUNT_CACHE:-/var/cache/hotmount}"
 # Mount-tier tests each start an agent, a pod namespace and sometimes Garage or a
