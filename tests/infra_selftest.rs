@@ -348,6 +348,15 @@ fn garage_serves_objects_and_stops() {
         std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err(),
         "garage still listening after stop"
     );
+    let resumed = Instant::now();
+    garage.resume();
+    eprintln!("garage resumed in {:?}", resumed.elapsed());
+    assert_eq!(garage.get_object("datasets", "imagenet/README"), b"readme");
+}
+
+#[test]
+fn fuse_is_available() {
+    support::require_fuse();
 }
 
 #[test]

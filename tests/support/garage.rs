@@ -76,19 +76,7 @@ admin_token = "{admin_token}"
         );
         write_private_file(&config, config_text.as_bytes());
         let log_path = dir.path().join("garage.log");
-        let log =
-            std::fs::File::create(&log_path).unwrap_or_else(|e| panic!("create garage log: {e}"));
-        let log_for_stderr = log.try_clone().expect("dup garage log handle");
-        let child = Command::new(&binary)
-            .arg("-c")
-            .arg(&config)
-            .arg("server")
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_for_stderr)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {} server: {e}", binary.display()));
+        let child = spawn_server(&binary, &config, &log_path);
         let mut garage = Garage {
             child: Some(child),
             binary,
@@ -129,28 +117,7 @@ admin_token = "{admin_token}"
         let key = self.admin(&["key", "create", KEY_NAME]);
         self.access_key_id = field_after(&key, "Key ID:");
         self.secret_access_key = field_after(&key, "Secret key:");
-        let health =
-            super::poll_until(
-                GARAGE_START_TIMEOUT,
-                Duration::from_millis(100),
-                || match http_tcp(
-                    self.admin_addr,
-                    "GET",
-                    "/health",
-                    &[],
-                    None,
-                    Duration::from_secs(2),
-                ) {
-                    Ok((200, _)) => Some(()),
-                    _ => None,
-                },
-            );
-        if health.is_none() {
-            panic!(
-                "garage /health not 200 within {GARAGE_START_TIMEOUT:?}; log:\n{}",
-                self.log()
-            );
-        }
+        self.wait_healthy();
     }
 
     /// Creates `bucket` and allows the test key to read, write and own it.
@@ -294,6 +261,46 @@ admin_token = "{admin_token}"
         self.dir.path()
     }
 
+    /// Starts the server again after [`Garage::stop`], with the same ports, data,
+    /// buckets and key; returns once `/health` answers 200 (an outage that ends).
+    pub fn resume(&mut self) {
+        assert!(
+            self.child.is_none(),
+            "Garage::resume: the server is still running"
+        );
+        self.child = Some(spawn_server(&self.binary, &self.config, &self.log_path));
+        self.wait_healthy();
+    }
+
+    fn wait_healthy(&mut self) {
+        let health = super::poll_until(GARAGE_START_TIMEOUT, Duration::from_millis(100), || {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("garage server exited with {status}; log:\n{}", self.log());
+            }
+            match http_tcp(
+                self.admin_addr,
+                "GET",
+                "/health",
+                &[],
+                None,
+                Duration::from_secs(2),
+            ) {
+                Ok((200, _)) => Some(()),
+                _ => None,
+            }
+        });
+        if health.is_none() {
+            panic!(
+                "garage /health not 200 within {GARAGE_START_TIMEOUT:?}; log:\n{}",
+                self.log()
+            );
+        }
+    }
+
     /// Kills the server (SIGKILL) and reaps it, e.g. to test an S3 outage.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -329,6 +336,26 @@ pub fn garage_binary() -> PathBuf {
         );
     }
     binary
+}
+
+/// Spawns `garage -c CONFIG server` with output appended to `log_path`.
+fn spawn_server(binary: &Path, config: &Path, log_path: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .unwrap_or_else(|e| panic!("open garage log {}: {e}", log_path.display()));
+    let log_for_stderr = log.try_clone().expect("dup garage log handle");
+    Command::new(binary)
+        .arg("-c")
+        .arg(config)
+        .arg("server")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_for_stderr)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {} server: {e}", binary.display()))
 }
 
 fn free_loopback_ports() -> [u16; 3] {
