@@ -4,6 +4,34 @@
 //! helper fails loudly, naming what is missing and which script installs it: a
 //! test never skips silently. Everything that mounts happens inside a private
 //! [`NodeNamespace`]; every process a helper starts is killed when its handle drops.
+//!
+//! A mount-tier test, in order (enter the namespace before starting anything that
+//! mounts; handles drop in reverse order, so the pod and agent die first):
+//!
+//! ```text
+//! mod support;
+//! use std::time::Duration;
+//!
+//! #[test]
+//! fn dataset_appears_in_a_running_pod() {
+//!     support::require_root();
+//!     let dir = tempfile::tempdir().unwrap();
+//!     let _node = support::NodeNamespace::enter();          // this thread + its children
+//!     let options = support::AgentOptions::in_dir(dir.path()); // dir/mnt, dir/state, dir/api.sock
+//!     let mut agent = support::Agent::start(options);
+//!     agent.wait_ready(Duration::from_secs(30));            // GET /readyz == 200
+//!     let pod = support::Pod::start(&agent.options().root); // root must be rshared by now
+//!     let (status, body) = support::http(agent.socket(), "PUT", "/v1/mounts/ds", Some(SPEC));
+//!     assert_eq!(status, 201, "{body}");
+//!     assert_eq!(pod.mount_count("ds"), 1);
+//!     assert_eq!(pod.write("missing/x", b"x"), Err(libc::EROFS));
+//! }
+//! ```
+//!
+//! S3 tests add `let garage = support::Garage::start(); garage.create_bucket("b");`,
+//! `garage.put_object(..)` and `garage.write_credentials_file(path)` (call
+//! `support::require_fuse()` first); metrics tests pass the `/metrics` body to
+//! `support::promtool_check_metrics`.
 // Each test file uses a different part of the harness.
 #![allow(dead_code, unused_imports)]
 
