@@ -102,13 +102,16 @@ admin_token = "{admin_token}"
             {
                 panic!("garage server exited with {status}; log:\n{}", self.log());
             }
+            // `node id` reads the key from disk and answers before the server
+            // listens; `status` goes over RPC, so it answers only once it does.
+            self.try_admin(&["status"])?;
             let output = self.try_admin(&["node", "id", "-q"])?;
             let id = String::from_utf8_lossy(&output.stdout);
             id.lines().next()?.split('@').next().map(str::to_owned)
         })
         .unwrap_or_else(|| {
             panic!(
-                "garage did not answer `node id` within {GARAGE_START_TIMEOUT:?}; log:\n{}",
+                "garage did not answer `status` within {GARAGE_START_TIMEOUT:?}; log:\n{}",
                 self.log()
             )
         });
