@@ -1,0 +1,116 @@
+//! Shared harness for hotmount's integration tests (included with `mod support;`).
+//!
+//! Tests run as root on a machine prepared by `scripts/setup-test-env.sh`. Every
+//! helper fails loudly, naming what is missing and which script installs it: a
+//! test never skips silently. Everything that mounts happens inside a private
+//! [`NodeNamespace`]; every process a helper starts is killed when its handle drops.
+//!
+//! A mount-tier test, in order (enter the namespace before starting anything that
+//! mounts; handles drop in reverse order, so the pod and agent die first):
+//!
+//! ```text
+//! mod support;
+//! use std::time::Duration;
+//!
+//! #[test]
+//! fn dataset_appears_in_a_running_pod() {
+//!     support::require_root();
+//!     let dir = tempfile::tempdir().unwrap();
+//!     let _node = support::NodeNamespace::enter();          // this thread + its children
+//!     let options = support::AgentOptions::in_dir(dir.path()); // dir/mnt, dir/state, dir/api.sock
+//!     let mut agent = support::Agent::start(options);
+//!     agent.wait_ready(Duration::from_secs(30));            // GET /readyz == 200
+//!     let pod = support::Pod::start(&agent.options().root); // root must be rshared by now
+//!     let (status, body) = support::http(agent.socket(), "PUT", "/v1/mounts/ds", Some(SPEC));
+//!     assert_eq!(status, 201, "{body}");
+//!     assert_eq!(pod.mount_count("ds"), 1);
+//!     assert_eq!(pod.write("missing/x", b"x"), Err(libc::EROFS));
+//! }
+//! ```
+//!
+//! S3 tests add `let garage = support::Garage::start(); garage.create_bucket("b");`,
+//! `garage.put_object(..)` and `garage.write_credentials_file(path)` (call
+//! `support::require_fuse()` first); metrics tests pass the `/metrics` body to
+//! `support::promtool_check_metrics`.
+// Each test file uses a different part of the harness.
+#![allow(dead_code, unused_imports)]
+
+mod agent;
+mod garage;
+mod http;
+mod namespace;
+mod pod;
+mod promtool;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+pub use agent::{Agent, AgentOptions};
+pub use garage::Garage;
+pub use http::{http, http_with_timeout};
+pub use namespace::{NodeNamespace, current_mount_namespace, thread_mountinfo};
+pub use pod::Pod;
+pub use promtool::{promtool_check, promtool_check_metrics};
+
+/// The script that installs everything these tests need.
+pub const SETUP_SCRIPT: &str = "scripts/setup-test-env.sh";
+
+/// Panics unless the test process runs as root (mount tier and above need it).
+pub fn require_root() {
+    if !nix::unistd::geteuid().is_root() {
+        panic!(
+            "this test needs root (mount namespaces, mounts): run it as root, e.g. via scripts/test.sh"
+        );
+    }
+}
+
+/// Panics unless FUSE is usable: `/dev/fuse` opens read-write and `fusermount3` exists.
+pub fn require_fuse() {
+    require_root();
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+    {
+        panic!(
+            "/dev/fuse cannot be opened ({e}): the s3 tier needs FUSE (package fuse3, installed by {SETUP_SCRIPT}) and a kernel with FUSE"
+        );
+    }
+    require_tool("fusermount3", "fuse3");
+}
+
+/// Panics unless `tool` is on PATH, naming the Debian `package` that provides it.
+pub fn require_tool(tool: &str, package: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
+        .unwrap_or(false);
+    if !found {
+        panic!("`{tool}` is not on PATH: install package {package} (run {SETUP_SCRIPT} as root)");
+    }
+}
+
+/// Polls `check` every `interval` until it returns `Some`, or returns `None` after `timeout`.
+pub fn poll_until<T>(
+    timeout: Duration,
+    interval: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(interval);
+    }
+}
+
+/// Reads a captured log file for a failure message; never fails itself.
+pub(crate) fn read_log(path: &Path) -> String {
+    match std::fs::read(path) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(e) => format!("<cannot read {}: {e}>", path.display()),
+    }
+}
