@@ -16,7 +16,8 @@
 //! fn dataset_appears_in_a_running_pod() {
 //!     support::require_root();
 //!     let dir = tempfile::tempdir().unwrap();
-//!     let _node = support::NodeNamespace::enter();          // this thread + its children
+//!     let node = support::NodeNamespace::enter();           // this thread + its children
+//!     node.share_dir(dir.path());                           // like /var/lib/hotmount on a node
 //!     let options = support::AgentOptions::in_dir(dir.path()); // dir/mnt, dir/state, dir/api.sock
 //!     let mut agent = support::Agent::start(options);
 //!     agent.wait_ready(Duration::from_secs(30));            // GET /readyz == 200

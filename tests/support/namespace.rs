@@ -48,6 +48,28 @@ impl NodeNamespace {
         }
     }
 
+    /// Makes `dir` what `/var/lib/hotmount` is on a real node: a mount whose
+    /// propagation is shared (a fresh tmpfs, made rshared), so the agent's root
+    /// below it can propagate. Call after `enter`, before starting the agent.
+    pub fn share_dir(&self, dir: &Path) {
+        mount(
+            Some("hotmount-node"),
+            dir,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            Some("mode=0755"),
+        )
+        .unwrap_or_else(|e| panic!("mount the node's tmpfs on {}: {e}", dir.display()));
+        mount(
+            None::<&str>,
+            dir,
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_SHARED,
+            None::<&str>,
+        )
+        .unwrap_or_else(|e| panic!("make {} rshared: {e}", dir.display()));
+    }
+
     /// The namespace's identity, e.g. `mnt:[4026532581]`.
     pub fn id(&self) -> &Path {
         &self.namespace_id

@@ -1,0 +1,465 @@
+//! Mount tier: the real agent binary and real kernel mounts, inside a private
+//! mount namespace per test (the "node"), with a running "pod" in a namespace
+//! of its own whose view of the root is read-only and rslave. S3 datasets come
+//! from `file://` buckets here (the Garage tier is `s3_garage.rs`). Needs root
+//! and /dev/fuse; fails (never skips) without them.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::{Agent, AgentOptions, NodeNamespace, Pod};
+
+/// A simulated node: its namespace, a running agent and a running pod.
+/// Fields drop top to bottom: the pod and the agent go before the namespace.
+struct Node {
+    pod: Pod,
+    agent: Agent,
+    _node: NodeNamespace,
+    buckets: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    fn start(extra_args: &[&str]) -> Node {
+        support::require_root();
+        support::require_fuse();
+        let dir = tempfile::tempdir().unwrap();
+        let node = NodeNamespace::enter();
+        node.share_dir(dir.path());
+        let buckets = dir.path().join("buckets");
+        make_bucket(&buckets.join("data"));
+        let mut options = AgentOptions::in_dir(dir.path());
+        options.extra_args = [
+            "--allow-file-endpoint",
+            buckets.to_str().unwrap(),
+            "--probe-interval",
+            "200ms",
+        ]
+        .iter()
+        .chain(extra_args)
+        .map(|s| s.to_string())
+        .collect();
+        let mut agent = Agent::start(options);
+        agent.wait_ready(Duration::from_secs(30));
+        let pod = Pod::start(&agent.options().root);
+        Node {
+            pod,
+            agent,
+            _node: node,
+            buckets,
+            _dir: dir,
+        }
+    }
+
+    fn root(&self) -> PathBuf {
+        self.agent.options().root.clone()
+    }
+
+    fn s3_spec(&self, bucket: &str) -> Value {
+        json!({"source": {"s3": {"bucket": bucket, "endpoint": format!("file://{}", self.buckets.display())}}})
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let body = body.map(Value::to_string);
+        let (status, text) = support::http(self.agent.socket(), method, path, body.as_deref());
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, value)
+    }
+
+    /// Mounts as this node's namespace sees them at exactly `path`.
+    fn mounts_at(&self, path: &Path) -> usize {
+        support::thread_mountinfo()
+            .lines()
+            .filter(|line| line.split(' ').nth(4) == path.to_str())
+            .count()
+    }
+
+    fn restart(&mut self) {
+        let options = self.agent.options().clone();
+        self.agent = Agent::start(options);
+        self.agent.wait_ready(Duration::from_secs(30));
+    }
+}
+
+/// A `file://` bucket: a small tree with nested directories.
+fn make_bucket(dir: &Path) {
+    std::fs::create_dir_all(dir.join("train/cats")).unwrap();
+    std::fs::write(dir.join("README.txt"), b"a dataset\n").unwrap();
+    std::fs::write(dir.join("train/cats/1.jpg"), vec![7u8; 100_000]).unwrap();
+    std::fs::write(dir.join("train/labels.csv"), b"file,label\n1.jpg,cat\n").unwrap();
+}
+
+fn wait_readable(pod: &Pod, rel: &str, timeout: Duration) -> Result<Duration, String> {
+    let started = Instant::now();
+    let mut last = String::new();
+    while started.elapsed() < timeout {
+        match pod.read(rel) {
+            Ok(_) => return Ok(started.elapsed()),
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Err(format!(
+        "{rel} not readable in the pod within {timeout:?}: {last}"
+    ))
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+#[test]
+fn a_dataset_appears_in_a_running_pod_and_goes_on_delete() {
+    let node = Node::start(&[]);
+    assert_eq!(node.pod.list("").unwrap(), Vec::<String>::new());
+    // Nothing can be created where a dataset is missing: the root is a
+    // read-only tmpfs in the pod, never the node's disk.
+    assert_eq!(
+        node.pod.write("images", b"x"),
+        Err(libc::EROFS),
+        "root is read-only in the pod"
+    );
+
+    let (status, body) = node.call("PUT", "/v1/mounts/images", Some(&node.s3_spec("data")));
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["state"], "Mounted");
+    // Visible at once: 201 means mounted and visible under the root.
+    assert_eq!(node.pod.read("images/README.txt").unwrap(), b"a dataset\n");
+    assert_eq!(
+        node.pod.read("images/train/cats/1.jpg").unwrap(),
+        vec![7u8; 100_000]
+    );
+    assert_eq!(
+        node.pod.list("images").unwrap(),
+        vec!["README.txt", "train"]
+    );
+    assert_eq!(
+        node.pod.list("images/train").unwrap(),
+        vec!["cats", "labels.csv"]
+    );
+    assert_eq!(node.pod.mount_count("images"), 1);
+    assert_eq!(node.mounts_at(&node.root().join("images")), 1);
+    // A read-only dataset refuses writes; a missing dataset's path is EROFS.
+    assert_eq!(node.pod.write("images/new.txt", b"x"), Err(libc::EROFS));
+    assert_eq!(node.pod.write("other", b"x"), Err(libc::EROFS));
+    let mountinfo = node.pod.mountinfo();
+    let line = mountinfo
+        .lines()
+        .find(|l| l.contains("fuse.hotmount"))
+        .expect("the pod sees the FUSE mount");
+    assert!(line.contains("nosuid") && line.contains("nodev"), "{line}");
+
+    let (status, body) = node.call("DELETE", "/v1/mounts/images", None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(node.pod.mount_count("images"), 0);
+    assert!(node.pod.read("images/README.txt").is_err());
+    assert_eq!(
+        node.pod.list("").unwrap(),
+        Vec::<String>::new(),
+        "the directory went too"
+    );
+    assert_eq!(node.pod.write("images", b"x"), Err(libc::EROFS));
+    assert_eq!(node.mounts_at(&node.root().join("images")), 0);
+}
+
+#[test]
+fn a_busy_dataset_needs_force_and_then_detaches_lazily() {
+    let node = Node::start(&[]);
+    let (status, _) = node.call("PUT", "/v1/mounts/busy", Some(&node.s3_spec("data")));
+    assert_eq!(status, 201);
+    // Hold a file open in the pod.
+    let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
+    let (opened_tx, opened_rx) = std::sync::mpsc::channel();
+    let pod_pid = node.pod.pid();
+    let view = node.pod.view().to_path_buf();
+    let holder = std::thread::spawn(move || {
+        use std::os::fd::AsFd;
+        let ns = std::fs::File::open(format!("/proc/{pod_pid}/ns/mnt")).unwrap();
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS).unwrap();
+        nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNS).unwrap();
+        let file = std::fs::File::open(view.join("busy/README.txt")).unwrap();
+        opened_tx.send(()).unwrap();
+        let _ = hold_rx.recv();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut &file, &mut text).map(|_| text)
+    });
+    opened_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let (status, body) = node.call("DELETE", "/v1/mounts/busy", None);
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "Busy");
+    let (status, body) = node.call("GET", "/v1/mounts/busy", None);
+    assert_eq!((status, body["state"].as_str()), (200, Some("Mounted")));
+    let (status, body) = node.call("DELETE", "/v1/mounts/busy?force=true", None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(node.mounts_at(&node.root().join("busy")), 0, "detached");
+    // The open file keeps working after the lazy detach.
+    hold_tx.send(()).unwrap();
+    assert_eq!(holder.join().unwrap().unwrap(), "a dataset\n");
+}
+
+#[test]
+fn a_hundred_attach_detach_cycles_leave_nothing_behind() {
+    let node = Node::start(&[]);
+    // fusectl in this node namespace, to see FUSE connections come and go.
+    std::fs::create_dir_all("/sys/fs/fuse/connections").ok();
+    let _ = nix::mount::mount(
+        Some("fusectl"),
+        "/sys/fs/fuse/connections",
+        Some("fusectl"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    );
+    let path = node.root().join("cycle");
+    let mut latencies = Vec::new();
+    let mut connections = Vec::new();
+    for round in 0..100 {
+        let (status, body) = node.call("PUT", "/v1/mounts/cycle", Some(&node.s3_spec("data")));
+        assert_eq!(status, 201, "round {round}: {body}");
+        latencies
+            .push(wait_readable(&node.pod, "cycle/README.txt", Duration::from_secs(10)).unwrap());
+        let minor = support::thread_mountinfo()
+            .lines()
+            .find(|l| l.split(' ').nth(4) == path.to_str())
+            .and_then(|l| l.split(' ').nth(2)?.split(':').nth(1)?.parse::<u32>().ok())
+            .expect("the mount is in the node's mountinfo");
+        connections.push(minor);
+        let (status, body) = node.call("DELETE", "/v1/mounts/cycle", None);
+        assert_eq!(status, 200, "round {round}: {body}");
+    }
+    assert_eq!(node.mounts_at(&path), 0, "no mount left");
+    assert_eq!(node.pod.mount_count("cycle"), 0);
+    assert!(!path.exists(), "no directory left");
+    let (_, list) = node.call("GET", "/v1/mounts", None);
+    assert_eq!(list["items"], json!([]), "no dataset left");
+    let state: Value = serde_json::from_slice(
+        &std::fs::read(node.agent.options().state_dir.join("mounts.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["mounts"], json!({}), "no state entry left");
+    let leaked: Vec<u32> =
+        support::poll_until(Duration::from_secs(10), Duration::from_millis(50), || {
+            let alive: Vec<u32> = connections
+                .iter()
+                .copied()
+                .filter(|c| Path::new(&format!("/sys/fs/fuse/connections/{c}")).exists())
+                .collect();
+            alive.is_empty().then_some(alive)
+        })
+        .unwrap_or_else(|| {
+            connections
+                .iter()
+                .copied()
+                .filter(|c| Path::new(&format!("/sys/fs/fuse/connections/{c}")).exists())
+                .collect()
+        });
+    assert!(leaked.is_empty(), "FUSE connections leaked: {leaked:?}");
+    let threads = std::fs::read_dir(format!("/proc/{}/task", node.agent.pid().unwrap()))
+        .unwrap()
+        .count();
+    assert!(
+        threads < 64,
+        "agent threads should not grow with cycles: {threads}"
+    );
+    latencies.sort();
+    eprintln!(
+        "figure: PUT returned -> file readable in the pod (file://, 100 attaches): p50 {:?}, p99 {:?}",
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99)
+    );
+}
+
+#[test]
+fn after_kill_9_the_dataset_comes_back_in_the_pod_by_itself() {
+    let mut node = Node::start(&[]);
+    let (status, body) = node.call("PUT", "/v1/mounts/survivor", Some(&node.s3_spec("data")));
+    assert_eq!(status, 201, "{body}");
+    assert!(node.pod.read("survivor/README.txt").is_ok());
+    node.agent.kill9();
+    // The FUSE server died with the agent: the pod's opens fail meanwhile.
+    assert!(node.pod.read("survivor/README.txt").is_err());
+    let restarted = Instant::now();
+    node.restart();
+    let readable =
+        wait_readable(&node.pod, "survivor/README.txt", Duration::from_secs(30)).unwrap();
+    eprintln!(
+        "figure: agent restart -> dataset readable again in the pod: {:?} (of which {:?} after ready)",
+        restarted.elapsed(),
+        readable
+    );
+    assert_eq!(
+        node.pod.read("survivor/train/labels.csv").unwrap(),
+        b"file,label\n1.jpg,cat\n"
+    );
+    let path = node.root().join("survivor");
+    assert_eq!(node.mounts_at(&path), 1, "exactly one mount on the path");
+    assert_eq!(
+        node.pod.mount_count("survivor"),
+        1,
+        "exactly one mount in the pod"
+    );
+    let (status, body) = node.call("GET", "/v1/mounts/survivor", None);
+    assert_eq!(status, 200);
+    assert_eq!(body["state"], "Mounted", "{body}");
+    assert_eq!(body["generation"], 2, "{body}");
+    let metrics = support::http(node.agent.socket(), "GET", "/metrics", None).1;
+    assert!(
+        metrics.contains(r#"hotmount_recoveries_total{name="survivor",reason="restart"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_fuse_server_wedged_and_aborted_is_recovered() {
+    let node = Node::start(&[]);
+    let (status, _) = node.call("PUT", "/v1/mounts/wedge", Some(&node.s3_spec("data")));
+    assert_eq!(status, 201);
+    let path = node.root().join("wedge");
+    let minor = support::thread_mountinfo()
+        .lines()
+        .find(|l| l.split(' ').nth(4) == path.to_str())
+        .and_then(|l| l.split(' ').nth(2)?.split(':').nth(1)?.parse::<u32>().ok())
+        .unwrap();
+    std::fs::create_dir_all("/sys/fs/fuse/connections").ok();
+    let _ = nix::mount::mount(
+        Some("fusectl"),
+        "/sys/fs/fuse/connections",
+        Some("fusectl"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    );
+    std::fs::write(format!("/sys/fs/fuse/connections/{minor}/abort"), b"1").unwrap();
+    let (status, body) = node.call("GET", "/v1/mounts/wedge?wait=Degraded&timeout=10s", None);
+    assert_eq!(status, 200, "the probe notices: {body}");
+    let (status, body) = node.call("GET", "/v1/mounts/wedge?wait=Mounted&timeout=20s", None);
+    assert_eq!(status, 200, "and recovers: {body}");
+    wait_readable(&node.pod, "wedge/README.txt", Duration::from_secs(10)).unwrap();
+    assert_eq!(node.mounts_at(&path), 1);
+}
+
+#[test]
+fn metrics_are_valid_prometheus_text() {
+    let node = Node::start(&[]);
+    node.call("PUT", "/v1/mounts/m1", Some(&node.s3_spec("data")));
+    node.pod.read("m1/train/cats/1.jpg").unwrap();
+    node.call("PUT", "/v1/mounts/m2", Some(&node.s3_spec("missing")));
+    let (status, text) = support::http(node.agent.socket(), "GET", "/metrics", None);
+    assert_eq!(status, 200);
+    support::promtool_check_metrics(&text);
+    for series in [
+        r#"hotmount_mounts{backend="s3",state="Mounted"} 1"#,
+        r#"hotmount_mount_operations_total{backend="s3",op="mount",result="error"} 1"#,
+        r#"hotmount_fuse_requests_total{name="m1",op="read"}"#,
+        r#"hotmount_s3_bytes_read_total{name="m1"} 100000"#,
+    ] {
+        assert!(text.contains(series), "{series} missing in\n{text}");
+    }
+}
+
+#[test]
+fn the_cli_drives_the_agent_and_fails_loudly() {
+    let node = Node::start(&[]);
+    let socket = node.agent.socket().to_str().unwrap().to_string();
+    let endpoint = format!("file://{}", node.buckets.display());
+    let hotmount = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_hotmount"))
+            .args(args)
+            .args(["--socket", &socket])
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = hotmount(&[
+        "attach",
+        "cli-ds",
+        "--s3",
+        "s3://data/train",
+        "--endpoint",
+        &endpoint,
+        "--wait",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("cli-ds mounted at"), "{out}");
+    assert_eq!(
+        node.pod.list("cli-ds").unwrap(),
+        vec!["cats", "labels.csv"],
+        "the prefix is the root"
+    );
+    let (ok, out, _) = hotmount(&["ls"]);
+    assert!(
+        ok && out.contains("cli-ds") && out.contains("Mounted") && out.starts_with("NAME"),
+        "{out}"
+    );
+    let (ok, out, _) = hotmount(&["ls", "--json"]);
+    assert!(ok);
+    let list: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(list["items"][0]["name"], "cli-ds");
+    let (ok, out, _) = hotmount(&["status", "cli-ds", "--json"]);
+    assert!(ok);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["state"],
+        "Mounted"
+    );
+    let (ok, _, err) = hotmount(&[
+        "attach",
+        "bad",
+        "--s3",
+        "s3://nope",
+        "--endpoint",
+        &endpoint,
+    ]);
+    assert!(!ok, "a failed attach exits non-zero");
+    assert!(err.contains("BucketNotFound"), "{err}");
+    let (ok, _, err) = hotmount(&["status", "nothing"]);
+    assert!(!ok && err.contains("NotFound"), "{err}");
+    let (ok, out, err) = hotmount(&["detach", "cli-ds"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("unmounted"), "{out}");
+    let (ok, _, _) = hotmount(&["ready"]);
+    assert!(ok);
+}
+
+#[test]
+fn sigterm_keeps_desired_state_for_the_next_start() {
+    let mut node = Node::start(&[]);
+    let (status, _) = node.call("PUT", "/v1/mounts/kept", Some(&node.s3_spec("data")));
+    assert_eq!(status, 201);
+    let exit = node.agent.stop();
+    assert!(
+        exit.success(),
+        "a graceful stop exits 0: {exit:?}\n{}",
+        node.agent.log()
+    );
+    assert!(
+        !node.agent.options().socket.exists(),
+        "the socket is removed"
+    );
+    node.restart();
+    wait_readable(&node.pod, "kept/README.txt", Duration::from_secs(30)).unwrap();
+    assert_eq!(node.mounts_at(&node.root().join("kept")), 1);
+}
+
+#[test]
+fn an_agent_whose_root_cannot_propagate_refuses_to_start() {
+    support::require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let _node = NodeNamespace::enter();
+    // No share_dir: the root's parent is private, as under MountFlags=slave.
+    let mut agent = Agent::start(AgentOptions::in_dir(dir.path()));
+    let status = support::poll_until(Duration::from_secs(20), Duration::from_millis(50), || {
+        agent.try_exit_status()
+    })
+    .expect("the agent exits");
+    assert!(!status.success());
+    let log = agent.log();
+    assert!(
+        log.contains("not shared") && log.contains("MountFlags"),
+        "{log}"
+    );
+}
