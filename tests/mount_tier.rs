@@ -6,82 +6,16 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{Agent, AgentOptions, NodeNamespace, Pod};
+use support::{Agent, AgentOptions, Node, NodeNamespace, percentile, wait_readable};
 
-/// A simulated node: its namespace, a running agent and a running pod.
-/// Fields drop top to bottom: the pod and the agent go before the namespace.
-struct Node {
-    pod: Pod,
-    agent: Agent,
-    _node: NodeNamespace,
-    buckets: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Node {
-    fn start(extra_args: &[&str]) -> Node {
-        support::require_root();
-        support::require_fuse();
-        let dir = tempfile::tempdir().unwrap();
-        let node = NodeNamespace::enter();
-        node.share_dir(dir.path());
-        let buckets = dir.path().join("buckets");
-        make_bucket(&buckets.join("data"));
-        let mut options = AgentOptions::in_dir(dir.path());
-        options.extra_args = [
-            "--allow-file-endpoint",
-            buckets.to_str().unwrap(),
-            "--probe-interval",
-            "200ms",
-        ]
-        .iter()
-        .chain(extra_args)
-        .map(|s| s.to_string())
-        .collect();
-        let mut agent = Agent::start(options);
-        agent.wait_ready(Duration::from_secs(30));
-        let pod = Pod::start(&agent.options().root);
-        Node {
-            pod,
-            agent,
-            _node: node,
-            buckets,
-            _dir: dir,
-        }
-    }
-
-    fn root(&self) -> PathBuf {
-        self.agent.options().root.clone()
-    }
-
-    fn s3_spec(&self, bucket: &str) -> Value {
-        json!({"source": {"s3": {"bucket": bucket, "endpoint": format!("file://{}", self.buckets.display())}}})
-    }
-
-    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
-        let body = body.map(Value::to_string);
-        let (status, text) = support::http(self.agent.socket(), method, path, body.as_deref());
-        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        (status, value)
-    }
-
-    /// Mounts as this node's namespace sees them at exactly `path`.
-    fn mounts_at(&self, path: &Path) -> usize {
-        support::thread_mountinfo()
-            .lines()
-            .filter(|line| line.split(' ').nth(4) == path.to_str())
-            .count()
-    }
-
-    fn restart(&mut self) {
-        let options = self.agent.options().clone();
-        self.agent = Agent::start(options);
-        self.agent.wait_ready(Duration::from_secs(30));
-    }
+fn start_node() -> Node {
+    let node = Node::start(&[]);
+    make_bucket(&node.buckets().join("data"));
+    node
 }
 
 /// A `file://` bucket: a small tree with nested directories.
@@ -92,28 +26,9 @@ fn make_bucket(dir: &Path) {
     std::fs::write(dir.join("train/labels.csv"), b"file,label\n1.jpg,cat\n").unwrap();
 }
 
-fn wait_readable(pod: &Pod, rel: &str, timeout: Duration) -> Result<Duration, String> {
-    let started = Instant::now();
-    let mut last = String::new();
-    while started.elapsed() < timeout {
-        match pod.read(rel) {
-            Ok(_) => return Ok(started.elapsed()),
-            Err(e) => last = e.to_string(),
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    Err(format!(
-        "{rel} not readable in the pod within {timeout:?}: {last}"
-    ))
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
 #[test]
 fn a_dataset_appears_in_a_running_pod_and_goes_on_delete() {
-    let node = Node::start(&[]);
+    let node = start_node();
     assert_eq!(node.pod.list("").unwrap(), Vec::<String>::new());
     // Nothing can be created where a dataset is missing: the root is a
     // read-only tmpfs in the pod, never the node's disk.
@@ -123,7 +38,7 @@ fn a_dataset_appears_in_a_running_pod_and_goes_on_delete() {
         "root is read-only in the pod"
     );
 
-    let (status, body) = node.call("PUT", "/v1/mounts/images", Some(&node.s3_spec("data")));
+    let (status, body) = node.call("PUT", "/v1/mounts/images", Some(&node.file_spec("data")));
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["state"], "Mounted");
     // Visible at once: 201 means mounted and visible under the root.
@@ -167,8 +82,8 @@ fn a_dataset_appears_in_a_running_pod_and_goes_on_delete() {
 
 #[test]
 fn a_busy_dataset_needs_force_and_then_detaches_lazily() {
-    let node = Node::start(&[]);
-    let (status, _) = node.call("PUT", "/v1/mounts/busy", Some(&node.s3_spec("data")));
+    let node = start_node();
+    let (status, _) = node.call("PUT", "/v1/mounts/busy", Some(&node.file_spec("data")));
     assert_eq!(status, 201);
     // Hold a file open in the pod.
     let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
@@ -202,28 +117,19 @@ fn a_busy_dataset_needs_force_and_then_detaches_lazily() {
 
 #[test]
 fn a_hundred_attach_detach_cycles_leave_nothing_behind() {
-    let node = Node::start(&[]);
+    let node = start_node();
     // fusectl in this node namespace, to see FUSE connections come and go.
-    std::fs::create_dir_all("/sys/fs/fuse/connections").ok();
-    let _ = nix::mount::mount(
-        Some("fusectl"),
-        "/sys/fs/fuse/connections",
-        Some("fusectl"),
-        nix::mount::MsFlags::empty(),
-        None::<&str>,
-    );
+    node.mount_fusectl();
     let path = node.root().join("cycle");
     let mut latencies = Vec::new();
     let mut connections = Vec::new();
     for round in 0..100 {
-        let (status, body) = node.call("PUT", "/v1/mounts/cycle", Some(&node.s3_spec("data")));
+        let (status, body) = node.call("PUT", "/v1/mounts/cycle", Some(&node.file_spec("data")));
         assert_eq!(status, 201, "round {round}: {body}");
         latencies
             .push(wait_readable(&node.pod, "cycle/README.txt", Duration::from_secs(10)).unwrap());
-        let minor = support::thread_mountinfo()
-            .lines()
-            .find(|l| l.split(' ').nth(4) == path.to_str())
-            .and_then(|l| l.split(' ').nth(2)?.split(':').nth(1)?.parse::<u32>().ok())
+        let minor = node
+            .fuse_connection(&path)
             .expect("the mount is in the node's mountinfo");
         connections.push(minor);
         let (status, body) = node.call("DELETE", "/v1/mounts/cycle", None);
@@ -273,8 +179,8 @@ fn a_hundred_attach_detach_cycles_leave_nothing_behind() {
 
 #[test]
 fn after_kill_9_the_dataset_comes_back_in_the_pod_by_itself() {
-    let mut node = Node::start(&[]);
-    let (status, body) = node.call("PUT", "/v1/mounts/survivor", Some(&node.s3_spec("data")));
+    let mut node = start_node();
+    let (status, body) = node.call("PUT", "/v1/mounts/survivor", Some(&node.file_spec("data")));
     assert_eq!(status, 201, "{body}");
     assert!(node.pod.read("survivor/README.txt").is_ok());
     node.agent.kill9();
@@ -313,23 +219,12 @@ fn after_kill_9_the_dataset_comes_back_in_the_pod_by_itself() {
 
 #[test]
 fn a_fuse_server_wedged_and_aborted_is_recovered() {
-    let node = Node::start(&[]);
-    let (status, _) = node.call("PUT", "/v1/mounts/wedge", Some(&node.s3_spec("data")));
+    let node = start_node();
+    let (status, _) = node.call("PUT", "/v1/mounts/wedge", Some(&node.file_spec("data")));
     assert_eq!(status, 201);
     let path = node.root().join("wedge");
-    let minor = support::thread_mountinfo()
-        .lines()
-        .find(|l| l.split(' ').nth(4) == path.to_str())
-        .and_then(|l| l.split(' ').nth(2)?.split(':').nth(1)?.parse::<u32>().ok())
-        .unwrap();
-    std::fs::create_dir_all("/sys/fs/fuse/connections").ok();
-    let _ = nix::mount::mount(
-        Some("fusectl"),
-        "/sys/fs/fuse/connections",
-        Some("fusectl"),
-        nix::mount::MsFlags::empty(),
-        None::<&str>,
-    );
+    let minor = node.fuse_connection(&path).unwrap();
+    node.mount_fusectl();
     std::fs::write(format!("/sys/fs/fuse/connections/{minor}/abort"), b"1").unwrap();
     let (status, body) = node.call("GET", "/v1/mounts/wedge?wait=Degraded&timeout=10s", None);
     assert_eq!(status, 200, "the probe notices: {body}");
@@ -341,10 +236,10 @@ fn a_fuse_server_wedged_and_aborted_is_recovered() {
 
 #[test]
 fn metrics_are_valid_prometheus_text() {
-    let node = Node::start(&[]);
-    node.call("PUT", "/v1/mounts/m1", Some(&node.s3_spec("data")));
+    let node = start_node();
+    node.call("PUT", "/v1/mounts/m1", Some(&node.file_spec("data")));
     node.pod.read("m1/train/cats/1.jpg").unwrap();
-    node.call("PUT", "/v1/mounts/m2", Some(&node.s3_spec("missing")));
+    node.call("PUT", "/v1/mounts/m2", Some(&node.file_spec("missing")));
     let (status, text) = support::http(node.agent.socket(), "GET", "/metrics", None);
     assert_eq!(status, 200);
     support::promtool_check_metrics(&text);
@@ -360,9 +255,9 @@ fn metrics_are_valid_prometheus_text() {
 
 #[test]
 fn the_cli_drives_the_agent_and_fails_loudly() {
-    let node = Node::start(&[]);
+    let node = start_node();
     let socket = node.agent.socket().to_str().unwrap().to_string();
-    let endpoint = format!("file://{}", node.buckets.display());
+    let endpoint = format!("file://{}", node.buckets().display());
     let hotmount = |args: &[&str]| {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_hotmount"))
             .args(args)
@@ -427,8 +322,8 @@ fn the_cli_drives_the_agent_and_fails_loudly() {
 
 #[test]
 fn sigterm_keeps_desired_state_for_the_next_start() {
-    let mut node = Node::start(&[]);
-    let (status, _) = node.call("PUT", "/v1/mounts/kept", Some(&node.s3_spec("data")));
+    let mut node = start_node();
+    let (status, _) = node.call("PUT", "/v1/mounts/kept", Some(&node.file_spec("data")));
     assert_eq!(status, 201);
     let exit = node.agent.stop();
     assert!(

@@ -40,6 +40,7 @@ mod agent;
 mod garage;
 mod http;
 mod namespace;
+mod node;
 mod pod;
 mod promtool;
 
@@ -50,6 +51,7 @@ pub use agent::{Agent, AgentOptions};
 pub use garage::Garage;
 pub use http::{http, http_with_timeout};
 pub use namespace::{NodeNamespace, current_mount_namespace, thread_mountinfo};
+pub use node::{Node, percentile, wait_readable};
 pub use pod::Pod;
 pub use promtool::{promtool_check, promtool_check_metrics};
 
