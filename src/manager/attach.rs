@@ -38,6 +38,9 @@ pub(crate) struct DetachFailure {
 
 /// How many mounts may be stacked on one path before we stop peeling them.
 const MAX_STACKED: usize = 16;
+/// Pauses between retries of a normal unmount that met EBUSY, before the
+/// dataset is reported busy.
+const BUSY_RETRY_PAUSES_MS: [u64; 3] = [5, 20, 50];
 
 impl Manager {
     /// Mounts a dataset whose path holds nothing: makes the directory, mounts,
@@ -218,7 +221,7 @@ impl Manager {
         } else {
             UnmountMode::Normal
         };
-        match self.unmount_with_deadline(&target, first).await {
+        match self.unmount_settling(&target, first).await {
             Ok(()) => {}
             Err(UnmountOutcome::NotMounted) => {}
             Err(UnmountOutcome::Busy) if !force => {
@@ -297,6 +300,25 @@ impl Manager {
                 _ => {}
             }
         }
+    }
+
+    /// A unmount that gives a just-closed file a moment: the kernel drops a
+    /// file's hold on the mount when its last reference goes, which can
+    /// trail the `close` of a reader by a few milliseconds.
+    async fn unmount_settling(
+        &self,
+        target: &Path,
+        mode: UnmountMode,
+    ) -> Result<(), UnmountOutcome> {
+        let mut outcome = self.unmount_with_deadline(target, mode).await;
+        for pause_ms in BUSY_RETRY_PAUSES_MS {
+            if !matches!(outcome, Err(UnmountOutcome::Busy)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+            outcome = self.unmount_with_deadline(target, mode).await;
+        }
+        outcome
     }
 
     async fn unmount_with_deadline(

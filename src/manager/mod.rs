@@ -555,6 +555,7 @@ impl Manager {
         let backend = before.spec.source.backend().as_str();
         let started = Instant::now();
         slot.stop_probe();
+        self.settle_probe(&slot).await;
         self.set_state(&slot, MountState::Unmounting, None);
         let attached = slot.take_attached();
         let degraded = matches!(before.state, MountState::Degraded | MountState::Failed);

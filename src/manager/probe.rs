@@ -58,6 +58,16 @@ impl Manager {
         }
     }
 
+    /// Waits (at most one probe deadline) for a probe's blocking call that
+    /// is still inside the mount: its open directory would make a normal
+    /// unmount fail with EBUSY.
+    pub(super) async fn settle_probe(&self, slot: &Slot) {
+        let deadline = Instant::now() + self.inner.config.probe_timeout;
+        while slot.probe_in_flight.load(Ordering::SeqCst) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
     fn backoff(&self, failures: u32) -> Duration {
         let config = &self.inner.config;
         let base = config.probe_interval.min(Duration::from_secs(1));

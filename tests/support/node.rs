@@ -123,13 +123,16 @@ impl Node {
     /// Mounts fusectl in this node's namespace (to watch FUSE connections).
     pub fn mount_fusectl(&self) {
         std::fs::create_dir_all("/sys/fs/fuse/connections").ok();
-        let _ = nix::mount::mount(
+        match nix::mount::mount(
             Some("fusectl"),
             "/sys/fs/fuse/connections",
             Some("fusectl"),
             nix::mount::MsFlags::empty(),
             None::<&str>,
-        );
+        ) {
+            Ok(()) | Err(nix::errno::Errno::EBUSY) => {}
+            Err(e) => panic!("cannot mount fusectl on /sys/fs/fuse/connections: {e}"),
+        }
     }
 }
 
