@@ -21,6 +21,9 @@ use crate::s3fs::fs::{FsError, GENERATION, S3Filesystem};
 const MAX_IO_SIZE: u32 = 1024 * 1024;
 /// Background requests (readahead, async reads) the kernel may keep in flight.
 const MAX_BACKGROUND: u16 = 64;
+/// Entries prepared per READDIR(PLUS) reply; the kernel's buffer (one page
+/// to a few) holds fewer, so this only bounds the work per call.
+const MAX_DIR_ENTRIES_PER_REPLY: usize = 512;
 /// Background requests after which the kernel considers the mount congested.
 const CONGESTION_THRESHOLD: u16 = 48;
 
@@ -326,7 +329,7 @@ impl fuser::Filesystem for FuseAdapter {
         mut reply: ReplyDirectory,
     ) {
         self.spawn("readdir", move |fs| async move {
-            match fs.readdir(fh.0, offset).await {
+            match fs.readdir(fh.0, offset, MAX_DIR_ENTRIES_PER_REPLY).await {
                 Ok(entries) => {
                     for entry in entries {
                         if reply.add(
@@ -355,24 +358,26 @@ impl fuser::Filesystem for FuseAdapter {
     ) {
         self.spawn("readdirplus", move |fs| async move {
             let ttl = fs.kernel_ttl();
-            match fs.readdir(fh.0, offset).await {
+            match fs
+                .readdirplus(fh.0, offset, MAX_DIR_ENTRIES_PER_REPLY)
+                .await
+            {
                 Ok(entries) => {
+                    let mut full = false;
                     for entry in entries {
-                        let full = reply.add(
-                            entry.attr.ino,
-                            entry.next_offset,
-                            &entry.name,
-                            &ttl,
-                            &entry.attr,
-                            GENERATION,
-                        );
-                        if full {
-                            break;
-                        }
-                        // The kernel takes a reference for every entry but
-                        // `.` and `..`.
-                        if entry.name != "." && entry.name != ".." {
-                            fs.remember_lookup(entry.attr.ino.0);
+                        full = full
+                            || reply.add(
+                                entry.attr.ino,
+                                entry.next_offset,
+                                &entry.name,
+                                &ttl,
+                                &entry.attr,
+                                GENERATION,
+                            );
+                        // The kernel takes a reference for every entry it
+                        // receives but `.` and `..`; give back the others.
+                        if full && entry.name != "." && entry.name != ".." {
+                            fs.forget(entry.attr.ino.0, 1);
                         }
                     }
                     reply.ok();
@@ -676,6 +681,36 @@ mod tests {
             }
         });
         assert_eq!(names, ["big.bin", "hello.txt", "nested"]);
+        // Attributes of listed entries (READDIRPLUS feeds them), twice: the
+        // second round must find the same inodes.
+        let modes = within_timeout("stat listed entries", {
+            let root = root.clone();
+            move || {
+                use std::os::unix::fs::MetadataExt;
+                let mut rounds = Vec::new();
+                for _ in 0..2 {
+                    let round: Vec<(String, u32, u64)> = std::fs::read_dir(&root)
+                        .expect("read_dir of the mount")
+                        .map(|e| {
+                            let e = e.unwrap();
+                            let meta = e.metadata().expect("stat a listed entry");
+                            (
+                                e.file_name().into_string().unwrap(),
+                                meta.mode(),
+                                meta.ino(),
+                            )
+                        })
+                        .collect();
+                    rounds.push(round);
+                }
+                rounds
+            }
+        });
+        assert_eq!(modes[0], modes[1]);
+        for (name, mode, _) in &modes[0] {
+            let expected = if name == "nested" { 0o40555 } else { 0o100444 };
+            assert_eq!(*mode, expected, "mode of {name}");
+        }
 
         let hello = within_timeout("read hello.txt", {
             let root = root.clone();
@@ -693,6 +728,25 @@ mod tests {
         })
         .expect("read big.bin");
         assert_eq!(Sha256::digest(&big_read), Sha256::digest(&big));
+        // Several readers at once, each reading the whole object.
+        let parallel = within_timeout("parallel reads of big.bin", {
+            let root = root.clone();
+            move || {
+                let readers: Vec<_> = (0..4)
+                    .map(|_| {
+                        let path = root.join("big.bin");
+                        std::thread::spawn(move || std::fs::read(path))
+                    })
+                    .collect();
+                readers
+                    .into_iter()
+                    .map(|r| r.join().expect("reader thread").expect("parallel read"))
+                    .collect::<Vec<_>>()
+            }
+        });
+        for data in parallel {
+            assert_eq!(Sha256::digest(&data), Sha256::digest(&big));
+        }
 
         let (meta, missing, created) = within_timeout("stat and create", {
             let root = root.clone();
