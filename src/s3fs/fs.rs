@@ -1030,6 +1030,8 @@ mod tests {
         heads: AtomicUsize,
         gets: AtomicUsize,
         lists: AtomicUsize,
+        /// When set, every read request fails with the error this makes.
+        failure: Mutex<Option<fn() -> object_store::Error>>,
     }
 
     impl CountingStore {
@@ -1039,7 +1041,16 @@ mod tests {
                 heads: AtomicUsize::new(0),
                 gets: AtomicUsize::new(0),
                 lists: AtomicUsize::new(0),
+                failure: Mutex::new(None),
             })
+        }
+
+        fn fail_with(&self, failure: Option<fn() -> object_store::Error>) {
+            *self.failure.lock().unwrap() = failure;
+        }
+
+        fn injected(&self) -> Option<object_store::Error> {
+            self.failure.lock().unwrap().map(|make| make())
         }
 
         fn requests(&self) -> usize {
@@ -1085,6 +1096,9 @@ mod tests {
                 &self.gets
             };
             counter.fetch_add(1, Ordering::SeqCst);
+            if let Some(err) = self.injected() {
+                return Err(err);
+            }
             self.inner.get_opts(location, options).await
         }
 
@@ -1100,6 +1114,9 @@ mod tests {
             prefix: Option<&ObjectPath>,
         ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
             self.lists.fetch_add(1, Ordering::SeqCst);
+            if let Some(err) = self.injected() {
+                return futures::stream::once(async move { Err(err) }).boxed();
+            }
             self.inner.list(prefix)
         }
 
@@ -1108,6 +1125,9 @@ mod tests {
             prefix: Option<&ObjectPath>,
         ) -> object_store::Result<ListResult> {
             self.lists.fetch_add(1, Ordering::SeqCst);
+            if let Some(err) = self.injected() {
+                return Err(err);
+            }
             self.inner.list_with_delimiter(prefix).await
         }
 
@@ -1570,6 +1590,57 @@ mod tests {
         put(&*store, "v", "VERSION TWO").await;
         assert_eq!(errno_of(fs.read(fh, 0, 7).await), libc::EIO);
         assert_eq!(errno_of(fs.read(fh, 8, 3).await), libc::EIO);
+    }
+
+    fn permission_denied() -> object_store::Error {
+        object_store::Error::PermissionDenied {
+            path: "x".to_string(),
+            source: "access denied".into(),
+        }
+    }
+
+    fn server_error() -> object_store::Error {
+        object_store::Error::Generic {
+            store: "S3",
+            source: "503 slow down".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn store_failures_map_to_errnos() {
+        let store = CountingStore::new(sample_store().await);
+        let fs = Setup {
+            ttl: Duration::ZERO,
+            ..Setup::default()
+        }
+        .build(store.clone());
+        let file = fs.lookup(ROOT_INODE, OsStr::new("a.txt")).await.unwrap();
+        let fh = fs.open(file.ino.0, libc::O_RDONLY).await.unwrap();
+        let dir_fh = fs.opendir(ROOT_INODE).unwrap();
+
+        store.fail_with(Some(permission_denied));
+        assert_eq!(
+            errno_of(fs.lookup(ROOT_INODE, OsStr::new("dir")).await),
+            libc::EACCES
+        );
+        assert_eq!(errno_of(fs.getattr(file.ino.0).await), libc::EACCES);
+        assert_eq!(errno_of(fs.read(fh, 0, 5).await), libc::EACCES);
+
+        store.fail_with(Some(server_error));
+        let err = fs.read(fh, 0, 5).await.unwrap_err();
+        assert_eq!(err.errno(), libc::EIO);
+        assert!(!err.is_expected());
+        assert!(err.to_string().starts_with("get a.txt: "), "{err}");
+        assert_eq!(errno_of(fs.readdir(dir_fh, 0, ALL).await), libc::EIO);
+        assert_eq!(
+            errno_of(fs.lookup(ROOT_INODE, OsStr::new("other")).await),
+            libc::EIO
+        );
+        // A failed lookup is not cached as a negative entry.
+        store.fail_with(None);
+        assert!(fs.lookup(ROOT_INODE, OsStr::new("dir")).await.is_ok());
+        assert_eq!(&fs.read(fh, 0, 5).await.unwrap()[..], b"hello");
+        assert_eq!(fs.readdir(dir_fh, 0, ALL).await.unwrap().len(), 7);
     }
 
     #[tokio::test]

@@ -779,6 +779,10 @@ mod tests {
             rendered.contains(r#"hotmount_fuse_requests_total{name="realmount",op="read"}"#),
             "fuse reads were not counted"
         );
+        assert!(
+            rendered.contains(r#"hotmount_fuse_requests_total{name="realmount",op="readdirplus"}"#),
+            "the kernel did not use readdirplus"
+        );
         assert!(rendered.contains(r#"hotmount_s3_bytes_read_total{name="realmount"}"#));
     }
 }
