@@ -362,7 +362,9 @@ impl S3Filesystem {
         metrics: Arc<Metrics>,
     ) -> Self {
         let mounted_at = Utc::now();
-        let root_key = ObjectPath::from(bucket.prefix.trim_end_matches('/'));
+        // Raw key text, as listings return it (`from` would percent-encode).
+        let root_key = ObjectPath::parse(&bucket.prefix)
+            .unwrap_or_else(|_| ObjectPath::from(bucket.prefix.as_str()));
         let mut inodes = HashMap::new();
         inodes.insert(
             ROOT_INODE,
@@ -1181,7 +1183,10 @@ mod tests {
 
     async fn put(store: &dyn ObjectStore, key: &str, data: impl Into<Bytes>) {
         store
-            .put(&ObjectPath::from(key), PutPayload::from(data.into()))
+            .put(
+                &ObjectPath::parse(key).unwrap(),
+                PutPayload::from(data.into()),
+            )
             .await
             .expect("put test object");
     }
@@ -1641,6 +1646,27 @@ mod tests {
         assert!(fs.lookup(ROOT_INODE, OsStr::new("dir")).await.is_ok());
         assert_eq!(&fs.read(fh, 0, 5).await.unwrap()[..], b"hello");
         assert_eq!(fs.readdir(dir_fh, 0, ALL).await.unwrap().len(), 7);
+    }
+
+    #[tokio::test]
+    async fn keys_with_special_characters_keep_their_names() {
+        let store = Arc::new(InMemory::new());
+        put(&*store, "p#q [x]/#hash [1]%.txt", "special").await;
+        put(&*store, "p#q [x]/ünï/x", "x").await;
+        let fs = Setup {
+            prefix: "p#q [x]/",
+            ..Setup::default()
+        }
+        .build(store);
+        let fh = fs.opendir(ROOT_INODE).unwrap();
+        let entries = fs.readdir(fh, 0, ALL).await.unwrap();
+        assert_eq!(names(&entries), [".", "..", "#hash [1]%.txt", "ünï"]);
+        assert_eq!(
+            open_read_all(&fs, ROOT_INODE, "#hash [1]%.txt").await,
+            b"special"
+        );
+        let dir = fs.lookup(ROOT_INODE, OsStr::new("ünï")).await.unwrap();
+        assert_eq!(dir.kind, FileType::Directory);
     }
 
     #[tokio::test]
