@@ -362,7 +362,9 @@ impl S3Filesystem {
         metrics: Arc<Metrics>,
     ) -> Self {
         let mounted_at = Utc::now();
-        let root_key = ObjectPath::from(bucket.prefix.trim_end_matches('/'));
+        // Raw key text, as listings return it (`from` would percent-encode).
+        let root_key = ObjectPath::parse(&bucket.prefix)
+            .unwrap_or_else(|_| ObjectPath::from(bucket.prefix.as_str()));
         let mut inodes = HashMap::new();
         inodes.insert(
             ROOT_INODE,
@@ -629,14 +631,6 @@ impl S3Filesystem {
         Ok(self.attr_of(ino, inode))
     }
 
-    /// Records that the kernel took a reference to `ino` through a
-    /// readdirplus entry (other than `.` and `..`).
-    pub fn remember_lookup(&self, ino: u64) {
-        if let Some(inode) = self.table().inodes.get_mut(&ino) {
-            inode.lookups += 1;
-        }
-    }
-
     /// The kernel dropped `count` references to `ino`.
     pub fn forget(&self, ino: u64, count: u64) {
         let mut table = self.table();
@@ -762,11 +756,39 @@ impl S3Filesystem {
         Ok(entries)
     }
 
-    /// Entries of open directory `fh` from `offset` on: offset 0 is `.`, 1 is
-    /// `..`, then the listing taken when offset 0 was read (re-read on every
-    /// read at offset 0, i.e. rewinddir). Each entry carries its inode
-    /// attributes; the listing refreshes the metadata cache.
-    pub async fn readdir(&self, fh: u64, offset: u64) -> Result<Vec<DirEntry>, FsError> {
+    /// At most `max_entries` entries of open directory `fh` from `offset` on:
+    /// offset 0 is `.`, 1 is `..`, then the listing taken when offset 0 was
+    /// read (re-read on every read at offset 0, i.e. rewinddir). Each entry
+    /// carries its inode attributes; the listing refreshes the metadata cache.
+    pub async fn readdir(
+        &self,
+        fh: u64,
+        offset: u64,
+        max_entries: usize,
+    ) -> Result<Vec<DirEntry>, FsError> {
+        self.directory_entries(fh, offset, max_entries, false).await
+    }
+
+    /// Like [`S3Filesystem::readdir`], for READDIRPLUS: every entry but `.`
+    /// and `..` carries one kernel reference, taken atomically with its inode.
+    /// The caller must [`S3Filesystem::forget`] once each entry its reply
+    /// could not hold.
+    pub async fn readdirplus(
+        &self,
+        fh: u64,
+        offset: u64,
+        max_entries: usize,
+    ) -> Result<Vec<DirEntry>, FsError> {
+        self.directory_entries(fh, offset, max_entries, true).await
+    }
+
+    async fn directory_entries(
+        &self,
+        fh: u64,
+        offset: u64,
+        max_entries: usize,
+        take_references: bool,
+    ) -> Result<Vec<DirEntry>, FsError> {
         let handle = self
             .dir_handles
             .lock()
@@ -797,7 +819,14 @@ impl S3Filesystem {
         }
         let mut table = self.table();
         let mut created = Vec::new();
-        for (index, entry) in snapshot.iter().enumerate().skip(start.saturating_sub(2)) {
+        let room = max_entries.saturating_sub(out.len());
+        out.truncate(max_entries);
+        let listed = snapshot
+            .iter()
+            .enumerate()
+            .skip(start.saturating_sub(2))
+            .take(room);
+        for (index, entry) in listed {
             let known = table
                 .children
                 .contains_key(&(handle.ino, entry.name.clone()));
@@ -811,7 +840,13 @@ impl S3Filesystem {
             if !known {
                 created.push(ino);
             }
-            let inode = table.inodes.get(&ino).ok_or(FsError::UnknownInode(ino))?;
+            let inode = table
+                .inodes
+                .get_mut(&ino)
+                .ok_or(FsError::UnknownInode(ino))?;
+            if take_references {
+                inode.lookups += 1;
+            }
             out.push(DirEntry {
                 next_offset: index as u64 + 3,
                 name: entry.name.clone(),
@@ -997,6 +1032,8 @@ mod tests {
         heads: AtomicUsize,
         gets: AtomicUsize,
         lists: AtomicUsize,
+        /// When set, every read request fails with the error this makes.
+        failure: Mutex<Option<fn() -> object_store::Error>>,
     }
 
     impl CountingStore {
@@ -1006,7 +1043,16 @@ mod tests {
                 heads: AtomicUsize::new(0),
                 gets: AtomicUsize::new(0),
                 lists: AtomicUsize::new(0),
+                failure: Mutex::new(None),
             })
+        }
+
+        fn fail_with(&self, failure: Option<fn() -> object_store::Error>) {
+            *self.failure.lock().unwrap() = failure;
+        }
+
+        fn injected(&self) -> Option<object_store::Error> {
+            self.failure.lock().unwrap().map(|make| make())
         }
 
         fn requests(&self) -> usize {
@@ -1052,6 +1098,9 @@ mod tests {
                 &self.gets
             };
             counter.fetch_add(1, Ordering::SeqCst);
+            if let Some(err) = self.injected() {
+                return Err(err);
+            }
             self.inner.get_opts(location, options).await
         }
 
@@ -1067,6 +1116,9 @@ mod tests {
             prefix: Option<&ObjectPath>,
         ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
             self.lists.fetch_add(1, Ordering::SeqCst);
+            if let Some(err) = self.injected() {
+                return futures::stream::once(async move { Err(err) }).boxed();
+            }
             self.inner.list(prefix)
         }
 
@@ -1075,6 +1127,9 @@ mod tests {
             prefix: Option<&ObjectPath>,
         ) -> object_store::Result<ListResult> {
             self.lists.fetch_add(1, Ordering::SeqCst);
+            if let Some(err) = self.injected() {
+                return Err(err);
+            }
             self.inner.list_with_delimiter(prefix).await
         }
 
@@ -1128,7 +1183,10 @@ mod tests {
 
     async fn put(store: &dyn ObjectStore, key: &str, data: impl Into<Bytes>) {
         store
-            .put(&ObjectPath::from(key), PutPayload::from(data.into()))
+            .put(
+                &ObjectPath::parse(key).unwrap(),
+                PutPayload::from(data.into()),
+            )
             .await
             .expect("put test object");
     }
@@ -1161,6 +1219,9 @@ mod tests {
         fs.release(fh);
         data.to_vec()
     }
+
+    /// No limit on entries per readdir call.
+    const ALL: usize = usize::MAX;
 
     fn names(entries: &[DirEntry]) -> Vec<&str> {
         entries.iter().map(|e| e.name.as_str()).collect()
@@ -1213,7 +1274,7 @@ mod tests {
         let both = fs.lookup(ROOT_INODE, OsStr::new("both")).await.unwrap();
         assert_eq!(both.kind, FileType::Directory);
         let fh = fs.opendir(ROOT_INODE).unwrap();
-        let entries = fs.readdir(fh, 0).await.unwrap();
+        let entries = fs.readdir(fh, 0, ALL).await.unwrap();
         let listed: Vec<_> = entries.iter().filter(|e| e.name == "both").collect();
         assert_eq!(listed.len(), 1, "one entry for both: {:?}", names(&entries));
         assert_eq!(listed[0].attr.kind, FileType::Directory);
@@ -1382,7 +1443,7 @@ mod tests {
         put(&*store, "dir/", Bytes::new()).await;
         let fs = Setup::default().build(store);
         let fh = fs.opendir(ROOT_INODE).unwrap();
-        let entries = fs.readdir(fh, 0).await.unwrap();
+        let entries = fs.readdir(fh, 0, ALL).await.unwrap();
         assert_eq!(
             names(&entries),
             [".", "..", "a.txt", "both", "deep", "dir", "empty"]
@@ -1397,7 +1458,7 @@ mod tests {
         fs.releasedir(fh);
 
         let fh = fs.opendir(dir.ino.0).unwrap();
-        let entries = fs.readdir(fh, 0).await.unwrap();
+        let entries = fs.readdir(fh, 0, ALL).await.unwrap();
         assert_eq!(names(&entries), [".", "..", "b.txt", "sub"]);
         assert_eq!(entries[1].attr.ino.0, ROOT_INODE);
         // The listed inode is the one lookup returns.
@@ -1405,7 +1466,7 @@ mod tests {
         assert_eq!(entries[2].attr.ino, b.ino);
         fs.releasedir(fh);
         assert_eq!(errno_of(fs.opendir(b.ino.0)), libc::ENOTDIR);
-        assert_eq!(errno_of(fs.readdir(12345, 0).await), libc::EBADF);
+        assert_eq!(errno_of(fs.readdir(12345, 0, ALL).await), libc::EBADF);
     }
 
     #[tokio::test]
@@ -1417,20 +1478,20 @@ mod tests {
         let fs = Setup::default().build(store.clone());
         let big = fs.lookup(ROOT_INODE, OsStr::new("big")).await.unwrap();
         let fh = fs.opendir(big.ino.0).unwrap();
-        let all = fs.readdir(fh, 0).await.unwrap();
+        let all = fs.readdir(fh, 0, ALL).await.unwrap();
         assert_eq!(all.len(), 1502);
         assert_eq!(all[2].name, "key-00000");
         assert_eq!(all[1501].name, "key-01499");
         // New keys do not shift a listing in progress.
         put(&*store, "big/key-00000a", "x").await;
-        let rest = fs.readdir(fh, 700).await.unwrap();
+        let rest = fs.readdir(fh, 700, ALL).await.unwrap();
         assert_eq!(rest.len(), 802);
         assert_eq!(rest[0].name, all[700].name);
         assert_eq!(rest[0].attr.ino, all[700].attr.ino);
         assert_eq!(rest[0].next_offset, 701);
-        assert!(fs.readdir(fh, 1502).await.unwrap().is_empty());
+        assert!(fs.readdir(fh, 1502, ALL).await.unwrap().is_empty());
         // Rewinding (offset 0) takes a new listing.
-        assert_eq!(fs.readdir(fh, 0).await.unwrap().len(), 1503);
+        assert_eq!(fs.readdir(fh, 0, ALL).await.unwrap().len(), 1503);
         // Entries the kernel never looked up go away with the handle.
         let inodes_open = fs.inode_count();
         fs.releasedir(fh);
@@ -1456,16 +1517,39 @@ mod tests {
             "the root is never dropped"
         );
 
-        // readdirplus entries: referenced through remember_lookup, kept after release.
+        // readdirplus entries carry a reference and outlive the handle; the
+        // ones a reply could not hold are forgotten by the caller.
         let fh = fs.opendir(ROOT_INODE).unwrap();
-        let entries = fs.readdir(fh, 0).await.unwrap();
-        let empty = entries.iter().find(|e| e.name == "empty").unwrap();
-        fs.remember_lookup(empty.attr.ino.0);
+        let entries = fs.readdirplus(fh, 0, ALL).await.unwrap();
+        assert_eq!(
+            names(&entries),
+            [".", "..", "a.txt", "both", "deep", "dir", "empty"]
+        );
+        for entry in &entries[2..] {
+            if entry.name != "empty" {
+                fs.forget(entry.attr.ino.0, 1);
+            }
+        }
         fs.releasedir(fh);
         assert_eq!(fs.inode_count(), base + 1);
+        let empty = &entries[6];
         assert_eq!(fs.getattr(empty.attr.ino.0).await.unwrap().size, 0);
         fs.forget(empty.attr.ino.0, 1);
         assert_eq!(fs.inode_count(), base);
+        assert!(fs.getattr(ROOT_INODE).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn readdir_returns_at_most_the_requested_entries() {
+        let fs = Setup::default().build(sample_store().await);
+        let fh = fs.opendir(ROOT_INODE).unwrap();
+        let first = fs.readdir(fh, 0, 1).await.unwrap();
+        assert_eq!(names(&first), ["."]);
+        let next = fs.readdir(fh, first[0].next_offset, 3).await.unwrap();
+        assert_eq!(names(&next), ["..", "a.txt", "both"]);
+        let rest = fs.readdir(fh, next[2].next_offset, 100).await.unwrap();
+        assert_eq!(names(&rest), ["deep", "dir", "empty"]);
+        assert!(fs.readdir(fh, 0, 0).await.unwrap().is_empty());
     }
 
     #[tokio::test]
@@ -1511,6 +1595,78 @@ mod tests {
         put(&*store, "v", "VERSION TWO").await;
         assert_eq!(errno_of(fs.read(fh, 0, 7).await), libc::EIO);
         assert_eq!(errno_of(fs.read(fh, 8, 3).await), libc::EIO);
+    }
+
+    fn permission_denied() -> object_store::Error {
+        object_store::Error::PermissionDenied {
+            path: "x".to_string(),
+            source: "access denied".into(),
+        }
+    }
+
+    fn server_error() -> object_store::Error {
+        object_store::Error::Generic {
+            store: "S3",
+            source: "503 slow down".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn store_failures_map_to_errnos() {
+        let store = CountingStore::new(sample_store().await);
+        let fs = Setup {
+            ttl: Duration::ZERO,
+            ..Setup::default()
+        }
+        .build(store.clone());
+        let file = fs.lookup(ROOT_INODE, OsStr::new("a.txt")).await.unwrap();
+        let fh = fs.open(file.ino.0, libc::O_RDONLY).await.unwrap();
+        let dir_fh = fs.opendir(ROOT_INODE).unwrap();
+
+        store.fail_with(Some(permission_denied));
+        assert_eq!(
+            errno_of(fs.lookup(ROOT_INODE, OsStr::new("dir")).await),
+            libc::EACCES
+        );
+        assert_eq!(errno_of(fs.getattr(file.ino.0).await), libc::EACCES);
+        assert_eq!(errno_of(fs.read(fh, 0, 5).await), libc::EACCES);
+
+        store.fail_with(Some(server_error));
+        let err = fs.read(fh, 0, 5).await.unwrap_err();
+        assert_eq!(err.errno(), libc::EIO);
+        assert!(!err.is_expected());
+        assert!(err.to_string().starts_with("get a.txt: "), "{err}");
+        assert_eq!(errno_of(fs.readdir(dir_fh, 0, ALL).await), libc::EIO);
+        assert_eq!(
+            errno_of(fs.lookup(ROOT_INODE, OsStr::new("other")).await),
+            libc::EIO
+        );
+        // A failed lookup is not cached as a negative entry.
+        store.fail_with(None);
+        assert!(fs.lookup(ROOT_INODE, OsStr::new("dir")).await.is_ok());
+        assert_eq!(&fs.read(fh, 0, 5).await.unwrap()[..], b"hello");
+        assert_eq!(fs.readdir(dir_fh, 0, ALL).await.unwrap().len(), 7);
+    }
+
+    #[tokio::test]
+    async fn keys_with_special_characters_keep_their_names() {
+        let store = Arc::new(InMemory::new());
+        put(&*store, "p#q [x]/#hash [1]%.txt", "special").await;
+        put(&*store, "p#q [x]/ünï/x", "x").await;
+        let fs = Setup {
+            prefix: "p#q [x]/",
+            ..Setup::default()
+        }
+        .build(store);
+        let fh = fs.opendir(ROOT_INODE).unwrap();
+        let entries = fs.readdir(fh, 0, ALL).await.unwrap();
+        assert_eq!(names(&entries), [".", "..", "#hash [1]%.txt", "ünï"]);
+        assert_eq!(
+            open_read_all(&fs, ROOT_INODE, "#hash [1]%.txt").await,
+            b"special"
+        );
+        let dir = fs.lookup(ROOT_INODE, OsStr::new("ünï")).await.unwrap();
+        assert_eq!(dir.kind, FileType::Directory);
     }
 
     #[tokio::test]
@@ -1567,7 +1723,7 @@ mod tests {
         .build(store);
 
         let fh = fs.opendir(ROOT_INODE).unwrap();
-        let entries = fs.readdir(fh, 0).await.unwrap();
+        let entries = fs.readdir(fh, 0, ALL).await.unwrap();
         assert_eq!(names(&entries), [".", "..", "empty", "nested", "top.bin"]);
         fs.releasedir(fh);
         assert_eq!(

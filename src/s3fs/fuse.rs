@@ -21,6 +21,9 @@ use crate::s3fs::fs::{FsError, GENERATION, S3Filesystem};
 const MAX_IO_SIZE: u32 = 1024 * 1024;
 /// Background requests (readahead, async reads) the kernel may keep in flight.
 const MAX_BACKGROUND: u16 = 64;
+/// Entries prepared per READDIR(PLUS) reply; the kernel's buffer (one page
+/// to a few) holds fewer, so this only bounds the work per call.
+const MAX_DIR_ENTRIES_PER_REPLY: usize = 512;
 /// Background requests after which the kernel considers the mount congested.
 const CONGESTION_THRESHOLD: u16 = 48;
 
@@ -326,7 +329,7 @@ impl fuser::Filesystem for FuseAdapter {
         mut reply: ReplyDirectory,
     ) {
         self.spawn("readdir", move |fs| async move {
-            match fs.readdir(fh.0, offset).await {
+            match fs.readdir(fh.0, offset, MAX_DIR_ENTRIES_PER_REPLY).await {
                 Ok(entries) => {
                     for entry in entries {
                         if reply.add(
@@ -355,24 +358,26 @@ impl fuser::Filesystem for FuseAdapter {
     ) {
         self.spawn("readdirplus", move |fs| async move {
             let ttl = fs.kernel_ttl();
-            match fs.readdir(fh.0, offset).await {
+            match fs
+                .readdirplus(fh.0, offset, MAX_DIR_ENTRIES_PER_REPLY)
+                .await
+            {
                 Ok(entries) => {
+                    let mut full = false;
                     for entry in entries {
-                        let full = reply.add(
-                            entry.attr.ino,
-                            entry.next_offset,
-                            &entry.name,
-                            &ttl,
-                            &entry.attr,
-                            GENERATION,
-                        );
-                        if full {
-                            break;
-                        }
-                        // The kernel takes a reference for every entry but
-                        // `.` and `..`.
-                        if entry.name != "." && entry.name != ".." {
-                            fs.remember_lookup(entry.attr.ino.0);
+                        full = full
+                            || reply.add(
+                                entry.attr.ino,
+                                entry.next_offset,
+                                &entry.name,
+                                &ttl,
+                                &entry.attr,
+                                GENERATION,
+                            );
+                        // The kernel takes a reference for every entry it
+                        // receives but `.` and `..`; give back the others.
+                        if full && entry.name != "." && entry.name != ".." {
+                            fs.forget(entry.attr.ino.0, 1);
                         }
                     }
                     reply.ok();
@@ -507,5 +512,277 @@ fn negative_entry_attr() -> FileAttr {
         rdev: 0,
         blksize: 0,
         flags: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! A real FUSE mount in a private mount namespace of the test thread.
+    //! Needs root and /dev/fuse: it fails (never skips) without them.
+
+    use std::path::PathBuf;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use nix::mount::MsFlags;
+    use nix::sched::CloneFlags;
+    use object_store::local::LocalFileSystem;
+    use sha2::{Digest, Sha256};
+
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::s3fs::fs::FsOptions;
+    use crate::s3fs::store::Bucket;
+    use crate::sys::{
+        FuseMountRequest, FuseSession, LinuxMounter, MountFlags, Mounter, UnmountMode,
+    };
+
+    /// How long any single step against the mount may take.
+    const STEP_TIMEOUT: Duration = Duration::from_secs(5);
+
+    /// Runs `work` on a helper thread (same mount namespace) and fails the
+    /// test if it does not finish in time, so a wedged mount cannot hang it.
+    fn within_timeout<T: Send + 'static>(
+        what: &str,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> T {
+        let (done, result) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(work());
+        });
+        result
+            .recv_timeout(STEP_TIMEOUT)
+            .unwrap_or_else(|_| panic!("{what} did not finish within {STEP_TIMEOUT:?}"))
+    }
+
+    /// The mount; unmounted (lazily) and its server joined when dropped.
+    struct MountedAdapter {
+        target: PathBuf,
+        session: Option<FuseSession>,
+    }
+
+    impl MountedAdapter {
+        fn unmount_and_join(&mut self) -> Result<(), String> {
+            let Some(session) = self.session.take() else {
+                return Ok(());
+            };
+            let connection = session.connection;
+            LinuxMounter
+                .unmount(&self.target, UnmountMode::Lazy)
+                .map_err(|e| e.to_string())?;
+            let (done, joined) = mpsc::channel();
+            std::thread::spawn(move || {
+                let _ = done.send(session.join());
+            });
+            let outcome = match joined.recv_timeout(STEP_TIMEOUT) {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    // Still serving: abort the connection, then wait once more.
+                    if let Some(connection) = connection {
+                        let _ = LinuxMounter.abort_fuse_connection(connection);
+                    }
+                    joined
+                        .recv_timeout(STEP_TIMEOUT)
+                        .map_err(|_| "fuse server did not stop after abort".to_string())?
+                }
+            };
+            outcome.map_err(|e| format!("fuse server ended with an error: {e}"))
+        }
+    }
+
+    impl Drop for MountedAdapter {
+        fn drop(&mut self) {
+            if let Err(err) = self.unmount_and_join() {
+                eprintln!("cleanup of {}: {err}", self.target.display());
+            }
+        }
+    }
+
+    #[test]
+    fn a_real_mount_lists_and_reads_a_local_bucket() {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "the real fuse mount test needs root (run the tests as root)"
+        );
+        assert!(
+            std::path::Path::new("/dev/fuse").exists(),
+            "the real fuse mount test needs /dev/fuse (modprobe fuse, or pass the device in)"
+        );
+        // Only this thread (and threads it starts) sees the mounts below.
+        nix::sched::unshare(CloneFlags::CLONE_NEWNS).expect("unshare the mount namespace");
+        nix::mount::mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .expect("make / private in the new namespace");
+
+        let bucket_dir = tempfile::tempdir().unwrap();
+        let big: Vec<u8> = (0..3 * 1024 * 1024 + 17)
+            .map(|i: usize| (i % 251) as u8)
+            .collect();
+        std::fs::create_dir_all(bucket_dir.path().join("nested/deeper")).unwrap();
+        std::fs::write(bucket_dir.path().join("hello.txt"), "hello, fuse\n").unwrap();
+        std::fs::write(bucket_dir.path().join("big.bin"), &big).unwrap();
+        std::fs::write(bucket_dir.path().join("nested/deeper/leaf"), "leaf").unwrap();
+        let mount_point = tempfile::tempdir().unwrap();
+
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let store = LocalFileSystem::new_with_prefix(bucket_dir.path()).unwrap();
+        let fs = Arc::new(S3Filesystem::new(
+            Bucket {
+                store: Arc::new(store),
+                prefix: String::new(),
+                display: "local/".to_string(),
+            },
+            FsOptions {
+                dataset: "realmount".to_string(),
+                read_only: true,
+                metadata_ttl: Duration::from_secs(1),
+                immutable: false,
+            },
+            runtime.handle().clone(),
+            Arc::clone(&metrics),
+        ));
+        let session = LinuxMounter
+            .mount_fuse(
+                &FuseMountRequest {
+                    target: mount_point.path().to_path_buf(),
+                    fsname: "hotmount:local/".to_string(),
+                    // Not MS_RDONLY: writes must reach the filesystem and be refused there.
+                    flags: MountFlags::dataset(false),
+                    threads: 2,
+                },
+                FuseAdapter::new(fs),
+            )
+            .expect("mount the fuse adapter");
+        let mut mounted = MountedAdapter {
+            target: mount_point.path().to_path_buf(),
+            session: Some(session),
+        };
+
+        let root = mount_point.path().to_path_buf();
+        let names = within_timeout("read_dir", {
+            let root = root.clone();
+            move || {
+                let mut names: Vec<String> = std::fs::read_dir(&root)
+                    .expect("read_dir of the mount")
+                    .map(|e| e.unwrap().file_name().into_string().unwrap())
+                    .collect();
+                names.sort();
+                names
+            }
+        });
+        assert_eq!(names, ["big.bin", "hello.txt", "nested"]);
+        // Attributes of listed entries (READDIRPLUS feeds them), twice: the
+        // second round must find the same inodes.
+        let modes = within_timeout("stat listed entries", {
+            let root = root.clone();
+            move || {
+                use std::os::unix::fs::MetadataExt;
+                let mut rounds = Vec::new();
+                for _ in 0..2 {
+                    let round: Vec<(String, u32, u64)> = std::fs::read_dir(&root)
+                        .expect("read_dir of the mount")
+                        .map(|e| {
+                            let e = e.unwrap();
+                            let meta = e.metadata().expect("stat a listed entry");
+                            (
+                                e.file_name().into_string().unwrap(),
+                                meta.mode(),
+                                meta.ino(),
+                            )
+                        })
+                        .collect();
+                    rounds.push(round);
+                }
+                rounds
+            }
+        });
+        assert_eq!(modes[0], modes[1]);
+        for (name, mode, _) in &modes[0] {
+            let expected = if name == "nested" { 0o40555 } else { 0o100444 };
+            assert_eq!(*mode, expected, "mode of {name}");
+        }
+
+        let hello = within_timeout("read hello.txt", {
+            let root = root.clone();
+            move || std::fs::read(root.join("hello.txt"))
+        });
+        assert_eq!(hello.expect("read hello.txt"), b"hello, fuse\n");
+        let leaf = within_timeout("read nested leaf", {
+            let root = root.clone();
+            move || std::fs::read(root.join("nested/deeper/leaf"))
+        });
+        assert_eq!(leaf.expect("read nested/deeper/leaf"), b"leaf");
+        let big_read = within_timeout("read big.bin", {
+            let root = root.clone();
+            move || std::fs::read(root.join("big.bin"))
+        })
+        .expect("read big.bin");
+        assert_eq!(Sha256::digest(&big_read), Sha256::digest(&big));
+        // Several readers at once, each reading the whole object.
+        let parallel = within_timeout("parallel reads of big.bin", {
+            let root = root.clone();
+            move || {
+                let readers: Vec<_> = (0..4)
+                    .map(|_| {
+                        let path = root.join("big.bin");
+                        std::thread::spawn(move || std::fs::read(path))
+                    })
+                    .collect();
+                readers
+                    .into_iter()
+                    .map(|r| r.join().expect("reader thread").expect("parallel read"))
+                    .collect::<Vec<_>>()
+            }
+        });
+        for data in parallel {
+            assert_eq!(Sha256::digest(&data), Sha256::digest(&big));
+        }
+
+        let (meta, missing, created) = within_timeout("stat and create", {
+            let root = root.clone();
+            move || {
+                (
+                    std::fs::metadata(root.join("big.bin")),
+                    std::fs::metadata(root.join("missing")),
+                    std::fs::File::create(root.join("new-file")),
+                )
+            }
+        });
+        let meta = meta.expect("stat big.bin");
+        assert_eq!(meta.len(), big.len() as u64);
+        assert_eq!(
+            missing.expect_err("missing file").kind(),
+            std::io::ErrorKind::NotFound
+        );
+        assert_eq!(
+            created
+                .expect_err("create on a read-only dataset")
+                .raw_os_error(),
+            Some(libc::EROFS)
+        );
+
+        mounted
+            .unmount_and_join()
+            .expect("unmount and stop the fuse server");
+        let rendered = metrics.render();
+        assert!(
+            rendered.contains(r#"hotmount_fuse_requests_total{name="realmount",op="read"}"#),
+            "fuse reads were not counted"
+        );
+        assert!(
+            rendered.contains(r#"hotmount_fuse_requests_total{name="realmount",op="readdirplus"}"#),
+            "the kernel did not use readdirplus"
+        );
+        assert!(rendered.contains(r#"hotmount_s3_bytes_read_total{name="realmount"}"#));
     }
 }
