@@ -2,6 +2,7 @@
 //! its own FUSE filesystem) under one rshared root, so running pods see datasets
 //! appear and disappear live.
 pub mod metrics;
+pub mod nfs;
 pub mod s3fs;
 pub mod spec;
 pub mod sys;
