@@ -1,0 +1,50 @@
+//! Child processes the nfs tier owns (qemu, ganesha): spawned so that the
+//! kernel kills them if the test process dies (PR_SET_PDEATHSIG), stopped by
+//! pid with a bounded wait, and free loopback ports for them.
+
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// Spawns `command`; the child gets SIGKILL when the spawning thread ends, so
+/// nothing outlives a test even if it is killed before its Drop runs.
+pub fn spawn_owned(command: &mut Command, what: &str) -> Child {
+    // SAFETY: the closure runs between fork and exec and only calls prctl(2),
+    // which is async-signal-safe; it touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+        });
+    }
+    command
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {what}: {e} (run scripts/nfs-vm-assets.sh)"))
+}
+
+/// SIGTERM, wait up to `grace`, then SIGKILL and reap.
+pub fn stop_child(mut child: Child, grace: Duration) {
+    if let Ok(None) = child.try_wait() {
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+}
+
+/// A loopback TCP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
