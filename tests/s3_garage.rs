@@ -1,0 +1,380 @@
+//! S3 tier: the real agent mounts buckets of a real S3 server (Garage, set
+//! up by `scripts/setup-test-env.sh`) inside a private node namespace, and a
+//! running pod reads them. Byte-exact reads, prefixes, every way a backend can
+//! refuse a PUT (each leaving nothing behind), inline credentials that never
+//! show, an outage that degrades and heals, and a kill -9 that heals by
+//! itself. Needs root, /dev/fuse and the Garage binary; fails without them.
+
+mod support;
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use support::{Garage, Node, wait_readable};
+
+/// The agent's PUT deadline in these tests: long enough for Garage on a busy
+/// machine, short enough that the hanging-endpoint case stays quick.
+const MOUNT_TIMEOUT: &str = "4s";
+
+/// A node and a Garage server with one bucket, `data`, and a credentials
+/// file the agent reads. Drops the node (agent, pod, namespace) first.
+struct S3Node {
+    node: Node,
+    garage: Garage,
+    credentials: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl S3Node {
+    fn start(extra_args: &[&str]) -> S3Node {
+        support::require_root();
+        support::require_fuse();
+        let garage = Garage::start();
+        garage.create_bucket("data");
+        let dir = tempfile::tempdir().unwrap();
+        let credentials = dir.path().join("credentials");
+        garage.write_credentials_file(&credentials);
+        let args: Vec<&str> = ["--mount-timeout", MOUNT_TIMEOUT]
+            .into_iter()
+            .chain(extra_args.iter().copied())
+            .collect();
+        let node = Node::start(&args);
+        S3Node {
+            node,
+            garage,
+            credentials,
+            _dir: dir,
+        }
+    }
+
+    /// A spec for `bucket` on Garage, credentials from the file.
+    fn spec(&self, bucket: &str) -> Value {
+        self.spec_with(bucket, json!({"file": self.credentials}))
+    }
+
+    fn spec_with(&self, bucket: &str, credentials: Value) -> Value {
+        json!({"source": {"s3": {
+            "bucket": bucket,
+            "endpoint": self.garage.endpoint(),
+            "region": self.garage.region(),
+            "pathStyle": true,
+            "credentials": credentials,
+        }}})
+    }
+
+    fn put(&self, name: &str, spec: &Value) -> (u16, Value) {
+        self.node
+            .call("PUT", &format!("/v1/mounts/{name}"), Some(spec))
+    }
+}
+
+/// Deterministic, incompressible bytes.
+fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(bytes))
+}
+
+#[test]
+fn garage_objects_read_byte_exact_in_a_running_pod() {
+    let s3 = S3Node::start(&[]);
+    let objects: Vec<(&str, Vec<u8>)> = vec![
+        ("empty.bin", Vec::new()),
+        ("one.bin", vec![0x5a]),
+        ("train/cats/1.jpg", pseudo_random(300_001, 1)),
+        ("train/cats/2.jpg", pseudo_random(65_536, 2)),
+        ("train/labels.csv", b"file,label\n1.jpg,cat\n".to_vec()),
+        ("big/shard-000.tar", pseudo_random(24 << 20, 3)),
+        ("odd names/a+b=c&d.txt", b"special characters\n".to_vec()),
+    ];
+    for (key, bytes) in &objects {
+        s3.garage.put_object("data", key, bytes);
+    }
+
+    let (status, body) = s3.put("train", &s3.spec("data"));
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["state"], "Mounted");
+    for (key, bytes) in &objects {
+        let read = s3
+            .node
+            .pod
+            .read(format!("train/{key}"))
+            .unwrap_or_else(|e| panic!("read {key} in the pod: {e}"));
+        assert_eq!(read.len(), bytes.len(), "size of {key}");
+        assert_eq!(sha256(&read), sha256(bytes), "content of {key}");
+    }
+    assert_eq!(
+        s3.node.pod.list("train").unwrap(),
+        vec!["big", "empty.bin", "odd names", "one.bin", "train"]
+    );
+    assert_eq!(
+        s3.node.pod.list("train/train").unwrap(),
+        vec!["cats", "labels.csv"]
+    );
+    // Sizes and mtimes as stat shows them, without reading.
+    let (size, mtime, is_dir) = s3.node.pod.run(|view| {
+        let file = std::fs::metadata(view.join("train/train/cats/1.jpg")).unwrap();
+        let dir = std::fs::metadata(view.join("train/train/cats")).unwrap();
+        (file.size(), file.mtime(), dir.is_dir())
+    });
+    assert_eq!(size, 300_001);
+    assert!(is_dir, "a common prefix is a directory");
+    let now = chrono::Utc::now().timestamp();
+    assert!(
+        (now - mtime).abs() < 600,
+        "mtime is the object's LastModified ({mtime}), near now ({now})"
+    );
+    // Reads in the middle of a large object: ranged, exact.
+    let big = &objects[5].1;
+    let slice = s3.node.pod.run(|view| {
+        let mut file = std::fs::File::open(view.join("train/big/shard-000.tar")).unwrap();
+        use std::io::{Seek, SeekFrom};
+        file.seek(SeekFrom::Start(10_000_003)).unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        file.read_exact(&mut buf).unwrap();
+        buf
+    });
+    assert_eq!(slice, big[10_000_003..10_000_003 + (1 << 20)]);
+    // Read-only: the pod cannot write into the dataset.
+    assert_eq!(s3.node.pod.write("train/new.txt", b"x"), Err(libc::EROFS));
+
+    // A prefix mounts a subtree.
+    let mut spec = s3.spec("data");
+    spec["source"]["s3"]["prefix"] = json!("train/cats");
+    let (status, body) = s3.put("cats", &spec);
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(s3.node.pod.list("cats").unwrap(), vec!["1.jpg", "2.jpg"]);
+    assert_eq!(
+        sha256(&s3.node.pod.read("cats/2.jpg").unwrap()),
+        sha256(&objects[3].1)
+    );
+
+    for name in ["train", "cats"] {
+        let (status, body) = s3.node.call("DELETE", &format!("/v1/mounts/{name}"), None);
+        assert_eq!(status, 200, "{body}");
+        assert!(s3.node.pod.list(name).is_err(), "{name} gone from the pod");
+    }
+}
+
+/// A port that accepts connections and never answers.
+fn hanging_endpoint() -> (TcpListener, String) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    (listener, endpoint)
+}
+
+/// A loopback port with nothing listening.
+fn closed_endpoint() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    endpoint
+}
+
+#[test]
+fn a_refusing_backend_fails_the_put_and_leaves_nothing_behind() {
+    let s3 = S3Node::start(&[]);
+    s3.garage.put_object("data", "a.txt", b"a");
+
+    // Each failure: status, error code, a message that gives the reason.
+    let wrong_secret = s3.spec_with(
+        "data",
+        json!({"inline": {
+            "accessKeyId": s3.garage.access_key_id(),
+            "secretAccessKey": "not-the-secret-at-all-0123456789abcdef",
+        }}),
+    );
+    let mut unreachable = s3.spec("data");
+    unreachable["source"]["s3"]["endpoint"] = json!(closed_endpoint());
+    let (_hang, hanging) = hanging_endpoint();
+    let mut hangs = s3.spec("data");
+    hangs["source"]["s3"]["endpoint"] = json!(hanging);
+    let mut no_such_file = s3.spec("data");
+    no_such_file["source"]["s3"]["credentials"] = json!({"file": "/nonexistent/credentials"});
+    let cases: Vec<(&str, Value, u16, &str, &str)> = vec![
+        (
+            "missing-bucket",
+            s3.spec("no-such-bucket"),
+            502,
+            "BucketNotFound",
+            "no-such-bucket",
+        ),
+        (
+            "wrong-secret",
+            wrong_secret,
+            502,
+            "BackendAccessDenied",
+            "data",
+        ),
+        (
+            "unreachable",
+            unreachable,
+            502,
+            "BackendUnreachable",
+            "127.0.0.1",
+        ),
+        ("hanging", hangs, 504, "BackendTimeout", "did not answer within"),
+        (
+            "no-credentials",
+            no_such_file,
+            400,
+            "InvalidCredentials",
+            "/nonexistent/credentials",
+        ),
+    ];
+    for (name, spec, want_status, want_code, want_in_message) in cases {
+        let started = Instant::now();
+        let (status, body) = s3.put(name, &spec);
+        let took = started.elapsed();
+        assert_eq!(status, want_status, "{name}: {body}");
+        assert_eq!(body["error"]["code"], want_code, "{name}: {body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(want_in_message),
+            "{name}: the message names {want_in_message:?}: {message}"
+        );
+        assert!(
+            took < Duration::from_secs(15),
+            "{name}: the PUT answered within its deadline (took {took:?})"
+        );
+        s3.node.assert_nothing_left(name);
+        assert!(
+            !message.contains("not-the-secret"),
+            "{name}: no secret in errors"
+        );
+    }
+    // The agent is unharmed: a good PUT still works.
+    let (status, body) = s3.put("good", &s3.spec("data"));
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(s3.node.pod.read("good/a.txt").unwrap(), b"a");
+}
+
+#[test]
+fn inline_credentials_work_and_never_show() {
+    let s3 = S3Node::start(&[]);
+    s3.garage.put_object("data", "a.txt", b"inline\n");
+    let secret = s3.garage.secret_access_key().to_string();
+    let spec = s3.spec_with(
+        "data",
+        json!({"inline": {
+            "accessKeyId": s3.garage.access_key_id(),
+            "secretAccessKey": secret,
+        }}),
+    );
+    let (status, body) = s3.put("inline", &spec);
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(s3.node.pod.read("inline/a.txt").unwrap(), b"inline\n");
+    // The same spec again is idempotent (compared with the secret, not shown).
+    let (status, again) = s3.put("inline", &spec);
+    assert_eq!(status, 200, "{again}");
+
+    let (_, one) = s3.node.call("GET", "/v1/mounts/inline", None);
+    let (_, list) = s3.node.call("GET", "/v1/mounts", None);
+    let (_, metrics) = s3.node.call("GET", "/metrics", None);
+    for (what, text) in [
+        ("PUT response", body.to_string()),
+        ("second PUT response", again.to_string()),
+        ("GET", one.to_string()),
+        ("list", list.to_string()),
+        ("metrics", metrics.to_string()),
+        ("agent log", s3.node.agent.log()),
+        (
+            "audit log",
+            std::fs::read_to_string(s3.node.agent.options().state_dir.join("audit.log"))
+                .unwrap_or_default(),
+        ),
+    ] {
+        assert!(!text.contains(&secret), "the secret shows in the {what}");
+    }
+    assert_eq!(
+        one["source"]["s3"]["credentials"]["inline"]["secretAccessKey"],
+        "<redacted>"
+    );
+    assert_eq!(
+        one["source"]["s3"]["credentials"]["inline"]["accessKeyId"],
+        s3.garage.access_key_id()
+    );
+    // The state file keeps it (to mount again after a restart), readable by
+    // root only.
+    let state = s3.node.agent.options().state_dir.join("mounts.json");
+    let mode = std::fs::metadata(&state).unwrap().mode() & 0o777;
+    assert_eq!(mode, 0o600, "state file mode");
+}
+
+fn wait_state(node: &Node, name: &str, want: &str, timeout: Duration) -> Duration {
+    let started = Instant::now();
+    let mut last = Value::Null;
+    while started.elapsed() < timeout {
+        let asked = Instant::now();
+        let (status, body) = node.call("GET", &format!("/v1/mounts/{name}"), None);
+        assert!(
+            asked.elapsed() < Duration::from_secs(1),
+            "GET answers fast during an outage (took {:?})",
+            asked.elapsed()
+        );
+        if status == 200 && body["state"] == want {
+            return started.elapsed();
+        }
+        last = body;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{name} not {want} within {timeout:?}; last: {last}");
+}
+
+#[test]
+fn an_s3_outage_degrades_the_dataset_and_it_heals_by_itself() {
+    let mut s3 = S3Node::start(&["--metadata-ttl", "0s", "--probe-timeout", "1s"]);
+    s3.garage.put_object("data", "a.txt", b"before\n");
+    let (status, body) = s3.put("flaky", &s3.spec("data"));
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(s3.node.pod.read("flaky/a.txt").unwrap(), b"before\n");
+
+    s3.garage.stop();
+    let detected = wait_state(&s3.node, "flaky", "Degraded", Duration::from_secs(20));
+    eprintln!("figure: S3 outage -> Degraded in {detected:?} (probe every 200ms, deadline 1s)");
+    let (_, body) = s3.node.call("GET", "/v1/mounts/flaky", None);
+    assert!(
+        body["lastError"].as_str().is_some_and(|e| !e.is_empty()),
+        "a Degraded dataset says why: {body}"
+    );
+
+    s3.garage.resume();
+    let healed = wait_state(&s3.node, "flaky", "Mounted", Duration::from_secs(30));
+    eprintln!("figure: S3 back -> Mounted in {healed:?}");
+    s3.garage.put_object("data", "b.txt", b"after\n");
+    wait_readable(&s3.node.pod, "flaky/b.txt", Duration::from_secs(10)).unwrap();
+    assert_eq!(s3.node.pod.read("flaky/b.txt").unwrap(), b"after\n");
+    assert_eq!(s3.node.pod.mount_count("flaky"), 1, "one mount, in place");
+}
+
+#[test]
+fn after_kill_9_a_garage_dataset_comes_back_in_the_pod() {
+    let mut s3 = S3Node::start(&[]);
+    s3.garage.put_object("data", "a.txt", b"survives\n");
+    let (status, body) = s3.put("survivor", &s3.spec("data"));
+    assert_eq!(status, 201, "{body}");
+    s3.node.agent.kill9();
+    let restarted = Instant::now();
+    s3.node.restart();
+    let readable = restarted.elapsed()
+        + wait_readable(&s3.node.pod, "survivor/a.txt", Duration::from_secs(10)).unwrap();
+    eprintln!("figure: agent restart (Garage) -> readable in the pod: {readable:?}");
+    assert_eq!(s3.node.pod.read("survivor/a.txt").unwrap(), b"survives\n");
+    assert_eq!(s3.node.mounts_at(&s3.node.root().join("survivor")), 1);
+    assert_eq!(s3.node.pod.mount_count("survivor"), 1);
+}
