@@ -228,7 +228,13 @@ fn a_refusing_backend_fails_the_put_and_leaves_nothing_behind() {
             "BackendUnreachable",
             "127.0.0.1",
         ),
-        ("hanging", hangs, 504, "BackendTimeout", "did not answer within"),
+        (
+            "hanging",
+            hangs,
+            504,
+            "BackendTimeout",
+            "did not answer within",
+        ),
         (
             "no-credentials",
             no_such_file,
