@@ -4,6 +4,7 @@
 #! Garage S3 server built once into a cache directory. Idempotent and quiet:
 #! one line per step with its duration; non-zero exit with a message on failure.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 CACHE_ROOT="${HOTMOUNT_CACHE:-/var/cache/hotmount}"
 GARAGE_VERSION="2.5.0"
@@ -131,3 +132,5 @@ if [ ! -x "$GARAGE_BIN" ]; then
 fi
 step "garage $GARAGE_VERSION" install_garage
 step "garage runs" check_garage
+# The nfs tier's guest kernel and modules (Debian's current kernel package).
+step "nfs guest kernel" bash -c 'scripts/nfs-vm-assets.sh && echo "cached: $(cat "${HOTMOUNT_CACHE:-/var/cache/hotmount}/nfs-vm/kernel-version")"'
