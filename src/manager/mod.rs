@@ -555,10 +555,14 @@ impl Manager {
         let backend = before.spec.source.backend().as_str();
         let started = Instant::now();
         slot.stop_probe();
-        self.settle_probe(&slot).await;
+        let settled = self.settle_probe(&slot).await;
         self.set_state(&slot, MountState::Unmounting, None);
         let attached = slot.take_attached();
-        let degraded = matches!(before.state, MountState::Degraded | MountState::Failed);
+        // A probe stuck in the mount means a dead backend even if no probe
+        // has reported it yet: detach without the polite try, which would
+        // only meet the probe's own hold on the mount (EBUSY).
+        let degraded =
+            !settled || matches!(before.state, MountState::Degraded | MountState::Failed);
         if let Err(failure) = self.detach(name, attached, force, degraded).await {
             self.inner
                 .metrics
