@@ -11,7 +11,7 @@
 //! stopped (Degraded within the probe deadline, the API fast throughout; a
 //! DELETE of a mount whose server is gone completes) and started again
 //! (Mounted again), agent restarts (adopted, one mount on the path), refused
-//! mounts, and a hanging server (504, nothing left behind). Figures are
+//! and unreachable mounts, and a hanging server (504, nothing left behind). Figures are
 //! printed as `figure:` lines.
 
 #[path = "nfs_vm/agent.rs"]
@@ -446,7 +446,31 @@ fn agent_in_guest_kernel_serves_nfs_datasets() {
         secs(refused.took),
         refused.body
     );
-    for name in ["missing", "refused"] {
+    // TEST-NET-1: nothing answers there (qemu's user network gives up on
+    // the connection, or the host has no route): a clear error either way,
+    // naming the server, within the mount deadline.
+    let unreachable_spec = json!({
+        "source": { "nfs": { "server": "192.0.2.1", "export": "/data" } },
+        "readOnly": true
+    })
+    .to_string();
+    let unreachable = api.call("PUT", "/v1/mounts/unreachable", Some(&unreachable_spec));
+    assert!(
+        matches!(unreachable.status, 502 | 504)
+            && unreachable.body.contains("192.0.2.1")
+            && unreachable.took < MOUNT_TIMEOUT + Duration::from_secs(10),
+        "an unreachable server: {} after {:?}: {}",
+        unreachable.status,
+        unreachable.took,
+        unreachable.body
+    );
+    println!(
+        "nfs-vm: unreachable server -> {} in {:.2}s: {}",
+        unreachable.status,
+        secs(unreachable.took),
+        unreachable.body
+    );
+    for name in ["missing", "refused", "unreachable"] {
         assert!(api.mount(name).is_none());
         vm.sh_ok(10, &format!("test ! -e {ROOT}/{name}"));
     }
@@ -476,6 +500,13 @@ fn agent_in_guest_kernel_serves_nfs_datasets() {
     );
     expect_status(&vm, &hang, 504, "PUT hang");
     assert_eq!(hang.error_code(), "MountTimeout", "{}", hang.body);
+    assert!(
+        hang.body.contains(&format!(
+            "10.0.2.2:/data (address 10.0.2.2, port {hang_port})"
+        )),
+        "the timeout names the server: {}",
+        hang.body
+    );
     assert!(
         hang.took >= MOUNT_TIMEOUT && hang.took < MOUNT_TIMEOUT + Duration::from_secs(10),
         "PUT hang answered after {:?} (deadline {MOUNT_TIMEOUT:?})",

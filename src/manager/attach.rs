@@ -96,7 +96,14 @@ impl Manager {
                         source,
                     })?;
                 let request = crate::nfs::mount_request(nfs, addr, spec.read_only, &target, None);
-                self.blocking_mount(name, "nfs mount", remaining(), move |mounter| {
+                // The server as the kernel was asked to reach it: a timeout
+                // names where the mount hung.
+                let step = format!(
+                    "nfs mount of {} (address {addr}, port {})",
+                    request.source,
+                    nfs.port.unwrap_or(crate::nfs::DEFAULT_PORT)
+                );
+                self.blocking_mount(name, step, remaining(), move |mounter| {
                     mounter.mount(&request).map(|()| Attached::Kernel)
                 })
                 .await
@@ -128,9 +135,12 @@ impl Manager {
                     threads: self.inner.config.fuse_threads,
                 };
                 let adapter = FuseAdapter::new(Arc::new(filesystem));
-                self.blocking_mount(name, "fuse mount", remaining(), move |mounter| {
-                    mounter.mount_fuse(&request, adapter).map(Attached::Fuse)
-                })
+                self.blocking_mount(
+                    name,
+                    "fuse mount".to_string(),
+                    remaining(),
+                    move |mounter| mounter.mount_fuse(&request, adapter).map(Attached::Fuse),
+                )
                 .await
             }
         }
@@ -141,7 +151,7 @@ impl Manager {
     async fn blocking_mount(
         &self,
         name: &str,
-        step: &'static str,
+        step: String,
         deadline: Duration,
         call: impl FnOnce(&dyn Mounter) -> Result<Attached, crate::sys::SysError> + Send + 'static,
     ) -> Result<Attached, ManagerError> {
@@ -365,7 +375,7 @@ impl UnmountOutcome {
             },
             UnmountOutcome::TimedOut => ManagerError::Timeout {
                 name: name.to_string(),
-                step: "forced unmount",
+                step: "forced unmount".to_string(),
                 seconds: deadline.as_secs(),
             },
             UnmountOutcome::Crashed(reason) => {

@@ -71,8 +71,8 @@ pub enum ManagerError {
     Timeout {
         /// The name.
         name: String,
-        /// The step.
-        step: &'static str,
+        /// The step, naming its object (`nfs mount of 10.0.0.5:/data`).
+        step: String,
         /// The deadline.
         seconds: u64,
     },
