@@ -527,11 +527,42 @@ fn agent_in_guest_kernel_serves_nfs_datasets() {
         "hang in the state file: {state}"
     );
     assert!(state.to_string().contains("\"data\""), "{state}");
-    // The server goes away: the kernel's mount attempt ends, still nothing
-    // left behind (the agent undoes a mount that completes late).
+    // The first call is still in the guest kernel: a retry does not start a
+    // second one on the same path.
+    let again = api.call(
+        "PUT",
+        "/v1/mounts/hang",
+        Some(&nfs_spec(hang_port, PSEUDO, true)),
+    );
+    expect_status(&vm, &again, 409, "PUT hang while its first mount hangs");
+    assert_eq!(again.error_code(), "MountInProgress", "{}", again.body);
+    assert!(again.took < LIST_BOUND, "took {:?}", again.took);
+    vm.sh_ok(10, &format!("test ! -e {ROOT}/hang"));
+    // The server goes away: the kernel's mount call ends (connection
+    // refused), nothing is left behind, and the name takes a mount call again.
     drop(hanging);
-    std::thread::sleep(Duration::from_secs(2));
+    let released = Instant::now();
+    let after = loop {
+        let reply = api.call(
+            "PUT",
+            "/v1/mounts/hang",
+            Some(&nfs_spec(hang_port, PSEUDO, true)),
+        );
+        if reply.status != 409 || released.elapsed() > Duration::from_secs(60) {
+            break reply;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    println!(
+        "nfs-vm: after the hanging server closed, PUT hang -> {} {:.1}s later: {}",
+        after.status,
+        secs(released.elapsed()),
+        after.body
+    );
+    expect_status(&vm, &after, 502, "PUT hang once its server is gone");
     assert!(guest_mounts_at(&vm, &format!("{ROOT}/hang")).is_empty());
+    vm.sh_ok(10, &format!("test ! -e {ROOT}/hang"));
+    assert!(api.mount("hang").is_none());
     assert_eq!(api.state("data"), "Mounted");
 
     step(

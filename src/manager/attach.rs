@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::manager::{Manager, ManagerError};
+use crate::manager::{Manager, ManagerError, lock};
 use crate::s3fs::fuse::FuseAdapter;
 use crate::s3fs::{FsOptions, S3Filesystem, open_bucket};
 use crate::spec::{MountSpec, SourceSpec};
@@ -157,10 +157,19 @@ impl Manager {
     ) -> Result<Attached, ManagerError> {
         let mounter = self.inner.mounter.clone();
         let target = self.path_of(name);
+        if lock(&self.inner.mounts_in_kernel).contains(name) {
+            return Err(ManagerError::MountInProgress {
+                name: name.to_string(),
+            });
+        }
         let mut handle = tokio::task::spawn_blocking(move || call(mounter.as_ref()));
         let joined = match tokio::time::timeout(deadline, &mut handle).await {
             Ok(joined) => joined,
             Err(_) => {
+                // The call stays in the kernel until the server answers or
+                // the kernel gives up; until then no other mount call on this
+                // path (see `mounts_in_kernel`).
+                lock(&self.inner.mounts_in_kernel).insert(name.to_string());
                 let manager = self.clone();
                 let dataset = name.to_string();
                 tokio::spawn(async move {
@@ -168,7 +177,10 @@ impl Manager {
                         tracing::warn!(dataset, "a timed-out mount completed late; undoing it");
                         manager.detach_quietly(&dataset, Some(attached)).await;
                         manager.remove_dir(&dataset);
+                    } else {
+                        tracing::info!(dataset, "a timed-out mount call returned");
                     }
+                    lock(&manager.inner.mounts_in_kernel).remove(&dataset);
                 });
                 return Err(ManagerError::Timeout {
                     name: name.to_string(),

@@ -8,7 +8,7 @@ mod probe;
 mod reconcile;
 mod root;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -243,6 +243,11 @@ pub(crate) struct Inner {
     desired: tokio::sync::Mutex<BTreeMap<String, StoredMount>>,
     ready: AtomicBool,
     warnings: Mutex<Vec<String>>,
+    /// Datasets whose mount call outlived its deadline and is still inside
+    /// the kernel (a server that never answers): no second mount call on the
+    /// same path until it returns, so hung calls do not pile up and a late
+    /// completion is undone before anything else is mounted there.
+    mounts_in_kernel: Mutex<HashSet<String>>,
 }
 
 /// The manager handle (cheap to clone).
@@ -277,6 +282,7 @@ impl Manager {
                 desired: tokio::sync::Mutex::new(BTreeMap::new()),
                 ready: AtomicBool::new(false),
                 warnings: Mutex::new(Vec::new()),
+                mounts_in_kernel: Mutex::new(HashSet::new()),
             }),
         }
     }
