@@ -20,11 +20,9 @@ mod agent;
 mod ganesha;
 #[path = "nfs_vm/guest.rs"]
 mod guest;
-#[allow(dead_code)]
-#[path = "support/http.rs"]
-mod http;
 #[path = "nfs_vm/process.rs"]
 mod process;
+mod support;
 
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
@@ -140,7 +138,7 @@ fn agent_in_guest_kernel_serves_nfs_datasets() {
         .wait_ready(Duration::from_secs(60))
         .unwrap_or_else(|e| fail_with_log(&vm, e));
     println!("nfs-vm: agent ready {:.1}s after start", secs(ready));
-    let unauthorized = http::http_tcp(
+    let unauthorized = support::http_tcp(
         vm.api_addr(),
         "GET",
         "/v1/mounts",
@@ -294,6 +292,7 @@ fn agent_in_guest_kernel_serves_nfs_datasets() {
             metrics.body
         );
     }
+    support::promtool_check_metrics(&metrics.body);
     assert!(
         metrics
             .body

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::http::http_tcp;
+use crate::support::http_tcp;
 
 /// The bearer token the test writes into the guest (`/etc/hotmount/token`).
 pub const TOKEN: &str = "nfs-tier-token-0123456789abcdef";
