@@ -97,6 +97,41 @@ fn expect_status(vm: &Guest, reply: &agent::Reply, want: u16, what: &str) {
     }
 }
 
+/// Stops the agent (`stop`: SIGTERM, which must end it within agent-ctl's
+/// 10 s; `kill`: SIGKILL), checks that the NFS mounts outlive it, starts it
+/// again with the same flags and checks that it adopted what was mounted.
+fn restart_agent(vm: &Guest, api: &AgentApi, command: &str) {
+    let adopted_before = vm
+        .sh_ok(10, "agent-ctl log")
+        .matches("adopted the mount already in place")
+        .count();
+    let kernel_mounts = |vm: &Guest| {
+        vm.sh_ok(
+            10,
+            &format!("grep -c ' {ROOT}/' /proc/self/mountinfo || true"),
+        )
+    };
+    let before = kernel_mounts(vm);
+    let stop = vm.sh(20, &format!("agent-ctl {command}"));
+    if stop.code != 0 {
+        fail_with_log(vm, format!("agent-ctl {command}: {}", stop.output));
+    }
+    assert_eq!(kernel_mounts(vm), before, "NFS mounts outlive the agent");
+    vm.sh_ok(10, "agent-ctl start");
+    api.wait_ready(Duration::from_secs(60))
+        .unwrap_or_else(|e| fail_with_log(vm, e));
+    let log = vm.sh_ok(10, "agent-ctl log");
+    let adopted = log.matches("adopted the mount already in place").count();
+    let datasets = api.call("GET", "/v1/mounts", None).json()["items"]
+        .as_array()
+        .map_or(0, Vec::len);
+    assert_eq!(
+        adopted - adopted_before,
+        datasets,
+        "every dataset adopted, none re-mounted:\n{log}"
+    );
+}
+
 #[test]
 fn agent_in_guest_kernel_serves_nfs_datasets() {
     let tier_start = Instant::now();
@@ -360,6 +395,26 @@ fn agent_in_guest_kernel_serves_nfs_datasets() {
         list.took
     );
 
+    step(
+        &vm,
+        "agent restarted (SIGTERM) while the server is down: exits at once, adopts data",
+    );
+    restart_agent(&vm, &api, "stop");
+    let after = api.mount("data").expect("data after the restart");
+    assert!(
+        after["state"] == "Mounted" || after["state"] == "Degraded",
+        "{after}"
+    );
+    assert_eq!(after["generation"], generation, "adopted: {after}");
+    assert_eq!(guest_mounts_at(&vm, &format!("{ROOT}/data")).len(), 1);
+    api.wait_state(
+        "data",
+        "Degraded",
+        PROBE_INTERVAL + PROBE_TIMEOUT + Duration::from_secs(10),
+        LIST_BOUND,
+    )
+    .unwrap_or_else(|e| fail_with_log(&vm, e));
+
     step(&vm, "ganesha starts again: data is Mounted again");
     server.start_again();
     let restarted = Instant::now();
@@ -379,16 +434,7 @@ fn agent_in_guest_kernel_serves_nfs_datasets() {
 
     for (how, command) in [("SIGTERM", "stop"), ("SIGKILL", "kill")] {
         step(&vm, &format!("agent restarted ({how}): data is adopted"));
-        vm.sh_ok(20, &format!("agent-ctl {command}"));
-        // The kernel mount outlives the agent.
-        assert_eq!(guest_mounts_at(&vm, &format!("{ROOT}/data")).len(), 1);
-        assert_eq!(
-            vm.pod_ok(20, "cat /datasets/data/hello.txt"),
-            "written on the server"
-        );
-        vm.sh_ok(10, "agent-ctl start");
-        api.wait_ready(Duration::from_secs(60))
-            .unwrap_or_else(|e| fail_with_log(&vm, e));
+        restart_agent(&vm, &api, command);
         let adopted = api.mount("data").expect("data after the restart");
         assert_eq!(adopted["state"], "Mounted", "{adopted}");
         assert_eq!(
@@ -397,12 +443,6 @@ fn agent_in_guest_kernel_serves_nfs_datasets() {
         );
         let mounts = guest_mounts_at(&vm, &format!("{ROOT}/data"));
         assert_eq!(mounts.len(), 1, "exactly one mount on the path: {mounts:?}");
-        let log = vm.sh_ok(10, "agent-ctl log");
-        assert!(
-            log.matches("adopted the mount already in place").count()
-                == if command == "stop" { 1 } else { 2 },
-            "{log}"
-        );
         assert_eq!(
             vm.pod_ok(20, "cat /datasets/data/hello.txt"),
             "written on the server"
@@ -537,6 +577,10 @@ fn agent_in_guest_kernel_serves_nfs_datasets() {
     assert_eq!(again.error_code(), "MountInProgress", "{}", again.body);
     assert!(again.took < LIST_BOUND, "took {:?}", again.took);
     vm.sh_ok(10, &format!("test ! -e {ROOT}/hang"));
+    // SIGTERM does not wait for the call stuck in the kernel.
+    restart_agent(&vm, &api, "stop");
+    assert!(api.mount("hang").is_none(), "hang after the restart");
+    assert_eq!(api.state("data"), "Mounted");
     // The server goes away: the kernel's mount call ends (connection
     // refused), nothing is left behind, and the name takes a mount call again.
     drop(hanging);
