@@ -541,7 +541,8 @@ fn agent_in_guest_kernel_serves_nfs_datasets() {
     assert_eq!(hang.error_code(), "MountTimeout", "{}", hang.body);
     assert!(
         hang.body.contains(&format!(
-            "10.0.2.2:/data (address 10.0.2.2, port {hang_port})"
+            "10.0.2.2:/data (address 10.0.2.2, port {hang_port}) did not finish within {}s",
+            MOUNT_TIMEOUT.as_secs()
         )),
         "the timeout names the server: {}",
         hang.body
@@ -616,6 +617,14 @@ fn agent_in_guest_kernel_serves_nfs_datasets() {
     assert_eq!(vm.sh(1, "sleep 30").code, 143);
     assert!(slow.elapsed() < Duration::from_secs(15));
 
+    // For the reader of the test output: what the agent found worth a warning.
+    let log = vm.sh_ok(10, "agent-ctl log");
+    for line in log
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+    {
+        println!("nfs-vm agent: {line}");
+    }
     vm.shutdown();
     drop(server);
     let channel_p50 = p50(&mut channel);

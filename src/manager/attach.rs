@@ -185,7 +185,9 @@ impl Manager {
                 return Err(ManagerError::Timeout {
                     name: name.to_string(),
                     step,
-                    seconds: deadline.as_secs().max(1),
+                    // The whole mount deadline (what the operator set),
+                    // not what was left of it for this step.
+                    seconds: self.inner.config.mount_timeout.as_secs().max(1),
                 });
             }
         };
