@@ -10,8 +10,10 @@
 //! PUT (read-only and read-write) seen from a pod view, DELETE, the server
 //! stopped (Degraded within the probe deadline, the API fast throughout; a
 //! DELETE of a mount whose server is gone completes) and started again
-//! (Mounted again), agent restarts (adopted, one mount on the path), refused
-//! and unreachable mounts, and a hanging server (504, nothing left behind). Figures are
+//! (Mounted again), agent restarts (adopted, one mount on the path), an
+//! export replaced under the mount (stale handle: re-mounted at the same
+//! path), refused and unreachable mounts, and a hanging server (504, nothing
+//! left behind). Figures are
 //! printed as `figure:` lines.
 
 #[path = "nfs_vm/agent.rs"]
@@ -449,6 +451,52 @@ fn agent_in_guest_kernel_serves_nfs_datasets() {
         );
     }
 
+    step(
+        &vm,
+        "the export is replaced on the server: stale handle, re-mounted at the same path",
+    );
+    // A new directory (new inode and generation) behind the same export: the
+    // mount's root file handle is stale once the server is back.
+    server.stop();
+    std::fs::remove_dir_all(&export).unwrap();
+    std::fs::create_dir(&export).unwrap();
+    std::fs::write(export.join("hello.txt"), "written on the server\n").unwrap();
+    std::fs::write(export.join("replaced.txt"), "the new export\n").unwrap();
+    server.start_again();
+    let replaced = Instant::now();
+    let before = generation.as_u64().expect("generation is a number");
+    let remounted = loop {
+        let mount = api.mount("data").expect("data");
+        if mount["state"] == "Mounted" && mount["generation"].as_u64() > Some(before) {
+            break mount;
+        }
+        if replaced.elapsed() > Duration::from_secs(90) {
+            fail_with_log(
+                &vm,
+                format!("data not re-mounted after its export was replaced: {mount}"),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let stale_recovery = replaced.elapsed();
+    assert_eq!(remounted["generation"], before + 1, "{remounted}");
+    assert_eq!(guest_mounts_at(&vm, &format!("{ROOT}/data")).len(), 1);
+    assert_eq!(
+        vm.pod_ok(20, "cat /datasets/data/replaced.txt"),
+        "the new export"
+    );
+    let metrics = api.call("GET", "/metrics", None).body;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "hotmount_recoveries_total{name=\"data\",reason=\"stale\"} 1"),
+        "{metrics}"
+    );
+    println!(
+        "nfs-vm: re-mounted {:.1}s after the server came back with a replaced export",
+        secs(stale_recovery)
+    );
+
     step(&vm, "refused mounts: a missing export, a closed port");
     let missing = api.call(
         "PUT",
@@ -650,6 +698,10 @@ fn agent_in_guest_kernel_serves_nfs_datasets() {
     println!(
         "figure: nfs Mounted again {:.1}s after ganesha restarted",
         secs(recovery_time)
+    );
+    println!(
+        "figure: nfs stale export re-mounted {:.1}s after the server came back",
+        secs(stale_recovery)
     );
     println!(
         "figure: nfs hanging server PUT -> {} after {:.1}s (deadline {MOUNT_TIMEOUT:?})",
