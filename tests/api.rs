@@ -639,6 +639,46 @@ async fn restart_adopts_recreates_and_removes_orphans() {
 }
 
 #[tokio::test]
+async fn a_read_write_nfs_mount_is_not_adopted_for_a_read_only_dataset() {
+    let f = fixture().await;
+    let spec = json!({"source": {"nfs": {"server": "10.0.2.2", "export": "/data"}},
+                      "readOnly": false});
+    let (status, body) = f.send(Method::PUT, "/v1/mounts/ds", Some(spec)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let Fixture {
+        dir, fake, manager, ..
+    } = f;
+    manager.shutdown().await;
+    drop(manager);
+    // While the agent is down the dataset becomes read-only in the state
+    // file; the read-write mount is still in place.
+    let state_file = dir.path().join("state/mounts.json");
+    let mut state: Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_file).unwrap()).unwrap();
+    state["mounts"]["ds"]["spec"]["readOnly"] = json!(true);
+    std::fs::write(&state_file, state.to_string()).unwrap();
+    let calls_before = fake.calls().len();
+    let f = start(dir, fake, |_| {}).await.unwrap();
+    let remounts: Vec<_> = f.fake.calls()[calls_before..]
+        .iter()
+        .filter_map(|c| match c {
+            RecordedCall::Mount(m) if m.fstype == "nfs4" => Some(m.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(remounts.len(), 1, "re-created, not adopted: {remounts:?}");
+    assert!(remounts[0].flags.read_only, "{:?}", remounts[0]);
+    let path = f.root().join("ds");
+    let table = f.mounts_at(&path);
+    assert_eq!(table.len(), 1, "exactly one mount: {table:?}");
+    assert!(table[0].is_read_only());
+    let (status, body) = f.send(Method::GET, "/v1/mounts/ds", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["state"], "Mounted", "{body}");
+    assert_eq!(body["generation"], 2, "{body}");
+}
+
+#[tokio::test]
 async fn a_corrupt_state_file_is_moved_aside_and_reported() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("state")).unwrap();
