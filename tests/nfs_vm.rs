@@ -222,6 +222,18 @@ fn agent_in_guest_kernel_serves_nfs_datasets() {
         vm.pod_ok(20, "cat /datasets/data/hello.txt"),
         "written on the server"
     );
+    // The pod's copy of the dataset came by propagation: its /datasets is a
+    // slave of the agent's root, in a mount namespace of its own.
+    let pod_mounts = vm.pod_ok(10, "grep ' /datasets' /proc/self/mountinfo");
+    assert!(
+        pod_mounts.lines().any(|l| l.contains(" /datasets/data ")
+            && l.contains(" master:")
+            && l.contains(" nfs4 10.0.2.2:/data ")),
+        "{pod_mounts}"
+    );
+    let node_ns = vm.sh_ok(10, "readlink /proc/self/ns/mnt");
+    let pod_ns = vm.pod_ok(10, "readlink /proc/self/ns/mnt");
+    assert_ne!(node_ns, pod_ns, "the pod has a mount namespace of its own");
     std::fs::write(export.join("later.txt"), "written after the mount\n").unwrap();
     assert_eq!(
         vm.pod_ok(20, "cat /datasets/data/later.txt"),
