@@ -3,7 +3,7 @@
 #
 # Packs the nfs test tier's guest initramfs: busybox (static), the kernel
 # modules cached by scripts/nfs-vm-assets.sh, the guest scripts in
-# scripts/nfs-vm-guest/ (/init, /bin/guest-cmd, /bin/pod-view), BINARY as
+# scripts/nfs-vm-guest/ (/init, /bin/guest-cmd, /bin/pod-view, /bin/agent-ctl), BINARY as
 # /bin/hotmount (a static build: scripts/build-static-agent.sh; `none` for
 # none), and EXTRA_INIT_SNIPPET as /etc/hotmount-extra.sh, which /init sources
 # once the network is up. Writes OUT.gz (newc cpio, gzip).
@@ -29,6 +29,7 @@ cp "$cache"/modules/*.ko "$cache/modules.order" "$stage/lib/hotmount-modules/"
 install -m 0755 "$here/nfs-vm-guest/init" "$stage/init"
 install -m 0755 "$here/nfs-vm-guest/guest-cmd" "$stage/bin/guest-cmd"
 install -m 0755 "$here/nfs-vm-guest/pod-view" "$stage/bin/pod-view"
+install -m 0755 "$here/nfs-vm-guest/agent-ctl" "$stage/bin/agent-ctl"
 if [ "$binary" != none ]; then
   ldd "$binary" 2>&1 | grep -qE 'not a dynamic executable|statically linked' \
     || { echo "$binary is not statically linked: build it with scripts/build-static-agent.sh" >&2; exit 1; }

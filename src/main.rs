@@ -24,14 +24,22 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Serve(args) => match runtime.block_on(serve(args)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                tracing::error!("{e:#}");
-                eprintln!("hotmount: {e:#}");
-                ExitCode::FAILURE
+        Command::Serve(args) => {
+            let result = runtime.block_on(serve(args));
+            // Dropping the runtime would wait for every blocking task, and a
+            // mount or probe call stuck in the kernel on an NFS server that
+            // does not answer never returns: SIGTERM would hang. Everything
+            // that matters has finished inside `run`; exit ends such calls.
+            runtime.shutdown_background();
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("hotmount: {e:#}");
+                    ExitCode::FAILURE
+                }
             }
-        },
+        }
         command => match runtime.block_on(run_client(command)) {
             Ok(output) => {
                 if !output.is_empty() {

@@ -281,7 +281,9 @@ async fn a_hanging_mount_times_out_and_is_undone_when_it_completes() {
     f.fake.delay("mount", Duration::from_millis(1200));
     let spec = json!({"source": {"nfs": {"server": "10.0.2.2", "export": "/data"}}});
     let started = std::time::Instant::now();
-    let (status, body) = f.send(Method::PUT, "/v1/mounts/slow", Some(spec)).await;
+    let (status, body) = f
+        .send(Method::PUT, "/v1/mounts/slow", Some(spec.clone()))
+        .await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
     assert_eq!(error_code(&body), "MountTimeout");
     assert!(
@@ -291,6 +293,19 @@ async fn a_hanging_mount_times_out_and_is_undone_when_it_completes() {
     // The API keeps answering while the mount hangs.
     let (status, _) = f.send(Method::GET, "/v1/mounts", None).await;
     assert_eq!(status, StatusCode::OK);
+    // No second mount call on the path while the first is in the kernel.
+    let (status, body) = f
+        .send(Method::PUT, "/v1/mounts/slow", Some(spec.clone()))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(error_code(&body), "MountInProgress");
+    let mount_calls = || {
+        f.fake
+            .calls()
+            .iter()
+            .filter(|c| matches!(c, RecordedCall::Mount(r) if r.fstype == "nfs4"))
+            .count()
+    };
     // The late mount completes and is undone: nothing remains.
     let path = f.root().join("slow");
     for _ in 0..50 {
@@ -304,8 +319,26 @@ async fn a_hanging_mount_times_out_and_is_undone_when_it_completes() {
     }
     assert!(f.mounts_at(&path).is_empty(), "late mount was undone");
     assert!(!path.exists(), "directory removed");
+    assert_eq!(mount_calls(), 1, "one mount call, not two");
     let (status, _) = f.send(Method::GET, "/v1/mounts/slow", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    // Once the call has returned, the path takes a mount again.
+    // (The clean-up task clears the guard right after removing the directory.)
+    f.fake.heal();
+    let mut reply = f
+        .send(Method::PUT, "/v1/mounts/slow", Some(spec.clone()))
+        .await;
+    for _ in 0..40 {
+        if reply.0 != StatusCode::CONFLICT {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        reply = f
+            .send(Method::PUT, "/v1/mounts/slow", Some(spec.clone()))
+            .await;
+    }
+    assert_eq!(reply.0, StatusCode::CREATED, "{}", reply.1);
+    assert_eq!(mount_calls(), 2);
 }
 
 #[tokio::test]
@@ -603,6 +636,46 @@ async fn restart_adopts_recreates_and_removes_orphans() {
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body["state"], "Mounted", "{body}");
     }
+}
+
+#[tokio::test]
+async fn a_read_write_nfs_mount_is_not_adopted_for_a_read_only_dataset() {
+    let f = fixture().await;
+    let spec = json!({"source": {"nfs": {"server": "10.0.2.2", "export": "/data"}},
+                      "readOnly": false});
+    let (status, body) = f.send(Method::PUT, "/v1/mounts/ds", Some(spec)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let Fixture {
+        dir, fake, manager, ..
+    } = f;
+    manager.shutdown().await;
+    drop(manager);
+    // While the agent is down the dataset becomes read-only in the state
+    // file; the read-write mount is still in place.
+    let state_file = dir.path().join("state/mounts.json");
+    let mut state: Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_file).unwrap()).unwrap();
+    state["mounts"]["ds"]["spec"]["readOnly"] = json!(true);
+    std::fs::write(&state_file, state.to_string()).unwrap();
+    let calls_before = fake.calls().len();
+    let f = start(dir, fake, |_| {}).await.unwrap();
+    let remounts: Vec<_> = f.fake.calls()[calls_before..]
+        .iter()
+        .filter_map(|c| match c {
+            RecordedCall::Mount(m) if m.fstype == "nfs4" => Some(m.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(remounts.len(), 1, "re-created, not adopted: {remounts:?}");
+    assert!(remounts[0].flags.read_only, "{:?}", remounts[0]);
+    let path = f.root().join("ds");
+    let table = f.mounts_at(&path);
+    assert_eq!(table.len(), 1, "exactly one mount: {table:?}");
+    assert!(table[0].is_read_only());
+    let (status, body) = f.send(Method::GET, "/v1/mounts/ds", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["state"], "Mounted", "{body}");
+    assert_eq!(body["generation"], 2, "{body}");
 }
 
 #[tokio::test]

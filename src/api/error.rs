@@ -98,6 +98,7 @@ impl From<ManagerError> for ApiError {
             },
             ManagerError::Timeout { .. } => (S::GATEWAY_TIMEOUT, "MountTimeout"),
             ManagerError::AlreadyMounted { .. } => (S::CONFLICT, "AlreadyMounted"),
+            ManagerError::MountInProgress { .. } => (S::CONFLICT, "MountInProgress"),
             ManagerError::Sys { source, .. } => match source {
                 // The kernel refused the backend's mount (server said no,
                 // export missing, connection refused): the backend's reason.

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::manager::{Manager, ManagerError};
+use crate::manager::{Manager, ManagerError, lock};
 use crate::s3fs::fuse::FuseAdapter;
 use crate::s3fs::{FsOptions, S3Filesystem, open_bucket};
 use crate::spec::{MountSpec, SourceSpec};
@@ -96,7 +96,14 @@ impl Manager {
                         source,
                     })?;
                 let request = crate::nfs::mount_request(nfs, addr, spec.read_only, &target, None);
-                self.blocking_mount(name, "nfs mount", remaining(), move |mounter| {
+                // The server as the kernel was asked to reach it: a timeout
+                // names where the mount hung.
+                let step = format!(
+                    "nfs mount of {} (address {addr}, port {})",
+                    request.source,
+                    nfs.port.unwrap_or(crate::nfs::DEFAULT_PORT)
+                );
+                self.blocking_mount(name, step, remaining(), move |mounter| {
                     mounter.mount(&request).map(|()| Attached::Kernel)
                 })
                 .await
@@ -128,9 +135,12 @@ impl Manager {
                     threads: self.inner.config.fuse_threads,
                 };
                 let adapter = FuseAdapter::new(Arc::new(filesystem));
-                self.blocking_mount(name, "fuse mount", remaining(), move |mounter| {
-                    mounter.mount_fuse(&request, adapter).map(Attached::Fuse)
-                })
+                self.blocking_mount(
+                    name,
+                    "fuse mount".to_string(),
+                    remaining(),
+                    move |mounter| mounter.mount_fuse(&request, adapter).map(Attached::Fuse),
+                )
                 .await
             }
         }
@@ -141,16 +151,25 @@ impl Manager {
     async fn blocking_mount(
         &self,
         name: &str,
-        step: &'static str,
+        step: String,
         deadline: Duration,
         call: impl FnOnce(&dyn Mounter) -> Result<Attached, crate::sys::SysError> + Send + 'static,
     ) -> Result<Attached, ManagerError> {
         let mounter = self.inner.mounter.clone();
         let target = self.path_of(name);
+        if lock(&self.inner.mounts_in_kernel).contains(name) {
+            return Err(ManagerError::MountInProgress {
+                name: name.to_string(),
+            });
+        }
         let mut handle = tokio::task::spawn_blocking(move || call(mounter.as_ref()));
         let joined = match tokio::time::timeout(deadline, &mut handle).await {
             Ok(joined) => joined,
             Err(_) => {
+                // The call stays in the kernel until the server answers or
+                // the kernel gives up; until then no other mount call on this
+                // path (see `mounts_in_kernel`).
+                lock(&self.inner.mounts_in_kernel).insert(name.to_string());
                 let manager = self.clone();
                 let dataset = name.to_string();
                 tokio::spawn(async move {
@@ -158,12 +177,17 @@ impl Manager {
                         tracing::warn!(dataset, "a timed-out mount completed late; undoing it");
                         manager.detach_quietly(&dataset, Some(attached)).await;
                         manager.remove_dir(&dataset);
+                    } else {
+                        tracing::info!(dataset, "a timed-out mount call returned");
                     }
+                    lock(&manager.inner.mounts_in_kernel).remove(&dataset);
                 });
                 return Err(ManagerError::Timeout {
                     name: name.to_string(),
                     step,
-                    seconds: deadline.as_secs().max(1),
+                    // The whole mount deadline (what the operator set),
+                    // not what was left of it for this step.
+                    seconds: self.inner.config.mount_timeout.as_secs().max(1),
                 });
             }
         };
@@ -365,7 +389,7 @@ impl UnmountOutcome {
             },
             UnmountOutcome::TimedOut => ManagerError::Timeout {
                 name: name.to_string(),
-                step: "forced unmount",
+                step: "forced unmount".to_string(),
                 seconds: deadline.as_secs(),
             },
             UnmountOutcome::Crashed(reason) => {

@@ -71,10 +71,19 @@ pub enum ManagerError {
     Timeout {
         /// The name.
         name: String,
-        /// The step.
-        step: &'static str,
+        /// The step, naming its object (`nfs mount of 10.0.0.5:/data`).
+        step: String,
         /// The deadline.
         seconds: u64,
+    },
+    /// An earlier mount call for this dataset outlived its deadline and is
+    /// still waiting in the kernel.
+    #[error(
+        "mount {name}: an earlier mount attempt is still waiting in the kernel (its server does not answer): retry later"
+    )]
+    MountInProgress {
+        /// The name.
+        name: String,
     },
     /// The path is already a mount point hotmount did not make.
     #[error("mount {name}: {path} is already a mount point")]

@@ -8,7 +8,7 @@ mod probe;
 mod reconcile;
 mod root;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -243,6 +243,11 @@ pub(crate) struct Inner {
     desired: tokio::sync::Mutex<BTreeMap<String, StoredMount>>,
     ready: AtomicBool,
     warnings: Mutex<Vec<String>>,
+    /// Datasets whose mount call outlived its deadline and is still inside
+    /// the kernel (a server that never answers): no second mount call on the
+    /// same path until it returns, so hung calls do not pile up and a late
+    /// completion is undone before anything else is mounted there.
+    mounts_in_kernel: Mutex<HashSet<String>>,
 }
 
 /// The manager handle (cheap to clone).
@@ -277,6 +282,7 @@ impl Manager {
                 desired: tokio::sync::Mutex::new(BTreeMap::new()),
                 ready: AtomicBool::new(false),
                 warnings: Mutex::new(Vec::new()),
+                mounts_in_kernel: Mutex::new(HashSet::new()),
             }),
         }
     }
@@ -555,10 +561,14 @@ impl Manager {
         let backend = before.spec.source.backend().as_str();
         let started = Instant::now();
         slot.stop_probe();
-        self.settle_probe(&slot).await;
+        let settled = self.settle_probe(&slot).await;
         self.set_state(&slot, MountState::Unmounting, None);
         let attached = slot.take_attached();
-        let degraded = matches!(before.state, MountState::Degraded | MountState::Failed);
+        // A probe stuck in the mount means a dead backend even if no probe
+        // has reported it yet: detach without the polite try, which would
+        // only meet the probe's own hold on the mount (EBUSY).
+        let degraded =
+            !settled || matches!(before.state, MountState::Degraded | MountState::Failed);
         if let Err(failure) = self.detach(name, attached, force, degraded).await {
             self.inner
                 .metrics

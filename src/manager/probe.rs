@@ -2,8 +2,10 @@
 //! readdir of its path on a blocking thread under a deadline (at most one in
 //! flight, so a hung server costs one thread), plus mount-table checks.
 //! Failures mark the dataset Degraded; structural failures (gone, stacked,
-//! FUSE server ended) or repeated I/O failures trigger a re-mount at the same
-//! path (lazy detach, fresh mount: both propagate to pods), with backoff.
+//! stale, FUSE server ended) or repeated I/O failures of a FUSE mount trigger a
+//! re-mount at the same path (lazy detach, fresh mount: both propagate to
+//! pods), with backoff. An NFS mount whose server is down stays Degraded until
+//! a probe passes again.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -12,6 +14,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 
 use crate::manager::{Attached, Manager, MountState, Slot, lock};
+use crate::spec::SourceSpec;
 use crate::sys::mounts_at;
 
 /// Consecutive I/O failures before a dataset is re-mounted.
@@ -60,12 +63,14 @@ impl Manager {
 
     /// Waits (at most one probe deadline) for a probe's blocking call that
     /// is still inside the mount: its open directory would make a normal
-    /// unmount fail with EBUSY.
-    pub(super) async fn settle_probe(&self, slot: &Slot) {
+    /// unmount fail with EBUSY. False if it is still there: the backend does
+    /// not answer (the probe holds the mount busy until it does).
+    pub(super) async fn settle_probe(&self, slot: &Slot) -> bool {
         let deadline = Instant::now() + self.inner.config.probe_timeout;
         while slot.probe_in_flight.load(Ordering::SeqCst) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
+        !slot.probe_in_flight.load(Ordering::SeqCst)
     }
 
     fn backoff(&self, failures: u32) -> Duration {
@@ -128,7 +133,16 @@ impl Manager {
                         tracing::warn!(dataset = name, reason = failure.reason, error = %failure.message, "probe failed");
                         self.set_state(&slot, MountState::Degraded, Some(failure.message.clone()));
                     }
-                    if failure.structural || failures >= IO_FAILURES_BEFORE_REMOUNT {
+                    // A kernel NFS mount whose server is slow or down heals
+                    // by itself when the server answers again (the kernel
+                    // retries and recovers its state): re-mounting it would
+                    // only pile up mount calls stuck in the kernel on the same
+                    // path. It is re-mounted only when broken (gone, stacked,
+                    // stale file handle).
+                    let heals_itself = matches!(record.spec.source, SourceSpec::Nfs(_));
+                    if failure.structural
+                        || (!heals_itself && failures >= IO_FAILURES_BEFORE_REMOUNT)
+                    {
                         drop(slot);
                         if let Some(slot) = self.slot(&name) {
                             self.recover(&name, &slot, failure.reason).await;

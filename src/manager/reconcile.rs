@@ -79,7 +79,14 @@ impl Manager {
         let path = self.path_of(&name);
         let existing = mounts_at(table, &path);
         let adoptable = match &spec.source {
-            SourceSpec::Nfs(nfs) => existing.len() == 1 && crate::nfs::matches(nfs, existing[0]),
+            // Read-only is a per-mount flag, not part of what nfs::matches
+            // compares: a read-write mount never passes for a read-only
+            // dataset (nor the other way round).
+            SourceSpec::Nfs(nfs) => {
+                existing.len() == 1
+                    && crate::nfs::matches(nfs, existing[0])
+                    && existing[0].is_read_only() == spec.read_only
+            }
             SourceSpec::S3(_) => false,
         };
         if adoptable {

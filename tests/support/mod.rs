@@ -49,6 +49,8 @@ use std::time::{Duration, Instant};
 
 pub use agent::{Agent, AgentOptions};
 pub use garage::Garage;
+/// One request over loopback TCP with extra headers (the nfs tier's forwarded API port).
+pub(crate) use http::http_tcp;
 pub use http::{http, http_with_timeout};
 pub use namespace::{NodeNamespace, current_mount_namespace, thread_mountinfo};
 pub use node::{Node, percentile, wait_readable};
