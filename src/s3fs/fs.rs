@@ -12,7 +12,10 @@
 //! - attributes, entries and negative entries are cached for `metadata_ttl`
 //!   (forever when `immutable`), and the kernel gets the same TTL;
 //! - an open file is pinned to the ETag it had at open: a read after the object
-//!   changed fails with EIO, never returns mixed bytes.
+//!   changed fails with EIO, never returns mixed bytes (see [`crate::s3fs::prefetch`]
+//!   for the read path);
+//! - the kernel keeps its page cache of a file across opens only while the
+//!   ETag seen at open is the one the cached pages came from.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -25,9 +28,10 @@ use chrono::{DateTime, Utc};
 use fuser::{FileAttr, FileType, Generation};
 use futures::StreamExt;
 use object_store::path::Path as ObjectPath;
-use object_store::{GetOptions, GetRange, ObjectMeta, ObjectStoreExt};
+use object_store::{ObjectMeta, ObjectStoreExt};
 
 use crate::metrics::Metrics;
+use crate::s3fs::prefetch::{FileReader, PrefetchBudget, RangeReader, ReadStats};
 use crate::s3fs::store::Bucket;
 
 /// The inode number of the mount's root (the bucket prefix).
@@ -54,6 +58,8 @@ pub struct FsOptions {
     pub metadata_ttl: Duration,
     /// Cache metadata without expiry (datasets that never change).
     pub immutable: bool,
+    /// The agent-wide memory budget for prefetched data.
+    pub prefetch_budget: Arc<PrefetchBudget>,
 }
 
 /// Why a filesystem operation failed; [`FsError::errno`] is what the kernel gets.
@@ -107,6 +113,17 @@ pub enum FsError {
         /// What differed.
         detail: String,
     },
+    /// A prefetched part failed; every read that waited for it gets this.
+    #[error("{0}")]
+    Shared(Arc<FsError>),
+    /// A prefetch task ended without an answer (the runtime shut down).
+    #[error("read {key}: prefetch ended early ({detail})")]
+    PrefetchAborted {
+        /// The object.
+        key: String,
+        /// Why.
+        detail: String,
+    },
     /// The object store refused or failed a request.
     #[error("{op} {key}: {source}")]
     Store {
@@ -131,7 +148,8 @@ impl FsError {
             FsError::IsADirectory(_) => libc::EISDIR,
             FsError::ReadOnly { .. } => libc::EROFS,
             FsError::NotSupported { .. } => libc::EOPNOTSUPP,
-            FsError::ObjectChanged { .. } => libc::EIO,
+            FsError::ObjectChanged { .. } | FsError::PrefetchAborted { .. } => libc::EIO,
+            FsError::Shared(inner) => inner.errno(),
             FsError::Store { source, .. } => match source {
                 object_store::Error::NotFound { .. } => libc::ENOENT,
                 object_store::Error::Precondition { .. } => libc::EIO,
@@ -161,16 +179,20 @@ pub enum NodeKind {
     File,
 }
 
-/// The object metadata an inode carries.
+/// The object metadata an inode carries (and an open handle is pinned to).
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct ObjectStat {
-    size: u64,
-    last_modified: DateTime<Utc>,
-    etag: Option<String>,
+pub struct ObjectStat {
+    /// The object's size in bytes.
+    pub size: u64,
+    /// Its modification time.
+    pub last_modified: DateTime<Utc>,
+    /// Its ETag, when the store has one.
+    pub etag: Option<String>,
 }
 
 impl ObjectStat {
-    fn from_meta(meta: &ObjectMeta) -> Self {
+    /// The metadata of a listed or fetched object.
+    pub fn from_meta(meta: &ObjectMeta) -> Self {
         ObjectStat {
             size: meta.size,
             last_modified: meta.last_modified,
@@ -198,6 +220,8 @@ struct Inode {
     validated_at: Instant,
     /// The kernel's lookup count (lookup and readdirplus replies minus forgets).
     lookups: u64,
+    /// The ETag of the version whose pages the kernel may hold (set at open).
+    page_cache_etag: Option<String>,
 }
 
 /// Inodes by number and by (parent, name), plus negative entries.
@@ -245,6 +269,7 @@ impl InodeTable {
                 stat,
                 validated_at: now,
                 lookups: 0,
+                page_cache_etag: None,
             },
         );
         self.children.insert(slot, ino);
@@ -302,11 +327,14 @@ struct DirHandle {
     created: Mutex<Vec<u64>>,
 }
 
-/// An open file, pinned to what the object was at open.
-#[derive(Debug, Clone)]
-struct FileHandleState {
-    key: ObjectPath,
-    stat: ObjectStat,
+/// What [`S3Filesystem::open`] hands back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenedFile {
+    /// The file handle.
+    pub fh: u64,
+    /// Whether the kernel may keep the pages it cached at an earlier open:
+    /// true only when they came from the same ETag.
+    pub keep_cache: bool,
 }
 
 /// One entry returned by [`S3Filesystem::readdir`].
@@ -350,7 +378,8 @@ pub struct S3Filesystem {
     inodes: Mutex<InodeTable>,
     next_handle: AtomicU64,
     dir_handles: Mutex<HashMap<u64, Arc<DirHandle>>>,
-    file_handles: Mutex<HashMap<u64, FileHandleState>>,
+    file_handles: Mutex<HashMap<u64, Arc<FileReader>>>,
+    reader: Arc<RangeReader>,
 }
 
 impl S3Filesystem {
@@ -376,9 +405,16 @@ impl S3Filesystem {
                 stat: ObjectStat::directory(mounted_at),
                 validated_at: Instant::now(),
                 lookups: 1,
+                page_cache_etag: None,
             },
         );
+        let reader = Arc::new(RangeReader::new(
+            Arc::clone(&bucket.store),
+            Arc::clone(&metrics),
+            options.dataset.clone(),
+        ));
         S3Filesystem {
+            reader,
             bucket,
             options,
             runtime,
@@ -874,7 +910,7 @@ impl S3Filesystem {
 
     /// Opens file `ino` for reading with the kernel's open `flags`; the handle
     /// is pinned to the object's ETag (from the cache when still fresh).
-    pub async fn open(&self, ino: u64, flags: i32) -> Result<u64, FsError> {
+    pub async fn open(&self, ino: u64, flags: i32) -> Result<OpenedFile, FsError> {
         let inode = self.inode(ino)?;
         let writes = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         if writes {
@@ -892,99 +928,59 @@ impl S3Filesystem {
                 .ok_or_else(|| FsError::NotFound {
                     key: inode.key.to_string(),
                 })?;
-            let stat = ObjectStat::from_meta(&meta);
-            if let Some(cached) = self.table().inodes.get_mut(&ino) {
-                cached.stat = stat.clone();
-                cached.validated_at = Instant::now();
+            ObjectStat::from_meta(&meta)
+        };
+        let keep_cache = {
+            let mut table = self.table();
+            match table.inodes.get_mut(&ino) {
+                Some(cached) => {
+                    if cached.stat != stat {
+                        cached.stat = stat.clone();
+                        cached.validated_at = Instant::now();
+                    }
+                    let keep = stat.etag.is_some() && cached.page_cache_etag == stat.etag;
+                    cached.page_cache_etag = stat.etag.clone();
+                    keep
+                }
+                None => false,
             }
-            stat
         };
         let fh = self.new_handle();
+        let reader = FileReader::new(
+            inode.key,
+            stat,
+            Arc::clone(&self.reader),
+            Arc::clone(&self.options.prefetch_budget),
+            self.runtime.clone(),
+        );
         self.file_handles
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                fh,
-                FileHandleState {
-                    key: inode.key,
-                    stat,
-                },
-            );
-        Ok(fh)
+            .insert(fh, Arc::new(reader));
+        Ok(OpenedFile { fh, keep_cache })
+    }
+
+    fn file_handle(&self, fh: u64) -> Result<Arc<FileReader>, FsError> {
+        self.file_handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::UnknownHandle(fh))
     }
 
     /// Reads `[offset, offset + size)` of open file `fh`, clipped to the size
     /// seen at open; empty at or after the end.
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Bytes, FsError> {
-        let handle = self
-            .file_handles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&fh)
-            .cloned()
-            .ok_or(FsError::UnknownHandle(fh))?;
-        let end = offset.saturating_add(u64::from(size)).min(handle.stat.size);
-        if offset >= end {
-            return Ok(Bytes::new());
-        }
-        let options = GetOptions {
-            if_match: handle.stat.etag.clone(),
-            // Without an ETag, the modification time pins the version.
-            if_unmodified_since: handle
-                .stat
-                .etag
-                .is_none()
-                .then_some(handle.stat.last_modified),
-            range: Some(GetRange::Bounded(offset..end)),
-            ..GetOptions::default()
-        };
-        let key = handle.key.to_string();
-        let fetched = async {
-            let result = self.bucket.store.get_opts(&handle.key, options).await?;
-            let meta = result.meta.clone();
-            let range = result.range.clone();
-            Ok::<_, object_store::Error>((meta, range, result.bytes().await?))
-        }
-        .await;
-        self.observe("get", fetched.is_ok());
-        let (meta, range, data) = fetched.map_err(|source| match source {
-            object_store::Error::Precondition { .. } => FsError::ObjectChanged {
-                key: key.clone(),
-                detail: "etag no longer matches".to_string(),
-            },
-            source => FsError::Store {
-                op: "get",
-                key: key.clone(),
-                source,
-            },
-        })?;
-        // Stores that ignore preconditions still report what they served.
-        let now = ObjectStat::from_meta(&meta);
-        let changed =
-            (handle.stat.etag.is_some() && now.etag.is_some() && now.etag != handle.stat.etag)
-                || now.size != handle.stat.size
-                || (handle.stat.etag.is_none() && now.last_modified != handle.stat.last_modified);
-        if changed || range != (offset..end) || data.len() as u64 != end - offset {
-            return Err(FsError::ObjectChanged {
-                key,
-                detail: format!(
-                    "served {} bytes of size {} etag {:?}, opened at size {} etag {:?}",
-                    data.len(),
-                    now.size,
-                    now.etag,
-                    handle.stat.size,
-                    handle.stat.etag
-                ),
-            });
-        }
-        self.metrics
-            .s3_bytes_read
-            .with_label_values(&[self.options.dataset.as_str()])
-            .inc_by(data.len() as u64);
-        Ok(data)
+        self.file_handle(fh)?.read(offset, size).await
     }
 
-    /// Closes file handle `fh`.
+    /// The read-path counters of open file `fh`.
+    pub fn read_stats(&self, fh: u64) -> Result<ReadStats, FsError> {
+        Ok(self.file_handle(fh)?.stats())
+    }
+
+    /// Closes file handle `fh`; its prefetched parts are dropped.
     pub fn release(&self, fh: u64) {
         self.file_handles
             .lock()
@@ -1019,11 +1015,12 @@ mod tests {
     use object_store::local::LocalFileSystem;
     use object_store::memory::InMemory;
     use object_store::{
-        CopyOptions, GetResult, ListResult, MultipartUpload, ObjectStore, PutMultipartOptions,
-        PutOptions, PutPayload, PutResult,
+        CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectStore,
+        PutMultipartOptions, PutOptions, PutPayload, PutResult,
     };
 
     use super::*;
+    use crate::s3fs::prefetch::MAX_PART;
 
     /// An [`ObjectStore`] that counts the requests it forwards.
     #[derive(Debug)]
@@ -1148,6 +1145,7 @@ mod tests {
         ttl: Duration,
         immutable: bool,
         prefix: &'static str,
+        prefetch_memory: u64,
     }
 
     impl Default for Setup {
@@ -1157,6 +1155,7 @@ mod tests {
                 ttl: Duration::from_secs(60),
                 immutable: false,
                 prefix: "",
+                prefetch_memory: 64 * 1024 * 1024,
             }
         }
     }
@@ -1174,6 +1173,7 @@ mod tests {
                     read_only: self.read_only,
                     metadata_ttl: self.ttl,
                     immutable: self.immutable,
+                    prefetch_budget: PrefetchBudget::new(self.prefetch_memory),
                 },
                 tokio::runtime::Handle::current(),
                 Arc::new(Metrics::new()),
@@ -1214,7 +1214,7 @@ mod tests {
 
     async fn open_read_all(fs: &S3Filesystem, parent: u64, name: &str) -> Vec<u8> {
         let attr = fs.lookup(parent, OsStr::new(name)).await.expect("lookup");
-        let fh = fs.open(attr.ino.0, libc::O_RDONLY).await.expect("open");
+        let fh = fs.open(attr.ino.0, libc::O_RDONLY).await.expect("open").fh;
         let data = fs.read(fh, 0, u32::MAX).await.expect("read");
         fs.release(fh);
         data.to_vec()
@@ -1380,7 +1380,7 @@ mod tests {
         let before = store.requests();
         fs.lookup(ROOT_INODE, OsStr::new("a.txt")).await.unwrap();
         fs.getattr(attr.ino.0).await.unwrap();
-        let fh = fs.open(attr.ino.0, libc::O_RDONLY).await.unwrap();
+        let fh = fs.open(attr.ino.0, libc::O_RDONLY).await.unwrap().fh;
         assert_eq!(store.requests(), before, "no revalidation when immutable");
         assert_eq!(&fs.read(fh, 0, 100).await.unwrap()[..], b"hello");
     }
@@ -1467,6 +1467,45 @@ mod tests {
         fs.releasedir(fh);
         assert_eq!(errno_of(fs.opendir(b.ino.0)), libc::ENOTDIR);
         assert_eq!(errno_of(fs.readdir(12345, 0, ALL).await), libc::EBADF);
+    }
+
+    #[tokio::test]
+    async fn listing_ten_thousand_keys_costs_only_the_listing() {
+        let inner = Arc::new(InMemory::new());
+        for i in 0..10_000 {
+            put(&*inner, &format!("k/f{i:05}"), "x").await;
+        }
+        let store = CountingStore::new(inner);
+        let fs = Setup::default().build(store.clone());
+        let dir = fs.lookup(ROOT_INODE, OsStr::new("k")).await.unwrap();
+        let before = store.requests();
+        // What `ls -l` does: READDIRPLUS in kernel-sized batches, then the
+        // kernel's own stat (getattr) and lookups of every name.
+        let fh = fs.opendir(dir.ino.0).unwrap();
+        let mut offset = 0;
+        let mut listed = Vec::new();
+        loop {
+            let batch = fs.readdirplus(fh, offset, 100).await.unwrap();
+            let Some(last) = batch.last() else { break };
+            offset = last.next_offset;
+            listed.extend(
+                batch
+                    .into_iter()
+                    .filter(|e| e.name != "." && e.name != ".."),
+            );
+        }
+        assert_eq!(listed.len(), 10_000);
+        for entry in &listed {
+            assert_eq!(fs.getattr(entry.attr.ino.0).await.unwrap().size, 1);
+            let again = fs.lookup(dir.ino.0, OsStr::new(&entry.name)).await.unwrap();
+            assert_eq!(again.ino, entry.attr.ino);
+        }
+        fs.releasedir(fh);
+        assert_eq!(
+            store.requests() - before,
+            1,
+            "one (paginated) LIST, no HEAD or GET per entry"
+        );
     }
 
     #[tokio::test]
@@ -1561,7 +1600,7 @@ mod tests {
         put(&*store, "one", vec![42u8]).await;
         let fs = Setup::default().build(store.clone());
         let attr = fs.lookup(ROOT_INODE, OsStr::new("data")).await.unwrap();
-        let fh = fs.open(attr.ino.0, libc::O_RDONLY).await.unwrap();
+        let fh = fs.open(attr.ino.0, libc::O_RDONLY).await.unwrap().fh;
         assert_eq!(fs.read(fh, 0, 4096).await.unwrap(), content[..4096]);
         assert_eq!(fs.read(fh, 5000, 1000).await.unwrap(), content[5000..6000]);
         assert_eq!(fs.read(fh, 9000, 4096).await.unwrap(), content[9000..]);
@@ -1579,22 +1618,172 @@ mod tests {
         assert_eq!(open_read_all(&fs, ROOT_INODE, "zero").await, b"");
         assert_eq!(open_read_all(&fs, ROOT_INODE, "one").await, [42]);
         let one = fs.lookup(ROOT_INODE, OsStr::new("one")).await.unwrap();
-        let fh = fs.open(one.ino.0, libc::O_RDONLY).await.unwrap();
+        let fh = fs.open(one.ino.0, libc::O_RDONLY).await.unwrap().fh;
         assert!(fs.read(fh, 1, 10).await.unwrap().is_empty());
     }
 
     #[tokio::test]
     async fn an_object_replaced_after_open_gives_eio() {
         let store = Arc::new(InMemory::new());
-        put(&*store, "v", "version one").await;
+        let first = pattern(3 * MIB as usize);
+        put(&*store, "v", first.clone()).await;
         let fs = Setup::default().build(store.clone());
         let attr = fs.lookup(ROOT_INODE, OsStr::new("v")).await.unwrap();
-        let fh = fs.open(attr.ino.0, libc::O_RDONLY).await.unwrap();
-        assert_eq!(&fs.read(fh, 0, 7).await.unwrap()[..], b"version");
+        let fh = fs.open(attr.ino.0, libc::O_RDONLY).await.unwrap().fh;
+        assert_eq!(fs.read(fh, 0, 7).await.unwrap(), first[..7]);
         // Same size, different content: only the ETag tells them apart.
-        put(&*store, "v", "VERSION TWO").await;
-        assert_eq!(errno_of(fs.read(fh, 0, 7).await), libc::EIO);
-        assert_eq!(errno_of(fs.read(fh, 8, 3).await), libc::EIO);
+        let mut second = first.clone();
+        second.iter_mut().for_each(|b| *b = b.wrapping_add(1));
+        put(&*store, "v", second).await;
+        // Bytes already fetched for this handle are the opened version's...
+        assert_eq!(fs.read(fh, 7, 100).await.unwrap(), first[7..107]);
+        // ...anything fetched from now on fails, sequential or not.
+        assert_eq!(errno_of(fs.read(fh, 2 * MIB, 4096).await), libc::EIO);
+        assert_eq!(errno_of(fs.read(fh, 3 * MIB - 10, 10).await), libc::EIO);
+        let fresh = fs.open(attr.ino.0, libc::O_RDONLY).await.unwrap().fh;
+        // The cached metadata is still fresh: the new handle is pinned to the
+        // old ETag too, and fails rather than mixing versions.
+        assert_eq!(errno_of(fs.read(fresh, 0, 4096).await), libc::EIO);
+    }
+
+    const MIB: u64 = 1024 * 1024;
+
+    /// Reads `len` bytes of `fh` from `start` in `chunk`-sized reads.
+    async fn read_range(fs: &S3Filesystem, fh: u64, start: u64, len: u64, chunk: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut offset = start;
+        while offset < start + len {
+            let want = u64::from(chunk).min(start + len - offset) as u32;
+            let data = fs.read(fh, offset, want).await.expect("read");
+            if data.is_empty() {
+                break;
+            }
+            offset += data.len() as u64;
+            out.extend_from_slice(&data);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn sequential_reads_prefetch_a_growing_window() {
+        let store = CountingStore::new(Arc::new(InMemory::new()));
+        let size = 40 * MIB + 12_345;
+        let content = pattern(size as usize);
+        put(&*store, "big", content.clone()).await;
+        let budget_bytes = 64 * MIB;
+        let fs = Setup {
+            prefetch_memory: budget_bytes,
+            ..Setup::default()
+        }
+        .build(store.clone());
+        let attr = fs.lookup(ROOT_INODE, OsStr::new("big")).await.unwrap();
+        let fh = fs.open(attr.ino.0, libc::O_RDONLY).await.unwrap().fh;
+        // 100_000 is no divisor of any part size: reads straddle parts.
+        let data = read_range(&fs, fh, 0, size, 100_000).await;
+        assert_eq!(data.len(), content.len());
+        assert!(data == content, "sequential read differs from the object");
+        let stats = fs.read_stats(fh).unwrap();
+        let reads = size.div_ceil(100_000);
+        assert_eq!(stats.direct_reads, 0, "{stats:?}");
+        assert_eq!(stats.window_reads, reads, "{stats:?}");
+        // 1 + 2 + 4 MiB, then 4 MiB parts: about a dozen GETs for 40 MiB.
+        let gets = store.gets.load(Ordering::SeqCst) as u64;
+        assert_eq!(gets, stats.parts_started);
+        assert!(
+            (10..=16).contains(&gets),
+            "{gets} GETs for {size} bytes: the window did not grow to {MAX_PART} parts"
+        );
+        let budget = &fs.options().prefetch_budget;
+        assert!(budget.in_use() > 0, "the window holds budget while open");
+        fs.release(fh);
+        assert_eq!(budget.in_use(), 0, "release gives the budget back");
+    }
+
+    #[tokio::test]
+    async fn random_reads_fetch_exactly_what_they_ask() {
+        let store = CountingStore::new(Arc::new(InMemory::new()));
+        let size = 64 * MIB;
+        let content = pattern(size as usize);
+        put(&*store, "big", content.clone()).await;
+        let fs = Setup::default().build(store.clone());
+        let attr = fs.lookup(ROOT_INODE, OsStr::new("big")).await.unwrap();
+        let fh = fs.open(attr.ino.0, libc::O_RDONLY).await.unwrap().fh;
+        // Far apart, out of order (never within the sequential slack).
+        let offsets = [37, 5, 50, 20, 62, 12, 44, 28].map(|mib| mib * MIB + 4096);
+        for offset in offsets {
+            let data = fs.read(fh, offset, MIB as u32).await.unwrap();
+            let at = offset as usize;
+            assert!(
+                data == content[at..at + MIB as usize],
+                "random read at {offset}"
+            );
+        }
+        let stats = fs.read_stats(fh).unwrap();
+        assert_eq!(stats.direct_reads, offsets.len() as u64, "{stats:?}");
+        assert_eq!(stats.parts_started, 0, "random reads must not prefetch");
+        assert_eq!(store.gets.load(Ordering::SeqCst), offsets.len());
+        assert_eq!(fs.options().prefetch_budget.in_use(), 0);
+        // Reading on from the last random read turns sequential again.
+        let last = offsets[offsets.len() - 1] + MIB;
+        let data = read_range(&fs, fh, last, 3 * MIB, 128 * 1024).await;
+        assert!(data == content[last as usize..(last + 3 * MIB) as usize]);
+        assert!(fs.read_stats(fh).unwrap().parts_started > 0);
+    }
+
+    #[tokio::test]
+    async fn forward_seeks_within_the_window_reuse_it() {
+        let store = CountingStore::new(Arc::new(InMemory::new()));
+        let content = pattern(8 * MIB as usize);
+        put(&*store, "f", content.clone()).await;
+        let fs = Setup::default().build(store.clone());
+        let attr = fs.lookup(ROOT_INODE, OsStr::new("f")).await.unwrap();
+        let fh = fs.open(attr.ino.0, libc::O_RDONLY).await.unwrap().fh;
+        assert!(fs.read(fh, 0, 4096).await.unwrap() == content[..4096]);
+        let gets = store.gets.load(Ordering::SeqCst);
+        // Inside the first window: no new GET for the bytes themselves.
+        let at = 700 * 1024;
+        assert!(fs.read(fh, at, 4096).await.unwrap() == content[at as usize..at as usize + 4096]);
+        let stats = fs.read_stats(fh).unwrap();
+        assert_eq!((stats.window_reads, stats.direct_reads), (2, 0));
+        assert!(store.gets.load(Ordering::SeqCst) >= gets);
+        // Concurrent readers of one handle (the kernel's async readahead).
+        let chunks: Vec<u64> = (0..32).map(|i| MIB + i * 128 * 1024).collect();
+        let reads = futures::future::join_all(
+            chunks
+                .iter()
+                .rev()
+                .map(|&offset| fs.read(fh, offset, 128 * 1024)),
+        )
+        .await;
+        for (offset, data) in chunks.iter().rev().zip(reads) {
+            let at = *offset as usize;
+            assert!(
+                data.unwrap() == content[at..at + 128 * 1024],
+                "chunk at {offset}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_exhausted_budget_still_serves_every_read() {
+        let store = CountingStore::new(Arc::new(InMemory::new()));
+        let size = 5 * MIB + 3;
+        let content = pattern(size as usize);
+        put(&*store, "f", content.clone()).await;
+        let fs = Setup {
+            prefetch_memory: 0,
+            ..Setup::default()
+        }
+        .build(store.clone());
+        let attr = fs.lookup(ROOT_INODE, OsStr::new("f")).await.unwrap();
+        let fh = fs.open(attr.ino.0, libc::O_RDONLY).await.unwrap().fh;
+        let data = read_range(&fs, fh, 0, size, 256 * 1024).await;
+        assert!(data == content);
+        // Nothing ahead: one GET per read, each exactly the read.
+        assert_eq!(
+            store.gets.load(Ordering::SeqCst) as u64,
+            size.div_ceil(256 * 1024)
+        );
     }
 
     fn permission_denied() -> object_store::Error {
@@ -1620,7 +1809,7 @@ mod tests {
         }
         .build(store.clone());
         let file = fs.lookup(ROOT_INODE, OsStr::new("a.txt")).await.unwrap();
-        let fh = fs.open(file.ino.0, libc::O_RDONLY).await.unwrap();
+        let fh = fs.open(file.ino.0, libc::O_RDONLY).await.unwrap().fh;
         let dir_fh = fs.opendir(ROOT_INODE).unwrap();
 
         store.fail_with(Some(permission_denied));
@@ -1750,7 +1939,7 @@ mod tests {
             FileType::RegularFile
         );
 
-        let fh = fs.open(top.ino.0, libc::O_RDONLY).await.unwrap();
+        let fh = fs.open(top.ino.0, libc::O_RDONLY).await.unwrap().fh;
         assert_eq!(fs.read(fh, 4990, 100).await.unwrap(), pattern(5000)[4990..]);
         // Replace the file (new inode, new size): the pinned handle refuses it.
         std::fs::write(root.join("data/top.new"), pattern(6000)).unwrap();

@@ -226,13 +226,17 @@ impl fuser::Filesystem for FuseAdapter {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         self.spawn("open", move |fs| async move {
-            let open_flags = if fs.options().immutable {
-                FopenFlags::FOPEN_KEEP_CACHE
-            } else {
-                FopenFlags::empty()
-            };
             match fs.open(ino.0, flags.0).await {
-                Ok(fh) => reply.opened(FileHandle(fh), open_flags),
+                Ok(opened) => {
+                    // Pages cached from the same ETag stay; otherwise the
+                    // kernel drops them at this open.
+                    let open_flags = if opened.keep_cache {
+                        FopenFlags::FOPEN_KEEP_CACHE
+                    } else {
+                        FopenFlags::empty()
+                    };
+                    reply.opened(FileHandle(opened.fh), open_flags)
+                }
                 Err(err) => reply.error(errno("open", &err)),
             }
         });
@@ -445,16 +449,14 @@ impl fuser::Filesystem for FuseAdapter {
         _size: u32,
         reply: ReplyXattr,
     ) {
-        // Objects carry no extended attributes.
-        reply.error(Errno::ENODATA);
+        // Objects carry no extended attributes. ENOSYS makes the kernel stop
+        // asking (and answer EOPNOTSUPP itself), so `ls -l` of a large
+        // directory costs no round trip per entry.
+        reply.error(Errno::ENOSYS);
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
-        if size == 0 {
-            reply.size(0);
-        } else {
-            reply.data(&[]);
-        }
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
+        reply.error(Errno::ENOSYS);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
@@ -647,6 +649,7 @@ mod tests {
                 read_only: true,
                 metadata_ttl: Duration::from_secs(1),
                 immutable: false,
+                prefetch_budget: crate::s3fs::PrefetchBudget::new(64 * 1024 * 1024),
             },
             runtime.handle().clone(),
             Arc::clone(&metrics),

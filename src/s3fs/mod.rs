@@ -4,7 +4,9 @@
 
 pub mod fs;
 pub mod fuse;
+pub mod prefetch;
 pub mod store;
 
 pub use fs::{FsOptions, S3Filesystem};
+pub use prefetch::PrefetchBudget;
 pub use store::{Bucket, FileEndpointPolicy, StoreError, open_bucket};
