@@ -93,8 +93,10 @@ impl fuser::Filesystem for FuseAdapter {
         let wanted = InitFlags::FUSE_ASYNC_READ
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_DO_READDIRPLUS
-            | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_MAX_PAGES;
+        // Not FUSE_READDIRPLUS_AUTO: attributes come with the listing for
+        // free, and in auto mode the kernel falls back to plain READDIR after
+        // the first batch, so every later open costs a LOOKUP (HEAD + LIST).
         let offered = config.capabilities() & wanted;
         if let Err(unsupported) = config.add_capabilities(offered) {
             tracing::debug!(?unsupported, "kernel refused fuse capabilities");
