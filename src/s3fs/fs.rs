@@ -31,7 +31,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectMeta, ObjectStoreExt};
 
 use crate::metrics::Metrics;
-use crate::s3fs::prefetch::{FileReader, PrefetchBudget, RangeReader, ReadStats};
+use crate::s3fs::prefetch::{FileReader, PrefetchBudget, PrefetchedObject, RangeReader, ReadStats};
 use crate::s3fs::store::Bucket;
 
 /// The inode number of the mount's root (the bucket prefix).
@@ -46,6 +46,15 @@ const MAX_NAME_LEN: usize = 255;
 const IMMUTABLE_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Negative entries kept at most; the cache is cleared when it grows past this.
 const MAX_NEGATIVE_ENTRIES: usize = 100_000;
+/// Directories whose latest listing is kept for scan detection.
+const MAX_SCANNED_DIRECTORIES: usize = 64;
+/// How many files ahead a directory scan fetches.
+const SCAN_AHEAD_FILES: usize = 8;
+/// Files up to this size are fetched ahead of a directory scan.
+const SCAN_AHEAD_MAX_SIZE: u64 = 1024 * 1024;
+/// A scan that has not moved for this long gives its fetched-ahead files
+/// (and their budget) back.
+const SCAN_IDLE: Duration = Duration::from_secs(5);
 
 /// Options of one S3 filesystem.
 #[derive(Debug, Clone)]
@@ -327,6 +336,19 @@ struct DirHandle {
     created: Mutex<Vec<u64>>,
 }
 
+/// A directory being read file after file in listing order.
+#[derive(Debug, Default)]
+struct DirectoryScan {
+    /// The directory's latest listing (sorted by name).
+    listing: Arc<Vec<ListedEntry>>,
+    /// The listing index of the latest open.
+    last_open: Option<usize>,
+    /// Files fetched ahead, by listing index.
+    ahead: HashMap<usize, PrefetchedObject>,
+    /// When the scan last moved.
+    last_active: Option<Instant>,
+}
+
 /// What [`S3Filesystem::open`] hands back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OpenedFile {
@@ -380,6 +402,7 @@ pub struct S3Filesystem {
     dir_handles: Mutex<HashMap<u64, Arc<DirHandle>>>,
     file_handles: Mutex<HashMap<u64, Arc<FileReader>>>,
     reader: Arc<RangeReader>,
+    scans: Mutex<HashMap<u64, DirectoryScan>>,
 }
 
 impl S3Filesystem {
@@ -429,6 +452,7 @@ impl S3Filesystem {
             next_handle: AtomicU64::new(1),
             dir_handles: Mutex::new(HashMap::new()),
             file_handles: Mutex::new(HashMap::new()),
+            scans: Mutex::new(HashMap::new()),
         }
     }
 
@@ -836,7 +860,9 @@ impl S3Filesystem {
         let snapshot = {
             let mut snapshot = handle.snapshot.lock().await;
             if offset == 0 || snapshot.is_none() {
-                *snapshot = Some(Arc::new(self.list_directory(&dir.key).await?));
+                let listing = Arc::new(self.list_directory(&dir.key).await?);
+                self.remember_listing(handle.ino, Arc::clone(&listing));
+                *snapshot = Some(listing);
             }
             snapshot.clone().unwrap_or_default()
         };
@@ -945,6 +971,7 @@ impl S3Filesystem {
                 None => false,
             }
         };
+        let ahead = self.note_open(inode.parent, &inode.name);
         let fh = self.new_handle();
         let reader = FileReader::new(
             inode.key,
@@ -952,12 +979,81 @@ impl S3Filesystem {
             Arc::clone(&self.reader),
             Arc::clone(&self.options.prefetch_budget),
             self.runtime.clone(),
+            ahead,
         );
         self.file_handles
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(fh, Arc::new(reader));
         Ok(OpenedFile { fh, keep_cache })
+    }
+
+    /// Keeps the latest listing of directory `ino` for scan detection (a new
+    /// listing starts a new scan).
+    fn remember_listing(&self, ino: u64, listing: Arc<Vec<ListedEntry>>) {
+        let mut scans = self.scans.lock().unwrap_or_else(|p| p.into_inner());
+        if scans.len() >= MAX_SCANNED_DIRECTORIES && !scans.contains_key(&ino) {
+            scans.clear();
+        }
+        scans.insert(
+            ino,
+            DirectoryScan {
+                listing,
+                ..DirectoryScan::default()
+            },
+        );
+    }
+
+    /// Records an open of `name` in directory `parent`: hands back the object
+    /// if it was fetched ahead, and when the opens follow the listing order
+    /// (this one right after the previous), fetches the next small files.
+    fn note_open(&self, parent: u64, name: &str) -> Option<PrefetchedObject> {
+        let mut scans = self.scans.lock().unwrap_or_else(|p| p.into_inner());
+        for scan in scans.values_mut() {
+            if scan.last_active.is_some_and(|at| at.elapsed() > SCAN_IDLE) {
+                scan.ahead.clear();
+            }
+        }
+        let scan = scans.get_mut(&parent)?;
+        scan.last_active = Some(Instant::now());
+        let index = scan
+            .listing
+            .binary_search_by(|entry| entry.name.as_str().cmp(name))
+            .ok()?;
+        let mine = scan.ahead.remove(&index);
+        let in_order = scan.last_open.is_some_and(|last| index == last + 1);
+        scan.last_open = Some(index);
+        // Fetched-ahead files the scan went past are not coming back.
+        scan.ahead
+            .retain(|&i, _| i > index && i <= index + SCAN_AHEAD_FILES);
+        if in_order {
+            let listing = Arc::clone(&scan.listing);
+            for (i, entry) in listing
+                .iter()
+                .enumerate()
+                .skip(index + 1)
+                .take(SCAN_AHEAD_FILES)
+            {
+                if entry.kind != NodeKind::File
+                    || entry.stat.size == 0
+                    || entry.stat.size > SCAN_AHEAD_MAX_SIZE
+                    || scan.ahead.contains_key(&i)
+                {
+                    continue;
+                }
+                let Some(fetched) = PrefetchedObject::start(
+                    &self.reader,
+                    &self.options.prefetch_budget,
+                    &self.runtime,
+                    &entry.key,
+                    &entry.stat,
+                ) else {
+                    break;
+                };
+                scan.ahead.insert(i, fetched);
+            }
+        }
+        mine
     }
 
     fn file_handle(&self, fh: u64) -> Result<Arc<FileReader>, FsError> {
@@ -1762,6 +1858,52 @@ mod tests {
                 "chunk at {offset}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_directory_read_in_listing_order_fetches_the_next_files_ahead() {
+        let inner = Arc::new(InMemory::new());
+        for i in 0..20 {
+            put(&*inner, &format!("d/f{i:02}"), pattern(1000 + i)).await;
+        }
+        let store = CountingStore::new(inner);
+        let fs = Setup::default().build(store.clone());
+        let dir = fs.lookup(ROOT_INODE, OsStr::new("d")).await.unwrap();
+        let dh = fs.opendir(dir.ino.0).unwrap();
+        let listed = fs.readdirplus(dh, 0, ALL).await.unwrap();
+        fs.releasedir(dh);
+        let files: Vec<_> = listed.iter().filter(|e| e.name.starts_with('f')).collect();
+        let gets_before = store.gets.load(Ordering::SeqCst);
+        let mut served_ahead = 0;
+        for (i, entry) in files.iter().enumerate() {
+            let fh = fs.open(entry.attr.ino.0, libc::O_RDONLY).await.unwrap().fh;
+            let data = fs.read(fh, 0, 1 << 20).await.unwrap();
+            assert!(data == pattern(1000 + i), "content of {}", entry.name);
+            if fs.read_stats(fh).unwrap().parts_started == 0 {
+                served_ahead += 1;
+            }
+            fs.release(fh);
+        }
+        // The first two opens establish the order; the rest were fetched ahead,
+        // each object exactly once.
+        assert_eq!(served_ahead, 18);
+        assert_eq!(store.gets.load(Ordering::SeqCst) - gets_before, 20);
+
+        // Out of order: nothing is fetched ahead.
+        let gets_before = store.gets.load(Ordering::SeqCst);
+        let dh = fs.opendir(dir.ino.0).unwrap();
+        fs.readdirplus(dh, 0, ALL).await.unwrap();
+        fs.releasedir(dh);
+        for entry in files.iter().rev().step_by(3) {
+            let fh = fs.open(entry.attr.ino.0, libc::O_RDONLY).await.unwrap().fh;
+            fs.read(fh, 0, 1 << 20).await.unwrap();
+            fs.release(fh);
+        }
+        assert_eq!(
+            store.gets.load(Ordering::SeqCst) - gets_before,
+            files.iter().rev().step_by(3).count()
+        );
+        assert_eq!(fs.options().prefetch_budget.in_use(), 0);
     }
 
     #[tokio::test]

@@ -14,6 +14,9 @@
 //! - prefetched bytes are counted against one [`PrefetchBudget`] shared by all
 //!   mounts of the agent: when it is spent, reads still get the bytes they ask
 //!   for, only nothing more is fetched ahead;
+//! - when a directory is read file after file in listing order, the next few
+//!   small files are fetched whole before they are opened
+//!   ([`PrefetchedObject`], same budget, same ETag pinning);
 //! - every GET carries `If-Match` with the ETag seen at open (or
 //!   `If-Unmodified-Since` without one), and the reply's metadata is checked
 //!   again: an object replaced under an open handle fails the read with EIO.
@@ -219,14 +222,20 @@ pub struct FileReader {
 }
 
 impl FileReader {
-    /// A reader of `key` pinned to `stat`.
+    /// A reader of `key` pinned to `stat`; `ahead` is the object fetched
+    /// before the open, used if it is the same version.
     pub fn new(
         key: ObjectPath,
         stat: ObjectStat,
         reader: Arc<RangeReader>,
         budget: Arc<PrefetchBudget>,
         runtime: tokio::runtime::Handle,
+        ahead: Option<PrefetchedObject>,
     ) -> Self {
+        let mut parts = VecDeque::new();
+        if let Some(ahead) = ahead.filter(|a| a.stat == stat) {
+            parts.push_back(ahead.part);
+        }
         FileReader {
             key,
             stat,
@@ -234,7 +243,7 @@ impl FileReader {
             budget,
             runtime,
             state: Mutex::new(ReadState {
-                parts: VecDeque::new(),
+                parts,
                 frontier: None,
                 window: INITIAL_WINDOW,
             }),
@@ -410,23 +419,67 @@ impl FileReader {
     /// Starts the GET of `range` on the runtime, so it proceeds whether or
     /// not anybody waits for it yet.
     fn start_part(&self, range: Range<u64>) -> PartData {
-        let reader = Arc::clone(&self.reader);
-        let key = self.key.clone();
-        let stat = self.stat.clone();
-        let task = self
-            .runtime
-            .spawn(async move { reader.get(&key, &stat, range).await.map_err(Arc::new) });
-        let key = self.key.to_string();
-        async move {
-            match task.await {
-                Ok(result) => result,
-                Err(join) => Err(Arc::new(FsError::ObjectChanged {
-                    key,
-                    detail: format!("prefetch task ended: {join}"),
-                })),
-            }
+        spawn_part(&self.reader, &self.runtime, &self.key, &self.stat, range)
+    }
+}
+
+fn spawn_part(
+    reader: &Arc<RangeReader>,
+    runtime: &tokio::runtime::Handle,
+    key: &ObjectPath,
+    stat: &ObjectStat,
+    range: Range<u64>,
+) -> PartData {
+    let reader = Arc::clone(reader);
+    let task_key = key.clone();
+    let task_stat = stat.clone();
+    let task = runtime.spawn(async move {
+        reader
+            .get(&task_key, &task_stat, range)
+            .await
+            .map_err(Arc::new)
+    });
+    let key = key.to_string();
+    async move {
+        match task.await {
+            Ok(result) => result,
+            Err(join) => Err(Arc::new(FsError::PrefetchAborted {
+                key,
+                detail: format!("prefetch task ended: {join}"),
+            })),
         }
-        .boxed()
-        .shared()
+    }
+    .boxed()
+    .shared()
+}
+
+/// A whole small object fetched ahead of its open, because its directory is
+/// being read file after file in listing order.
+#[derive(Debug)]
+pub struct PrefetchedObject {
+    stat: ObjectStat,
+    part: Part,
+}
+
+impl PrefetchedObject {
+    /// Starts fetching all of `key` (pinned to `stat`, as listed) if the budget
+    /// allows; `None` otherwise.
+    pub fn start(
+        reader: &Arc<RangeReader>,
+        budget: &PrefetchBudget,
+        runtime: &tokio::runtime::Handle,
+        key: &ObjectPath,
+        stat: &ObjectStat,
+    ) -> Option<Self> {
+        let permit = budget.try_reserve(stat.size)?;
+        let range = 0..stat.size;
+        Some(PrefetchedObject {
+            stat: stat.clone(),
+            part: Part {
+                data: spawn_part(reader, runtime, key, stat, range.clone()),
+                range,
+                _permit: Some(permit),
+            },
+        })
     }
 }
