@@ -527,12 +527,20 @@ impl MountTool for Hotmount<'_> {
         let (_, body) = self.node.call("GET", "/metrics", None);
         let text = body.as_str().unwrap_or_default();
         text.lines()
-            .filter(|l| l.starts_with("hotmount_s3_requests_total{") && l.contains("\"bench\""))
+            .filter(|l| {
+                (l.starts_with("hotmount_s3_requests_total{")
+                    || l.starts_with("hotmount_fuse_requests_total{"))
+                    && l.contains("\"bench\"")
+            })
             .filter_map(|l| {
                 let op = l.split("op=\"").nth(1)?.split('"').next()?;
-                let result = l.split("result=\"").nth(1)?.split('"').next()?;
+                let result = l
+                    .split("result=\"")
+                    .nth(1)
+                    .and_then(|r| r.split('"').next())
+                    .map_or("fuse".to_string(), |r| format!("s3 {r}"));
                 let count = l.rsplit(' ').next()?;
-                Some(format!("{op}/{result}={count}"))
+                Some(format!("{result} {op}={count}"))
             })
             .collect::<Vec<_>>()
             .join(" ")

@@ -41,7 +41,7 @@ pub const DEFAULT_PREFETCH_MEMORY: u64 = 512 * 1024 * 1024;
 /// The first prefetch window of a sequential reader.
 pub const INITIAL_WINDOW: u64 = 1024 * 1024;
 /// The largest prefetch window of one handle.
-pub const MAX_WINDOW: u64 = 16 * 1024 * 1024;
+pub const MAX_WINDOW: u64 = 32 * 1024 * 1024;
 /// The longest single ranged GET a prefetch issues.
 pub const MAX_PART: u64 = 4 * 1024 * 1024;
 /// How far from the furthest byte served a read may land and still count as
