@@ -33,6 +33,7 @@ use object_store::{ObjectMeta, ObjectStoreExt};
 use crate::metrics::Metrics;
 use crate::s3fs::prefetch::{FileReader, PrefetchBudget, PrefetchedObject, RangeReader, ReadStats};
 use crate::s3fs::store::Bucket;
+use crate::s3fs::write::ObjectWriter;
 
 /// The inode number of the mount's root (the bucket prefix).
 pub const ROOT_INODE: u64 = 1;
@@ -122,6 +123,28 @@ pub enum FsError {
         /// What differed.
         detail: String,
     },
+    /// A write anywhere but at the end of a file being written.
+    #[error("write {key} at {offset}: files are written sequentially, the end is at {end}")]
+    NotSequential {
+        /// The object.
+        key: String,
+        /// Where the write was aimed.
+        offset: u64,
+        /// Where the file ends.
+        end: u64,
+    },
+    /// Overwriting (or truncating, or reopening for writing) an object.
+    #[error("{key}: existing objects cannot be overwritten or modified")]
+    Overwrite {
+        /// The object.
+        key: String,
+    },
+    /// The name exists already.
+    #[error("{0}: file exists")]
+    Exists(String),
+    /// A directory that still holds entries.
+    #[error("{0}: directory not empty")]
+    NotEmpty(String),
     /// A prefetched part failed; every read that waited for it gets this.
     #[error("{0}")]
     Shared(Arc<FsError>),
@@ -158,6 +181,10 @@ impl FsError {
             FsError::ReadOnly { .. } => libc::EROFS,
             FsError::NotSupported { .. } => libc::EOPNOTSUPP,
             FsError::ObjectChanged { .. } | FsError::PrefetchAborted { .. } => libc::EIO,
+            FsError::NotSequential { .. } => libc::EINVAL,
+            FsError::Overwrite { .. } => libc::EPERM,
+            FsError::Exists(_) => libc::EEXIST,
+            FsError::NotEmpty(_) => libc::ENOTEMPTY,
             FsError::Shared(inner) => inner.errno(),
             FsError::Store { source, .. } => match source {
                 object_store::Error::NotFound { .. } => libc::ENOENT,
@@ -174,7 +201,14 @@ impl FsError {
     pub fn is_expected(&self) -> bool {
         matches!(
             self.errno(),
-            libc::ENOENT | libc::ENAMETOOLONG | libc::EROFS | libc::ENOTDIR | libc::EISDIR
+            libc::ENOENT
+                | libc::ENAMETOOLONG
+                | libc::EROFS
+                | libc::ENOTDIR
+                | libc::EISDIR
+                | libc::EEXIST
+                | libc::ENOTEMPTY
+                | libc::EPERM
         )
     }
 }
@@ -231,6 +265,9 @@ struct Inode {
     lookups: u64,
     /// The ETag of the version whose pages the kernel may hold (set at open).
     page_cache_etag: Option<String>,
+    /// Created through this mount and not (yet) seen in the store: a file
+    /// being written, or a directory made by mkdir. Never expires.
+    local: bool,
 }
 
 /// Inodes by number and by (parent, name), plus negative entries.
@@ -253,6 +290,7 @@ impl InodeTable {
         key: ObjectPath,
         kind: NodeKind,
         stat: ObjectStat,
+        local: bool,
     ) -> u64 {
         let slot = (parent, name.to_string());
         self.negative.remove(&slot);
@@ -262,6 +300,7 @@ impl InodeTable {
                 if inode.kind == kind {
                     inode.stat = stat;
                     inode.validated_at = now;
+                    inode.local = local;
                     return ino;
                 }
             }
@@ -279,6 +318,7 @@ impl InodeTable {
                 validated_at: now,
                 lookups: 0,
                 page_cache_etag: None,
+                local,
             },
         );
         self.children.insert(slot, ino);
@@ -323,6 +363,8 @@ struct ListedEntry {
     key: ObjectPath,
     kind: NodeKind,
     stat: ObjectStat,
+    /// Created through this mount, not in the store's listing (yet).
+    local: bool,
 }
 
 /// An open directory: the listing taken at the first read (offset 0), so that
@@ -403,6 +445,7 @@ pub struct S3Filesystem {
     file_handles: Mutex<HashMap<u64, Arc<FileReader>>>,
     reader: Arc<RangeReader>,
     scans: Mutex<HashMap<u64, DirectoryScan>>,
+    writers: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<ObjectWriter>>>>,
 }
 
 impl S3Filesystem {
@@ -429,6 +472,7 @@ impl S3Filesystem {
                 validated_at: Instant::now(),
                 lookups: 1,
                 page_cache_etag: None,
+                local: false,
             },
         );
         let reader = Arc::new(RangeReader::new(
@@ -453,6 +497,7 @@ impl S3Filesystem {
             dir_handles: Mutex::new(HashMap::new()),
             file_handles: Mutex::new(HashMap::new()),
             scans: Mutex::new(HashMap::new()),
+            writers: Mutex::new(HashMap::new()),
         }
     }
 
@@ -633,7 +678,7 @@ impl S3Filesystem {
         {
             let table = self.table();
             if let Some(inode) = table.children.get(&slot).and_then(|i| table.inodes.get(i)) {
-                if self.is_fresh(inode.validated_at) {
+                if inode.local || self.is_fresh(inode.validated_at) {
                     let ino = table.children[&slot];
                     drop(table);
                     return self.reference(ino);
@@ -663,7 +708,7 @@ impl S3Filesystem {
         let mut table = self.table();
         match found {
             Some((kind, stat)) => {
-                let ino = table.upsert(parent, name, key, kind, stat);
+                let ino = table.upsert(parent, name, key, kind, stat, false);
                 let inode = table
                     .inodes
                     .get_mut(&ino)
@@ -703,7 +748,7 @@ impl S3Filesystem {
     /// The attributes of `ino`, revalidated with a HEAD when the cache expired.
     pub async fn getattr(&self, ino: u64) -> Result<FileAttr, FsError> {
         let inode = self.inode(ino)?;
-        if inode.kind == NodeKind::Directory || self.is_fresh(inode.validated_at) {
+        if inode.kind == NodeKind::Directory || inode.local || self.is_fresh(inode.validated_at) {
             return Ok(self.attr_of(ino, &inode));
         }
         let meta = self
@@ -791,6 +836,7 @@ impl S3Filesystem {
                 kind: NodeKind::Directory,
                 stat: ObjectStat::directory(self.mounted_at),
                 key: common,
+                local: false,
             });
         }
         for object in listed.objects {
@@ -810,6 +856,7 @@ impl S3Filesystem {
                 kind: NodeKind::File,
                 stat: ObjectStat::from_meta(&object),
                 key: object.location.clone(),
+                local: false,
             });
         }
         entries.sort_by(|a, b| a.name.cmp(&b.name));
@@ -860,7 +907,9 @@ impl S3Filesystem {
         let snapshot = {
             let mut snapshot = handle.snapshot.lock().await;
             if offset == 0 || snapshot.is_none() {
-                let listing = Arc::new(self.list_directory(&dir.key).await?);
+                let mut listing = self.list_directory(&dir.key).await?;
+                self.add_local_children(handle.ino, &mut listing);
+                let listing = Arc::new(listing);
                 self.remember_listing(handle.ino, Arc::clone(&listing));
                 *snapshot = Some(listing);
             }
@@ -898,6 +947,7 @@ impl S3Filesystem {
                 entry.key.clone(),
                 entry.kind,
                 entry.stat.clone(),
+                entry.local,
             );
             if !known {
                 created.push(ino);
@@ -924,8 +974,8 @@ impl S3Filesystem {
         Ok(out)
     }
 
-    /// Refuses a modification: EROFS on a read-only mount, otherwise
-    /// EOPNOTSUPP (writes are not implemented yet).
+    /// Refuses a modification this filesystem does not do: EROFS on a
+    /// read-only mount, otherwise EOPNOTSUPP (rename, links, xattrs...).
     pub fn refuse_modification(&self, op: &'static str, target: String) -> FsError {
         if self.options.read_only {
             FsError::ReadOnly { op, target }
@@ -940,7 +990,15 @@ impl S3Filesystem {
         let inode = self.inode(ino)?;
         let writes = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         if writes {
-            return Err(self.refuse_modification("open for writing", inode.key.to_string()));
+            if self.options.read_only {
+                return Err(self.refuse_modification("open for writing", inode.key.to_string()));
+            }
+            if inode.kind == NodeKind::Directory {
+                return Err(FsError::IsADirectory(inode.key.to_string()));
+            }
+            return Err(FsError::Overwrite {
+                key: inode.key.to_string(),
+            });
         }
         if inode.kind != NodeKind::File {
             return Err(FsError::IsADirectory(inode.key.to_string()));
@@ -1082,6 +1140,281 @@ impl S3Filesystem {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&fh);
+    }
+
+    /// The writer behind handle `fh`, if it is a file being written.
+    fn writer(&self, fh: u64) -> Option<Arc<tokio::sync::Mutex<ObjectWriter>>> {
+        self.writers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh)
+            .cloned()
+    }
+
+    /// Whether `fh` is a file being written (its release completes it).
+    pub fn is_writer(&self, fh: u64) -> bool {
+        self.writer(fh).is_some()
+    }
+
+    /// Adds the children of directory `ino` created through this mount and
+    /// not in the store's listing (yet) to `listing`.
+    fn add_local_children(&self, ino: u64, listing: &mut Vec<ListedEntry>) {
+        let table = self.table();
+        let mut added = false;
+        for ((parent, name), child) in &table.children {
+            if *parent != ino {
+                continue;
+            }
+            let Some(inode) = table.inodes.get(child) else {
+                continue;
+            };
+            if !inode.local || listing.iter().any(|entry| &entry.name == name) {
+                continue;
+            }
+            listing.push(ListedEntry {
+                name: name.clone(),
+                key: inode.key.clone(),
+                kind: inode.kind,
+                stat: inode.stat.clone(),
+                local: true,
+            });
+            added = true;
+        }
+        if added {
+            listing.sort_by(|a, b| a.name.cmp(&b.name));
+        }
+    }
+
+    /// What `name` in `parent` is now (cache, else the store), without a
+    /// kernel reference; `None` when it does not exist.
+    async fn existing(&self, parent: u64, name: &OsStr) -> Result<Option<(u64, Inode)>, FsError> {
+        match self.lookup(parent, name).await {
+            Ok(attr) => {
+                let ino = attr.ino.0;
+                let inode = self.inode(ino)?;
+                self.forget(ino, 1);
+                Ok(Some((ino, inode)))
+            }
+            Err(FsError::NotFound { .. }) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Checks a modification of `name` in `parent`: a writable mount, a
+    /// directory parent, a valid name; returns the parent and the name.
+    fn modification_target<'n>(
+        &self,
+        op: &'static str,
+        parent: u64,
+        name: &'n OsStr,
+    ) -> Result<(Inode, &'n str, String), FsError> {
+        let parent_inode = self.inode(parent)?;
+        let target = format!("{}/{}", parent_inode.key, name.to_string_lossy());
+        if self.options.read_only {
+            return Err(self.refuse_modification(op, target));
+        }
+        if parent_inode.kind != NodeKind::Directory {
+            return Err(FsError::NotADirectory(parent_inode.key.to_string()));
+        }
+        let text = Self::validate_name(name)?;
+        Ok((parent_inode, text, target))
+    }
+
+    /// Creates file `name` in `parent`, open for sequential writing; the
+    /// object appears in the bucket when the handle is flushed (closed). The
+    /// kernel holds one reference to the new inode.
+    pub async fn create(&self, parent: u64, name: &OsStr) -> Result<(FileAttr, u64), FsError> {
+        let (parent_inode, text, target) = self.modification_target("create", parent, name)?;
+        if self.existing(parent, name).await?.is_some() {
+            return Err(FsError::Exists(target));
+        }
+        let key = Self::child_key(&parent_inode.key, text)
+            .ok_or_else(|| FsError::InvalidName(text.to_string()))?;
+        let stat = ObjectStat {
+            size: 0,
+            last_modified: Utc::now(),
+            etag: None,
+        };
+        let (ino, attr) = {
+            let mut table = self.table();
+            let ino = table.upsert(parent, text, key.clone(), NodeKind::File, stat, true);
+            let inode = table
+                .inodes
+                .get_mut(&ino)
+                .ok_or(FsError::UnknownInode(ino))?;
+            inode.lookups += 1;
+            (ino, self.attr_of(ino, inode))
+        };
+        let fh = self.new_handle();
+        let writer = ObjectWriter::new(Arc::clone(&self.bucket.store), key, ino);
+        self.writers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(fh, Arc::new(tokio::sync::Mutex::new(writer)));
+        Ok((attr, fh))
+    }
+
+    /// Writes `data` at `offset` of the new file behind `fh`: only at its
+    /// current end (EINVAL elsewhere). Returns the bytes taken.
+    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
+        let writer = self.writer(fh).ok_or(FsError::UnknownHandle(fh))?;
+        let mut writer = writer.lock().await;
+        let size = writer.write(offset, data).await;
+        self.observe("put_part", size.is_ok());
+        let size = size?;
+        if let Some(inode) = self.table().inodes.get_mut(&writer.ino) {
+            inode.stat.size = size;
+        }
+        Ok(data.len() as u32)
+    }
+
+    /// Completes the object written through `fh` (on close); nothing for
+    /// read handles. A failed upload leaves no object and no name.
+    pub async fn flush(&self, fh: u64) -> Result<(), FsError> {
+        let Some(writer) = self.writer(fh) else {
+            return Ok(());
+        };
+        let mut writer = writer.lock().await;
+        let finished = writer.finish().await;
+        self.observe("put", finished.is_ok());
+        let mut table = self.table();
+        match finished {
+            Ok(stat) => {
+                if let Some(inode) = table.inodes.get_mut(&writer.ino) {
+                    inode.stat = stat;
+                    inode.validated_at = Instant::now();
+                    inode.local = false;
+                }
+                Ok(())
+            }
+            Err(err) => {
+                if let Some(inode) = table.inodes.get(&writer.ino).cloned() {
+                    if inode.local {
+                        table.insert_negative(inode.parent, &inode.name);
+                    }
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Closes the written file `fh`, completing it if no flush did.
+    pub async fn release_writer(&self, fh: u64) {
+        if let Err(err) = self.flush(fh).await {
+            tracing::warn!(error = %err, "completing a written file at release");
+        }
+        self.writers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh);
+    }
+
+    /// Deletes the object `name` in `parent`.
+    pub async fn unlink(&self, parent: u64, name: &OsStr) -> Result<(), FsError> {
+        let (_, text, target) = self.modification_target("unlink", parent, name)?;
+        let Some((_, inode)) = self.existing(parent, name).await? else {
+            return Err(FsError::NotFound { key: target });
+        };
+        if inode.kind == NodeKind::Directory {
+            return Err(FsError::IsADirectory(target));
+        }
+        if inode.local {
+            // Still being written: it is no object yet.
+            return Err(FsError::Overwrite { key: target });
+        }
+        let deleted = self.bucket.store.delete(&inode.key).await;
+        match deleted {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => self.observe("delete", true),
+            Err(source) => {
+                self.observe("delete", false);
+                return Err(FsError::Store {
+                    op: "delete",
+                    key: inode.key.to_string(),
+                    source,
+                });
+            }
+        }
+        self.table().insert_negative(parent, text);
+        Ok(())
+    }
+
+    /// Makes directory `name` in `parent`. S3 has no directories: it lives in
+    /// this mount until a file written below it makes it a key prefix. The
+    /// kernel holds one reference to the new inode.
+    pub async fn mkdir(&self, parent: u64, name: &OsStr) -> Result<FileAttr, FsError> {
+        let (parent_inode, text, target) = self.modification_target("mkdir", parent, name)?;
+        if self.existing(parent, name).await?.is_some() {
+            return Err(FsError::Exists(target));
+        }
+        let key = Self::child_key(&parent_inode.key, text)
+            .ok_or_else(|| FsError::InvalidName(text.to_string()))?;
+        let mut table = self.table();
+        let stat = ObjectStat::directory(Utc::now());
+        let ino = table.upsert(parent, text, key, NodeKind::Directory, stat, true);
+        let inode = table
+            .inodes
+            .get_mut(&ino)
+            .ok_or(FsError::UnknownInode(ino))?;
+        inode.lookups += 1;
+        Ok(self.attr_of(ino, inode))
+    }
+
+    /// Removes the empty directory `name` in `parent` (ENOTEMPTY while any
+    /// key lives below it or anything was created in it here).
+    pub async fn rmdir(&self, parent: u64, name: &OsStr) -> Result<(), FsError> {
+        let (_, text, target) = self.modification_target("rmdir", parent, name)?;
+        let Some((ino, inode)) = self.existing(parent, name).await? else {
+            return Err(FsError::NotFound { key: target });
+        };
+        if inode.kind != NodeKind::Directory {
+            return Err(FsError::NotADirectory(target));
+        }
+        if self.has_keys_below(&inode.key).await? {
+            return Err(FsError::NotEmpty(target));
+        }
+        let mut table = self.table();
+        let local_children = table
+            .children
+            .iter()
+            .any(|((p, _), child)| *p == ino && table.inodes.get(child).is_some_and(|c| c.local));
+        if local_children {
+            return Err(FsError::NotEmpty(target));
+        }
+        table.insert_negative(parent, text);
+        Ok(())
+    }
+
+    /// Changes attributes of `ino`. Objects keep only what S3 keeps: times
+    /// are accepted and ignored (an object's time is its upload), a size
+    /// equal to the current one is a no-op; a different size fails with
+    /// EPERM, ownership and mode changes with EOPNOTSUPP.
+    pub async fn setattr(
+        &self,
+        ino: u64,
+        size: Option<u64>,
+        changes_mode_or_owner: bool,
+    ) -> Result<FileAttr, FsError> {
+        let inode = self.inode(ino)?;
+        if self.options.read_only {
+            return Err(self.refuse_modification("setattr", inode.key.to_string()));
+        }
+        if changes_mode_or_owner {
+            return Err(FsError::NotSupported {
+                op: "chmod/chown",
+                target: inode.key.to_string(),
+            });
+        }
+        if let Some(size) = size {
+            if inode.kind == NodeKind::Directory {
+                return Err(FsError::IsADirectory(inode.key.to_string()));
+            }
+            if size != inode.stat.size {
+                return Err(FsError::Overwrite {
+                    key: inode.key.to_string(),
+                });
+            }
+        }
+        self.getattr(ino).await
     }
 
     /// Numbers for statfs: an object store has no real capacity, so large
@@ -2032,8 +2365,191 @@ mod tests {
         }
         .build(sample_store().await);
         assert_eq!(
-            writable.refuse_modification("mkdir", "x".into()).errno(),
+            writable.refuse_modification("rename", "x".into()).errno(),
             libc::EOPNOTSUPP
+        );
+    }
+
+    fn writable() -> Setup {
+        Setup {
+            read_only: false,
+            ..Setup::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn read_only_mounts_refuse_every_write_operation() {
+        let fs = Setup::default().build(sample_store().await);
+        let name = OsStr::new("new");
+        assert_eq!(errno_of(fs.create(ROOT_INODE, name).await), libc::EROFS);
+        assert_eq!(errno_of(fs.mkdir(ROOT_INODE, name).await), libc::EROFS);
+        assert_eq!(
+            errno_of(fs.unlink(ROOT_INODE, OsStr::new("a.txt")).await),
+            libc::EROFS
+        );
+        assert_eq!(
+            errno_of(fs.rmdir(ROOT_INODE, OsStr::new("dir")).await),
+            libc::EROFS
+        );
+        let file = fs.lookup(ROOT_INODE, OsStr::new("a.txt")).await.unwrap();
+        assert_eq!(
+            errno_of(fs.setattr(file.ino.0, Some(0), false).await),
+            libc::EROFS
+        );
+    }
+
+    #[tokio::test]
+    async fn new_files_are_written_sequentially_and_appear_on_flush() {
+        let store = Arc::new(InMemory::new());
+        put(&*store, "dir/old", "old").await;
+        let fs = writable().build(store.clone());
+        let dir = fs.lookup(ROOT_INODE, OsStr::new("dir")).await.unwrap();
+        // Small: one PUT at flush. Large: a multipart upload of several parts.
+        let small = pattern(1000);
+        let large = pattern(2 * crate::s3fs::write::WRITE_PART_SIZE + 12_345);
+        for (name, content) in [("small", &small), ("large", &large), ("empty", &vec![])] {
+            let (attr, fh) = fs.create(dir.ino.0, OsStr::new(name)).await.unwrap();
+            assert_eq!(attr.size, 0);
+            for chunk in content.chunks(1 << 20) {
+                let at = fs.getattr(attr.ino.0).await.unwrap().size;
+                assert_eq!(fs.write(fh, at, chunk).await.unwrap() as usize, chunk.len());
+            }
+            // Visible in the mount while written, not yet in the bucket.
+            let listing = {
+                let dh = fs.opendir(dir.ino.0).unwrap();
+                let entries = fs.readdir(dh, 0, ALL).await.unwrap();
+                fs.releasedir(dh);
+                entries
+            };
+            assert!(names(&listing).contains(&name), "{:?}", names(&listing));
+            let key = ObjectPath::from(format!("dir/{name}"));
+            assert!(
+                store.head(&key).await.is_err(),
+                "{name} uploaded before flush"
+            );
+            fs.flush(fh).await.unwrap();
+            fs.release_writer(fh).await;
+            let stored = store.get(&key).await.unwrap().bytes().await.unwrap();
+            assert!(stored == content[..], "stored {name} differs");
+            assert_eq!(open_read_all(&fs, dir.ino.0, name).await, *content);
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_that_s3_cannot_do_fail_with_clear_errnos() {
+        let store = Arc::new(InMemory::new());
+        put(&*store, "old", "old").await;
+        put(&*store, "full/x", "x").await;
+        let fs = writable().build(store.clone());
+        let old = fs.lookup(ROOT_INODE, OsStr::new("old")).await.unwrap();
+        // Overwrite in place, truncate, reopen for writing: EPERM.
+        for flags in [libc::O_WRONLY, libc::O_RDWR, libc::O_RDONLY | libc::O_TRUNC] {
+            assert_eq!(errno_of(fs.open(old.ino.0, flags).await), libc::EPERM);
+        }
+        assert_eq!(
+            errno_of(fs.setattr(old.ino.0, Some(0), false).await),
+            libc::EPERM
+        );
+        assert_eq!(
+            errno_of(fs.setattr(old.ino.0, None, true).await),
+            libc::EOPNOTSUPP
+        );
+        // Times alone are accepted (and ignored), as is the same size.
+        assert_eq!(fs.setattr(old.ino.0, Some(3), false).await.unwrap().size, 3);
+        // Creating an existing name: EEXIST.
+        assert_eq!(
+            errno_of(fs.create(ROOT_INODE, OsStr::new("old")).await),
+            libc::EEXIST
+        );
+        assert_eq!(
+            errno_of(fs.mkdir(ROOT_INODE, OsStr::new("full")).await),
+            libc::EEXIST
+        );
+        // Random writes: EINVAL; the file stays writable at its end.
+        let (_, fh) = fs.create(ROOT_INODE, OsStr::new("seq")).await.unwrap();
+        fs.write(fh, 0, b"abc").await.unwrap();
+        assert_eq!(errno_of(fs.write(fh, 10, b"x").await), libc::EINVAL);
+        assert_eq!(errno_of(fs.write(fh, 1, b"x").await), libc::EINVAL);
+        fs.write(fh, 3, b"def").await.unwrap();
+        fs.flush(fh).await.unwrap();
+        // After completion the object is not appended to.
+        assert_eq!(errno_of(fs.write(fh, 6, b"g").await), libc::EPERM);
+        fs.release_writer(fh).await;
+        assert_eq!(open_read_all(&fs, ROOT_INODE, "seq").await, b"abcdef");
+        // Non-empty directory: ENOTEMPTY; unlink of a directory: EISDIR;
+        // rmdir of a file: ENOTDIR; missing names: ENOENT.
+        assert_eq!(
+            errno_of(fs.rmdir(ROOT_INODE, OsStr::new("full")).await),
+            libc::ENOTEMPTY
+        );
+        assert_eq!(
+            errno_of(fs.unlink(ROOT_INODE, OsStr::new("full")).await),
+            libc::EISDIR
+        );
+        assert_eq!(
+            errno_of(fs.rmdir(ROOT_INODE, OsStr::new("old")).await),
+            libc::ENOTDIR
+        );
+        assert_eq!(
+            errno_of(fs.unlink(ROOT_INODE, OsStr::new("nope")).await),
+            libc::ENOENT
+        );
+        assert_eq!(
+            fs.refuse_modification("rename", "x".into()).errno(),
+            libc::EOPNOTSUPP
+        );
+    }
+
+    #[tokio::test]
+    async fn unlink_mkdir_and_rmdir() {
+        let store = Arc::new(InMemory::new());
+        put(&*store, "a", "a").await;
+        let fs = writable().build(store.clone());
+        fs.unlink(ROOT_INODE, OsStr::new("a")).await.unwrap();
+        assert!(store.head(&ObjectPath::from("a")).await.is_err());
+        assert_eq!(
+            errno_of(fs.lookup(ROOT_INODE, OsStr::new("a")).await),
+            libc::ENOENT
+        );
+        // A new directory lives in the mount, a file written in it makes it a prefix.
+        let made = fs.mkdir(ROOT_INODE, OsStr::new("d")).await.unwrap();
+        assert_eq!(made.kind, FileType::Directory);
+        let found = fs.lookup(ROOT_INODE, OsStr::new("d")).await.unwrap();
+        assert_eq!(found.ino, made.ino);
+        let (_, fh) = fs.create(made.ino.0, OsStr::new("f")).await.unwrap();
+        assert_eq!(
+            errno_of(fs.rmdir(ROOT_INODE, OsStr::new("d")).await),
+            libc::ENOTEMPTY,
+            "a file being written keeps its directory"
+        );
+        fs.write(fh, 0, b"data").await.unwrap();
+        fs.release_writer(fh).await;
+        assert_eq!(
+            store
+                .get(&ObjectPath::from("d/f"))
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap(),
+            "data"
+        );
+        assert_eq!(
+            errno_of(fs.rmdir(ROOT_INODE, OsStr::new("d")).await),
+            libc::ENOTEMPTY
+        );
+        fs.unlink(made.ino.0, OsStr::new("f")).await.unwrap();
+        fs.rmdir(ROOT_INODE, OsStr::new("d")).await.unwrap();
+        assert_eq!(
+            errno_of(fs.lookup(ROOT_INODE, OsStr::new("d")).await),
+            libc::ENOENT
+        );
+        // An empty new directory goes with rmdir too.
+        fs.mkdir(ROOT_INODE, OsStr::new("e")).await.unwrap();
+        fs.rmdir(ROOT_INODE, OsStr::new("e")).await.unwrap();
+        assert_eq!(
+            errno_of(fs.lookup(ROOT_INODE, OsStr::new("e")).await),
+            libc::ENOENT
         );
     }
 

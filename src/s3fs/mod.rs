@@ -6,6 +6,7 @@ pub mod fs;
 pub mod fuse;
 pub mod prefetch;
 pub mod store;
+pub mod write;
 
 pub use fs::{FsOptions, S3Filesystem};
 pub use prefetch::PrefetchBudget;

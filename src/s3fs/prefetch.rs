@@ -135,6 +135,11 @@ impl RangeReader {
                 key: key.to_string(),
                 detail: "etag no longer matches".to_string(),
             },
+            // An open file whose object was deleted: EIO, like a change.
+            object_store::Error::NotFound { .. } => FsError::ObjectChanged {
+                key: key.to_string(),
+                detail: "object deleted".to_string(),
+            },
             source => FsError::Store {
                 op: "get",
                 key: key.to_string(),
