@@ -442,6 +442,25 @@ fn peak_rss_mib(pid: u32) -> f64 {
         .map_or(f64::NAN, |kib| kib / 1024.0)
 }
 
+/// CPU seconds (user + system) `pid` has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime is the
+    // 12th, stime the 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
+        .sum();
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks / hz
+}
+
 /// Resets the peak RSS counter of `pid` (clear_refs 5).
 fn reset_peak_rss(pid: u32) {
     let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
@@ -663,12 +682,14 @@ fn run_tool(tool: &mut dyn MountTool, sizes: &Sizes, results: &mut Results) {
         let (mount, pid) = tool.mount();
         drop_caches();
         reset_peak_rss(pid);
+        let cpu_before = cpu_seconds(pid);
         let figure = through_mount(&mount, workload, sizes);
+        let cpu = cpu_seconds(pid) - cpu_before;
         let rss = peak_rss_mib(pid);
         let requests = tool.requests();
         tool.unmount();
         eprintln!(
-            "{:>9} {:<34} {}  (peak RSS {rss:.0} MiB) {requests}",
+            "{:>9} {:<34} {}  (peak RSS {rss:.0} MiB, cpu {cpu:.2}s) {requests}",
             tool.name(),
             describe(workload, sizes),
             render(workload, &figure)

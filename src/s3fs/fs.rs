@@ -1,4 +1,4 @@
-//! The S3 filesystem logic (inodes, directory listings, reads), independent of
+//! The S3 filesystem logic (inodes, directory listings, reads, writes), independent of
 //! the kernel: the FUSE adapter calls it, tests drive it directly.
 //!
 //! Semantics (read path):
@@ -16,6 +16,13 @@
 //!   for the read path);
 //! - the kernel keeps its page cache of a file across opens only while the
 //!   ETag seen at open is the one the cached pages came from.
+//!
+//! Semantics (`readOnly: false`, see [`crate::s3fs::write`]): new files are
+//! written sequentially and become objects at flush; files and directories
+//! created here are *local* inodes (never expire, merged into listings) until
+//! the store has them; existing objects are never modified (EPERM); unlink
+//! deletes; mkdir makes a local directory, rmdir removes an empty one.
+//! doc/SEMANTICS.md lists every operation and its errno.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
