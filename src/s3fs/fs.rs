@@ -2082,6 +2082,29 @@ mod tests {
         assert_eq!(errno_of(fs.read(fresh, 0, 4096).await), libc::EIO);
     }
 
+    #[tokio::test]
+    async fn the_page_cache_is_kept_only_for_the_same_etag() {
+        let store = Arc::new(InMemory::new());
+        put(&*store, "f", "one").await;
+        let fs = Setup {
+            ttl: Duration::ZERO,
+            ..Setup::default()
+        }
+        .build(store.clone());
+        let attr = fs.lookup(ROOT_INODE, OsStr::new("f")).await.unwrap();
+        let first = fs.open(attr.ino.0, libc::O_RDONLY).await.unwrap();
+        assert!(!first.keep_cache, "nothing cached at the first open");
+        let second = fs.open(attr.ino.0, libc::O_RDONLY).await.unwrap();
+        assert!(second.keep_cache, "same ETag: the cached pages are valid");
+        put(&*store, "f", "two").await;
+        let third = fs.open(attr.ino.0, libc::O_RDONLY).await.unwrap();
+        assert!(
+            !third.keep_cache,
+            "new ETag: the kernel must drop its pages"
+        );
+        assert_eq!(&fs.read(third.fh, 0, 10).await.unwrap()[..], b"two");
+    }
+
     const MIB: u64 = 1024 * 1024;
 
     /// Reads `len` bytes of `fh` from `start` in `chunk`-sized reads.
