@@ -624,6 +624,19 @@ impl MountTool for S3fs<'_> {
     }
 }
 
+/// A panicking workload must not leave an s3fs or rclone process behind.
+impl Drop for S3fs<'_> {
+    fn drop(&mut self) {
+        self.unmount();
+    }
+}
+
+impl Drop for Rclone<'_> {
+    fn drop(&mut self) {
+        self.unmount();
+    }
+}
+
 struct Rclone<'a> {
     server: &'a S3Server,
     dir: PathBuf,
