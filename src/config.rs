@@ -33,6 +33,34 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e} (e.g. 30s, 500ms, 2m)"))
 }
 
+/// Parses a byte size: a number with an optional unit (`K`, `M`, `G`, `T`
+/// powers of 1024, spelled `K`, `KB`, `KiB`, any case), e.g. `512MiB`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a size such as 512MiB or 1G"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        other => {
+            return Err(format!(
+                "{text:?}: unknown unit {other:?} (use K, M, G or T)"
+            ));
+        }
+    };
+    number
+        .checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{text:?}: too large"))
+}
+
 /// The flags of `hotmount serve` (each also from a `HOTMOUNT_*` variable).
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ServeArgs {
@@ -83,6 +111,10 @@ pub struct ServeArgs {
     /// FUSE worker threads per S3 mount [default: 4].
     #[arg(long, env = "HOTMOUNT_FUSE_THREADS")]
     pub fuse_threads: Option<usize>,
+    /// Memory for data prefetched ahead of sequential S3 readers, shared by
+    /// all mounts; 0 turns prefetching off [default: 512MiB].
+    #[arg(long, env = "HOTMOUNT_PREFETCH_MEMORY", value_parser = parse_size)]
+    pub prefetch_memory: Option<u64>,
     /// Unmount FUSE mounts on SIGTERM (NFS mounts always stay).
     #[arg(long, env = "HOTMOUNT_UNMOUNT_FUSE_ON_STOP")]
     pub unmount_fuse_on_stop: bool,
@@ -106,6 +138,7 @@ struct FileConfig {
     probe_timeout: Option<String>,
     metadata_ttl: Option<String>,
     fuse_threads: Option<usize>,
+    prefetch_memory: Option<String>,
     unmount_fuse_on_stop: Option<bool>,
 }
 
@@ -272,6 +305,16 @@ impl Config {
             }
             manager.fuse_threads = threads;
         }
+        let prefetch_memory = match (args.prefetch_memory, &file.prefetch_memory) {
+            (Some(bytes), _) => Some(bytes),
+            (None, Some(text)) => {
+                Some(parse_size(text).map_err(|e| invalid("--prefetch-memory", e))?)
+            }
+            (None, None) => None,
+        };
+        if let Some(bytes) = prefetch_memory {
+            manager.prefetch_budget = crate::s3fs::PrefetchBudget::new(bytes);
+        }
         manager.unmount_fuse_on_stop =
             args.unmount_fuse_on_stop || file.unmount_fuse_on_stop.unwrap_or(false);
         Ok(Config {
@@ -369,6 +412,53 @@ mod tests {
             let err = Config::from_args(args).unwrap_err();
             assert!(err.to_string().starts_with(setting), "{err}");
         }
+    }
+
+    #[test]
+    fn prefetch_memory_takes_sizes_from_flag_or_file() {
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("0"), Ok(0));
+        assert!(
+            parse_size("12 parsecs")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
+        assert!(parse_size("MiB").is_err());
+        assert!(
+            parse_size("99999999999T")
+                .unwrap_err()
+                .contains("too large")
+        );
+        let config = Config::from_args(ServeArgs::default()).unwrap();
+        assert_eq!(
+            config.manager.prefetch_budget.capacity(),
+            crate::s3fs::prefetch::DEFAULT_PREFETCH_MEMORY
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hotmount.toml");
+        std::fs::write(&file, "prefetch-memory = \"64MiB\"\n").unwrap();
+        let from_file = Config::from_args(ServeArgs {
+            config: Some(file.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(from_file.manager.prefetch_budget.capacity(), 64 << 20);
+        let from_flag = Config::from_args(ServeArgs {
+            config: Some(file.clone()),
+            prefetch_memory: Some(8 << 20),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(from_flag.manager.prefetch_budget.capacity(), 8 << 20);
+        std::fs::write(&file, "prefetch-memory = \"lots\"\n").unwrap();
+        let err = Config::from_args(ServeArgs {
+            config: Some(file),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().starts_with("--prefetch-memory"), "{err}");
     }
 
     #[test]

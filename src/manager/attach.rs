@@ -124,6 +124,7 @@ impl Manager {
                         read_only: spec.read_only,
                         metadata_ttl: self.inner.config.metadata_ttl,
                         immutable: s3.immutable,
+                        prefetch_budget: self.inner.config.prefetch_budget.clone(),
                     },
                     tokio::runtime::Handle::current(),
                     self.inner.metrics.clone(),

@@ -135,6 +135,8 @@ pub struct ManagerConfig {
     pub fuse_threads: usize,
     /// Metadata cache TTL of S3 mounts (unless `immutable`).
     pub metadata_ttl: Duration,
+    /// The memory budget for prefetched S3 data, shared by all mounts.
+    pub prefetch_budget: std::sync::Arc<crate::s3fs::PrefetchBudget>,
     /// Which `file://` endpoints are allowed.
     pub file_policy: FileEndpointPolicy,
     /// Unmount FUSE mounts on a graceful stop (NFS mounts always stay).
@@ -153,6 +155,9 @@ impl ManagerConfig {
             max_backoff: Duration::from_secs(60),
             fuse_threads: 4,
             metadata_ttl: Duration::from_secs(60),
+            prefetch_budget: crate::s3fs::PrefetchBudget::new(
+                crate::s3fs::prefetch::DEFAULT_PREFETCH_MEMORY,
+            ),
             file_policy: FileEndpointPolicy::default(),
             unmount_fuse_on_stop: false,
         }

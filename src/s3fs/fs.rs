@@ -1,4 +1,4 @@
-//! The S3 filesystem logic (inodes, directory listings, reads), independent of
+//! The S3 filesystem logic (inodes, directory listings, reads, writes), independent of
 //! the kernel: the FUSE adapter calls it, tests drive it directly.
 //!
 //! Semantics (read path):
@@ -12,7 +12,17 @@
 //! - attributes, entries and negative entries are cached for `metadata_ttl`
 //!   (forever when `immutable`), and the kernel gets the same TTL;
 //! - an open file is pinned to the ETag it had at open: a read after the object
-//!   changed fails with EIO, never returns mixed bytes.
+//!   changed fails with EIO, never returns mixed bytes (see [`crate::s3fs::prefetch`]
+//!   for the read path);
+//! - the kernel keeps its page cache of a file across opens only while the
+//!   ETag seen at open is the one the cached pages came from.
+//!
+//! Semantics (`readOnly: false`, see [`crate::s3fs::write`]): new files are
+//! written sequentially and become objects at flush; files and directories
+//! created here are *local* inodes (never expire, merged into listings) until
+//! the store has them; existing objects are never modified (EPERM); unlink
+//! deletes; mkdir makes a local directory, rmdir removes an empty one.
+//! doc/SEMANTICS.md lists every operation and its errno.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -25,10 +35,12 @@ use chrono::{DateTime, Utc};
 use fuser::{FileAttr, FileType, Generation};
 use futures::StreamExt;
 use object_store::path::Path as ObjectPath;
-use object_store::{GetOptions, GetRange, ObjectMeta, ObjectStoreExt};
+use object_store::{ObjectMeta, ObjectStoreExt};
 
 use crate::metrics::Metrics;
+use crate::s3fs::prefetch::{FileReader, PrefetchBudget, PrefetchedObject, RangeReader, ReadStats};
 use crate::s3fs::store::Bucket;
+use crate::s3fs::write::ObjectWriter;
 
 /// The inode number of the mount's root (the bucket prefix).
 pub const ROOT_INODE: u64 = 1;
@@ -42,6 +54,15 @@ const MAX_NAME_LEN: usize = 255;
 const IMMUTABLE_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Negative entries kept at most; the cache is cleared when it grows past this.
 const MAX_NEGATIVE_ENTRIES: usize = 100_000;
+/// Directories whose latest listing is kept for scan detection.
+const MAX_SCANNED_DIRECTORIES: usize = 64;
+/// How many files ahead a directory scan fetches.
+const SCAN_AHEAD_FILES: usize = 8;
+/// Files up to this size are fetched ahead of a directory scan.
+const SCAN_AHEAD_MAX_SIZE: u64 = 1024 * 1024;
+/// A scan that has not moved for this long gives its fetched-ahead files
+/// (and their budget) back.
+const SCAN_IDLE: Duration = Duration::from_secs(5);
 
 /// Options of one S3 filesystem.
 #[derive(Debug, Clone)]
@@ -54,6 +75,8 @@ pub struct FsOptions {
     pub metadata_ttl: Duration,
     /// Cache metadata without expiry (datasets that never change).
     pub immutable: bool,
+    /// The agent-wide memory budget for prefetched data.
+    pub prefetch_budget: Arc<PrefetchBudget>,
 }
 
 /// Why a filesystem operation failed; [`FsError::errno`] is what the kernel gets.
@@ -107,6 +130,39 @@ pub enum FsError {
         /// What differed.
         detail: String,
     },
+    /// A write anywhere but at the end of a file being written.
+    #[error("write {key} at {offset}: files are written sequentially, the end is at {end}")]
+    NotSequential {
+        /// The object.
+        key: String,
+        /// Where the write was aimed.
+        offset: u64,
+        /// Where the file ends.
+        end: u64,
+    },
+    /// Overwriting (or truncating, or reopening for writing) an object.
+    #[error("{key}: existing objects cannot be overwritten or modified")]
+    Overwrite {
+        /// The object.
+        key: String,
+    },
+    /// The name exists already.
+    #[error("{0}: file exists")]
+    Exists(String),
+    /// A directory that still holds entries.
+    #[error("{0}: directory not empty")]
+    NotEmpty(String),
+    /// A prefetched part failed; every read that waited for it gets this.
+    #[error("{0}")]
+    Shared(Arc<FsError>),
+    /// A prefetch task ended without an answer (the runtime shut down).
+    #[error("read {key}: prefetch ended early ({detail})")]
+    PrefetchAborted {
+        /// The object.
+        key: String,
+        /// Why.
+        detail: String,
+    },
     /// The object store refused or failed a request.
     #[error("{op} {key}: {source}")]
     Store {
@@ -131,7 +187,12 @@ impl FsError {
             FsError::IsADirectory(_) => libc::EISDIR,
             FsError::ReadOnly { .. } => libc::EROFS,
             FsError::NotSupported { .. } => libc::EOPNOTSUPP,
-            FsError::ObjectChanged { .. } => libc::EIO,
+            FsError::ObjectChanged { .. } | FsError::PrefetchAborted { .. } => libc::EIO,
+            FsError::NotSequential { .. } => libc::EINVAL,
+            FsError::Overwrite { .. } => libc::EPERM,
+            FsError::Exists(_) => libc::EEXIST,
+            FsError::NotEmpty(_) => libc::ENOTEMPTY,
+            FsError::Shared(inner) => inner.errno(),
             FsError::Store { source, .. } => match source {
                 object_store::Error::NotFound { .. } => libc::ENOENT,
                 object_store::Error::Precondition { .. } => libc::EIO,
@@ -147,7 +208,14 @@ impl FsError {
     pub fn is_expected(&self) -> bool {
         matches!(
             self.errno(),
-            libc::ENOENT | libc::ENAMETOOLONG | libc::EROFS | libc::ENOTDIR | libc::EISDIR
+            libc::ENOENT
+                | libc::ENAMETOOLONG
+                | libc::EROFS
+                | libc::ENOTDIR
+                | libc::EISDIR
+                | libc::EEXIST
+                | libc::ENOTEMPTY
+                | libc::EPERM
         )
     }
 }
@@ -161,16 +229,20 @@ pub enum NodeKind {
     File,
 }
 
-/// The object metadata an inode carries.
+/// The object metadata an inode carries (and an open handle is pinned to).
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct ObjectStat {
-    size: u64,
-    last_modified: DateTime<Utc>,
-    etag: Option<String>,
+pub struct ObjectStat {
+    /// The object's size in bytes.
+    pub size: u64,
+    /// Its modification time.
+    pub last_modified: DateTime<Utc>,
+    /// Its ETag, when the store has one.
+    pub etag: Option<String>,
 }
 
 impl ObjectStat {
-    fn from_meta(meta: &ObjectMeta) -> Self {
+    /// The metadata of a listed or fetched object.
+    pub fn from_meta(meta: &ObjectMeta) -> Self {
         ObjectStat {
             size: meta.size,
             last_modified: meta.last_modified,
@@ -198,6 +270,11 @@ struct Inode {
     validated_at: Instant,
     /// The kernel's lookup count (lookup and readdirplus replies minus forgets).
     lookups: u64,
+    /// The ETag of the version whose pages the kernel may hold (set at open).
+    page_cache_etag: Option<String>,
+    /// Created through this mount and not (yet) seen in the store: a file
+    /// being written, or a directory made by mkdir. Never expires.
+    local: bool,
 }
 
 /// Inodes by number and by (parent, name), plus negative entries.
@@ -220,6 +297,7 @@ impl InodeTable {
         key: ObjectPath,
         kind: NodeKind,
         stat: ObjectStat,
+        local: bool,
     ) -> u64 {
         let slot = (parent, name.to_string());
         self.negative.remove(&slot);
@@ -229,6 +307,7 @@ impl InodeTable {
                 if inode.kind == kind {
                     inode.stat = stat;
                     inode.validated_at = now;
+                    inode.local = local;
                     return ino;
                 }
             }
@@ -245,6 +324,8 @@ impl InodeTable {
                 stat,
                 validated_at: now,
                 lookups: 0,
+                page_cache_etag: None,
+                local,
             },
         );
         self.children.insert(slot, ino);
@@ -289,6 +370,8 @@ struct ListedEntry {
     key: ObjectPath,
     kind: NodeKind,
     stat: ObjectStat,
+    /// Created through this mount, not in the store's listing (yet).
+    local: bool,
 }
 
 /// An open directory: the listing taken at the first read (offset 0), so that
@@ -302,11 +385,27 @@ struct DirHandle {
     created: Mutex<Vec<u64>>,
 }
 
-/// An open file, pinned to what the object was at open.
-#[derive(Debug, Clone)]
-struct FileHandleState {
-    key: ObjectPath,
-    stat: ObjectStat,
+/// A directory being read file after file in listing order.
+#[derive(Debug, Default)]
+struct DirectoryScan {
+    /// The directory's latest listing (sorted by name).
+    listing: Arc<Vec<ListedEntry>>,
+    /// The listing index of the latest open.
+    last_open: Option<usize>,
+    /// Files fetched ahead, by listing index.
+    ahead: HashMap<usize, PrefetchedObject>,
+    /// When the scan last moved.
+    last_active: Option<Instant>,
+}
+
+/// What [`S3Filesystem::open`] hands back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenedFile {
+    /// The file handle.
+    pub fh: u64,
+    /// Whether the kernel may keep the pages it cached at an earlier open:
+    /// true only when they came from the same ETag.
+    pub keep_cache: bool,
 }
 
 /// One entry returned by [`S3Filesystem::readdir`].
@@ -350,7 +449,10 @@ pub struct S3Filesystem {
     inodes: Mutex<InodeTable>,
     next_handle: AtomicU64,
     dir_handles: Mutex<HashMap<u64, Arc<DirHandle>>>,
-    file_handles: Mutex<HashMap<u64, FileHandleState>>,
+    file_handles: Mutex<HashMap<u64, Arc<FileReader>>>,
+    reader: Arc<RangeReader>,
+    scans: Mutex<HashMap<u64, DirectoryScan>>,
+    writers: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<ObjectWriter>>>>,
 }
 
 impl S3Filesystem {
@@ -376,9 +478,17 @@ impl S3Filesystem {
                 stat: ObjectStat::directory(mounted_at),
                 validated_at: Instant::now(),
                 lookups: 1,
+                page_cache_etag: None,
+                local: false,
             },
         );
+        let reader = Arc::new(RangeReader::new(
+            Arc::clone(&bucket.store),
+            Arc::clone(&metrics),
+            options.dataset.clone(),
+        ));
         S3Filesystem {
+            reader,
             bucket,
             options,
             runtime,
@@ -393,6 +503,8 @@ impl S3Filesystem {
             next_handle: AtomicU64::new(1),
             dir_handles: Mutex::new(HashMap::new()),
             file_handles: Mutex::new(HashMap::new()),
+            scans: Mutex::new(HashMap::new()),
+            writers: Mutex::new(HashMap::new()),
         }
     }
 
@@ -573,7 +685,7 @@ impl S3Filesystem {
         {
             let table = self.table();
             if let Some(inode) = table.children.get(&slot).and_then(|i| table.inodes.get(i)) {
-                if self.is_fresh(inode.validated_at) {
+                if inode.local || self.is_fresh(inode.validated_at) {
                     let ino = table.children[&slot];
                     drop(table);
                     return self.reference(ino);
@@ -603,7 +715,7 @@ impl S3Filesystem {
         let mut table = self.table();
         match found {
             Some((kind, stat)) => {
-                let ino = table.upsert(parent, name, key, kind, stat);
+                let ino = table.upsert(parent, name, key, kind, stat, false);
                 let inode = table
                     .inodes
                     .get_mut(&ino)
@@ -643,7 +755,7 @@ impl S3Filesystem {
     /// The attributes of `ino`, revalidated with a HEAD when the cache expired.
     pub async fn getattr(&self, ino: u64) -> Result<FileAttr, FsError> {
         let inode = self.inode(ino)?;
-        if inode.kind == NodeKind::Directory || self.is_fresh(inode.validated_at) {
+        if inode.kind == NodeKind::Directory || inode.local || self.is_fresh(inode.validated_at) {
             return Ok(self.attr_of(ino, &inode));
         }
         let meta = self
@@ -731,6 +843,7 @@ impl S3Filesystem {
                 kind: NodeKind::Directory,
                 stat: ObjectStat::directory(self.mounted_at),
                 key: common,
+                local: false,
             });
         }
         for object in listed.objects {
@@ -750,6 +863,7 @@ impl S3Filesystem {
                 kind: NodeKind::File,
                 stat: ObjectStat::from_meta(&object),
                 key: object.location.clone(),
+                local: false,
             });
         }
         entries.sort_by(|a, b| a.name.cmp(&b.name));
@@ -800,7 +914,11 @@ impl S3Filesystem {
         let snapshot = {
             let mut snapshot = handle.snapshot.lock().await;
             if offset == 0 || snapshot.is_none() {
-                *snapshot = Some(Arc::new(self.list_directory(&dir.key).await?));
+                let mut listing = self.list_directory(&dir.key).await?;
+                self.add_local_children(handle.ino, &mut listing);
+                let listing = Arc::new(listing);
+                self.remember_listing(handle.ino, Arc::clone(&listing));
+                *snapshot = Some(listing);
             }
             snapshot.clone().unwrap_or_default()
         };
@@ -836,6 +954,7 @@ impl S3Filesystem {
                 entry.key.clone(),
                 entry.kind,
                 entry.stat.clone(),
+                entry.local,
             );
             if !known {
                 created.push(ino);
@@ -862,8 +981,8 @@ impl S3Filesystem {
         Ok(out)
     }
 
-    /// Refuses a modification: EROFS on a read-only mount, otherwise
-    /// EOPNOTSUPP (writes are not implemented yet).
+    /// Refuses a modification this filesystem does not do: EROFS on a
+    /// read-only mount, otherwise EOPNOTSUPP (rename, links, xattrs...).
     pub fn refuse_modification(&self, op: &'static str, target: String) -> FsError {
         if self.options.read_only {
             FsError::ReadOnly { op, target }
@@ -874,11 +993,19 @@ impl S3Filesystem {
 
     /// Opens file `ino` for reading with the kernel's open `flags`; the handle
     /// is pinned to the object's ETag (from the cache when still fresh).
-    pub async fn open(&self, ino: u64, flags: i32) -> Result<u64, FsError> {
+    pub async fn open(&self, ino: u64, flags: i32) -> Result<OpenedFile, FsError> {
         let inode = self.inode(ino)?;
         let writes = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         if writes {
-            return Err(self.refuse_modification("open for writing", inode.key.to_string()));
+            if self.options.read_only {
+                return Err(self.refuse_modification("open for writing", inode.key.to_string()));
+            }
+            if inode.kind == NodeKind::Directory {
+                return Err(FsError::IsADirectory(inode.key.to_string()));
+            }
+            return Err(FsError::Overwrite {
+                key: inode.key.to_string(),
+            });
         }
         if inode.kind != NodeKind::File {
             return Err(FsError::IsADirectory(inode.key.to_string()));
@@ -892,104 +1019,409 @@ impl S3Filesystem {
                 .ok_or_else(|| FsError::NotFound {
                     key: inode.key.to_string(),
                 })?;
-            let stat = ObjectStat::from_meta(&meta);
-            if let Some(cached) = self.table().inodes.get_mut(&ino) {
-                cached.stat = stat.clone();
-                cached.validated_at = Instant::now();
-            }
-            stat
+            ObjectStat::from_meta(&meta)
         };
+        let keep_cache = {
+            let mut table = self.table();
+            match table.inodes.get_mut(&ino) {
+                Some(cached) => {
+                    if cached.stat != stat {
+                        cached.stat = stat.clone();
+                        cached.validated_at = Instant::now();
+                    }
+                    let keep = stat.etag.is_some() && cached.page_cache_etag == stat.etag;
+                    cached.page_cache_etag = stat.etag.clone();
+                    keep
+                }
+                None => false,
+            }
+        };
+        let ahead = self.note_open(inode.parent, &inode.name);
         let fh = self.new_handle();
+        let reader = FileReader::new(
+            inode.key,
+            stat,
+            Arc::clone(&self.reader),
+            Arc::clone(&self.options.prefetch_budget),
+            self.runtime.clone(),
+            ahead,
+        );
         self.file_handles
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                fh,
-                FileHandleState {
-                    key: inode.key,
-                    stat,
-                },
-            );
-        Ok(fh)
+            .insert(fh, Arc::new(reader));
+        Ok(OpenedFile { fh, keep_cache })
+    }
+
+    /// Keeps the latest listing of directory `ino` for scan detection (a new
+    /// listing starts a new scan).
+    fn remember_listing(&self, ino: u64, listing: Arc<Vec<ListedEntry>>) {
+        let mut scans = self.scans.lock().unwrap_or_else(|p| p.into_inner());
+        if scans.len() >= MAX_SCANNED_DIRECTORIES && !scans.contains_key(&ino) {
+            scans.clear();
+        }
+        scans.insert(
+            ino,
+            DirectoryScan {
+                listing,
+                ..DirectoryScan::default()
+            },
+        );
+    }
+
+    /// Records an open of `name` in directory `parent`: hands back the object
+    /// if it was fetched ahead, and when the opens follow the listing order
+    /// (this one right after the previous), fetches the next small files.
+    fn note_open(&self, parent: u64, name: &str) -> Option<PrefetchedObject> {
+        let mut scans = self.scans.lock().unwrap_or_else(|p| p.into_inner());
+        for scan in scans.values_mut() {
+            if scan.last_active.is_some_and(|at| at.elapsed() > SCAN_IDLE) {
+                scan.ahead.clear();
+            }
+        }
+        let scan = scans.get_mut(&parent)?;
+        scan.last_active = Some(Instant::now());
+        let index = scan
+            .listing
+            .binary_search_by(|entry| entry.name.as_str().cmp(name))
+            .ok()?;
+        let mine = scan.ahead.remove(&index);
+        let in_order = scan.last_open.is_some_and(|last| index == last + 1);
+        scan.last_open = Some(index);
+        // Fetched-ahead files the scan went past are not coming back.
+        scan.ahead
+            .retain(|&i, _| i > index && i <= index + SCAN_AHEAD_FILES);
+        if in_order {
+            let listing = Arc::clone(&scan.listing);
+            for (i, entry) in listing
+                .iter()
+                .enumerate()
+                .skip(index + 1)
+                .take(SCAN_AHEAD_FILES)
+            {
+                if entry.kind != NodeKind::File
+                    || entry.stat.size == 0
+                    || entry.stat.size > SCAN_AHEAD_MAX_SIZE
+                    || scan.ahead.contains_key(&i)
+                {
+                    continue;
+                }
+                let Some(fetched) = PrefetchedObject::start(
+                    &self.reader,
+                    &self.options.prefetch_budget,
+                    &self.runtime,
+                    &entry.key,
+                    &entry.stat,
+                ) else {
+                    break;
+                };
+                scan.ahead.insert(i, fetched);
+            }
+        }
+        mine
+    }
+
+    fn file_handle(&self, fh: u64) -> Result<Arc<FileReader>, FsError> {
+        self.file_handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::UnknownHandle(fh))
     }
 
     /// Reads `[offset, offset + size)` of open file `fh`, clipped to the size
     /// seen at open; empty at or after the end.
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Bytes, FsError> {
-        let handle = self
-            .file_handles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&fh)
-            .cloned()
-            .ok_or(FsError::UnknownHandle(fh))?;
-        let end = offset.saturating_add(u64::from(size)).min(handle.stat.size);
-        if offset >= end {
-            return Ok(Bytes::new());
-        }
-        let options = GetOptions {
-            if_match: handle.stat.etag.clone(),
-            // Without an ETag, the modification time pins the version.
-            if_unmodified_since: handle
-                .stat
-                .etag
-                .is_none()
-                .then_some(handle.stat.last_modified),
-            range: Some(GetRange::Bounded(offset..end)),
-            ..GetOptions::default()
-        };
-        let key = handle.key.to_string();
-        let fetched = async {
-            let result = self.bucket.store.get_opts(&handle.key, options).await?;
-            let meta = result.meta.clone();
-            let range = result.range.clone();
-            Ok::<_, object_store::Error>((meta, range, result.bytes().await?))
-        }
-        .await;
-        self.observe("get", fetched.is_ok());
-        let (meta, range, data) = fetched.map_err(|source| match source {
-            object_store::Error::Precondition { .. } => FsError::ObjectChanged {
-                key: key.clone(),
-                detail: "etag no longer matches".to_string(),
-            },
-            source => FsError::Store {
-                op: "get",
-                key: key.clone(),
-                source,
-            },
-        })?;
-        // Stores that ignore preconditions still report what they served.
-        let now = ObjectStat::from_meta(&meta);
-        let changed =
-            (handle.stat.etag.is_some() && now.etag.is_some() && now.etag != handle.stat.etag)
-                || now.size != handle.stat.size
-                || (handle.stat.etag.is_none() && now.last_modified != handle.stat.last_modified);
-        if changed || range != (offset..end) || data.len() as u64 != end - offset {
-            return Err(FsError::ObjectChanged {
-                key,
-                detail: format!(
-                    "served {} bytes of size {} etag {:?}, opened at size {} etag {:?}",
-                    data.len(),
-                    now.size,
-                    now.etag,
-                    handle.stat.size,
-                    handle.stat.etag
-                ),
-            });
-        }
-        self.metrics
-            .s3_bytes_read
-            .with_label_values(&[self.options.dataset.as_str()])
-            .inc_by(data.len() as u64);
-        Ok(data)
+        self.file_handle(fh)?.read(offset, size).await
     }
 
-    /// Closes file handle `fh`.
+    /// The read-path counters of open file `fh`.
+    pub fn read_stats(&self, fh: u64) -> Result<ReadStats, FsError> {
+        Ok(self.file_handle(fh)?.stats())
+    }
+
+    /// Closes file handle `fh`; its prefetched parts are dropped.
     pub fn release(&self, fh: u64) {
         self.file_handles
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&fh);
+    }
+
+    /// The writer behind handle `fh`, if it is a file being written.
+    fn writer(&self, fh: u64) -> Option<Arc<tokio::sync::Mutex<ObjectWriter>>> {
+        self.writers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh)
+            .cloned()
+    }
+
+    /// Whether `fh` is a file being written (its release completes it).
+    pub fn is_writer(&self, fh: u64) -> bool {
+        self.writer(fh).is_some()
+    }
+
+    /// Adds the children of directory `ino` created through this mount and
+    /// not in the store's listing (yet) to `listing`.
+    fn add_local_children(&self, ino: u64, listing: &mut Vec<ListedEntry>) {
+        let table = self.table();
+        let mut added = false;
+        for ((parent, name), child) in &table.children {
+            if *parent != ino {
+                continue;
+            }
+            let Some(inode) = table.inodes.get(child) else {
+                continue;
+            };
+            if !inode.local || listing.iter().any(|entry| &entry.name == name) {
+                continue;
+            }
+            listing.push(ListedEntry {
+                name: name.clone(),
+                key: inode.key.clone(),
+                kind: inode.kind,
+                stat: inode.stat.clone(),
+                local: true,
+            });
+            added = true;
+        }
+        if added {
+            listing.sort_by(|a, b| a.name.cmp(&b.name));
+        }
+    }
+
+    /// What `name` in `parent` is now (cache, else the store), without a
+    /// kernel reference; `None` when it does not exist.
+    async fn existing(&self, parent: u64, name: &OsStr) -> Result<Option<(u64, Inode)>, FsError> {
+        match self.lookup(parent, name).await {
+            Ok(attr) => {
+                let ino = attr.ino.0;
+                let inode = self.inode(ino)?;
+                self.forget(ino, 1);
+                Ok(Some((ino, inode)))
+            }
+            Err(FsError::NotFound { .. }) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Checks a modification of `name` in `parent`: a writable mount, a
+    /// directory parent, a valid name; returns the parent and the name.
+    fn modification_target<'n>(
+        &self,
+        op: &'static str,
+        parent: u64,
+        name: &'n OsStr,
+    ) -> Result<(Inode, &'n str, String), FsError> {
+        let parent_inode = self.inode(parent)?;
+        let target = format!("{}/{}", parent_inode.key, name.to_string_lossy());
+        if self.options.read_only {
+            return Err(self.refuse_modification(op, target));
+        }
+        if parent_inode.kind != NodeKind::Directory {
+            return Err(FsError::NotADirectory(parent_inode.key.to_string()));
+        }
+        let text = Self::validate_name(name)?;
+        Ok((parent_inode, text, target))
+    }
+
+    /// Creates file `name` in `parent`, open for sequential writing; the
+    /// object appears in the bucket when the handle is flushed (closed). The
+    /// kernel holds one reference to the new inode.
+    pub async fn create(&self, parent: u64, name: &OsStr) -> Result<(FileAttr, u64), FsError> {
+        let (parent_inode, text, target) = self.modification_target("create", parent, name)?;
+        if self.existing(parent, name).await?.is_some() {
+            return Err(FsError::Exists(target));
+        }
+        let key = Self::child_key(&parent_inode.key, text)
+            .ok_or_else(|| FsError::InvalidName(text.to_string()))?;
+        let stat = ObjectStat {
+            size: 0,
+            last_modified: Utc::now(),
+            etag: None,
+        };
+        let (ino, attr) = {
+            let mut table = self.table();
+            let ino = table.upsert(parent, text, key.clone(), NodeKind::File, stat, true);
+            let inode = table
+                .inodes
+                .get_mut(&ino)
+                .ok_or(FsError::UnknownInode(ino))?;
+            inode.lookups += 1;
+            (ino, self.attr_of(ino, inode))
+        };
+        let fh = self.new_handle();
+        let writer = ObjectWriter::new(Arc::clone(&self.bucket.store), key, ino);
+        self.writers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(fh, Arc::new(tokio::sync::Mutex::new(writer)));
+        Ok((attr, fh))
+    }
+
+    /// Writes `data` at `offset` of the new file behind `fh`: only at its
+    /// current end (EINVAL elsewhere). Returns the bytes taken.
+    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
+        let writer = self.writer(fh).ok_or(FsError::UnknownHandle(fh))?;
+        let mut writer = writer.lock().await;
+        let size = writer.write(offset, data).await;
+        self.observe("put_part", size.is_ok());
+        let size = size?;
+        if let Some(inode) = self.table().inodes.get_mut(&writer.ino) {
+            inode.stat.size = size;
+        }
+        Ok(data.len() as u32)
+    }
+
+    /// Completes the object written through `fh` (on close); nothing for
+    /// read handles. A failed upload leaves no object and no name.
+    pub async fn flush(&self, fh: u64) -> Result<(), FsError> {
+        let Some(writer) = self.writer(fh) else {
+            return Ok(());
+        };
+        let mut writer = writer.lock().await;
+        let finished = writer.finish().await;
+        self.observe("put", finished.is_ok());
+        let mut table = self.table();
+        match finished {
+            Ok(stat) => {
+                if let Some(inode) = table.inodes.get_mut(&writer.ino) {
+                    inode.stat = stat;
+                    inode.validated_at = Instant::now();
+                    inode.local = false;
+                }
+                Ok(())
+            }
+            Err(err) => {
+                if let Some(inode) = table.inodes.get(&writer.ino).cloned() {
+                    if inode.local {
+                        table.insert_negative(inode.parent, &inode.name);
+                    }
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Closes the written file `fh`, completing it if no flush did.
+    pub async fn release_writer(&self, fh: u64) {
+        if let Err(err) = self.flush(fh).await {
+            tracing::warn!(error = %err, "completing a written file at release");
+        }
+        self.writers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh);
+    }
+
+    /// Deletes the object `name` in `parent`.
+    pub async fn unlink(&self, parent: u64, name: &OsStr) -> Result<(), FsError> {
+        let (_, text, target) = self.modification_target("unlink", parent, name)?;
+        let Some((_, inode)) = self.existing(parent, name).await? else {
+            return Err(FsError::NotFound { key: target });
+        };
+        if inode.kind == NodeKind::Directory {
+            return Err(FsError::IsADirectory(target));
+        }
+        if inode.local {
+            // Still being written: it is no object yet.
+            return Err(FsError::Overwrite { key: target });
+        }
+        let deleted = self.bucket.store.delete(&inode.key).await;
+        match deleted {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => self.observe("delete", true),
+            Err(source) => {
+                self.observe("delete", false);
+                return Err(FsError::Store {
+                    op: "delete",
+                    key: inode.key.to_string(),
+                    source,
+                });
+            }
+        }
+        self.table().insert_negative(parent, text);
+        Ok(())
+    }
+
+    /// Makes directory `name` in `parent`. S3 has no directories: it lives in
+    /// this mount until a file written below it makes it a key prefix. The
+    /// kernel holds one reference to the new inode.
+    pub async fn mkdir(&self, parent: u64, name: &OsStr) -> Result<FileAttr, FsError> {
+        let (parent_inode, text, target) = self.modification_target("mkdir", parent, name)?;
+        if self.existing(parent, name).await?.is_some() {
+            return Err(FsError::Exists(target));
+        }
+        let key = Self::child_key(&parent_inode.key, text)
+            .ok_or_else(|| FsError::InvalidName(text.to_string()))?;
+        let mut table = self.table();
+        let stat = ObjectStat::directory(Utc::now());
+        let ino = table.upsert(parent, text, key, NodeKind::Directory, stat, true);
+        let inode = table
+            .inodes
+            .get_mut(&ino)
+            .ok_or(FsError::UnknownInode(ino))?;
+        inode.lookups += 1;
+        Ok(self.attr_of(ino, inode))
+    }
+
+    /// Removes the empty directory `name` in `parent` (ENOTEMPTY while any
+    /// key lives below it or anything was created in it here).
+    pub async fn rmdir(&self, parent: u64, name: &OsStr) -> Result<(), FsError> {
+        let (_, text, target) = self.modification_target("rmdir", parent, name)?;
+        let Some((ino, inode)) = self.existing(parent, name).await? else {
+            return Err(FsError::NotFound { key: target });
+        };
+        if inode.kind != NodeKind::Directory {
+            return Err(FsError::NotADirectory(target));
+        }
+        if self.has_keys_below(&inode.key).await? {
+            return Err(FsError::NotEmpty(target));
+        }
+        let mut table = self.table();
+        let local_children = table
+            .children
+            .iter()
+            .any(|((p, _), child)| *p == ino && table.inodes.get(child).is_some_and(|c| c.local));
+        if local_children {
+            return Err(FsError::NotEmpty(target));
+        }
+        table.insert_negative(parent, text);
+        Ok(())
+    }
+
+    /// Changes attributes of `ino`. Objects keep only what S3 keeps: times
+    /// are accepted and ignored (an object's time is its upload), a size
+    /// equal to the current one is a no-op; a different size fails with
+    /// EPERM, ownership and mode changes with EOPNOTSUPP.
+    pub async fn setattr(
+        &self,
+        ino: u64,
+        size: Option<u64>,
+        changes_mode_or_owner: bool,
+    ) -> Result<FileAttr, FsError> {
+        let inode = self.inode(ino)?;
+        if self.options.read_only {
+            return Err(self.refuse_modification("setattr", inode.key.to_string()));
+        }
+        if changes_mode_or_owner {
+            return Err(FsError::NotSupported {
+                op: "chmod/chown",
+                target: inode.key.to_string(),
+            });
+        }
+        if let Some(size) = size {
+            if inode.kind == NodeKind::Directory {
+                return Err(FsError::IsADirectory(inode.key.to_string()));
+            }
+            if size != inode.stat.size {
+                return Err(FsError::Overwrite {
+                    key: inode.key.to_string(),
+                });
+            }
+        }
+        self.getattr(ino).await
     }
 
     /// Numbers for statfs: an object store has no real capacity, so large
@@ -1019,11 +1451,12 @@ mod tests {
     use object_store::local::LocalFileSystem;
     use object_store::memory::InMemory;
     use object_store::{
-        CopyOptions, GetResult, ListResult, MultipartUpload, ObjectStore, PutMultipartOptions,
-        PutOptions, PutPayload, PutResult,
+        CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectStore,
+        PutMultipartOptions, PutOptions, PutPayload, PutResult,
     };
 
     use super::*;
+    use crate::s3fs::prefetch::MAX_PART;
 
     /// An [`ObjectStore`] that counts the requests it forwards.
     #[derive(Debug)]
@@ -1148,6 +1581,7 @@ mod tests {
         ttl: Duration,
         immutable: bool,
         prefix: &'static str,
+        prefetch_memory: u64,
     }
 
     impl Default for Setup {
@@ -1157,6 +1591,7 @@ mod tests {
                 ttl: Duration::from_secs(60),
                 immutable: false,
                 prefix: "",
+                prefetch_memory: 64 * 1024 * 1024,
             }
         }
     }
@@ -1174,6 +1609,7 @@ mod tests {
                     read_only: self.read_only,
                     metadata_ttl: self.ttl,
                     immutable: self.immutable,
+                    prefetch_budget: PrefetchBudget::new(self.prefetch_memory),
                 },
                 tokio::runtime::Handle::current(),
                 Arc::new(Metrics::new()),
@@ -1214,7 +1650,7 @@ mod tests {
 
     async fn open_read_all(fs: &S3Filesystem, parent: u64, name: &str) -> Vec<u8> {
         let attr = fs.lookup(parent, OsStr::new(name)).await.expect("lookup");
-        let fh = fs.open(attr.ino.0, libc::O_RDONLY).await.expect("open");
+        let fh = fs.open(attr.ino.0, libc::O_RDONLY).await.expect("open").fh;
         let data = fs.read(fh, 0, u32::MAX).await.expect("read");
         fs.release(fh);
         data.to_vec()
@@ -1380,7 +1816,7 @@ mod tests {
         let before = store.requests();
         fs.lookup(ROOT_INODE, OsStr::new("a.txt")).await.unwrap();
         fs.getattr(attr.ino.0).await.unwrap();
-        let fh = fs.open(attr.ino.0, libc::O_RDONLY).await.unwrap();
+        let fh = fs.open(attr.ino.0, libc::O_RDONLY).await.unwrap().fh;
         assert_eq!(store.requests(), before, "no revalidation when immutable");
         assert_eq!(&fs.read(fh, 0, 100).await.unwrap()[..], b"hello");
     }
@@ -1467,6 +1903,45 @@ mod tests {
         fs.releasedir(fh);
         assert_eq!(errno_of(fs.opendir(b.ino.0)), libc::ENOTDIR);
         assert_eq!(errno_of(fs.readdir(12345, 0, ALL).await), libc::EBADF);
+    }
+
+    #[tokio::test]
+    async fn listing_ten_thousand_keys_costs_only_the_listing() {
+        let inner = Arc::new(InMemory::new());
+        for i in 0..10_000 {
+            put(&*inner, &format!("k/f{i:05}"), "x").await;
+        }
+        let store = CountingStore::new(inner);
+        let fs = Setup::default().build(store.clone());
+        let dir = fs.lookup(ROOT_INODE, OsStr::new("k")).await.unwrap();
+        let before = store.requests();
+        // What `ls -l` does: READDIRPLUS in kernel-sized batches, then the
+        // kernel's own stat (getattr) and lookups of every name.
+        let fh = fs.opendir(dir.ino.0).unwrap();
+        let mut offset = 0;
+        let mut listed = Vec::new();
+        loop {
+            let batch = fs.readdirplus(fh, offset, 100).await.unwrap();
+            let Some(last) = batch.last() else { break };
+            offset = last.next_offset;
+            listed.extend(
+                batch
+                    .into_iter()
+                    .filter(|e| e.name != "." && e.name != ".."),
+            );
+        }
+        assert_eq!(listed.len(), 10_000);
+        for entry in &listed {
+            assert_eq!(fs.getattr(entry.attr.ino.0).await.unwrap().size, 1);
+            let again = fs.lookup(dir.ino.0, OsStr::new(&entry.name)).await.unwrap();
+            assert_eq!(again.ino, entry.attr.ino);
+        }
+        fs.releasedir(fh);
+        assert_eq!(
+            store.requests() - before,
+            1,
+            "one (paginated) LIST, no HEAD or GET per entry"
+        );
     }
 
     #[tokio::test]
@@ -1561,7 +2036,7 @@ mod tests {
         put(&*store, "one", vec![42u8]).await;
         let fs = Setup::default().build(store.clone());
         let attr = fs.lookup(ROOT_INODE, OsStr::new("data")).await.unwrap();
-        let fh = fs.open(attr.ino.0, libc::O_RDONLY).await.unwrap();
+        let fh = fs.open(attr.ino.0, libc::O_RDONLY).await.unwrap().fh;
         assert_eq!(fs.read(fh, 0, 4096).await.unwrap(), content[..4096]);
         assert_eq!(fs.read(fh, 5000, 1000).await.unwrap(), content[5000..6000]);
         assert_eq!(fs.read(fh, 9000, 4096).await.unwrap(), content[9000..]);
@@ -1579,22 +2054,241 @@ mod tests {
         assert_eq!(open_read_all(&fs, ROOT_INODE, "zero").await, b"");
         assert_eq!(open_read_all(&fs, ROOT_INODE, "one").await, [42]);
         let one = fs.lookup(ROOT_INODE, OsStr::new("one")).await.unwrap();
-        let fh = fs.open(one.ino.0, libc::O_RDONLY).await.unwrap();
+        let fh = fs.open(one.ino.0, libc::O_RDONLY).await.unwrap().fh;
         assert!(fs.read(fh, 1, 10).await.unwrap().is_empty());
     }
 
     #[tokio::test]
     async fn an_object_replaced_after_open_gives_eio() {
         let store = Arc::new(InMemory::new());
-        put(&*store, "v", "version one").await;
+        let first = pattern(3 * MIB as usize);
+        put(&*store, "v", first.clone()).await;
         let fs = Setup::default().build(store.clone());
         let attr = fs.lookup(ROOT_INODE, OsStr::new("v")).await.unwrap();
-        let fh = fs.open(attr.ino.0, libc::O_RDONLY).await.unwrap();
-        assert_eq!(&fs.read(fh, 0, 7).await.unwrap()[..], b"version");
+        let fh = fs.open(attr.ino.0, libc::O_RDONLY).await.unwrap().fh;
+        assert_eq!(fs.read(fh, 0, 7).await.unwrap(), first[..7]);
         // Same size, different content: only the ETag tells them apart.
-        put(&*store, "v", "VERSION TWO").await;
-        assert_eq!(errno_of(fs.read(fh, 0, 7).await), libc::EIO);
-        assert_eq!(errno_of(fs.read(fh, 8, 3).await), libc::EIO);
+        let mut second = first.clone();
+        second.iter_mut().for_each(|b| *b = b.wrapping_add(1));
+        put(&*store, "v", second).await;
+        // Bytes already fetched for this handle are the opened version's...
+        assert_eq!(fs.read(fh, 7, 100).await.unwrap(), first[7..107]);
+        // ...anything fetched from now on fails, sequential or not.
+        assert_eq!(errno_of(fs.read(fh, 2 * MIB, 4096).await), libc::EIO);
+        assert_eq!(errno_of(fs.read(fh, 3 * MIB - 10, 10).await), libc::EIO);
+        let fresh = fs.open(attr.ino.0, libc::O_RDONLY).await.unwrap().fh;
+        // The cached metadata is still fresh: the new handle is pinned to the
+        // old ETag too, and fails rather than mixing versions.
+        assert_eq!(errno_of(fs.read(fresh, 0, 4096).await), libc::EIO);
+    }
+
+    #[tokio::test]
+    async fn the_page_cache_is_kept_only_for_the_same_etag() {
+        let store = Arc::new(InMemory::new());
+        put(&*store, "f", "one").await;
+        let fs = Setup {
+            ttl: Duration::ZERO,
+            ..Setup::default()
+        }
+        .build(store.clone());
+        let attr = fs.lookup(ROOT_INODE, OsStr::new("f")).await.unwrap();
+        let first = fs.open(attr.ino.0, libc::O_RDONLY).await.unwrap();
+        assert!(!first.keep_cache, "nothing cached at the first open");
+        let second = fs.open(attr.ino.0, libc::O_RDONLY).await.unwrap();
+        assert!(second.keep_cache, "same ETag: the cached pages are valid");
+        put(&*store, "f", "two").await;
+        let third = fs.open(attr.ino.0, libc::O_RDONLY).await.unwrap();
+        assert!(
+            !third.keep_cache,
+            "new ETag: the kernel must drop its pages"
+        );
+        assert_eq!(&fs.read(third.fh, 0, 10).await.unwrap()[..], b"two");
+    }
+
+    const MIB: u64 = 1024 * 1024;
+
+    /// Reads `len` bytes of `fh` from `start` in `chunk`-sized reads.
+    async fn read_range(fs: &S3Filesystem, fh: u64, start: u64, len: u64, chunk: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut offset = start;
+        while offset < start + len {
+            let want = u64::from(chunk).min(start + len - offset) as u32;
+            let data = fs.read(fh, offset, want).await.expect("read");
+            if data.is_empty() {
+                break;
+            }
+            offset += data.len() as u64;
+            out.extend_from_slice(&data);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn sequential_reads_prefetch_a_growing_window() {
+        let store = CountingStore::new(Arc::new(InMemory::new()));
+        let size = 40 * MIB + 12_345;
+        let content = pattern(size as usize);
+        put(&*store, "big", content.clone()).await;
+        let budget_bytes = 64 * MIB;
+        let fs = Setup {
+            prefetch_memory: budget_bytes,
+            ..Setup::default()
+        }
+        .build(store.clone());
+        let attr = fs.lookup(ROOT_INODE, OsStr::new("big")).await.unwrap();
+        let fh = fs.open(attr.ino.0, libc::O_RDONLY).await.unwrap().fh;
+        // 100_000 is no divisor of any part size: reads straddle parts.
+        let data = read_range(&fs, fh, 0, size, 100_000).await;
+        assert_eq!(data.len(), content.len());
+        assert!(data == content, "sequential read differs from the object");
+        let stats = fs.read_stats(fh).unwrap();
+        let reads = size.div_ceil(100_000);
+        assert_eq!(stats.direct_reads, 0, "{stats:?}");
+        assert_eq!(stats.window_reads, reads, "{stats:?}");
+        // 1 + 2 + 4 MiB, then 4 MiB parts: about a dozen GETs for 40 MiB.
+        let gets = store.gets.load(Ordering::SeqCst) as u64;
+        assert_eq!(gets, stats.parts_started);
+        assert!(
+            (10..=16).contains(&gets),
+            "{gets} GETs for {size} bytes: the window did not grow to {MAX_PART} parts"
+        );
+        let budget = &fs.options().prefetch_budget;
+        assert!(budget.in_use() > 0, "the window holds budget while open");
+        fs.release(fh);
+        assert_eq!(budget.in_use(), 0, "release gives the budget back");
+    }
+
+    #[tokio::test]
+    async fn random_reads_fetch_exactly_what_they_ask() {
+        let store = CountingStore::new(Arc::new(InMemory::new()));
+        let size = 64 * MIB;
+        let content = pattern(size as usize);
+        put(&*store, "big", content.clone()).await;
+        let fs = Setup::default().build(store.clone());
+        let attr = fs.lookup(ROOT_INODE, OsStr::new("big")).await.unwrap();
+        let fh = fs.open(attr.ino.0, libc::O_RDONLY).await.unwrap().fh;
+        // Far apart, out of order (never within the sequential slack).
+        let offsets = [37, 5, 50, 20, 62, 12, 44, 28].map(|mib| mib * MIB + 4096);
+        for offset in offsets {
+            let data = fs.read(fh, offset, MIB as u32).await.unwrap();
+            let at = offset as usize;
+            assert!(
+                data == content[at..at + MIB as usize],
+                "random read at {offset}"
+            );
+        }
+        let stats = fs.read_stats(fh).unwrap();
+        assert_eq!(stats.direct_reads, offsets.len() as u64, "{stats:?}");
+        assert_eq!(stats.parts_started, 0, "random reads must not prefetch");
+        assert_eq!(store.gets.load(Ordering::SeqCst), offsets.len());
+        assert_eq!(fs.options().prefetch_budget.in_use(), 0);
+        // Reading on from the last random read turns sequential again.
+        let last = offsets[offsets.len() - 1] + MIB;
+        let data = read_range(&fs, fh, last, 3 * MIB, 128 * 1024).await;
+        assert!(data == content[last as usize..(last + 3 * MIB) as usize]);
+        assert!(fs.read_stats(fh).unwrap().parts_started > 0);
+    }
+
+    #[tokio::test]
+    async fn forward_seeks_within_the_window_reuse_it() {
+        let store = CountingStore::new(Arc::new(InMemory::new()));
+        let content = pattern(8 * MIB as usize);
+        put(&*store, "f", content.clone()).await;
+        let fs = Setup::default().build(store.clone());
+        let attr = fs.lookup(ROOT_INODE, OsStr::new("f")).await.unwrap();
+        let fh = fs.open(attr.ino.0, libc::O_RDONLY).await.unwrap().fh;
+        assert!(fs.read(fh, 0, 4096).await.unwrap() == content[..4096]);
+        let gets = store.gets.load(Ordering::SeqCst);
+        // Inside the first window: no new GET for the bytes themselves.
+        let at = 700 * 1024;
+        assert!(fs.read(fh, at, 4096).await.unwrap() == content[at as usize..at as usize + 4096]);
+        let stats = fs.read_stats(fh).unwrap();
+        assert_eq!((stats.window_reads, stats.direct_reads), (2, 0));
+        assert!(store.gets.load(Ordering::SeqCst) >= gets);
+        // Concurrent readers of one handle (the kernel's async readahead).
+        let chunks: Vec<u64> = (0..32).map(|i| MIB + i * 128 * 1024).collect();
+        let reads = futures::future::join_all(
+            chunks
+                .iter()
+                .rev()
+                .map(|&offset| fs.read(fh, offset, 128 * 1024)),
+        )
+        .await;
+        for (offset, data) in chunks.iter().rev().zip(reads) {
+            let at = *offset as usize;
+            assert!(
+                data.unwrap() == content[at..at + 128 * 1024],
+                "chunk at {offset}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_directory_read_in_listing_order_fetches_the_next_files_ahead() {
+        let inner = Arc::new(InMemory::new());
+        for i in 0..20 {
+            put(&*inner, &format!("d/f{i:02}"), pattern(1000 + i)).await;
+        }
+        let store = CountingStore::new(inner);
+        let fs = Setup::default().build(store.clone());
+        let dir = fs.lookup(ROOT_INODE, OsStr::new("d")).await.unwrap();
+        let dh = fs.opendir(dir.ino.0).unwrap();
+        let listed = fs.readdirplus(dh, 0, ALL).await.unwrap();
+        fs.releasedir(dh);
+        let files: Vec<_> = listed.iter().filter(|e| e.name.starts_with('f')).collect();
+        let gets_before = store.gets.load(Ordering::SeqCst);
+        let mut served_ahead = 0;
+        for (i, entry) in files.iter().enumerate() {
+            let fh = fs.open(entry.attr.ino.0, libc::O_RDONLY).await.unwrap().fh;
+            let data = fs.read(fh, 0, 1 << 20).await.unwrap();
+            assert!(data == pattern(1000 + i), "content of {}", entry.name);
+            if fs.read_stats(fh).unwrap().parts_started == 0 {
+                served_ahead += 1;
+            }
+            fs.release(fh);
+        }
+        // The first two opens establish the order; the rest were fetched ahead,
+        // each object exactly once.
+        assert_eq!(served_ahead, 18);
+        assert_eq!(store.gets.load(Ordering::SeqCst) - gets_before, 20);
+
+        // Out of order: nothing is fetched ahead.
+        let gets_before = store.gets.load(Ordering::SeqCst);
+        let dh = fs.opendir(dir.ino.0).unwrap();
+        fs.readdirplus(dh, 0, ALL).await.unwrap();
+        fs.releasedir(dh);
+        for entry in files.iter().rev().step_by(3) {
+            let fh = fs.open(entry.attr.ino.0, libc::O_RDONLY).await.unwrap().fh;
+            fs.read(fh, 0, 1 << 20).await.unwrap();
+            fs.release(fh);
+        }
+        assert_eq!(
+            store.gets.load(Ordering::SeqCst) - gets_before,
+            files.iter().rev().step_by(3).count()
+        );
+        assert_eq!(fs.options().prefetch_budget.in_use(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_exhausted_budget_still_serves_every_read() {
+        let store = CountingStore::new(Arc::new(InMemory::new()));
+        let size = 5 * MIB + 3;
+        let content = pattern(size as usize);
+        put(&*store, "f", content.clone()).await;
+        let fs = Setup {
+            prefetch_memory: 0,
+            ..Setup::default()
+        }
+        .build(store.clone());
+        let attr = fs.lookup(ROOT_INODE, OsStr::new("f")).await.unwrap();
+        let fh = fs.open(attr.ino.0, libc::O_RDONLY).await.unwrap().fh;
+        let data = read_range(&fs, fh, 0, size, 256 * 1024).await;
+        assert!(data == content);
+        // Nothing ahead: one GET per read, each exactly the read.
+        assert_eq!(
+            store.gets.load(Ordering::SeqCst) as u64,
+            size.div_ceil(256 * 1024)
+        );
     }
 
     fn permission_denied() -> object_store::Error {
@@ -1620,7 +2314,7 @@ mod tests {
         }
         .build(store.clone());
         let file = fs.lookup(ROOT_INODE, OsStr::new("a.txt")).await.unwrap();
-        let fh = fs.open(file.ino.0, libc::O_RDONLY).await.unwrap();
+        let fh = fs.open(file.ino.0, libc::O_RDONLY).await.unwrap().fh;
         let dir_fh = fs.opendir(ROOT_INODE).unwrap();
 
         store.fail_with(Some(permission_denied));
@@ -1701,8 +2395,191 @@ mod tests {
         }
         .build(sample_store().await);
         assert_eq!(
-            writable.refuse_modification("mkdir", "x".into()).errno(),
+            writable.refuse_modification("rename", "x".into()).errno(),
             libc::EOPNOTSUPP
+        );
+    }
+
+    fn writable() -> Setup {
+        Setup {
+            read_only: false,
+            ..Setup::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn read_only_mounts_refuse_every_write_operation() {
+        let fs = Setup::default().build(sample_store().await);
+        let name = OsStr::new("new");
+        assert_eq!(errno_of(fs.create(ROOT_INODE, name).await), libc::EROFS);
+        assert_eq!(errno_of(fs.mkdir(ROOT_INODE, name).await), libc::EROFS);
+        assert_eq!(
+            errno_of(fs.unlink(ROOT_INODE, OsStr::new("a.txt")).await),
+            libc::EROFS
+        );
+        assert_eq!(
+            errno_of(fs.rmdir(ROOT_INODE, OsStr::new("dir")).await),
+            libc::EROFS
+        );
+        let file = fs.lookup(ROOT_INODE, OsStr::new("a.txt")).await.unwrap();
+        assert_eq!(
+            errno_of(fs.setattr(file.ino.0, Some(0), false).await),
+            libc::EROFS
+        );
+    }
+
+    #[tokio::test]
+    async fn new_files_are_written_sequentially_and_appear_on_flush() {
+        let store = Arc::new(InMemory::new());
+        put(&*store, "dir/old", "old").await;
+        let fs = writable().build(store.clone());
+        let dir = fs.lookup(ROOT_INODE, OsStr::new("dir")).await.unwrap();
+        // Small: one PUT at flush. Large: a multipart upload of several parts.
+        let small = pattern(1000);
+        let large = pattern(2 * crate::s3fs::write::WRITE_PART_SIZE + 12_345);
+        for (name, content) in [("small", &small), ("large", &large), ("empty", &vec![])] {
+            let (attr, fh) = fs.create(dir.ino.0, OsStr::new(name)).await.unwrap();
+            assert_eq!(attr.size, 0);
+            for chunk in content.chunks(1 << 20) {
+                let at = fs.getattr(attr.ino.0).await.unwrap().size;
+                assert_eq!(fs.write(fh, at, chunk).await.unwrap() as usize, chunk.len());
+            }
+            // Visible in the mount while written, not yet in the bucket.
+            let listing = {
+                let dh = fs.opendir(dir.ino.0).unwrap();
+                let entries = fs.readdir(dh, 0, ALL).await.unwrap();
+                fs.releasedir(dh);
+                entries
+            };
+            assert!(names(&listing).contains(&name), "{:?}", names(&listing));
+            let key = ObjectPath::from(format!("dir/{name}"));
+            assert!(
+                store.head(&key).await.is_err(),
+                "{name} uploaded before flush"
+            );
+            fs.flush(fh).await.unwrap();
+            fs.release_writer(fh).await;
+            let stored = store.get(&key).await.unwrap().bytes().await.unwrap();
+            assert!(stored == content[..], "stored {name} differs");
+            assert_eq!(open_read_all(&fs, dir.ino.0, name).await, *content);
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_that_s3_cannot_do_fail_with_clear_errnos() {
+        let store = Arc::new(InMemory::new());
+        put(&*store, "old", "old").await;
+        put(&*store, "full/x", "x").await;
+        let fs = writable().build(store.clone());
+        let old = fs.lookup(ROOT_INODE, OsStr::new("old")).await.unwrap();
+        // Overwrite in place, truncate, reopen for writing: EPERM.
+        for flags in [libc::O_WRONLY, libc::O_RDWR, libc::O_RDONLY | libc::O_TRUNC] {
+            assert_eq!(errno_of(fs.open(old.ino.0, flags).await), libc::EPERM);
+        }
+        assert_eq!(
+            errno_of(fs.setattr(old.ino.0, Some(0), false).await),
+            libc::EPERM
+        );
+        assert_eq!(
+            errno_of(fs.setattr(old.ino.0, None, true).await),
+            libc::EOPNOTSUPP
+        );
+        // Times alone are accepted (and ignored), as is the same size.
+        assert_eq!(fs.setattr(old.ino.0, Some(3), false).await.unwrap().size, 3);
+        // Creating an existing name: EEXIST.
+        assert_eq!(
+            errno_of(fs.create(ROOT_INODE, OsStr::new("old")).await),
+            libc::EEXIST
+        );
+        assert_eq!(
+            errno_of(fs.mkdir(ROOT_INODE, OsStr::new("full")).await),
+            libc::EEXIST
+        );
+        // Random writes: EINVAL; the file stays writable at its end.
+        let (_, fh) = fs.create(ROOT_INODE, OsStr::new("seq")).await.unwrap();
+        fs.write(fh, 0, b"abc").await.unwrap();
+        assert_eq!(errno_of(fs.write(fh, 10, b"x").await), libc::EINVAL);
+        assert_eq!(errno_of(fs.write(fh, 1, b"x").await), libc::EINVAL);
+        fs.write(fh, 3, b"def").await.unwrap();
+        fs.flush(fh).await.unwrap();
+        // After completion the object is not appended to.
+        assert_eq!(errno_of(fs.write(fh, 6, b"g").await), libc::EPERM);
+        fs.release_writer(fh).await;
+        assert_eq!(open_read_all(&fs, ROOT_INODE, "seq").await, b"abcdef");
+        // Non-empty directory: ENOTEMPTY; unlink of a directory: EISDIR;
+        // rmdir of a file: ENOTDIR; missing names: ENOENT.
+        assert_eq!(
+            errno_of(fs.rmdir(ROOT_INODE, OsStr::new("full")).await),
+            libc::ENOTEMPTY
+        );
+        assert_eq!(
+            errno_of(fs.unlink(ROOT_INODE, OsStr::new("full")).await),
+            libc::EISDIR
+        );
+        assert_eq!(
+            errno_of(fs.rmdir(ROOT_INODE, OsStr::new("old")).await),
+            libc::ENOTDIR
+        );
+        assert_eq!(
+            errno_of(fs.unlink(ROOT_INODE, OsStr::new("nope")).await),
+            libc::ENOENT
+        );
+        assert_eq!(
+            fs.refuse_modification("rename", "x".into()).errno(),
+            libc::EOPNOTSUPP
+        );
+    }
+
+    #[tokio::test]
+    async fn unlink_mkdir_and_rmdir() {
+        let store = Arc::new(InMemory::new());
+        put(&*store, "a", "a").await;
+        let fs = writable().build(store.clone());
+        fs.unlink(ROOT_INODE, OsStr::new("a")).await.unwrap();
+        assert!(store.head(&ObjectPath::from("a")).await.is_err());
+        assert_eq!(
+            errno_of(fs.lookup(ROOT_INODE, OsStr::new("a")).await),
+            libc::ENOENT
+        );
+        // A new directory lives in the mount, a file written in it makes it a prefix.
+        let made = fs.mkdir(ROOT_INODE, OsStr::new("d")).await.unwrap();
+        assert_eq!(made.kind, FileType::Directory);
+        let found = fs.lookup(ROOT_INODE, OsStr::new("d")).await.unwrap();
+        assert_eq!(found.ino, made.ino);
+        let (_, fh) = fs.create(made.ino.0, OsStr::new("f")).await.unwrap();
+        assert_eq!(
+            errno_of(fs.rmdir(ROOT_INODE, OsStr::new("d")).await),
+            libc::ENOTEMPTY,
+            "a file being written keeps its directory"
+        );
+        fs.write(fh, 0, b"data").await.unwrap();
+        fs.release_writer(fh).await;
+        assert_eq!(
+            store
+                .get(&ObjectPath::from("d/f"))
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap(),
+            "data"
+        );
+        assert_eq!(
+            errno_of(fs.rmdir(ROOT_INODE, OsStr::new("d")).await),
+            libc::ENOTEMPTY
+        );
+        fs.unlink(made.ino.0, OsStr::new("f")).await.unwrap();
+        fs.rmdir(ROOT_INODE, OsStr::new("d")).await.unwrap();
+        assert_eq!(
+            errno_of(fs.lookup(ROOT_INODE, OsStr::new("d")).await),
+            libc::ENOENT
+        );
+        // An empty new directory goes with rmdir too.
+        fs.mkdir(ROOT_INODE, OsStr::new("e")).await.unwrap();
+        fs.rmdir(ROOT_INODE, OsStr::new("e")).await.unwrap();
+        assert_eq!(
+            errno_of(fs.lookup(ROOT_INODE, OsStr::new("e")).await),
+            libc::ENOENT
         );
     }
 
@@ -1750,7 +2627,7 @@ mod tests {
             FileType::RegularFile
         );
 
-        let fh = fs.open(top.ino.0, libc::O_RDONLY).await.unwrap();
+        let fh = fs.open(top.ino.0, libc::O_RDONLY).await.unwrap().fh;
         assert_eq!(fs.read(fh, 4990, 100).await.unwrap(), pattern(5000)[4990..]);
         // Replace the file (new inode, new size): the pinned handle refuses it.
         std::fs::write(root.join("data/top.new"), pattern(6000)).unwrap();

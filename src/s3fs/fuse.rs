@@ -93,8 +93,10 @@ impl fuser::Filesystem for FuseAdapter {
         let wanted = InitFlags::FUSE_ASYNC_READ
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_DO_READDIRPLUS
-            | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_MAX_PAGES;
+        // Not FUSE_READDIRPLUS_AUTO: attributes come with the listing for
+        // free, and in auto mode the kernel falls back to plain READDIR after
+        // the first batch, so every later open costs a LOOKUP (HEAD + LIST).
         let offered = config.capabilities() & wanted;
         if let Err(unsupported) = config.add_capabilities(offered) {
             tracing::debug!(?unsupported, "kernel refused fuse capabilities");
@@ -139,10 +141,10 @@ impl fuser::Filesystem for FuseAdapter {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
-        _size: Option<u64>,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
         _atime: Option<TimeOrNow>,
         _mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
@@ -153,7 +155,13 @@ impl fuser::Filesystem for FuseAdapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        reply.error(self.refuse("setattr", format!("inode {}", ino.0)));
+        let changes_mode_or_owner = mode.is_some() || uid.is_some() || gid.is_some();
+        self.spawn("setattr", move |fs| async move {
+            match fs.setattr(ino.0, size, changes_mode_or_owner).await {
+                Ok(attr) => reply.attr(&fs.kernel_ttl(), &attr),
+                Err(err) => reply.error(errno("setattr", &err)),
+            }
+        });
     }
 
     fn mknod(
@@ -178,15 +186,33 @@ impl fuser::Filesystem for FuseAdapter {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(self.refuse("mkdir", self.describe(parent, name)));
+        let name = name.to_owned();
+        self.spawn("mkdir", move |fs| async move {
+            match fs.mkdir(parent.0, &name).await {
+                Ok(attr) => reply.entry(&fs.kernel_ttl(), &attr, GENERATION),
+                Err(err) => reply.error(errno("mkdir", &err)),
+            }
+        });
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply.error(self.refuse("unlink", self.describe(parent, name)));
+        let name = name.to_owned();
+        self.spawn("unlink", move |fs| async move {
+            match fs.unlink(parent.0, &name).await {
+                Ok(()) => reply.ok(),
+                Err(err) => reply.error(errno("unlink", &err)),
+            }
+        });
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply.error(self.refuse("rmdir", self.describe(parent, name)));
+        let name = name.to_owned();
+        self.spawn("rmdir", move |fs| async move {
+            match fs.rmdir(parent.0, &name).await {
+                Ok(()) => reply.ok(),
+                Err(err) => reply.error(errno("rmdir", &err)),
+            }
+        });
     }
 
     fn symlink(
@@ -226,13 +252,17 @@ impl fuser::Filesystem for FuseAdapter {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         self.spawn("open", move |fs| async move {
-            let open_flags = if fs.options().immutable {
-                FopenFlags::FOPEN_KEEP_CACHE
-            } else {
-                FopenFlags::empty()
-            };
             match fs.open(ino.0, flags.0).await {
-                Ok(fh) => reply.opened(FileHandle(fh), open_flags),
+                Ok(opened) => {
+                    // Pages cached from the same ETag stay; otherwise the
+                    // kernel drops them at this open.
+                    let open_flags = if opened.keep_cache {
+                        FopenFlags::FOPEN_KEEP_CACHE
+                    } else {
+                        FopenFlags::empty()
+                    };
+                    reply.opened(FileHandle(opened.fh), open_flags)
+                }
                 Err(err) => reply.error(errno("open", &err)),
             }
         });
@@ -260,28 +290,44 @@ impl fuser::Filesystem for FuseAdapter {
     fn write(
         &self,
         _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        _offset: u64,
-        _data: &[u8],
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
         _write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        reply.error(self.refuse("write", format!("inode {}", ino.0)));
+        let data = data.to_vec();
+        self.spawn("write", move |fs| async move {
+            match fs.write(fh.0, offset, &data).await {
+                Ok(written) => reply.written(written),
+                Err(err) => reply.error(errno("write", &err)),
+            }
+        });
     }
 
     fn flush(
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Nothing is buffered on the read path.
-        reply.ok();
+        if !self.fs.is_writer(fh.0) {
+            // Nothing is buffered on the read path.
+            reply.ok();
+            return;
+        }
+        // Completes the object: close(2) reports a failed upload.
+        self.spawn("flush", move |fs| async move {
+            match fs.flush(fh.0).await {
+                Ok(()) => reply.ok(),
+                Err(err) => reply.error(errno("flush", &err)),
+            }
+        });
     }
 
     fn release(
@@ -294,6 +340,13 @@ impl fuser::Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        if self.fs.is_writer(fh.0) {
+            self.spawn("release", move |fs| async move {
+                fs.release_writer(fh.0).await;
+                reply.ok();
+            });
+            return;
+        }
         let started = Instant::now();
         self.fs.release(fh.0);
         reply.ok();
@@ -445,16 +498,14 @@ impl fuser::Filesystem for FuseAdapter {
         _size: u32,
         reply: ReplyXattr,
     ) {
-        // Objects carry no extended attributes.
-        reply.error(Errno::ENODATA);
+        // Objects carry no extended attributes. ENOSYS makes the kernel stop
+        // asking (and answer EOPNOTSUPP itself), so `ls -l` of a large
+        // directory costs no round trip per entry.
+        reply.error(Errno::ENOSYS);
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
-        if size == 0 {
-            reply.size(0);
-        } else {
-            reply.data(&[]);
-        }
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
+        reply.error(Errno::ENOSYS);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
@@ -476,7 +527,19 @@ impl fuser::Filesystem for FuseAdapter {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        reply.error(self.refuse("create", self.describe(parent, name)));
+        let name = name.to_owned();
+        self.spawn("create", move |fs| async move {
+            match fs.create(parent.0, &name).await {
+                Ok((attr, fh)) => reply.created(
+                    &fs.kernel_ttl(),
+                    &attr,
+                    GENERATION,
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                ),
+                Err(err) => reply.error(errno("create", &err)),
+            }
+        });
     }
 
     fn fallocate(
@@ -647,6 +710,7 @@ mod tests {
                 read_only: true,
                 metadata_ttl: Duration::from_secs(1),
                 immutable: false,
+                prefetch_budget: crate::s3fs::PrefetchBudget::new(64 * 1024 * 1024),
             },
             runtime.handle().clone(),
             Arc::clone(&metrics),

@@ -4,7 +4,10 @@
 
 pub mod fs;
 pub mod fuse;
+pub mod prefetch;
 pub mod store;
+pub mod write;
 
 pub use fs::{FsOptions, S3Filesystem};
+pub use prefetch::PrefetchBudget;
 pub use store::{Bucket, FileEndpointPolicy, StoreError, open_bucket};

@@ -86,6 +86,9 @@ impl Mounter for LinuxMounter {
                 .map(|entry| entry.major_minor.1)
         });
         let started = start_fuse_server(device, adapter, request.threads);
+        if let (Ok(_), Some(minor)) = (&started, connection) {
+            raise_readahead(minor);
+        }
         match started {
             Ok(thread) => Ok(FuseSession {
                 thread: Some(thread),
@@ -257,6 +260,20 @@ impl LinuxMounter {
         drop(step_tx);
         let _ = viewer.join();
         result
+    }
+}
+
+/// The kernel readahead (KiB) of FUSE mounts: the bdi default is 128 KiB and
+/// FUSE_INIT can only lower it, so sequential reads would reach the
+/// filesystem 128 KiB at a time. 1 MiB matches the largest read.
+const FUSE_READAHEAD_KIB: u32 = 1024;
+
+/// Raises the readahead of the FUSE connection `minor` (device 0:minor);
+/// best effort: a mount without it works, only with smaller reads.
+fn raise_readahead(minor: u32) {
+    let path = format!("/sys/class/bdi/0:{minor}/read_ahead_kb");
+    if let Err(err) = std::fs::write(&path, FUSE_READAHEAD_KIB.to_string()) {
+        tracing::warn!(path, error = %err, "cannot raise fuse readahead");
     }
 }
 

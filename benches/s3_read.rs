@@ -1,0 +1,885 @@
+//! S3 read benchmark: the same workloads through plain ranged GETs (the
+//! ceiling), a hotmount agent, s3fs and rclone mount, side by side, each from
+//! a cold cache (a fresh mount and dropped page caches per workload).
+//!
+//! `cargo bench --bench s3_read` (or `scripts/bench-s3.sh`) runs the full
+//! benchmark against a local Garage: 1 GiB sequential, 2000 x 64 KiB files,
+//! `ls -l` of a 10,000-key prefix, 1 MiB random reads, four parallel readers.
+//! Sizes can be changed with `BENCH_SEQ_MIB`, `BENCH_SMALL_FILES`,
+//! `BENCH_LS_KEYS`, `BENCH_RANDOM_READS`, `BENCH_PARALLEL_MIB` (per reader)
+//! the columns with `BENCH_TOOLS` (e.g. `ceiling,hotmount`), the workloads
+//! with `BENCH_WORKLOADS` (e.g. `seq,small`), and `BENCH_WARM=1` keeps the
+//! page caches (for profiling the FUSE path without the server's disk).
+//!
+//! Without `--bench` (as `cargo test --all-targets` runs it) it does a smoke
+//! run of a few seconds: tiny sizes, a `file://` bucket, ceiling and hotmount
+//! only, so the benchmark code itself stays working.
+//!
+//! Everything mounts inside a private mount namespace of this process (never
+//! the host's table); every process started here is stopped at the end.
+//! Needs root and /dev/fuse; the full run also needs Garage, s3fs and rclone.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path as ObjectPath;
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload};
+use serde_json::{Value, json};
+
+const MIB: u64 = 1024 * 1024;
+/// Ranged GET size and concurrency of the ceiling's large reads.
+const CEILING_PART: u64 = 8 * MIB;
+const CEILING_IN_FLIGHT: usize = 4;
+/// How long a mount may take to appear.
+const MOUNT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The workload sizes.
+#[derive(Debug, Clone)]
+struct Sizes {
+    seq_mib: u64,
+    small_files: usize,
+    small_kib: u64,
+    ls_keys: usize,
+    random_reads: usize,
+    parallel_mib: u64,
+}
+
+impl Sizes {
+    fn full() -> Self {
+        let var = |name: &str, default: u64| {
+            std::env::var(name)
+                .ok()
+                .map(|v| {
+                    v.parse()
+                        .unwrap_or_else(|_| panic!("{name}={v:?} is not a number"))
+                })
+                .unwrap_or(default)
+        };
+        Sizes {
+            seq_mib: var("BENCH_SEQ_MIB", 1024),
+            small_files: var("BENCH_SMALL_FILES", 2000) as usize,
+            small_kib: 64,
+            ls_keys: var("BENCH_LS_KEYS", 10_000) as usize,
+            random_reads: var("BENCH_RANDOM_READS", 200) as usize,
+            parallel_mib: var("BENCH_PARALLEL_MIB", 256),
+        }
+    }
+
+    fn smoke() -> Self {
+        Sizes {
+            seq_mib: 8,
+            small_files: 20,
+            small_kib: 64,
+            ls_keys: 200,
+            random_reads: 8,
+            parallel_mib: 2,
+        }
+    }
+}
+
+/// One workload's result.
+#[derive(Debug, Clone, Copy)]
+struct Figure {
+    seconds: f64,
+    /// Bytes moved (0 for listings).
+    bytes: u64,
+    /// Files or entries handled.
+    items: u64,
+}
+
+impl Figure {
+    fn mb_per_s(&self) -> f64 {
+        self.bytes as f64 / 1e6 / self.seconds
+    }
+    fn items_per_s(&self) -> f64 {
+        self.items as f64 / self.seconds
+    }
+}
+
+const WORKLOADS: [&str; 5] = ["seq", "small", "ls", "random", "parallel"];
+
+fn describe(workload: &str, sizes: &Sizes) -> String {
+    match workload {
+        "seq" => format!("sequential read, {} MiB", sizes.seq_mib),
+        "small" => format!("{} x {} KiB files", sizes.small_files, sizes.small_kib),
+        "ls" => format!("ls -l, {} keys", sizes.ls_keys),
+        "random" => format!("{} x 1 MiB random reads", sizes.random_reads),
+        _ => format!("4 parallel readers, 4 x {} MiB", sizes.parallel_mib),
+    }
+}
+
+fn render(workload: &str, figure: &Figure) -> String {
+    match workload {
+        "small" => format!("{:.0} files/s", figure.items_per_s()),
+        "ls" => format!("{:.3} s", figure.seconds),
+        "random" => format!(
+            "{:.0} MB/s ({:.0} reads/s)",
+            figure.mb_per_s(),
+            figure.items_per_s()
+        ),
+        _ => format!("{:.0} MB/s", figure.mb_per_s()),
+    }
+}
+
+/// Higher is better for every workload's figure of merit.
+fn merit(workload: &str, figure: &Figure) -> f64 {
+    match workload {
+        "small" => figure.items_per_s(),
+        "ls" => 1.0 / figure.seconds,
+        _ => figure.mb_per_s(),
+    }
+}
+
+/// Deterministic data, different per object.
+fn object_bytes(seed: u64, len: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len as usize);
+    while (out.len() as u64) < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len as usize);
+    out
+}
+
+fn random_offsets(len: u64, count: usize) -> Vec<u64> {
+    let mut state = 0x2545_F491_4F6C_DD1D_u64;
+    let span = len.saturating_sub(MIB).max(1);
+    (0..count)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            // 4 KiB aligned, like most random readers.
+            ((state >> 11) % span) & !4095
+        })
+        .collect()
+}
+
+/// The objects every workload reads, uploaded once.
+fn upload(store: &Arc<dyn ObjectStore>, runtime: &tokio::runtime::Runtime, sizes: &Sizes) {
+    let mut uploads: Vec<(String, u64, u64)> = vec![("seq/big".into(), 1, sizes.seq_mib * MIB)];
+    for i in 0..4 {
+        uploads.push((format!("par/r{i}"), 10 + i, sizes.parallel_mib * MIB));
+    }
+    for i in 0..sizes.small_files {
+        uploads.push((
+            format!("small/f{i:05}"),
+            100 + i as u64,
+            sizes.small_kib * 1024,
+        ));
+    }
+    for i in 0..sizes.ls_keys {
+        uploads.push((format!("ls/k{i:05}"), 0, 16));
+    }
+    let started = Instant::now();
+    let count = uploads.len();
+    runtime.block_on(async {
+        futures::stream::iter(uploads)
+            .map(|(key, seed, len)| {
+                let store = Arc::clone(store);
+                async move {
+                    let path = ObjectPath::from(key.as_str());
+                    if len > 64 * MIB {
+                        let mut upload = store.put_multipart(&path).await?;
+                        let mut done = 0;
+                        while done < len {
+                            let chunk = (len - done).min(16 * MIB);
+                            let data = object_bytes(seed * 1_000_003 + done, chunk);
+                            upload.put_part(PutPayload::from(data)).await?;
+                            done += chunk;
+                        }
+                        upload.complete().await?;
+                    } else {
+                        store
+                            .put(&path, PutPayload::from(object_bytes(seed, len)))
+                            .await?;
+                    }
+                    Ok::<_, object_store::Error>(())
+                }
+            })
+            .buffer_unordered(16)
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap_or_else(|e| panic!("upload benchmark data: {e}"));
+    });
+    eprintln!(
+        "uploaded {count} objects in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// The ceiling: the same workloads as plain object_store requests.
+fn ceiling(
+    store: &Arc<dyn ObjectStore>,
+    runtime: &tokio::runtime::Runtime,
+    workload: &str,
+    sizes: &Sizes,
+) -> Figure {
+    drop_caches();
+    let started = Instant::now();
+    let (bytes, items) = runtime.block_on(async {
+        match workload {
+            "seq" => (ranged_read(store, "seq/big", sizes.seq_mib * MIB).await, 1),
+            "parallel" => {
+                let readers = (0..4).map(|i| {
+                    let store = Arc::clone(store);
+                    let len = sizes.parallel_mib * MIB;
+                    async move { ranged_read(&store, &format!("par/r{i}"), len).await }
+                });
+                let total: u64 = futures::future::join_all(readers).await.into_iter().sum();
+                (total, 4)
+            }
+            "small" => {
+                let listed = store
+                    .list_with_delimiter(Some(&ObjectPath::from("small")))
+                    .await
+                    .expect("list small/");
+                let mut total = 0;
+                for object in &listed.objects {
+                    total += store
+                        .get(&object.location)
+                        .await
+                        .expect("get a small object")
+                        .bytes()
+                        .await
+                        .expect("read a small object")
+                        .len() as u64;
+                }
+                (total, listed.objects.len() as u64)
+            }
+            "ls" => {
+                let listed = store
+                    .list_with_delimiter(Some(&ObjectPath::from("ls")))
+                    .await
+                    .expect("list ls/");
+                (0, listed.objects.len() as u64)
+            }
+            _ => {
+                let path = ObjectPath::from("seq/big");
+                let mut total = 0;
+                for offset in random_offsets(sizes.seq_mib * MIB, sizes.random_reads) {
+                    let options = GetOptions {
+                        range: Some(GetRange::Bounded(offset..offset + MIB)),
+                        ..GetOptions::default()
+                    };
+                    let got = store.get_opts(&path, options).await.expect("ranged get");
+                    total += got.bytes().await.expect("ranged get body").len() as u64;
+                }
+                (total, sizes.random_reads as u64)
+            }
+        }
+    });
+    Figure {
+        seconds: started.elapsed().as_secs_f64(),
+        bytes,
+        items,
+    }
+}
+
+async fn ranged_read(store: &Arc<dyn ObjectStore>, key: &str, len: u64) -> u64 {
+    let path = ObjectPath::from(key);
+    let ranges: Vec<_> = (0..len.div_ceil(CEILING_PART))
+        .map(|i| i * CEILING_PART..((i + 1) * CEILING_PART).min(len))
+        .collect();
+    futures::stream::iter(ranges)
+        .map(|range| {
+            let path = path.clone();
+            async move {
+                let options = GetOptions {
+                    range: Some(GetRange::Bounded(range)),
+                    ..GetOptions::default()
+                };
+                let got = store.get_opts(&path, options).await?;
+                Ok::<_, object_store::Error>(got.bytes().await?.len() as u64)
+            }
+        })
+        .buffered(CEILING_IN_FLIGHT)
+        .try_fold(0, |sum, n| async move { Ok(sum + n) })
+        .await
+        .unwrap_or_else(|e| panic!("ranged read of {key}: {e}"))
+}
+
+/// Whether workloads start from dropped page caches (the full run; the smoke
+/// run leaves the machine's caches alone).
+static COLD: AtomicBool = AtomicBool::new(false);
+
+/// Drops the page cache (the mounts' and the S3 server's files alike).
+fn drop_caches() {
+    if !COLD.load(Ordering::Relaxed) {
+        return;
+    }
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    std::fs::write("/proc/sys/vm/drop_caches", "3")
+        .unwrap_or_else(|e| panic!("write /proc/sys/vm/drop_caches (needs root): {e}"));
+}
+
+/// Reads the whole file with 1 MiB reads; bytes read.
+fn read_file(path: &Path) -> u64 {
+    let mut file =
+        std::fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let mut buf = vec![0u8; MIB as usize];
+    let mut total = 0;
+    loop {
+        let n = file
+            .read(&mut buf)
+            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        if n == 0 {
+            return total;
+        }
+        total += n as u64;
+    }
+}
+
+/// One workload through a mounted bucket at `mount`.
+fn through_mount(mount: &Path, workload: &str, sizes: &Sizes) -> Figure {
+    let started = Instant::now();
+    let (bytes, items) = match workload {
+        "seq" => (read_file(&mount.join("seq/big")), 1),
+        "parallel" => {
+            let readers: Vec<_> = (0..4)
+                .map(|i| {
+                    let path = mount.join(format!("par/r{i}"));
+                    std::thread::spawn(move || read_file(&path))
+                })
+                .collect();
+            let total = readers
+                .into_iter()
+                .map(|r| r.join().expect("reader thread"))
+                .sum();
+            (total, 4)
+        }
+        "small" => {
+            let dir = mount.join("small");
+            let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
+                .unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display()))
+                .map(|e| e.expect("directory entry").path())
+                .collect();
+            names.sort();
+            let total = names.iter().map(|p| read_file(p)).sum();
+            (total, names.len() as u64)
+        }
+        "ls" => {
+            let out = Command::new("ls")
+                .arg("-l")
+                .arg(mount.join("ls"))
+                .stderr(Stdio::inherit())
+                .output()
+                .expect("run ls -l");
+            assert!(out.status.success(), "ls -l failed: {}", out.status);
+            let lines = out.stdout.split(|b| *b == b'\n').count().saturating_sub(2);
+            (0, lines as u64)
+        }
+        _ => {
+            let path = mount.join("seq/big");
+            let file = std::fs::File::open(&path)
+                .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+            let mut buf = vec![0u8; MIB as usize];
+            let mut total = 0;
+            for offset in random_offsets(sizes.seq_mib * MIB, sizes.random_reads) {
+                let mut done = 0;
+                while done < buf.len() {
+                    let n = file
+                        .read_at(&mut buf[done..], offset + done as u64)
+                        .unwrap_or_else(|e| panic!("pread {}: {e}", path.display()));
+                    if n == 0 {
+                        break;
+                    }
+                    done += n;
+                }
+                total += done as u64;
+            }
+            (total, sizes.random_reads as u64)
+        }
+    };
+    let expected = match workload {
+        "seq" | "random" => None,
+        "parallel" => Some(4 * sizes.parallel_mib * MIB),
+        "small" => Some(sizes.small_files as u64 * sizes.small_kib * 1024),
+        _ => None,
+    };
+    if let Some(expected) = expected {
+        assert_eq!(
+            bytes,
+            expected,
+            "{workload} through {} read short",
+            mount.display()
+        );
+    }
+    if workload == "ls" {
+        assert_eq!(
+            items, sizes.ls_keys as u64,
+            "ls -l listed the wrong number of keys"
+        );
+    }
+    Figure {
+        seconds: started.elapsed().as_secs_f64(),
+        bytes,
+        items,
+    }
+}
+
+/// Peak resident memory of `pid` since the last reset, in MiB.
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+/// CPU seconds (user + system) `pid` has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime is the
+    // 12th, stime the 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
+        .sum();
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks / hz
+}
+
+/// Resets the peak RSS counter of `pid` (clear_refs 5).
+fn reset_peak_rss(pid: u32) {
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+}
+
+/// Waits until something is mounted at `path` (this namespace).
+fn wait_mounted(path: &Path, child: &mut Child, what: &str) {
+    let deadline = Instant::now() + MOUNT_TIMEOUT;
+    loop {
+        let table = std::fs::read_to_string("/proc/thread-self/mountinfo").unwrap_or_default();
+        if table.lines().any(|l| l.split(' ').nth(4) == path.to_str()) {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "{what} exited with {status} before mounting {}",
+                path.display()
+            );
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "{what} did not mount {} within {MOUNT_TIMEOUT:?}",
+                path.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Unmounts `path` and stops `child`.
+fn stop_fuse_process(path: &Path, mut child: Child) {
+    let _ = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A bucket served by a mounted FUSE client for the length of one workload.
+trait MountTool {
+    fn name(&self) -> &'static str;
+    /// Mounts the bucket fresh; returns the mount point and the server's pid.
+    fn mount(&mut self) -> (PathBuf, u32);
+    fn unmount(&mut self);
+    /// What the server says about its requests (hotmount: its S3 requests).
+    fn requests(&self) -> String {
+        String::new()
+    }
+}
+
+struct Hotmount<'a> {
+    node: &'a support::Node,
+    spec: Value,
+}
+
+impl MountTool for Hotmount<'_> {
+    fn name(&self) -> &'static str {
+        "hotmount"
+    }
+    fn mount(&mut self) -> (PathBuf, u32) {
+        let (status, body) = self.node.call("PUT", "/v1/mounts/bench", Some(&self.spec));
+        assert_eq!(
+            status,
+            201,
+            "hotmount mount: {body}\n{}",
+            self.node.agent.log()
+        );
+        let pid = self.node.agent.pid().expect("agent pid");
+        (self.node.root().join("bench"), pid)
+    }
+    fn unmount(&mut self) {
+        let (status, body) = self
+            .node
+            .call("DELETE", "/v1/mounts/bench?force=true", None);
+        assert_eq!(status, 200, "hotmount unmount: {body}");
+    }
+    fn requests(&self) -> String {
+        let (_, body) = self.node.call("GET", "/metrics", None);
+        let text = body.as_str().unwrap_or_default();
+        text.lines()
+            .filter(|l| {
+                (l.starts_with("hotmount_s3_requests_total{")
+                    || l.starts_with("hotmount_fuse_requests_total{"))
+                    && l.contains("\"bench\"")
+            })
+            .filter_map(|l| {
+                let op = l.split("op=\"").nth(1)?.split('"').next()?;
+                let result = l
+                    .split("result=\"")
+                    .nth(1)
+                    .and_then(|r| r.split('"').next())
+                    .map_or("fuse".to_string(), |r| format!("s3 {r}"));
+                let count = l.rsplit(' ').next()?;
+                Some(format!("{result} {op}={count}"))
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// Connection details of the S3 server for external clients.
+struct S3Server {
+    endpoint: String,
+    region: String,
+    bucket: String,
+    key_id: String,
+    secret: String,
+}
+
+struct S3fs<'a> {
+    server: &'a S3Server,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl MountTool for S3fs<'_> {
+    fn name(&self) -> &'static str {
+        "s3fs"
+    }
+    fn mount(&mut self) -> (PathBuf, u32) {
+        let target = self.dir.join("s3fs-mnt");
+        std::fs::create_dir_all(&target).unwrap();
+        let passwd = self.dir.join("s3fs-passwd");
+        std::fs::write(
+            &passwd,
+            format!("{}:{}\n", self.server.key_id, self.server.secret),
+        )
+        .unwrap();
+        std::fs::set_permissions(&passwd, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let options = format!(
+            "url={},endpoint={},use_path_request_style,passwd_file={},ro",
+            self.server.endpoint,
+            self.server.region,
+            passwd.display()
+        );
+        let mut child = Command::new("s3fs")
+            .arg(&self.server.bucket)
+            .arg(&target)
+            .arg("-f")
+            .arg("-o")
+            .arg(options)
+            .env_remove("AWS_CA_BUNDLE")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn s3fs: {e}"));
+        wait_mounted(&target, &mut child, "s3fs");
+        let pid = child.id();
+        self.child = Some(child);
+        (target, pid)
+    }
+    fn unmount(&mut self) {
+        if let Some(child) = self.child.take() {
+            stop_fuse_process(&self.dir.join("s3fs-mnt"), child);
+        }
+    }
+}
+
+/// A panicking workload must not leave an s3fs or rclone process behind.
+impl Drop for S3fs<'_> {
+    fn drop(&mut self) {
+        self.unmount();
+    }
+}
+
+impl Drop for Rclone<'_> {
+    fn drop(&mut self) {
+        self.unmount();
+    }
+}
+
+struct Rclone<'a> {
+    server: &'a S3Server,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl MountTool for Rclone<'_> {
+    fn name(&self) -> &'static str {
+        "rclone"
+    }
+    fn mount(&mut self) -> (PathBuf, u32) {
+        let target = self.dir.join("rclone-mnt");
+        std::fs::create_dir_all(&target).unwrap();
+        let mut child = Command::new("rclone")
+            .arg("mount")
+            .arg(format!(":s3:{}", self.server.bucket))
+            .arg(&target)
+            .arg("--read-only")
+            .env_remove("AWS_CA_BUNDLE")
+            .env("RCLONE_S3_PROVIDER", "Other")
+            .env("RCLONE_S3_ENDPOINT", &self.server.endpoint)
+            .env("RCLONE_S3_REGION", &self.server.region)
+            .env("RCLONE_S3_FORCE_PATH_STYLE", "true")
+            .env("RCLONE_S3_ACCESS_KEY_ID", &self.server.key_id)
+            .env("RCLONE_S3_SECRET_ACCESS_KEY", &self.server.secret)
+            .env("RCLONE_CONFIG", self.dir.join("rclone.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn rclone mount: {e}"));
+        wait_mounted(&target, &mut child, "rclone mount");
+        let pid = child.id();
+        self.child = Some(child);
+        (target, pid)
+    }
+    fn unmount(&mut self) {
+        if let Some(child) = self.child.take() {
+            stop_fuse_process(&self.dir.join("rclone-mnt"), child);
+        }
+    }
+}
+
+type Results = BTreeMap<(&'static str, &'static str), (Figure, Option<f64>)>;
+
+/// The workloads to run (`BENCH_WORKLOADS`, e.g. `seq,small`; all by default).
+fn selected_workloads() -> Vec<&'static str> {
+    let wanted = std::env::var("BENCH_WORKLOADS").unwrap_or_default();
+    WORKLOADS
+        .into_iter()
+        .filter(|w| wanted.is_empty() || wanted.split(',').any(|x| x == *w))
+        .collect()
+}
+
+fn run_tool(tool: &mut dyn MountTool, sizes: &Sizes, results: &mut Results) {
+    for workload in selected_workloads() {
+        let (mount, pid) = tool.mount();
+        drop_caches();
+        reset_peak_rss(pid);
+        let cpu_before = cpu_seconds(pid);
+        let figure = through_mount(&mount, workload, sizes);
+        let cpu = cpu_seconds(pid) - cpu_before;
+        let rss = peak_rss_mib(pid);
+        let requests = tool.requests();
+        tool.unmount();
+        eprintln!(
+            "{:>9} {:<34} {}  (peak RSS {rss:.0} MiB, cpu {cpu:.2}s) {requests}",
+            tool.name(),
+            describe(workload, sizes),
+            render(workload, &figure)
+        );
+        results.insert((tool.name(), workload), (figure, Some(rss)));
+    }
+}
+
+fn print_table(results: &Results, sizes: &Sizes, tools: &[&'static str]) {
+    println!();
+    print!("| workload |");
+    for tool in tools {
+        print!(" {tool} |");
+    }
+    println!(" hotmount / ceiling | hotmount / s3fs | hotmount / rclone |");
+    print!("|---|");
+    for _ in tools {
+        print!("---|");
+    }
+    println!("---|---|---|");
+    for workload in WORKLOADS {
+        print!("| {} |", describe(workload, sizes));
+        for tool in tools {
+            match results.get(&(*tool, workload)) {
+                Some((figure, _)) => print!(" {} |", render(workload, figure)),
+                None => print!(" - |"),
+            }
+        }
+        let hot = results.get(&("hotmount", workload));
+        for other in ["ceiling", "s3fs", "rclone"] {
+            match (hot, results.get(&(other, workload))) {
+                (Some((h, _)), Some((o, _))) => {
+                    print!(" {:.2}x |", merit(workload, h) / merit(workload, o))
+                }
+                _ => print!(" - |"),
+            }
+        }
+        println!();
+    }
+    print!("| peak RSS of the FUSE server (max over workloads) |");
+    for tool in tools {
+        let peak = WORKLOADS
+            .iter()
+            .filter_map(|w| results.get(&(*tool, *w)).and_then(|(_, rss)| *rss))
+            .fold(f64::NAN, f64::max);
+        if peak.is_nan() {
+            print!(" - |");
+        } else {
+            print!(" {peak:.0} MiB |");
+        }
+    }
+    println!(" | | |");
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    // Node::start (below) moves this thread into a private mount namespace;
+    // every mount and every FUSE client process lives there.
+    support::require_root();
+    support::require_fuse();
+    COLD.store(
+        full && std::env::var("BENCH_WARM").is_err(),
+        Ordering::Relaxed,
+    );
+    // The agent logs at info: per-request debug lines would be measured too.
+    // SAFETY: single-threaded at this point; nothing else reads the environment.
+    unsafe { std::env::set_var("RUST_LOG", "warn") };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let mut results = Results::new();
+    if !full {
+        smoke(&runtime, &mut results);
+        return;
+    }
+    let sizes = Sizes::full();
+    let wanted: Vec<String> = std::env::var("BENCH_TOOLS")
+        .unwrap_or_else(|_| "ceiling,hotmount,s3fs,rclone".into())
+        .split(',')
+        .map(str::to_string)
+        .collect();
+    for tool in &wanted {
+        if tool == "s3fs" {
+            support::require_tool("s3fs", "s3fs");
+        }
+        if tool == "rclone" {
+            support::require_tool("rclone", "rclone");
+        }
+    }
+    let garage = support::Garage::start();
+    garage.create_bucket("bench");
+    let store = garage.store("bench");
+    upload(&store, &runtime, &sizes);
+    let server = S3Server {
+        endpoint: garage.endpoint(),
+        region: garage.region().to_string(),
+        bucket: "bench".into(),
+        key_id: garage.access_key_id().to_string(),
+        secret: garage.secret_access_key().to_string(),
+    };
+    let node = support::Node::start(&[]);
+    let work = tempfile::tempdir().expect("work directory");
+    let credentials = work.path().join("credentials");
+    garage.write_credentials_file(&credentials);
+    let mut tools: Vec<&'static str> = Vec::new();
+    for tool in &wanted {
+        match tool.as_str() {
+            "ceiling" => {
+                for workload in selected_workloads() {
+                    let figure = ceiling(&store, &runtime, workload, &sizes);
+                    eprintln!(
+                        "{:>9} {:<34} {}",
+                        "ceiling",
+                        describe(workload, &sizes),
+                        render(workload, &figure)
+                    );
+                    results.insert(("ceiling", workload), (figure, None));
+                }
+                tools.push("ceiling");
+            }
+            "hotmount" => {
+                let spec = json!({
+                    "source": {"s3": {
+                        "bucket": "bench",
+                        "endpoint": server.endpoint,
+                        "region": server.region,
+                        "pathStyle": true,
+                        "credentials": {"file": credentials},
+                    }},
+                    "readOnly": true,
+                });
+                run_tool(&mut Hotmount { node: &node, spec }, &sizes, &mut results);
+                tools.push("hotmount");
+            }
+            "s3fs" => {
+                let mut s3fs = S3fs {
+                    server: &server,
+                    dir: work.path().to_path_buf(),
+                    child: None,
+                };
+                run_tool(&mut s3fs, &sizes, &mut results);
+                tools.push("s3fs");
+            }
+            "rclone" => {
+                let mut rclone = Rclone {
+                    server: &server,
+                    dir: work.path().to_path_buf(),
+                    child: None,
+                };
+                run_tool(&mut rclone, &sizes, &mut results);
+                tools.push("rclone");
+            }
+            other => panic!("BENCH_TOOLS: unknown column {other:?} (ceiling,hotmount,s3fs,rclone)"),
+        }
+    }
+    print_table(&results, &sizes, &tools);
+}
+
+/// A few seconds: tiny sizes, a `file://` bucket, ceiling and hotmount.
+fn smoke(runtime: &tokio::runtime::Runtime, results: &mut Results) {
+    let sizes = Sizes::smoke();
+    let node = support::Node::start(&[]);
+    std::fs::create_dir_all(node.buckets().join("bench")).unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(
+        object_store::local::LocalFileSystem::new_with_prefix(node.buckets().join("bench"))
+            .expect("local bucket"),
+    );
+    upload(&store, runtime, &sizes);
+    for workload in WORKLOADS {
+        results.insert(
+            ("ceiling", workload),
+            (ceiling(&store, runtime, workload, &sizes), None),
+        );
+    }
+    let spec = node.file_spec("bench");
+    run_tool(&mut Hotmount { node: &node, spec }, &sizes, results);
+    print_table(results, &sizes, &["ceiling", "hotmount"]);
+}

@@ -1,0 +1,490 @@
+//! The read path of open files: ranged GETs pinned to the ETag seen at open,
+//! and a per-handle prefetcher.
+//!
+//! How a handle reads:
+//! - the first read at offset 0, a read inside the parts already fetched or in
+//!   flight, and a read within [`SEQUENTIAL_SLACK`] of the furthest byte served
+//!   so far are *sequential*; anything else is *random*;
+//! - a sequential read keeps a window of parts in flight ahead of it: the
+//!   window starts at [`INITIAL_WINDOW`] and doubles each time a part has been
+//!   read through, up to [`MAX_WINDOW`]; parts are at most [`MAX_PART`] long,
+//!   so a full window keeps several GETs in flight;
+//! - a random read fetches exactly what was asked, drops the window and starts
+//!   it again small (random reads never prefetch);
+//! - prefetched bytes are counted against one [`PrefetchBudget`] shared by all
+//!   mounts of the agent: when it is spent, reads still get the bytes they ask
+//!   for, only nothing more is fetched ahead;
+//! - when a directory is read file after file in listing order, the next few
+//!   small files are fetched whole before they are opened
+//!   ([`PrefetchedObject`], same budget, same ETag pinning);
+//! - every GET carries `If-Match` with the ETag seen at open (or
+//!   `If-Unmodified-Since` without one), and the reply's metadata is checked
+//!   again: an object replaced under an open handle fails the read with EIO.
+//!   Bytes already fetched for the handle came from the opened version and
+//!   may still be served.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use futures::future::{BoxFuture, FutureExt, Shared};
+use object_store::path::Path as ObjectPath;
+use object_store::{GetOptions, GetRange, ObjectStore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::metrics::Metrics;
+use crate::s3fs::fs::{FsError, ObjectStat};
+
+/// The default agent-wide budget for prefetched data (`--prefetch-memory`).
+pub const DEFAULT_PREFETCH_MEMORY: u64 = 512 * 1024 * 1024;
+/// The first prefetch window of a sequential reader.
+pub const INITIAL_WINDOW: u64 = 1024 * 1024;
+/// The largest prefetch window of one handle.
+pub const MAX_WINDOW: u64 = 32 * 1024 * 1024;
+/// The longest single ranged GET a prefetch issues.
+pub const MAX_PART: u64 = 4 * 1024 * 1024;
+/// How far from the furthest byte served a read may land and still count as
+/// sequential: the kernel sends readahead requests concurrently, and they
+/// reach the filesystem slightly out of order. Parts are also kept this long
+/// after they were read through, for the stragglers.
+pub const SEQUENTIAL_SLACK: u64 = 2 * 1024 * 1024;
+
+/// The agent-wide memory budget for prefetched data.
+#[derive(Debug)]
+pub struct PrefetchBudget {
+    capacity: u64,
+    semaphore: Arc<Semaphore>,
+}
+
+impl PrefetchBudget {
+    /// A budget of `bytes` (0 turns prefetching off).
+    pub fn new(bytes: u64) -> Arc<Self> {
+        let permits = usize::try_from(bytes)
+            .unwrap_or(usize::MAX)
+            .min(Semaphore::MAX_PERMITS);
+        Arc::new(PrefetchBudget {
+            capacity: permits as u64,
+            semaphore: Arc::new(Semaphore::new(permits)),
+        })
+    }
+
+    /// The whole budget in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Bytes held by prefetched parts right now.
+    pub fn in_use(&self) -> u64 {
+        self.capacity - self.semaphore.available_permits() as u64
+    }
+
+    /// Reserves `bytes`, or `None` when the budget cannot cover them now.
+    fn try_reserve(&self, bytes: u64) -> Option<OwnedSemaphorePermit> {
+        let bytes = u32::try_from(bytes).ok()?;
+        Arc::clone(&self.semaphore)
+            .try_acquire_many_owned(bytes)
+            .ok()
+    }
+}
+
+/// Fetches byte ranges of objects, pinned to the version a handle opened.
+#[derive(Debug)]
+pub struct RangeReader {
+    store: Arc<dyn ObjectStore>,
+    metrics: Arc<Metrics>,
+    dataset: String,
+}
+
+impl RangeReader {
+    /// A reader over `store`, counting requests and bytes for `dataset`.
+    pub fn new(store: Arc<dyn ObjectStore>, metrics: Arc<Metrics>, dataset: String) -> Self {
+        RangeReader {
+            store,
+            metrics,
+            dataset,
+        }
+    }
+
+    /// One ranged GET of `range` (inside the object) of `key` as it was at
+    /// open (`stat`).
+    pub async fn get(
+        &self,
+        key: &ObjectPath,
+        stat: &ObjectStat,
+        range: Range<u64>,
+    ) -> Result<Bytes, FsError> {
+        let options = GetOptions {
+            if_match: stat.etag.clone(),
+            // Without an ETag, the modification time pins the version.
+            if_unmodified_since: stat.etag.is_none().then_some(stat.last_modified),
+            range: Some(GetRange::Bounded(range.clone())),
+            ..GetOptions::default()
+        };
+        let fetched = async {
+            let result = self.store.get_opts(key, options).await?;
+            let meta = result.meta.clone();
+            let served = result.range.clone();
+            Ok::<_, object_store::Error>((meta, served, result.bytes().await?))
+        }
+        .await;
+        self.metrics
+            .observe_s3_request(&self.dataset, "get", fetched.is_ok());
+        let (meta, served, data) = fetched.map_err(|source| match source {
+            object_store::Error::Precondition { .. } => FsError::ObjectChanged {
+                key: key.to_string(),
+                detail: "etag no longer matches".to_string(),
+            },
+            // An open file whose object was deleted: EIO, like a change.
+            object_store::Error::NotFound { .. } => FsError::ObjectChanged {
+                key: key.to_string(),
+                detail: "object deleted".to_string(),
+            },
+            source => FsError::Store {
+                op: "get",
+                key: key.to_string(),
+                source,
+            },
+        })?;
+        // Stores that ignore preconditions still report what they served.
+        let now = ObjectStat::from_meta(&meta);
+        let changed = (stat.etag.is_some() && now.etag.is_some() && now.etag != stat.etag)
+            || now.size != stat.size
+            || (stat.etag.is_none() && now.last_modified != stat.last_modified);
+        if changed || served != range || data.len() as u64 != range.end - range.start {
+            return Err(FsError::ObjectChanged {
+                key: key.to_string(),
+                detail: format!(
+                    "served {} bytes of size {} etag {:?}, opened at size {} etag {:?}",
+                    data.len(),
+                    now.size,
+                    now.etag,
+                    stat.size,
+                    stat.etag
+                ),
+            });
+        }
+        self.metrics
+            .s3_bytes_read
+            .with_label_values(&[self.dataset.as_str()])
+            .inc_by(data.len() as u64);
+        Ok(data)
+    }
+}
+
+/// A part being fetched (or fetched): its bytes, once, for every reader.
+type PartData = Shared<BoxFuture<'static, Result<Bytes, Arc<FsError>>>>;
+
+/// One prefetched range of the object.
+#[derive(Debug)]
+struct Part {
+    range: Range<u64>,
+    data: PartData,
+    /// The budget this part holds (none for bytes a read asked for itself).
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// What a handle knows about its reader's pattern.
+#[derive(Debug)]
+struct ReadState {
+    /// Consecutive, ascending parts, fetched or in flight.
+    parts: VecDeque<Part>,
+    /// The end of the furthest read served, once any read was.
+    frontier: Option<u64>,
+    /// The current prefetch window.
+    window: u64,
+}
+
+/// How one read will be served.
+enum Plan {
+    /// One GET of exactly the asked range, outside the window.
+    Direct,
+    /// Slices of these parts, in order.
+    Parts(Vec<(Range<u64>, PartData)>),
+}
+
+/// Counters of one handle's read path (for tests and debugging).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadStats {
+    /// Reads served from the prefetch window.
+    pub window_reads: u64,
+    /// Reads served by a GET of exactly their range.
+    pub direct_reads: u64,
+    /// Parts (ranged GETs) the window started.
+    pub parts_started: u64,
+}
+
+/// The read path of one open file.
+#[derive(Debug)]
+pub struct FileReader {
+    key: ObjectPath,
+    stat: ObjectStat,
+    reader: Arc<RangeReader>,
+    budget: Arc<PrefetchBudget>,
+    runtime: tokio::runtime::Handle,
+    state: Mutex<ReadState>,
+    stats: Mutex<ReadStats>,
+}
+
+impl FileReader {
+    /// A reader of `key` pinned to `stat`; `ahead` is the object fetched
+    /// before the open, used if it is the same version.
+    pub fn new(
+        key: ObjectPath,
+        stat: ObjectStat,
+        reader: Arc<RangeReader>,
+        budget: Arc<PrefetchBudget>,
+        runtime: tokio::runtime::Handle,
+        ahead: Option<PrefetchedObject>,
+    ) -> Self {
+        let mut parts = VecDeque::new();
+        if let Some(ahead) = ahead.filter(|a| a.stat == stat) {
+            parts.push_back(ahead.part);
+        }
+        FileReader {
+            key,
+            stat,
+            reader,
+            budget,
+            runtime,
+            state: Mutex::new(ReadState {
+                parts,
+                frontier: None,
+                window: INITIAL_WINDOW,
+            }),
+            stats: Mutex::new(ReadStats::default()),
+        }
+    }
+
+    /// The object's metadata as seen at open.
+    pub fn stat(&self) -> &ObjectStat {
+        &self.stat
+    }
+
+    /// This handle's counters so far.
+    pub fn stats(&self) -> ReadStats {
+        *self.stats.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads `[offset, offset + size)`, clipped to the size seen at open;
+    /// empty at or after the end.
+    pub async fn read(&self, offset: u64, size: u32) -> Result<Bytes, FsError> {
+        let end = offset.saturating_add(u64::from(size)).min(self.stat.size);
+        if offset >= end {
+            return Ok(Bytes::new());
+        }
+        let plan = self.plan(offset..end);
+        {
+            let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+            match &plan {
+                Plan::Direct => stats.direct_reads += 1,
+                Plan::Parts(_) => stats.window_reads += 1,
+            }
+        }
+        match plan {
+            Plan::Direct => self.reader.get(&self.key, &self.stat, offset..end).await,
+            Plan::Parts(pieces) => {
+                let mut slices = Vec::with_capacity(pieces.len());
+                for (range, data) in pieces {
+                    let bytes = match data.await {
+                        Ok(bytes) => bytes,
+                        Err(err) => {
+                            // A failed part is not kept: the next read asks again.
+                            self.forget_part(&range);
+                            return Err(FsError::Shared(err));
+                        }
+                    };
+                    let part_start = range.start;
+                    let from =
+                        usize::try_from(offset.max(part_start) - part_start).unwrap_or(usize::MAX);
+                    let to = usize::try_from(end.min(range.end) - part_start)
+                        .unwrap_or(usize::MAX)
+                        .min(bytes.len());
+                    slices.push(bytes.slice(from.min(to)..to));
+                }
+                let data = if slices.len() == 1 {
+                    slices.pop().unwrap_or_default()
+                } else {
+                    let mut joined = BytesMut::with_capacity((end - offset) as usize);
+                    for slice in slices {
+                        joined.extend_from_slice(&slice);
+                    }
+                    joined.freeze()
+                };
+                if data.len() as u64 != end - offset {
+                    return Err(FsError::ObjectChanged {
+                        key: self.key.to_string(),
+                        detail: format!(
+                            "prefetched parts held {} of {} bytes at {offset}",
+                            data.len(),
+                            end - offset
+                        ),
+                    });
+                }
+                Ok(data)
+            }
+        }
+    }
+
+    /// Drops the part covering `range` (if still held) and everything after it.
+    fn forget_part(&self, range: &Range<u64>) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(index) = state.parts.iter().position(|p| p.range == *range) {
+            state.parts.truncate(index);
+        }
+    }
+
+    /// Classifies the read, moves the window and says where the bytes come from.
+    fn plan(&self, wanted: Range<u64>) -> Plan {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let held = match (state.parts.front(), state.parts.back()) {
+            (Some(front), Some(back)) => Some(front.range.start..back.range.end),
+            _ => None,
+        };
+        let in_window = held
+            .as_ref()
+            .is_some_and(|held| held.contains(&wanted.start));
+        let near_frontier = match state.frontier {
+            None => wanted.start == 0,
+            Some(frontier) => {
+                wanted.start.saturating_add(SEQUENTIAL_SLACK) >= frontier
+                    && wanted.start <= frontier.saturating_add(SEQUENTIAL_SLACK)
+            }
+        };
+        if !in_window && !near_frontier {
+            // Random: exactly what was asked, and the window starts over.
+            state.parts.clear();
+            state.window = INITIAL_WINDOW;
+            state.frontier = Some(wanted.end);
+            return Plan::Direct;
+        }
+        if !in_window && held.as_ref().is_some_and(|h| wanted.start < h.start) {
+            // A straggler behind the window: serve it, leave the window be.
+            return Plan::Direct;
+        }
+        state.frontier = Some(state.frontier.unwrap_or(0).max(wanted.end));
+        // Parts read through (and past the stragglers' slack) are done; each
+        // one read through grows the window.
+        while let Some(front) = state.parts.front() {
+            if front.range.end.saturating_add(SEQUENTIAL_SLACK) > wanted.start {
+                break;
+            }
+            state.parts.pop_front();
+            state.window = (state.window * 2).min(MAX_WINDOW);
+        }
+        if state
+            .parts
+            .back()
+            .is_some_and(|back| back.range.end < wanted.start)
+        {
+            // A forward jump past the window: start it again from here.
+            state.parts.clear();
+        }
+        let target = wanted.end.saturating_add(state.window).min(self.stat.size);
+        let mut next = state
+            .parts
+            .back()
+            .map_or(wanted.start, |back| back.range.end);
+        let mut started = 0;
+        while next < target {
+            let mut part_len = state.window.min(MAX_PART).min(self.stat.size - next);
+            let permit = self.budget.try_reserve(part_len);
+            if permit.is_none() {
+                if next >= wanted.end {
+                    // Out of budget: nothing more ahead...
+                    break;
+                }
+                // ...but the read itself goes on, with exactly its bytes.
+                part_len = part_len.min(wanted.end - next);
+            }
+            let range = next..next + part_len;
+            state.parts.push_back(Part {
+                data: self.start_part(range.clone()),
+                range,
+                _permit: permit,
+            });
+            next += part_len;
+            started += 1;
+        }
+        if started > 0 {
+            self.stats
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .parts_started += started;
+        }
+        let pieces = state
+            .parts
+            .iter()
+            .filter(|part| part.range.start < wanted.end && part.range.end > wanted.start)
+            .map(|part| (part.range.clone(), part.data.clone()))
+            .collect();
+        Plan::Parts(pieces)
+    }
+
+    /// Starts the GET of `range` on the runtime, so it proceeds whether or
+    /// not anybody waits for it yet.
+    fn start_part(&self, range: Range<u64>) -> PartData {
+        spawn_part(&self.reader, &self.runtime, &self.key, &self.stat, range)
+    }
+}
+
+fn spawn_part(
+    reader: &Arc<RangeReader>,
+    runtime: &tokio::runtime::Handle,
+    key: &ObjectPath,
+    stat: &ObjectStat,
+    range: Range<u64>,
+) -> PartData {
+    let reader = Arc::clone(reader);
+    let task_key = key.clone();
+    let task_stat = stat.clone();
+    let task = runtime.spawn(async move {
+        reader
+            .get(&task_key, &task_stat, range)
+            .await
+            .map_err(Arc::new)
+    });
+    let key = key.to_string();
+    async move {
+        match task.await {
+            Ok(result) => result,
+            Err(join) => Err(Arc::new(FsError::PrefetchAborted {
+                key,
+                detail: format!("prefetch task ended: {join}"),
+            })),
+        }
+    }
+    .boxed()
+    .shared()
+}
+
+/// A whole small object fetched ahead of its open, because its directory is
+/// being read file after file in listing order.
+#[derive(Debug)]
+pub struct PrefetchedObject {
+    stat: ObjectStat,
+    part: Part,
+}
+
+impl PrefetchedObject {
+    /// Starts fetching all of `key` (pinned to `stat`, as listed) if the budget
+    /// allows; `None` otherwise.
+    pub fn start(
+        reader: &Arc<RangeReader>,
+        budget: &PrefetchBudget,
+        runtime: &tokio::runtime::Handle,
+        key: &ObjectPath,
+        stat: &ObjectStat,
+    ) -> Option<Self> {
+        let permit = budget.try_reserve(stat.size)?;
+        let range = 0..stat.size;
+        Some(PrefetchedObject {
+            stat: stat.clone(),
+            part: Part {
+                data: spawn_part(reader, runtime, key, stat, range.clone()),
+                range,
+                _permit: Some(permit),
+            },
+        })
+    }
+}

@@ -1,0 +1,196 @@
+//! Writes through a real kernel FUSE mount (`readOnly: false`) against a real
+//! S3 server (Garage): new files written sequentially become objects when
+//! closed (one PUT, or a multipart upload), unlink deletes, mkdir/rmdir work
+//! on empty directories, and what S3 cannot do fails with the errno
+//! doc/SEMANTICS.md promises. Needs root, /dev/fuse and Garage; fails, never
+//! skips, without them.
+
+mod support;
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::json;
+
+const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn within_timeout<T: Send + 'static>(what: &str, work: impl FnOnce() -> T + Send + 'static) -> T {
+    let (done, result) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(work());
+    });
+    result
+        .recv_timeout(STEP_TIMEOUT)
+        .unwrap_or_else(|_| panic!("{what} did not finish within {STEP_TIMEOUT:?}"))
+}
+
+fn errno_of<T: std::fmt::Debug>(what: &str, result: std::io::Result<T>) -> i32 {
+    result
+        .unwrap_err_or_panic(what)
+        .raw_os_error()
+        .unwrap_or_else(|| panic!("{what}: an error without errno"))
+}
+
+trait ExpectErr<T> {
+    fn unwrap_err_or_panic(self, what: &str) -> std::io::Error;
+}
+
+impl<T: std::fmt::Debug> ExpectErr<T> for std::io::Result<T> {
+    fn unwrap_err_or_panic(self, what: &str) -> std::io::Error {
+        match self {
+            Ok(value) => panic!("{what} succeeded ({value:?}) but must fail"),
+            Err(err) => err,
+        }
+    }
+}
+
+fn bytes(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 12) as u8)
+        .collect()
+}
+
+#[test]
+fn writes_through_a_real_mount_become_objects() {
+    support::require_fuse();
+    let garage = support::Garage::start();
+    garage.create_bucket("writable");
+    garage.put_object("writable", "existing", b"old bytes");
+    garage.put_object("writable", "full/inner", b"x");
+    let node = support::Node::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let credentials = dir.path().join("credentials");
+    garage.write_credentials_file(&credentials);
+    let spec = json!({
+        "source": {"s3": {
+            "bucket": "writable",
+            "endpoint": garage.endpoint(),
+            "region": garage.region(),
+            "pathStyle": true,
+            "credentials": {"file": credentials},
+        }},
+        "readOnly": false,
+    });
+    let (status, body) = node.call("PUT", "/v1/mounts/rw", Some(&spec));
+    assert_eq!(status, 201, "mount: {body}\n{}", node.agent.log());
+    let root: PathBuf = node.root().join("rw");
+
+    // New files: small (one PUT) and large (multipart), written with plain writes.
+    let small = bytes(1, 1000);
+    let large = bytes(2, 20 * 1024 * 1024 + 333);
+    for (name, content) in [("small", small.clone()), ("large", large.clone())] {
+        let path = root.join(name);
+        within_timeout("write a new file", move || std::fs::write(path, content))
+            .unwrap_or_else(|e| panic!("write {name}: {e}"));
+        assert!(
+            garage.get_object("writable", name)
+                == if name == "small" { &small } else { &large }[..],
+            "object {name} differs from what was written"
+        );
+        let path = root.join(name);
+        let read = within_timeout("read back", move || std::fs::read(path)).expect("read back");
+        assert_eq!(
+            read.len(),
+            if name == "small" {
+                small.len()
+            } else {
+                large.len()
+            }
+        );
+    }
+    let empty = root.join("empty");
+    within_timeout("create an empty file", move || {
+        std::fs::File::create(empty).map(drop)
+    })
+    .expect("create an empty file");
+    assert!(garage.get_object("writable", "empty").is_empty());
+
+    // mkdir, a file inside, rmdir refused until it is empty.
+    let sub = root.join("sub");
+    within_timeout("mkdir", {
+        let sub = sub.clone();
+        move || std::fs::create_dir(sub)
+    })
+    .expect("mkdir");
+    within_timeout("write in the new directory", {
+        let sub = sub.clone();
+        move || std::fs::write(sub.join("f"), b"in sub")
+    })
+    .expect("write in the new directory");
+    assert_eq!(garage.get_object("writable", "sub/f"), b"in sub");
+    let not_empty = within_timeout("rmdir non-empty", {
+        let sub = sub.clone();
+        move || std::fs::remove_dir(sub)
+    });
+    assert_eq!(
+        errno_of("rmdir of a non-empty directory", not_empty),
+        libc::ENOTEMPTY
+    );
+    within_timeout("unlink", {
+        let sub = sub.clone();
+        move || std::fs::remove_file(sub.join("f"))
+    })
+    .expect("unlink sub/f");
+    assert!(
+        !garage
+            .list_objects("writable", None)
+            .contains(&"sub/f".to_string()),
+        "sub/f still in the bucket after unlink"
+    );
+    within_timeout("rmdir", {
+        let sub = sub.clone();
+        move || std::fs::remove_dir(sub)
+    })
+    .expect("rmdir of the emptied directory");
+    let empty_dir = root.join("made-and-removed");
+    within_timeout("mkdir + rmdir", move || {
+        std::fs::create_dir(&empty_dir)?;
+        std::fs::remove_dir(&empty_dir)
+    })
+    .expect("mkdir then rmdir of an empty directory");
+
+    // What S3 cannot do, and its errno.
+    let existing = root.join("existing");
+    let results = within_timeout("refused writes", {
+        let root = root.clone();
+        move || {
+            let overwrite = std::fs::File::create(&existing).map(drop);
+            let append = OpenOptions::new().append(true).open(&existing).map(drop);
+            let rename = std::fs::rename(&existing, root.join("renamed"));
+            let random = (|| {
+                let mut file = std::fs::File::create(root.join("random"))?;
+                file.write_all(b"start")?;
+                file.write_at(b"far away", 1 << 20)
+            })();
+            let rmdir_full = std::fs::remove_dir(root.join("full"));
+            let unlink_dir = std::fs::remove_file(root.join("full"));
+            (overwrite, append, rename, random, rmdir_full, unlink_dir)
+        }
+    });
+    let (overwrite, append, rename, random, rmdir_full, unlink_dir) = results;
+    assert_eq!(
+        errno_of("overwrite of an existing object", overwrite),
+        libc::EPERM
+    );
+    assert_eq!(
+        errno_of("append to an existing object", append),
+        libc::EPERM
+    );
+    assert_eq!(errno_of("rename", rename), libc::EOPNOTSUPP);
+    assert_eq!(errno_of("random write", random), libc::EINVAL);
+    assert_eq!(
+        errno_of("rmdir of a key prefix", rmdir_full),
+        libc::ENOTEMPTY
+    );
+    assert_eq!(errno_of("unlink of a directory", unlink_dir), libc::EISDIR);
+    assert_eq!(garage.get_object("writable", "existing"), b"old bytes");
+    // The random writer's sequential part still became an object at close.
+    assert_eq!(garage.get_object("writable", "random"), b"start");
+
+    let (status, body) = node.call("DELETE", "/v1/mounts/rw?force=true", None);
+    assert_eq!(status, 200, "unmount: {body}");
+}
