@@ -216,6 +216,9 @@ impl Metrics {
     pub fn forget_dataset(&self, name: &str, backend: &str) {
         let _ = self.mount_healthy.remove_label_values(&[name, backend]);
         let _ = self.s3_bytes_read.remove_label_values(&[name]);
+        remove_series_of(&self.fuse_requests, name);
+        remove_series_of(&self.s3_requests, name);
+        remove_series_of(&self.recoveries, name);
     }
 
     /// The Prometheus text exposition of every metric.
@@ -225,6 +228,24 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut buffer)
             .expect("text encoding into a Vec cannot fail");
         String::from_utf8(buffer).expect("prometheus text is UTF-8")
+    }
+}
+
+/// Removes every series of `vec` whose `name` label is `dataset` (the other
+/// labels, e.g. `op` and `result`, take whatever values were seen).
+fn remove_series_of(vec: &IntCounterVec, dataset: &str) {
+    use prometheus::core::Collector;
+    for family in vec.collect() {
+        for metric in family.get_metric() {
+            let labels: std::collections::HashMap<&str, &str> = metric
+                .get_label()
+                .iter()
+                .map(|pair| (pair.name(), pair.value()))
+                .collect();
+            if labels.get("name") == Some(&dataset) {
+                let _ = vec.remove(&labels);
+            }
+        }
     }
 }
 
@@ -273,7 +294,15 @@ mod tests {
                 "{family} missing:\n{text}"
             );
         }
+        metrics.observe_s3_request("other", "get", true);
         metrics.forget_dataset("ds", "s3");
-        assert!(!metrics.render().contains("hotmount_mount_healthy{"));
+        let text = metrics.render();
+        for gone in ["hotmount_mount_healthy{", r#"name="ds""#] {
+            assert!(!text.contains(gone), "{gone} still there:\n{text}");
+        }
+        assert!(
+            text.contains(r#"hotmount_s3_requests_total{name="other",op="get",result="success"} 1"#),
+            "another dataset's series stay:\n{text}"
+        );
     }
 }
