@@ -8,7 +8,8 @@
 //! Sizes can be changed with `BENCH_SEQ_MIB`, `BENCH_SMALL_FILES`,
 //! `BENCH_LS_KEYS`, `BENCH_RANDOM_READS`, `BENCH_PARALLEL_MIB` (per reader)
 //! the columns with `BENCH_TOOLS` (e.g. `ceiling,hotmount`), the workloads
-//! with `BENCH_WORKLOADS` (e.g. `seq,small`), and `BENCH_WARM=1` keeps the
+//! with `BENCH_WORKLOADS` (e.g. `seq,small`), the agent's flags with
+//! `BENCH_AGENT_ARGS` (e.g. `--prefetch-memory 64MiB`), and `BENCH_WARM=1` keeps the
 //! page caches (for profiling the FUSE path without the server's disk).
 //!
 //! Without `--bench` (as `cargo test --all-targets` runs it) it does a smoke
@@ -805,7 +806,13 @@ fn main() {
         key_id: garage.access_key_id().to_string(),
         secret: garage.secret_access_key().to_string(),
     };
-    let node = support::Node::start(&[]);
+    // BENCH_AGENT_ARGS, e.g. "--prefetch-memory 64MiB": flags for the agent.
+    let agent_args = std::env::var("BENCH_AGENT_ARGS").unwrap_or_default();
+    let agent_args: Vec<&str> = agent_args.split_whitespace().collect();
+    if !agent_args.is_empty() {
+        eprintln!("hotmount serve flags: {}", agent_args.join(" "));
+    }
+    let node = support::Node::start(&agent_args);
     let work = tempfile::tempdir().expect("work directory");
     let credentials = work.path().join("credentials");
     garage.write_credentials_file(&credentials);

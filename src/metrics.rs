@@ -301,7 +301,9 @@ mod tests {
             assert!(!text.contains(gone), "{gone} still there:\n{text}");
         }
         assert!(
-            text.contains(r#"hotmount_s3_requests_total{name="other",op="get",result="success"} 1"#),
+            text.contains(
+                r#"hotmount_s3_requests_total{name="other",op="get",result="success"} 1"#
+            ),
             "another dataset's series stay:\n{text}"
         );
     }
