@@ -24,7 +24,7 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -41,6 +41,10 @@ const MIB: u64 = 1024 * 1024;
 /// Ranged GET size and concurrency of the ceiling's large reads.
 const CEILING_PART: u64 = 8 * MIB;
 const CEILING_IN_FLIGHT: usize = 4;
+/// The ceiling's multipart upload: part size and parts in flight (what
+/// hotmount's writer uses too).
+const WRITE_PART: u64 = 8 * MIB;
+const WRITE_IN_FLIGHT: usize = 4;
 /// How long a mount may take to appear.
 const MOUNT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -107,7 +111,7 @@ impl Figure {
     }
 }
 
-const WORKLOADS: [&str; 5] = ["seq", "small", "ls", "random", "parallel"];
+const WORKLOADS: [&str; 6] = ["seq", "small", "ls", "random", "parallel", "write"];
 
 fn describe(workload: &str, sizes: &Sizes) -> String {
     match workload {
@@ -115,6 +119,7 @@ fn describe(workload: &str, sizes: &Sizes) -> String {
         "small" => format!("{} x {} KiB files", sizes.small_files, sizes.small_kib),
         "ls" => format!("ls -l, {} keys", sizes.ls_keys),
         "random" => format!("{} x 1 MiB random reads", sizes.random_reads),
+        "write" => format!("sequential write, {} MiB", sizes.seq_mib),
         _ => format!("4 parallel readers, 4 x {} MiB", sizes.parallel_mib),
     }
 }
@@ -268,6 +273,27 @@ fn ceiling(
                     .expect("list ls/");
                 (0, listed.objects.len() as u64)
             }
+            "write" => {
+                let path = ObjectPath::from("written/ceiling");
+                let len = sizes.seq_mib * MIB;
+                let upload = store.put_multipart(&path).await.expect("start multipart");
+                let mut writer =
+                    object_store::WriteMultipart::new_with_chunk_size(upload, WRITE_PART as usize);
+                let chunk = object_bytes(7, MIB);
+                for _ in 0..sizes.seq_mib {
+                    writer
+                        .wait_for_capacity(WRITE_IN_FLIGHT)
+                        .await
+                        .expect("multipart capacity");
+                    writer.write(&chunk);
+                }
+                writer.finish().await.expect("complete multipart");
+                store
+                    .delete(&path)
+                    .await
+                    .expect("delete the written object");
+                (len, 1)
+            }
             _ => {
                 let path = ObjectPath::from("seq/big");
                 let mut total = 0;
@@ -372,6 +398,26 @@ fn through_mount(mount: &Path, workload: &str, sizes: &Sizes) -> Figure {
             names.sort();
             let total = names.iter().map(|p| read_file(p)).sum();
             (total, names.len() as u64)
+        }
+        "write" => {
+            let path = mount.join(format!("written-{}", std::process::id()));
+            let chunk = object_bytes(7, MIB);
+            let mut file = std::fs::File::create(&path)
+                .unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+            for _ in 0..sizes.seq_mib {
+                file.write_all(&chunk)
+                    .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+            }
+            // Done when close returns: the clients upload (or finish the
+            // upload) on flush.
+            file.sync_all().ok();
+            drop(file);
+            let written = std::fs::metadata(&path)
+                .unwrap_or_else(|e| panic!("stat {} after close: {e}", path.display()))
+                .len();
+            assert_eq!(written, sizes.seq_mib * MIB, "written size");
+            let _ = std::fs::remove_file(&path);
+            (written, 1)
         }
         "ls" => {
             let out = Command::new("ls")
@@ -508,8 +554,9 @@ fn stop_fuse_process(path: &Path, mut child: Child) {
 /// A bucket served by a mounted FUSE client for the length of one workload.
 trait MountTool {
     fn name(&self) -> &'static str;
-    /// Mounts the bucket fresh; returns the mount point and the server's pid.
-    fn mount(&mut self) -> (PathBuf, u32);
+    /// Mounts the bucket fresh (writable unless `read_only`); returns the
+    /// mount point and the server's pid.
+    fn mount(&mut self, read_only: bool) -> (PathBuf, u32);
     fn unmount(&mut self);
     /// What the server says about its requests (hotmount: its S3 requests).
     fn requests(&self) -> String {
@@ -526,8 +573,10 @@ impl MountTool for Hotmount<'_> {
     fn name(&self) -> &'static str {
         "hotmount"
     }
-    fn mount(&mut self) -> (PathBuf, u32) {
-        let (status, body) = self.node.call("PUT", "/v1/mounts/bench", Some(&self.spec));
+    fn mount(&mut self, read_only: bool) -> (PathBuf, u32) {
+        let mut spec = self.spec.clone();
+        spec["readOnly"] = json!(read_only);
+        let (status, body) = self.node.call("PUT", "/v1/mounts/bench", Some(&spec));
         assert_eq!(
             status,
             201,
@@ -586,7 +635,7 @@ impl MountTool for S3fs<'_> {
     fn name(&self) -> &'static str {
         "s3fs"
     }
-    fn mount(&mut self) -> (PathBuf, u32) {
+    fn mount(&mut self, read_only: bool) -> (PathBuf, u32) {
         let target = self.dir.join("s3fs-mnt");
         std::fs::create_dir_all(&target).unwrap();
         let passwd = self.dir.join("s3fs-passwd");
@@ -597,10 +646,11 @@ impl MountTool for S3fs<'_> {
         .unwrap();
         std::fs::set_permissions(&passwd, std::fs::Permissions::from_mode(0o600)).unwrap();
         let options = format!(
-            "url={},endpoint={},use_path_request_style,passwd_file={},ro",
+            "url={},endpoint={},use_path_request_style,passwd_file={}{}",
             self.server.endpoint,
             self.server.region,
-            passwd.display()
+            passwd.display(),
+            if read_only { ",ro" } else { "" }
         );
         let mut child = Command::new("s3fs")
             .arg(&self.server.bucket)
@@ -648,14 +698,14 @@ impl MountTool for Rclone<'_> {
     fn name(&self) -> &'static str {
         "rclone"
     }
-    fn mount(&mut self) -> (PathBuf, u32) {
+    fn mount(&mut self, read_only: bool) -> (PathBuf, u32) {
         let target = self.dir.join("rclone-mnt");
         std::fs::create_dir_all(&target).unwrap();
         let mut child = Command::new("rclone")
             .arg("mount")
             .arg(format!(":s3:{}", self.server.bucket))
             .arg(&target)
-            .arg("--read-only")
+            .args(read_only.then_some("--read-only"))
             .env_remove("AWS_CA_BUNDLE")
             .env("RCLONE_S3_PROVIDER", "Other")
             .env("RCLONE_S3_ENDPOINT", &self.server.endpoint)
@@ -693,7 +743,7 @@ fn selected_workloads() -> Vec<&'static str> {
 
 fn run_tool(tool: &mut dyn MountTool, sizes: &Sizes, results: &mut Results) {
     for workload in selected_workloads() {
-        let (mount, pid) = tool.mount();
+        let (mount, pid) = tool.mount(workload != "write");
         drop_caches();
         reset_peak_rss(pid);
         let cpu_before = cpu_seconds(pid);
