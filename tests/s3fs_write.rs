@@ -102,6 +102,17 @@ fn writes_through_a_real_mount_become_objects() {
             }
         );
     }
+    // The metrics count S3 requests, not FUSE writes: one PUT for the small
+    // file, three 8 MiB parts and a completion for the large one.
+    let (_, metrics) = node.call("GET", "/metrics", None);
+    let metrics = metrics.as_str().unwrap_or_default().to_string();
+    for series in [
+        r#"hotmount_s3_requests_total{name="rw",op="put",result="success"} 1"#,
+        r#"hotmount_s3_requests_total{name="rw",op="put_part",result="success"} 3"#,
+        r#"hotmount_s3_requests_total{name="rw",op="complete_multipart",result="success"} 1"#,
+    ] {
+        assert!(metrics.contains(series), "{series} missing in\n{metrics}");
+    }
     let empty = root.join("empty");
     within_timeout("create an empty file", move || {
         std::fs::File::create(empty).map(drop)

@@ -1266,9 +1266,7 @@ impl S3Filesystem {
     pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
         let writer = self.writer(fh).ok_or(FsError::UnknownHandle(fh))?;
         let mut writer = writer.lock().await;
-        let size = writer.write(offset, data).await;
-        self.observe("put_part", size.is_ok());
-        let size = size?;
+        let size = writer.write(offset, data).await?;
         if let Some(inode) = self.table().inodes.get_mut(&writer.ino) {
             inode.stat.size = size;
         }
@@ -1282,8 +1280,18 @@ impl S3Filesystem {
             return Ok(());
         };
         let mut writer = writer.lock().await;
+        let completed_before = writer.is_done();
         let finished = writer.finish().await;
-        self.observe("put", finished.is_ok());
+        match (&finished, writer.multipart_parts()) {
+            _ if completed_before => {}
+            (Ok(_), Some(parts)) => {
+                for _ in 0..parts {
+                    self.observe("put_part", true);
+                }
+                self.observe("complete_multipart", true);
+            }
+            (result, _) => self.observe("put", result.is_ok()),
+        }
         let mut table = self.table();
         match finished {
             Ok(stat) => {

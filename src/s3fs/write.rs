@@ -147,6 +147,18 @@ impl ObjectWriter {
         }
     }
 
+    /// Whether the object was already completed (a later flush is a no-op).
+    pub fn is_done(&self) -> bool {
+        matches!(self.state, WriterState::Done(_))
+    }
+
+    /// How many parts a multipart upload of what was written takes; `None`
+    /// when it fits one PUT.
+    pub fn multipart_parts(&self) -> Option<u64> {
+        let part = WRITE_PART_SIZE as u64;
+        (self.written > part).then(|| self.written.div_ceil(part))
+    }
+
     /// Completes the object (PUT, or the multipart upload's last parts and
     /// completion); idempotent once done. Returns the object's metadata.
     pub async fn finish(&mut self) -> Result<ObjectStat, FsError> {
