@@ -36,6 +36,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload};
 use serde_json::{Value, json};
+use support::object_bytes;
 
 const MIB: u64 = 1024 * 1024;
 /// Ranged GET size and concurrency of the ceiling's large reads.
@@ -144,20 +145,6 @@ fn merit(workload: &str, figure: &Figure) -> f64 {
         "ls" => 1.0 / figure.seconds,
         _ => figure.mb_per_s(),
     }
-}
-
-/// Deterministic data, different per object.
-fn object_bytes(seed: u64, len: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len as usize);
-    while (out.len() as u64) < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        out.extend_from_slice(&state.to_le_bytes());
-    }
-    out.truncate(len as usize);
-    out
 }
 
 fn random_offsets(len: u64, count: usize) -> Vec<u64> {

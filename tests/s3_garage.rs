@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use support::{Garage, Node, wait_readable};
+use support::{Garage, Node, object_bytes, wait_readable};
 
 /// The agent's PUT deadline in these tests: long enough for Garage on a busy
 /// machine, short enough that the hanging-endpoint case stays quick.
@@ -73,19 +73,6 @@ impl S3Node {
     }
 }
 
-/// Deterministic, incompressible bytes.
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 24) as u8
-        })
-        .collect()
-}
-
 fn sha256(bytes: &[u8]) -> String {
     format!("{:x}", Sha256::digest(bytes))
 }
@@ -96,10 +83,10 @@ fn garage_objects_read_byte_exact_in_a_running_pod() {
     let objects: Vec<(&str, Vec<u8>)> = vec![
         ("empty.bin", Vec::new()),
         ("one.bin", vec![0x5a]),
-        ("train/cats/1.jpg", pseudo_random(300_001, 1)),
-        ("train/cats/2.jpg", pseudo_random(65_536, 2)),
+        ("train/cats/1.jpg", object_bytes(1, 300_001)),
+        ("train/cats/2.jpg", object_bytes(2, 65_536)),
         ("train/labels.csv", b"file,label\n1.jpg,cat\n".to_vec()),
-        ("big/shard-000.tar", pseudo_random(24 << 20, 3)),
+        ("big/shard-000.tar", object_bytes(3, 24 << 20)),
         ("odd names/a+b=c&d.txt", b"special characters\n".to_vec()),
     ];
     for (key, bytes) in &objects {

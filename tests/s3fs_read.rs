@@ -15,41 +15,17 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use hotmount::s3fs::prefetch::{INITIAL_WINDOW, MAX_PART};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use support::{object_bytes, within_timeout};
 
 /// How long any single step against the mount may take before the test
 /// fails (a wedged mount must not hang the run).
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 const MIB: u64 = 1024 * 1024;
-
-/// Runs `work` on a helper thread (same namespace) under [`STEP_TIMEOUT`].
-fn within_timeout<T: Send + 'static>(what: &str, work: impl FnOnce() -> T + Send + 'static) -> T {
-    let (done, result) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = done.send(work());
-    });
-    result
-        .recv_timeout(STEP_TIMEOUT)
-        .unwrap_or_else(|_| panic!("{what} did not finish within {STEP_TIMEOUT:?}"))
-}
-
-/// Deterministic bytes that differ per object and per position.
-fn object_bytes(seed: u64, len: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
 
 fn sha(data: &[u8]) -> String {
     format!("{:x}", Sha256::digest(data))
@@ -185,7 +161,7 @@ fn every_read_pattern_returns_the_object_byte_for_byte() {
 
         // Sequential, whole file.
         drop_page_cache(&path);
-        let read = within_timeout("sequential read", {
+        let read = within_timeout(STEP_TIMEOUT, "sequential read", {
             let path = path.clone();
             move || std::fs::read(path)
         })
@@ -195,7 +171,7 @@ fn every_read_pattern_returns_the_object_byte_for_byte() {
         // 1 MiB at random offsets, on one handle.
         drop_page_cache(&path);
         let offsets = random_offsets(len, 12);
-        let chunks = within_timeout("random reads", {
+        let chunks = within_timeout(STEP_TIMEOUT, "random reads", {
             let path = path.clone();
             let offsets = offsets.clone();
             move || {
@@ -225,7 +201,7 @@ fn every_read_pattern_returns_the_object_byte_for_byte() {
         // the window has grown when they arrive.
         drop_page_cache(&path);
         let boundaries = boundary_offsets(len);
-        let straddling = within_timeout("boundary reads", {
+        let straddling = within_timeout(STEP_TIMEOUT, "boundary reads", {
             let path = path.clone();
             let boundaries = boundaries.clone();
             move || {
@@ -256,7 +232,7 @@ fn every_read_pattern_returns_the_object_byte_for_byte() {
 
         // Four readers of the whole file at once.
         drop_page_cache(&path);
-        let parallel = within_timeout("parallel readers", {
+        let parallel = within_timeout(STEP_TIMEOUT, "parallel readers", {
             let path = path.clone();
             move || {
                 let readers: Vec<_> = (0..4)
@@ -288,12 +264,12 @@ fn an_object_replaced_under_an_open_handle_gives_eio() {
     let root = fixture.mount("changing", "changing");
     let path = root.join("obj");
 
-    let file = within_timeout("open", {
+    let file = within_timeout(STEP_TIMEOUT, "open", {
         let path = path.clone();
         move || File::open(path).expect("open obj")
     });
     let file = std::sync::Arc::new(file);
-    let head = within_timeout("first read", {
+    let head = within_timeout(STEP_TIMEOUT, "first read", {
         let file = file.clone();
         move || {
             let mut buf = vec![0u8; 64 * 1024];
@@ -306,7 +282,7 @@ fn an_object_replaced_under_an_open_handle_gives_eio() {
 
     // Same size, other bytes: only the ETag differs.
     fixture.garage.put_object("changing", "obj", &second);
-    let outcome = within_timeout("read after replace", {
+    let outcome = within_timeout(STEP_TIMEOUT, "read after replace", {
         let file = file.clone();
         move || {
             let mut buf = vec![0u8; MIB as usize];
@@ -333,7 +309,7 @@ fn an_object_replaced_under_an_open_handle_gives_eio() {
     // whole and unmixed.
     std::thread::sleep(Duration::from_millis(2500));
     drop_page_cache(&path);
-    let reread = within_timeout("read the new version", {
+    let reread = within_timeout(STEP_TIMEOUT, "read the new version", {
         let path = path.clone();
         move || std::fs::read(path)
     })
@@ -363,7 +339,7 @@ fn a_rotated_credentials_file_is_used_without_remount() {
     );
     let read = |name: &str| {
         let path = root.join(name);
-        within_timeout("read", move || std::fs::read(path))
+        within_timeout(STEP_TIMEOUT, "read", move || std::fs::read(path))
     };
     assert_eq!(
         read("f0").expect("read with the first key"),

@@ -11,22 +11,12 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::mpsc;
 use std::time::Duration;
 
 use serde_json::json;
+use support::within_timeout;
 
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn within_timeout<T: Send + 'static>(what: &str, work: impl FnOnce() -> T + Send + 'static) -> T {
-    let (done, result) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = done.send(work());
-    });
-    result
-        .recv_timeout(STEP_TIMEOUT)
-        .unwrap_or_else(|_| panic!("{what} did not finish within {STEP_TIMEOUT:?}"))
-}
 
 fn errno_of<T: std::fmt::Debug>(what: &str, result: std::io::Result<T>) -> i32 {
     result
@@ -84,15 +74,18 @@ fn writes_through_a_real_mount_become_objects() {
     let large = bytes(2, 20 * 1024 * 1024 + 333);
     for (name, content) in [("small", small.clone()), ("large", large.clone())] {
         let path = root.join(name);
-        within_timeout("write a new file", move || std::fs::write(path, content))
-            .unwrap_or_else(|e| panic!("write {name}: {e}"));
+        within_timeout(STEP_TIMEOUT, "write a new file", move || {
+            std::fs::write(path, content)
+        })
+        .unwrap_or_else(|e| panic!("write {name}: {e}"));
         assert!(
             garage.get_object("writable", name)
                 == if name == "small" { &small } else { &large }[..],
             "object {name} differs from what was written"
         );
         let path = root.join(name);
-        let read = within_timeout("read back", move || std::fs::read(path)).expect("read back");
+        let read = within_timeout(STEP_TIMEOUT, "read back", move || std::fs::read(path))
+            .expect("read back");
         assert_eq!(
             read.len(),
             if name == "small" {
@@ -114,7 +107,7 @@ fn writes_through_a_real_mount_become_objects() {
         assert!(metrics.contains(series), "{series} missing in\n{metrics}");
     }
     let empty = root.join("empty");
-    within_timeout("create an empty file", move || {
+    within_timeout(STEP_TIMEOUT, "create an empty file", move || {
         std::fs::File::create(empty).map(drop)
     })
     .expect("create an empty file");
@@ -122,18 +115,18 @@ fn writes_through_a_real_mount_become_objects() {
 
     // mkdir, a file inside, rmdir refused until it is empty.
     let sub = root.join("sub");
-    within_timeout("mkdir", {
+    within_timeout(STEP_TIMEOUT, "mkdir", {
         let sub = sub.clone();
         move || std::fs::create_dir(sub)
     })
     .expect("mkdir");
-    within_timeout("write in the new directory", {
+    within_timeout(STEP_TIMEOUT, "write in the new directory", {
         let sub = sub.clone();
         move || std::fs::write(sub.join("f"), b"in sub")
     })
     .expect("write in the new directory");
     assert_eq!(garage.get_object("writable", "sub/f"), b"in sub");
-    let not_empty = within_timeout("rmdir non-empty", {
+    let not_empty = within_timeout(STEP_TIMEOUT, "rmdir non-empty", {
         let sub = sub.clone();
         move || std::fs::remove_dir(sub)
     });
@@ -141,7 +134,7 @@ fn writes_through_a_real_mount_become_objects() {
         errno_of("rmdir of a non-empty directory", not_empty),
         libc::ENOTEMPTY
     );
-    within_timeout("unlink", {
+    within_timeout(STEP_TIMEOUT, "unlink", {
         let sub = sub.clone();
         move || std::fs::remove_file(sub.join("f"))
     })
@@ -152,13 +145,13 @@ fn writes_through_a_real_mount_become_objects() {
             .contains(&"sub/f".to_string()),
         "sub/f still in the bucket after unlink"
     );
-    within_timeout("rmdir", {
+    within_timeout(STEP_TIMEOUT, "rmdir", {
         let sub = sub.clone();
         move || std::fs::remove_dir(sub)
     })
     .expect("rmdir of the emptied directory");
     let empty_dir = root.join("made-and-removed");
-    within_timeout("mkdir + rmdir", move || {
+    within_timeout(STEP_TIMEOUT, "mkdir + rmdir", move || {
         std::fs::create_dir(&empty_dir)?;
         std::fs::remove_dir(&empty_dir)
     })
@@ -166,7 +159,7 @@ fn writes_through_a_real_mount_become_objects() {
 
     // What S3 cannot do, and its errno.
     let existing = root.join("existing");
-    let results = within_timeout("refused writes", {
+    let results = within_timeout(STEP_TIMEOUT, "refused writes", {
         let root = root.clone();
         move || {
             let overwrite = std::fs::File::create(&existing).map(drop);

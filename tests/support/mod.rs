@@ -94,6 +94,36 @@ pub fn require_tool(tool: &str, package: &str) {
     }
 }
 
+/// Runs `work` on a helper thread (same mount namespace) and panics if it
+/// does not finish within `timeout`: a wedged mount cannot hang the test.
+pub fn within_timeout<T: Send + 'static>(
+    timeout: Duration,
+    what: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (done, result) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(work());
+    });
+    result
+        .recv_timeout(timeout)
+        .unwrap_or_else(|_| panic!("{what} did not finish within {timeout:?}"))
+}
+
+/// Deterministic, incompressible bytes that differ per `seed` and position.
+pub fn object_bytes(seed: u64, len: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len as usize);
+    while (out.len() as u64) < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len as usize);
+    out
+}
+
 /// Polls `check` every `interval` until it returns `Some`, or returns `None` after `timeout`.
 pub fn poll_until<T>(
     timeout: Duration,
