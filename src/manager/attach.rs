@@ -238,11 +238,15 @@ impl Manager {
         degraded: bool,
     ) -> Result<(), DetachFailure> {
         let target = self.path_of(name);
-        let is_fuse = matches!(attached, Some(Attached::Fuse(_)));
-        let first = if degraded && !is_fuse {
-            UnmountMode::Force
-        } else if degraded {
+        // Past a polite unmount: a FUSE mount is detached lazily (its server
+        // is ours to stop), a kernel mount is forced (its server may be gone).
+        let escalated = if matches!(attached, Some(Attached::Fuse(_))) {
             UnmountMode::Lazy
+        } else {
+            UnmountMode::Force
+        };
+        let first = if degraded {
+            escalated
         } else {
             UnmountMode::Normal
         };
@@ -258,12 +262,7 @@ impl Manager {
                 });
             }
             Err(UnmountOutcome::Busy | UnmountOutcome::TimedOut) => {
-                let mode = if is_fuse {
-                    UnmountMode::Lazy
-                } else {
-                    UnmountMode::Force
-                };
-                match self.unmount_with_deadline(&target, mode).await {
+                match self.unmount_with_deadline(&target, escalated).await {
                     Ok(()) | Err(UnmountOutcome::NotMounted) => {}
                     Err(other) => {
                         return Err(DetachFailure {

@@ -126,13 +126,3 @@ pub enum ManagerError {
     #[error("internal error: {0}")]
     Internal(String),
 }
-
-impl ManagerError {
-    /// Whether retrying later may succeed (used by recovery backoff logs).
-    pub fn is_backend(&self) -> bool {
-        matches!(
-            self,
-            ManagerError::Store { .. } | ManagerError::Nfs { .. } | ManagerError::Timeout { .. }
-        )
-    }
-}

@@ -192,8 +192,9 @@ struct Slot {
     record: watch::Sender<Record>,
     attached: Mutex<Option<Attached>>,
     probe: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    /// Set while a probe's blocking call runs (a hung server holds one thread).
-    probe_in_flight: Arc<AtomicBool>,
+    /// Held by a probe's blocking call while it runs inside the mount (a hung
+    /// server holds one thread, and this, until it answers).
+    probe_gate: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Slot {
@@ -203,7 +204,7 @@ impl Slot {
             record: watch::channel(record).0,
             attached: Mutex::new(None),
             probe: Mutex::new(None),
-            probe_in_flight: Arc::new(AtomicBool::new(false)),
+            probe_gate: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 
@@ -566,14 +567,14 @@ impl Manager {
         let backend = before.spec.source.backend().as_str();
         let started = Instant::now();
         slot.stop_probe();
-        let settled = self.settle_probe(&slot).await;
+        // A dataset already known to be unhealthy is detached without the
+        // polite try, so there is nothing to wait for. Otherwise a probe still
+        // in the mount would make that try fail with EBUSY: wait for it, and
+        // if it stays stuck the backend is dead even if no probe has said so.
+        let degraded = matches!(before.state, MountState::Degraded | MountState::Failed)
+            || !self.settle_probe(&slot).await;
         self.set_state(&slot, MountState::Unmounting, None);
         let attached = slot.take_attached();
-        // A probe stuck in the mount means a dead backend even if no probe
-        // has reported it yet: detach without the polite try, which would
-        // only meet the probe's own hold on the mount (EBUSY).
-        let degraded =
-            !settled || matches!(before.state, MountState::Degraded | MountState::Failed);
         if let Err(failure) = self.detach(name, attached, force, degraded).await {
             self.inner
                 .metrics

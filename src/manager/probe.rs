@@ -7,7 +7,6 @@
 //! pods), with backoff. An NFS mount whose server is down stays Degraded until
 //! a probe passes again.
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -66,11 +65,9 @@ impl Manager {
     /// unmount fail with EBUSY. False if it is still there: the backend does
     /// not answer (the probe holds the mount busy until it does).
     pub(super) async fn settle_probe(&self, slot: &Slot) -> bool {
-        let deadline = Instant::now() + self.inner.config.probe_timeout;
-        while slot.probe_in_flight.load(Ordering::SeqCst) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        !slot.probe_in_flight.load(Ordering::SeqCst)
+        tokio::time::timeout(self.inner.config.probe_timeout, slot.probe_gate.lock())
+            .await
+            .is_ok()
     }
 
     fn backoff(&self, failures: u32) -> Duration {
@@ -143,10 +140,7 @@ impl Manager {
                     if failure.structural
                         || (!heals_itself && failures >= IO_FAILURES_BEFORE_REMOUNT)
                     {
-                        drop(slot);
-                        if let Some(slot) = self.slot(&name) {
-                            self.recover(&name, &slot, failure.reason).await;
-                        }
+                        self.recover(&name, &slot, failure.reason).await;
                     }
                 }
             }
@@ -184,13 +178,12 @@ impl Manager {
                 ));
             }
         }
-        let flag = slot.probe_in_flight.clone();
-        if flag.swap(true, Ordering::SeqCst) {
+        let Ok(gate) = Arc::clone(&slot.probe_gate).try_lock_owned() else {
             return Err(ProbeFailure::transient(
                 "timeout",
                 "an earlier probe is still waiting for the backend".to_string(),
             ));
-        }
+        };
         let started = Instant::now();
         let probe_path = path.clone();
         let call = tokio::task::spawn_blocking(move || {
@@ -198,7 +191,7 @@ impl Manager {
                 .map_err(std::io::Error::from)
                 .and_then(|_| std::fs::read_dir(&probe_path).map(|mut d| d.next().transpose()))
                 .and_then(|entry| entry.map(drop));
-            flag.store(false, Ordering::SeqCst);
+            drop(gate);
             result
         });
         let deadline = self.inner.config.probe_timeout;
