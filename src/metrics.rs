@@ -204,9 +204,14 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts one FUSE request for dataset `name`.
-    pub fn observe_fuse_request(&self, name: &str, op: &str, took: Duration) {
+    /// Counts one FUSE request for dataset `name` as it arrives (before its
+    /// reply, so a scrape after the reply always includes it).
+    pub fn count_fuse_request(&self, name: &str, op: &str) {
         self.fuse_requests.with_label_values(&[name, op]).inc();
+    }
+
+    /// Records how long a FUSE request took to answer.
+    pub fn observe_fuse_duration(&self, op: &str, took: Duration) {
         self.fuse_request_duration
             .with_label_values(&[op])
             .observe(took.as_secs_f64());
@@ -258,7 +263,8 @@ mod tests {
         let metrics = Metrics::new();
         metrics.observe_operation("s3", "mount", true, Duration::from_millis(3));
         metrics.observe_s3_request("ds", "get", true);
-        metrics.observe_fuse_request("ds", "read", Duration::from_micros(50));
+        metrics.count_fuse_request("ds", "read");
+        metrics.observe_fuse_duration("read", Duration::from_micros(50));
         metrics
             .mount_healthy
             .with_label_values(&["ds", "s3"])

@@ -46,19 +46,19 @@ impl FuseAdapter {
     {
         let fs = Arc::clone(&self.fs);
         let started = Instant::now();
+        fs.metrics().count_fuse_request(&fs.options().dataset, op);
         let task = work(Arc::clone(&fs));
         self.fs.runtime().spawn(async move {
             task.await;
-            fs.metrics()
-                .observe_fuse_request(&fs.options().dataset, op, started.elapsed());
+            fs.metrics().observe_fuse_duration(op, started.elapsed());
         });
     }
 
-    /// Times a FUSE op answered without the network.
+    /// Counts and times a FUSE op answered without the network.
     fn observe(&self, op: &'static str, started: Instant) {
-        self.fs
-            .metrics()
-            .observe_fuse_request(&self.fs.options().dataset, op, started.elapsed());
+        let metrics = self.fs.metrics();
+        metrics.count_fuse_request(&self.fs.options().dataset, op);
+        metrics.observe_fuse_duration(op, started.elapsed());
     }
 
     fn refuse(&self, op: &'static str, target: String) -> Errno {
@@ -349,8 +349,8 @@ impl fuser::Filesystem for FuseAdapter {
         }
         let started = Instant::now();
         self.fs.release(fh.0);
-        reply.ok();
         self.observe("release", started);
+        reply.ok();
     }
 
     fn fsync(
@@ -366,11 +366,12 @@ impl fuser::Filesystem for FuseAdapter {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let started = Instant::now();
-        match self.fs.opendir(ino.0) {
+        let opened = self.fs.opendir(ino.0);
+        self.observe("opendir", started);
+        match opened {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(err) => reply.error(errno("opendir", &err)),
         }
-        self.observe("opendir", started);
     }
 
     fn readdir(
