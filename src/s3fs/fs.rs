@@ -40,7 +40,7 @@ use object_store::{ObjectMeta, ObjectStoreExt};
 use crate::metrics::Metrics;
 use crate::s3fs::prefetch::{FileReader, PrefetchBudget, PrefetchedObject, RangeReader, ReadStats};
 use crate::s3fs::store::Bucket;
-use crate::s3fs::write::ObjectWriter;
+use crate::s3fs::write::{Completion, ObjectWriter};
 
 /// The inode number of the mount's root (the bucket prefix).
 pub const ROOT_INODE: u64 = 1;
@@ -683,12 +683,16 @@ impl S3Filesystem {
         let name = Self::validate_name(name)?;
         let slot = (parent, name.to_string());
         {
-            let table = self.table();
-            if let Some(inode) = table.children.get(&slot).and_then(|i| table.inodes.get(i)) {
-                if inode.local || self.is_fresh(inode.validated_at) {
-                    let ino = table.children[&slot];
-                    drop(table);
-                    return self.reference(ino);
+            // The reference is taken under the lock that found the entry: a
+            // releasedir in between could drop an unreferenced inode.
+            let mut table = self.table();
+            if let Some(&ino) = table.children.get(&slot) {
+                let fresh = table
+                    .inodes
+                    .get(&ino)
+                    .is_some_and(|inode| inode.local || self.is_fresh(inode.validated_at));
+                if fresh {
+                    return self.take_reference(&mut table, ino);
                 }
             } else if let Some(at) = table.negative.get(&slot) {
                 if self.is_fresh(*at) {
@@ -716,12 +720,7 @@ impl S3Filesystem {
         match found {
             Some((kind, stat)) => {
                 let ino = table.upsert(parent, name, key, kind, stat, false);
-                let inode = table
-                    .inodes
-                    .get_mut(&ino)
-                    .ok_or(FsError::UnknownInode(ino))?;
-                inode.lookups += 1;
-                Ok(self.attr_of(ino, inode))
+                self.take_reference(&mut table, ino)
             }
             None => {
                 table.insert_negative(parent, name);
@@ -734,7 +733,11 @@ impl S3Filesystem {
 
     /// Adds one kernel reference to `ino` and returns its attributes.
     fn reference(&self, ino: u64) -> Result<FileAttr, FsError> {
-        let mut table = self.table();
+        self.take_reference(&mut self.table(), ino)
+    }
+
+    /// [`Self::reference`] under a lock the caller already holds.
+    fn take_reference(&self, table: &mut InodeTable, ino: u64) -> Result<FileAttr, FsError> {
         let inode = table
             .inodes
             .get_mut(&ino)
@@ -1245,12 +1248,7 @@ impl S3Filesystem {
         let (ino, attr) = {
             let mut table = self.table();
             let ino = table.upsert(parent, text, key.clone(), NodeKind::File, stat, true);
-            let inode = table
-                .inodes
-                .get_mut(&ino)
-                .ok_or(FsError::UnknownInode(ino))?;
-            inode.lookups += 1;
-            (ino, self.attr_of(ino, inode))
+            (ino, self.take_reference(&mut table, ino)?)
         };
         let fh = self.new_handle();
         let writer = ObjectWriter::new(Arc::clone(&self.bucket.store), key, ino);
@@ -1280,17 +1278,19 @@ impl S3Filesystem {
             return Ok(());
         };
         let mut writer = writer.lock().await;
-        let completed_before = writer.is_done();
+        let completion = writer.completion();
         let finished = writer.finish().await;
-        match (&finished, writer.multipart_parts()) {
-            _ if completed_before => {}
-            (Ok(_), Some(parts)) => {
-                for _ in 0..parts {
-                    self.observe("put_part", true);
+        match completion {
+            None => {}
+            Some(Completion::Put) => self.observe("put", finished.is_ok()),
+            Some(Completion::Multipart { parts }) => {
+                if finished.is_ok() {
+                    for _ in 0..parts {
+                        self.observe("put_part", true);
+                    }
                 }
-                self.observe("complete_multipart", true);
+                self.observe("complete_multipart", finished.is_ok());
             }
-            (result, _) => self.observe("put", result.is_ok()),
         }
         let mut table = self.table();
         match finished {
@@ -1366,12 +1366,7 @@ impl S3Filesystem {
         let mut table = self.table();
         let stat = ObjectStat::directory(Utc::now());
         let ino = table.upsert(parent, text, key, NodeKind::Directory, stat, true);
-        let inode = table
-            .inodes
-            .get_mut(&ino)
-            .ok_or(FsError::UnknownInode(ino))?;
-        inode.lookups += 1;
-        Ok(self.attr_of(ino, inode))
+        self.take_reference(&mut table, ino)
     }
 
     /// Removes the empty directory `name` in `parent` (ENOTEMPTY while any

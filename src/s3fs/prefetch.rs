@@ -193,6 +193,8 @@ struct ReadState {
     frontier: Option<u64>,
     /// The current prefetch window.
     window: u64,
+    /// Counters of the reads planned so far.
+    stats: ReadStats,
 }
 
 /// How one read will be served.
@@ -223,7 +225,6 @@ pub struct FileReader {
     budget: Arc<PrefetchBudget>,
     runtime: tokio::runtime::Handle,
     state: Mutex<ReadState>,
-    stats: Mutex<ReadStats>,
 }
 
 impl FileReader {
@@ -251,19 +252,14 @@ impl FileReader {
                 parts,
                 frontier: None,
                 window: INITIAL_WINDOW,
+                stats: ReadStats::default(),
             }),
-            stats: Mutex::new(ReadStats::default()),
         }
-    }
-
-    /// The object's metadata as seen at open.
-    pub fn stat(&self) -> &ObjectStat {
-        &self.stat
     }
 
     /// This handle's counters so far.
     pub fn stats(&self) -> ReadStats {
-        *self.stats.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).stats
     }
 
     /// Reads `[offset, offset + size)`, clipped to the size seen at open;
@@ -273,15 +269,7 @@ impl FileReader {
         if offset >= end {
             return Ok(Bytes::new());
         }
-        let plan = self.plan(offset..end);
-        {
-            let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
-            match &plan {
-                Plan::Direct => stats.direct_reads += 1,
-                Plan::Parts(_) => stats.window_reads += 1,
-            }
-        }
-        match plan {
+        match self.plan(offset..end) {
             Plan::Direct => self.reader.get(&self.key, &self.stat, offset..end).await,
             Plan::Parts(pieces) => {
                 let mut slices = Vec::with_capacity(pieces.len());
@@ -356,10 +344,12 @@ impl FileReader {
             state.parts.clear();
             state.window = INITIAL_WINDOW;
             state.frontier = Some(wanted.end);
+            state.stats.direct_reads += 1;
             return Plan::Direct;
         }
         if !in_window && held.as_ref().is_some_and(|h| wanted.start < h.start) {
             // A straggler behind the window: serve it, leave the window be.
+            state.stats.direct_reads += 1;
             return Plan::Direct;
         }
         state.frontier = Some(state.frontier.unwrap_or(0).max(wanted.end));
@@ -406,12 +396,8 @@ impl FileReader {
             next += part_len;
             started += 1;
         }
-        if started > 0 {
-            self.stats
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .parts_started += started;
-        }
+        state.stats.parts_started += started;
+        state.stats.window_reads += 1;
         let pieces = state
             .parts
             .iter()

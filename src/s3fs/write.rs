@@ -42,6 +42,18 @@ impl std::fmt::Debug for WriterState {
     }
 }
 
+/// How a finished object reaches the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completion {
+    /// One PUT of the buffered bytes.
+    Put,
+    /// A multipart upload of `parts` parts, then its completion.
+    Multipart {
+        /// Parts of [`WRITE_PART_SIZE`] (the last one shorter).
+        parts: u64,
+    },
+}
+
 /// One new object being written through an open file handle.
 #[derive(Debug)]
 pub struct ObjectWriter {
@@ -63,11 +75,6 @@ impl ObjectWriter {
             written: 0,
             state: WriterState::Buffering(Vec::new()),
         }
-    }
-
-    /// Bytes written so far.
-    pub fn written(&self) -> u64 {
-        self.written
     }
 
     fn failed(&self, reason: &str) -> FsError {
@@ -147,16 +154,16 @@ impl ObjectWriter {
         }
     }
 
-    /// Whether the object was already completed (a later flush is a no-op).
-    pub fn is_done(&self) -> bool {
-        matches!(self.state, WriterState::Done(_))
-    }
-
-    /// How many parts a multipart upload of what was written takes; `None`
-    /// when it fits one PUT.
-    pub fn multipart_parts(&self) -> Option<u64> {
-        let part = WRITE_PART_SIZE as u64;
-        (self.written > part).then(|| self.written.div_ceil(part))
+    /// The S3 requests [`Self::finish`] is about to complete: none once the
+    /// object is done or the upload failed (a later flush sends nothing).
+    pub fn completion(&self) -> Option<Completion> {
+        match self.state {
+            WriterState::Buffering(_) => Some(Completion::Put),
+            WriterState::Uploading(_) => Some(Completion::Multipart {
+                parts: self.written.div_ceil(WRITE_PART_SIZE as u64),
+            }),
+            WriterState::Done(_) | WriterState::Failed(_) => None,
+        }
     }
 
     /// Completes the object (PUT, or the multipart upload's last parts and
