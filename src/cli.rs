@@ -186,15 +186,15 @@ impl ConnectArgs {
             .token_file
             .as_ref()
             .ok_or_else(|| CommandError::new("--url needs --token-file"))?;
-        let token = std::fs::read_to_string(token_file)
-            .map_err(|e| CommandError::new(format!("--token-file {}: {e}", token_file.display())))?
-            .lines()
-            .map(str::trim)
-            .find(|l| !l.is_empty() && !l.starts_with('#'))
+        let text = std::fs::read_to_string(token_file).map_err(|e| {
+            CommandError::new(format!("--token-file {}: {e}", token_file.display()))
+        })?;
+        let token = crate::api::token_lines(&text)
+            .next()
+            .map(|(_, token)| token.to_string())
             .ok_or_else(|| {
                 CommandError::new(format!("--token-file {}: no token", token_file.display()))
-            })?
-            .to_string();
+            })?;
         Ok(Endpoint::Tcp { authority, token })
     }
 }
@@ -233,19 +233,11 @@ pub fn spec_from_attach(args: &AttachArgs) -> Result<MountSpec, CommandError> {
             })
             .transpose()?;
         SourceSpec::Nfs(NfsSource {
-            server: server
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string(),
-            export: format!("/{export}"),
             version,
-            nconnect: None,
-            soft: None,
-            timeo_seconds: None,
-            retrans: None,
-            rsize: None,
-            wsize: None,
-            port: None,
+            ..NfsSource::new(
+                server.trim_start_matches('[').trim_end_matches(']'),
+                format!("/{export}"),
+            )
         })
     } else {
         return Err(CommandError::new("give --s3 or --nfs"));
@@ -383,7 +375,7 @@ pub async fn run_client(command: Command) -> Result<String, CommandError> {
 pub fn describe_source(source: &SourceSpec) -> String {
     match source {
         SourceSpec::S3(s3) => format!("s3://{}/{}", s3.bucket, s3.normalized_prefix()),
-        SourceSpec::Nfs(nfs) => format!("{}:{}", nfs.server, nfs.export),
+        SourceSpec::Nfs(nfs) => crate::nfs::mount_source(nfs),
     }
 }
 

@@ -89,7 +89,7 @@ pub async fn call(
     let request = builder
         .body(Full::new(Bytes::from(body.unwrap_or_default())))
         .map_err(|e| http(e.to_string()))?;
-    let response = match endpoint {
+    let (status, body) = match endpoint {
         Endpoint::Unix(path) => {
             let stream = tokio::net::UnixStream::connect(path)
                 .await
@@ -104,21 +104,15 @@ pub async fn call(
         }
     }
     .map_err(|e| http(e.to_string()))?;
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|never| match never {})?
-        .to_bytes();
     Ok(Reply { status, body })
 }
 
-/// One request on a fresh HTTP/1.1 connection over `stream`, body read whole.
+/// One request on a fresh HTTP/1.1 connection over `stream`: the status and
+/// the whole body.
 async fn exchange<S>(
     stream: S,
     request: Request<Full<Bytes>>,
-) -> Result<hyper::Response<Full<Bytes>>, hyper::Error>
+) -> Result<(StatusCode, Bytes), hyper::Error>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
@@ -126,9 +120,9 @@ where
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     let driver = tokio::spawn(connection);
     let response = sender.send_request(request).await?;
-    let (parts, body) = response.into_parts();
-    let bytes = body.collect().await?.to_bytes();
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
     drop(sender);
     let _ = driver.await;
-    Ok(hyper::Response::from_parts(parts, Full::new(bytes)))
+    Ok((status, body))
 }

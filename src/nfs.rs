@@ -332,18 +332,7 @@ mod tests {
     use std::path::PathBuf;
 
     fn src(server: &str, export: &str) -> NfsSource {
-        NfsSource {
-            server: server.into(),
-            export: export.into(),
-            version: None,
-            nconnect: None,
-            soft: None,
-            timeo_seconds: None,
-            retrans: None,
-            rsize: None,
-            wsize: None,
-            port: None,
-        }
+        NfsSource::new(server, export)
     }
 
     const V4: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 5));

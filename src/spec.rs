@@ -125,6 +125,24 @@ pub struct NfsSource {
     pub port: Option<u16>,
 }
 
+impl NfsSource {
+    /// `server:export` with every option at its default.
+    pub fn new(server: impl Into<String>, export: impl Into<String>) -> Self {
+        NfsSource {
+            server: server.into(),
+            export: export.into(),
+            version: None,
+            nconnect: None,
+            soft: None,
+            timeo_seconds: None,
+            retrans: None,
+            rsize: None,
+            wsize: None,
+            port: None,
+        }
+    }
+}
+
 /// An S3 bucket (or a prefix of one).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -2,6 +2,7 @@
 //! fitting status, mapped here and nowhere else.
 
 use axum::Json;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -113,5 +114,33 @@ impl From<ManagerError> for ApiError {
             ManagerError::Internal(_) => (S::INTERNAL_SERVER_ERROR, "Internal"),
         };
         ApiError::new(status, code, message)
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(rejection: BytesRejection) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "PayloadTooLarge",
+                format!("request body exceeds {} bytes", crate::api::MAX_BODY_BYTES),
+            )
+        } else {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "InvalidBody",
+                rejection.body_text(),
+            )
+        }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "InvalidQuery",
+            rejection.body_text(),
+        )
     }
 }
