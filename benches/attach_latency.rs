@@ -159,28 +159,13 @@ fn main() {
     let credentials = secrets.path().join("credentials");
     garage.write_credentials_file(&credentials);
     let passwd = secrets.path().join("s3fs-passwd");
-    std::fs::write(
-        &passwd,
-        format!(
-            "{}:{}\n",
-            garage.access_key_id(),
-            garage.secret_access_key()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&passwd, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    garage.write_s3fs_passwd(&passwd);
 
     let mut node = Node::start(&[]);
     let bucket = node.buckets().join("data");
     std::fs::create_dir_all(&bucket).unwrap();
     std::fs::write(bucket.join("README.txt"), b"a dataset\n").unwrap();
-    let garage_spec = json!({"source": {"s3": {
-        "bucket": "data",
-        "endpoint": garage.endpoint(),
-        "region": garage.region(),
-        "pathStyle": true,
-        "credentials": {"file": credentials},
-    }}});
+    let garage_spec = garage.spec("data", json!({"file": credentials}));
 
     let mut columns = Vec::new();
     let file_spec = node.file_spec("data");

@@ -25,7 +25,7 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -626,12 +626,10 @@ impl MountTool for S3fs<'_> {
         let target = self.dir.join("s3fs-mnt");
         std::fs::create_dir_all(&target).unwrap();
         let passwd = self.dir.join("s3fs-passwd");
-        std::fs::write(
+        support::write_private_file(
             &passwd,
-            format!("{}:{}\n", self.server.key_id, self.server.secret),
-        )
-        .unwrap();
-        std::fs::set_permissions(&passwd, std::fs::Permissions::from_mode(0o600)).unwrap();
+            format!("{}:{}\n", self.server.key_id, self.server.secret).as_bytes(),
+        );
         let options = format!(
             "url={},endpoint={},use_path_request_style,passwd_file={}{}",
             self.server.endpoint,
@@ -870,16 +868,7 @@ fn main() {
                 tools.push("ceiling");
             }
             "hotmount" => {
-                let spec = json!({
-                    "source": {"s3": {
-                        "bucket": "bench",
-                        "endpoint": server.endpoint,
-                        "region": server.region,
-                        "pathStyle": true,
-                        "credentials": {"file": credentials},
-                    }},
-                    "readOnly": true,
-                });
+                let spec = garage.spec("bench", json!({"file": credentials}));
                 run_tool(&mut Hotmount { node: &node, spec }, &sizes, &mut results);
                 tools.push("hotmount");
             }

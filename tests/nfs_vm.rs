@@ -524,7 +524,7 @@ fn agent_in_guest_kernel_serves_nfs_datasets() {
         "{}",
         missing.body
     );
-    let closed_port = process::free_port();
+    let [closed_port] = support::free_loopback_ports();
     let refused = api.call(
         "PUT",
         "/v1/mounts/refused",

@@ -58,13 +58,7 @@ impl S3Node {
     }
 
     fn spec_with(&self, bucket: &str, credentials: Value) -> Value {
-        json!({"source": {"s3": {
-            "bucket": bucket,
-            "endpoint": self.garage.endpoint(),
-            "region": self.garage.region(),
-            "pathStyle": true,
-            "credentials": credentials,
-        }}})
+        self.garage.spec(bucket, credentials)
     }
 
     fn put(&self, name: &str, spec: &Value) -> (u16, Value) {

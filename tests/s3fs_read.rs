@@ -65,16 +65,10 @@ impl MountedBucket {
         if !self.credentials_file().exists() {
             self.garage.write_credentials_file(&self.credentials_file());
         }
-        let spec = json!({
-            "source": {"s3": {
-                "bucket": bucket,
-                "endpoint": self.garage.endpoint(),
-                "region": self.garage.region(),
-                "pathStyle": true,
-                "credentials": {"file": self.credentials_file()},
-            }},
-            "readOnly": true,
-        });
+        let mut spec = self
+            .garage
+            .spec(bucket, json!({"file": self.credentials_file()}));
+        spec["readOnly"] = json!(true);
         let (status, body) = self
             .node
             .call("PUT", &format!("/v1/mounts/{name}"), Some(&spec));

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::json;
-use support::within_timeout;
+use support::{object_bytes, within_timeout};
 
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -38,12 +38,6 @@ impl<T: std::fmt::Debug> ExpectErr<T> for std::io::Result<T> {
     }
 }
 
-fn bytes(seed: u8, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 12) as u8)
-        .collect()
-}
-
 #[test]
 fn writes_through_a_real_mount_become_objects() {
     support::require_fuse();
@@ -55,23 +49,15 @@ fn writes_through_a_real_mount_become_objects() {
     let dir = tempfile::tempdir().unwrap();
     let credentials = dir.path().join("credentials");
     garage.write_credentials_file(&credentials);
-    let spec = json!({
-        "source": {"s3": {
-            "bucket": "writable",
-            "endpoint": garage.endpoint(),
-            "region": garage.region(),
-            "pathStyle": true,
-            "credentials": {"file": credentials},
-        }},
-        "readOnly": false,
-    });
+    let mut spec = garage.spec("writable", json!({"file": credentials}));
+    spec["readOnly"] = json!(false);
     let (status, body) = node.call("PUT", "/v1/mounts/rw", Some(&spec));
     assert_eq!(status, 201, "mount: {body}\n{}", node.agent.log());
     let root: PathBuf = node.root().join("rw");
 
     // New files: small (one PUT) and large (multipart), written with plain writes.
-    let small = bytes(1, 1000);
-    let large = bytes(2, 20 * 1024 * 1024 + 333);
+    let small = object_bytes(1, 1000);
+    let large = object_bytes(2, 20 * 1024 * 1024 + 333);
     for (name, content) in [("small", small.clone()), ("large", large.clone())] {
         let path = root.join(name);
         within_timeout(STEP_TIMEOUT, "write a new file", move || {

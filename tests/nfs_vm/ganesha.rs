@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::process::{free_port, spawn_owned, stop_child};
+use super::process::{spawn_owned, stop_child};
 
 /// The pseudo path the export is mounted by (`10.0.2.2:/data` from the guest).
 pub const PSEUDO: &str = "/data";
@@ -32,7 +32,7 @@ impl Ganesha {
         }
         let mut ganesha = Ganesha {
             dir,
-            port: free_port(),
+            port: crate::support::free_loopback_ports::<1>()[0],
             child: None,
         };
         ganesha.start_again();

@@ -22,7 +22,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use super::process::{free_port, spawn_owned, stop_child};
+use super::process::{spawn_owned, stop_child};
 
 /// The guest port of the agent's HTTP API.
 pub const GUEST_API_PORT: u16 = 7470;
@@ -127,7 +127,7 @@ pub struct Guest {
 impl Guest {
     /// Boots the guest from `initrd` and waits (up to `deadline`) for READY.
     pub fn boot(initrd: &Path, deadline: Duration) -> Guest {
-        let (api_port, cmd_port) = (free_port(), free_port());
+        let [api_port, cmd_port] = crate::support::free_loopback_ports();
         let kernel = cache_dir().join("vmlinuz");
         let mut command = Command::new("qemu-system-x86_64");
         command

@@ -2,7 +2,6 @@
 //! kernel kills them if the test process dies (PR_SET_PDEATHSIG), stopped by
 //! pid with a bounded wait, and free loopback ports for them.
 
-use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -39,12 +38,4 @@ pub fn stop_child(mut child: Child, grace: Duration) {
         let _ = child.kill();
     }
     let _ = child.wait();
-}
-
-/// A loopback TCP port that was free a moment ago.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
 }

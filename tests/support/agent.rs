@@ -166,11 +166,6 @@ impl Agent {
         super::read_log(&self.log_path)
     }
 
-    /// The captured log's path.
-    pub fn log_path(&self) -> &Path {
-        &self.log_path
-    }
-
     /// SIGKILL, then reaps it: simulates a crash (mounts stay in place).
     pub fn kill9(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("agent already stopped");

@@ -2,8 +2,7 @@
 //! loopback ports in a temporary directory, with one access key allowed on every
 //! bucket it creates. Stopped (killed and reaped) on drop.
 
-use std::net::{SocketAddr, TcpListener};
-use std::os::unix::fs::OpenOptionsExt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
@@ -49,7 +48,7 @@ impl Garage {
             .prefix("hotmount-garage-")
             .tempdir()
             .unwrap_or_else(|e| panic!("create garage directory: {e}"));
-        let [rpc_port, s3_port, admin_port] = free_loopback_ports();
+        let [rpc_port, s3_port, admin_port] = super::free_loopback_ports();
         let s3_addr = SocketAddr::from(([127, 0, 0, 1], s3_port));
         let admin_addr = SocketAddr::from(([127, 0, 0, 1], admin_port));
         let admin_token = random_hex(16);
@@ -74,7 +73,7 @@ admin_token = "{admin_token}"
             data = dir.path().join("data").display(),
             rpc_secret = random_hex(32),
         );
-        write_private_file(&config, config_text.as_bytes());
+        super::write_private_file(&config, config_text.as_bytes());
         let log_path = dir.path().join("garage.log");
         let child = spawn_server(&binary, &config, &log_path);
         let mut garage = Garage {
@@ -131,6 +130,25 @@ admin_token = "{admin_token}"
         ]);
     }
 
+    /// A hotmount mount spec for `bucket` on this server (path-style, its
+    /// region) with `credentials` (e.g. `{"file": PATH}`); read-only unless
+    /// the caller sets `readOnly`.
+    pub fn spec(&self, bucket: &str, credentials: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({"source": {"s3": {
+            "bucket": bucket,
+            "endpoint": self.endpoint(),
+            "region": self.region(),
+            "pathStyle": true,
+            "credentials": credentials,
+        }}})
+    }
+
+    /// Writes the key in s3fs's `passwd_file` format (`ID:SECRET`), mode 0600.
+    pub fn write_s3fs_passwd(&self, path: &Path) {
+        let text = format!("{}:{}\n", self.access_key_id, self.secret_access_key);
+        super::write_private_file(path, text.as_bytes());
+    }
+
     /// The S3 endpoint, `http://127.0.0.1:PORT`.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.s3_addr)
@@ -163,7 +181,7 @@ admin_token = "{admin_token}"
             "access_key_id={}\nsecret_access_key={}\n",
             self.access_key_id, self.secret_access_key
         );
-        write_private_file(path, text.as_bytes());
+        super::write_private_file(path, text.as_bytes());
     }
 
     /// An `object_store` client for `bucket` (path-style, plain HTTP, no CA bundle).
@@ -247,11 +265,6 @@ admin_token = "{admin_token}"
         )
         .ok()?;
         output.status.success().then_some(output)
-    }
-
-    /// The admin API address and bearer token (for health or admin API calls).
-    pub fn admin_api(&self) -> (SocketAddr, &str) {
-        (self.admin_addr, &self.admin_token)
     }
 
     /// The server's log so far.
@@ -361,35 +374,11 @@ fn spawn_server(binary: &Path, config: &Path, log_path: &Path) -> Child {
         .unwrap_or_else(|e| panic!("spawn {} server: {e}", binary.display()))
 }
 
-fn free_loopback_ports() -> [u16; 3] {
-    // Held together so the three differ; released just before garage binds them.
-    let listeners: Vec<TcpListener> = (0..3)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port"))
-        .collect();
-    let ports: Vec<u16> = listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local addr").port())
-        .collect();
-    [ports[0], ports[1], ports[2]]
-}
-
 fn random_hex(bytes: usize) -> String {
     let mut buffer = vec![0u8; bytes];
     let mut urandom = std::fs::File::open("/dev/urandom").expect("open /dev/urandom");
     std::io::Read::read_exact(&mut urandom, &mut buffer).expect("read /dev/urandom");
     buffer.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn write_private_file(path: &Path, bytes: &[u8]) {
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
-    std::io::Write::write_all(&mut file, bytes)
-        .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
 
 fn field_after(text: &str, label: &str) -> String {

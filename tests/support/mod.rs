@@ -110,6 +110,30 @@ pub fn within_timeout<T: Send + 'static>(
         .unwrap_or_else(|_| panic!("{what} did not finish within {timeout:?}"))
 }
 
+/// `N` distinct loopback TCP ports that were free a moment ago (held together
+/// while chosen, so they differ; released just before the caller binds them).
+pub fn free_loopback_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port"))
+        .collect();
+    std::array::from_fn(|i| listeners[i].local_addr().expect("local addr").port())
+}
+
+/// Writes `bytes` to `path`, created with mode 0600 (never readable by others,
+/// not even for a moment).
+pub fn write_private_file(path: &Path, bytes: &[u8]) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+    std::io::Write::write_all(&mut file, bytes)
+        .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
 /// Deterministic, incompressible bytes that differ per `seed` and position.
 pub fn object_bytes(seed: u64, len: u64) -> Vec<u8> {
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
