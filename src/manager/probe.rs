@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
-use crate::manager::{Attached, Manager, MountState, Slot, lock};
-use crate::spec::SourceSpec;
+use crate::manager::{Attached, Manager, ManagerError, MountState, Slot, lock};
+use crate::spec::{MountSpec, SourceSpec};
 use crate::sys::mounts_at;
 
 /// Consecutive I/O failures before a dataset is re-mounted.
@@ -219,6 +219,35 @@ impl Manager {
         }
     }
 
+    /// Mounts `spec` at the dataset's path (nothing is mounted there now) and
+    /// records it: attached, the next generation (persisted), Mounted and
+    /// healthy. Returns the new generation.
+    pub(super) async fn mount_again(
+        &self,
+        name: &str,
+        slot: &Slot,
+        spec: &MountSpec,
+        generation: u64,
+    ) -> Result<u64, ManagerError> {
+        if let Err(e) = std::fs::create_dir_all(self.path_of(name)) {
+            tracing::warn!(dataset = name, error = %e, "could not create mount directory");
+        }
+        let attached = self.attach(name, spec).await?;
+        slot.set_attached(attached);
+        let generation = generation + 1;
+        slot.record.send_modify(|r| r.generation = generation);
+        let _ = self
+            .persist(|desired| {
+                if let Some(stored) = desired.get_mut(name) {
+                    stored.generation = generation;
+                }
+            })
+            .await;
+        self.set_state(slot, MountState::Mounted, None);
+        self.set_healthy(name, spec, true);
+        Ok(generation)
+    }
+
     /// Re-mounts a broken dataset at the same path.
     pub(super) async fn recover(&self, name: &str, slot: &Arc<Slot>, reason: &'static str) {
         let _op = slot.op.lock().await;
@@ -230,24 +259,11 @@ impl Manager {
         let started = Instant::now();
         let attached = slot.take_attached();
         self.detach_quietly(name, attached).await;
-        let path = self.path_of(name);
-        if let Err(e) = std::fs::create_dir_all(&path) {
-            tracing::warn!(dataset = name, error = %e, "could not recreate mount directory");
-        }
-        match self.attach(name, &record.spec).await {
-            Ok(attached) => {
-                slot.set_attached(attached);
-                let generation = record.generation + 1;
-                slot.record.send_modify(|r| r.generation = generation);
-                let _ = self
-                    .persist(|desired| {
-                        if let Some(stored) = desired.get_mut(name) {
-                            stored.generation = generation;
-                        }
-                    })
-                    .await;
-                self.set_state(slot, MountState::Mounted, None);
-                self.set_healthy(name, &record.spec, true);
+        match self
+            .mount_again(name, slot, &record.spec, record.generation)
+            .await
+        {
+            Ok(generation) => {
                 self.inner
                     .metrics
                     .recoveries

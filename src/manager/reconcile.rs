@@ -107,23 +107,11 @@ impl Manager {
             );
             self.detach_quietly(&name, None).await;
         }
-        if let Err(e) = std::fs::create_dir_all(&path) {
-            tracing::warn!(dataset = name, error = %e, "could not create mount directory");
-        }
-        match self.attach(&name, &spec).await {
-            Ok(attached) => {
-                slot.set_attached(attached);
-                let generation = stored.generation + 1;
-                slot.record.send_modify(|r| r.generation = generation);
-                let _ = self
-                    .persist(|desired| {
-                        if let Some(entry) = desired.get_mut(&name) {
-                            entry.generation = generation;
-                        }
-                    })
-                    .await;
-                self.set_state(&slot, MountState::Mounted, None);
-                self.set_healthy(&name, &spec, true);
+        match self
+            .mount_again(&name, &slot, &spec, stored.generation)
+            .await
+        {
+            Ok(_) => {
                 if broken {
                     self.inner
                         .metrics
