@@ -32,19 +32,6 @@ fn mount_tmpfs(target: &Path) {
     .unwrap_or_else(|e| panic!("mount tmpfs at {}: {e}", target.display()));
 }
 
-/// What the agent does to its root: a tmpfs made rshared.
-fn make_shared_root(root: &Path) {
-    mount_tmpfs(root);
-    mount(
-        None::<&str>,
-        root,
-        None::<&str>,
-        MsFlags::MS_SHARED | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .unwrap_or_else(|e| panic!("make {} rshared: {e}", root.display()));
-}
-
 fn mountinfo_mentions(mountinfo: &str, point: &Path) -> bool {
     let point = point.to_str().unwrap();
     mountinfo
@@ -113,8 +100,10 @@ fn pod_view_follows_mounts_under_the_root_and_is_read_only_elsewhere() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("mnt");
-    let _node = NodeNamespace::enter();
-    make_shared_root(&root);
+    let node = NodeNamespace::enter();
+    // What the agent does to its root: a tmpfs made rshared.
+    std::fs::create_dir_all(&root).unwrap();
+    node.share_dir(&root);
     std::fs::create_dir(root.join("missing")).unwrap();
 
     let started = Instant::now();
