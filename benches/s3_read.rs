@@ -527,15 +527,10 @@ fn wait_mounted(path: &Path, child: &mut Child, what: &str) {
 /// Unmounts `path` and stops `child`.
 fn stop_fuse_process(path: &Path, mut child: Child) {
     let _ = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    if support::wait_exit(&mut child, Duration::from_secs(10)).is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
     }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// A bucket served by a mounted FUSE client for the length of one workload.

@@ -311,14 +311,9 @@ impl Guest {
 
 /// Waits for qemu to exit by itself for up to `wait`, then stops it.
 fn stop_child_after(mut child: Child, wait: Duration) {
-    let deadline = Instant::now() + wait;
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    if crate::support::wait_exit(&mut child, wait).is_none() {
+        stop_child(child, Duration::from_secs(2));
     }
-    stop_child(child, Duration::from_secs(2));
 }
 
 impl Drop for Guest {

@@ -4,7 +4,7 @@
 
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -28,12 +28,8 @@ pub fn spawn_owned(command: &mut Command, what: &str) -> Child {
 pub fn stop_child(mut child: Child, grace: Duration) {
     if let Ok(None) = child.try_wait() {
         let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-        let deadline = Instant::now() + grace;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if crate::support::wait_exit(&mut child, grace).is_some() {
+            return;
         }
         let _ = child.kill();
     }

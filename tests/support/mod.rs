@@ -110,6 +110,17 @@ pub fn within_timeout<T: Send + 'static>(
         .unwrap_or_else(|_| panic!("{what} did not finish within {timeout:?}"))
 }
 
+/// Waits up to `within` for `child` to exit by itself; its status, or `None`
+/// if it is still running.
+pub fn wait_exit(
+    child: &mut std::process::Child,
+    within: Duration,
+) -> Option<std::process::ExitStatus> {
+    poll_until(within, Duration::from_millis(20), || {
+        child.try_wait().ok().flatten()
+    })
+}
+
 /// `N` distinct loopback TCP ports that were free a moment ago (held together
 /// while chosen, so they differ; released just before the caller binds them).
 pub fn free_loopback_ports<const N: usize>() -> [u16; N] {
