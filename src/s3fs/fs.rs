@@ -464,9 +464,7 @@ impl S3Filesystem {
         metrics: Arc<Metrics>,
     ) -> Self {
         let mounted_at = Utc::now();
-        // Raw key text, as listings return it (`from` would percent-encode).
-        let root_key = ObjectPath::parse(&bucket.prefix)
-            .unwrap_or_else(|_| ObjectPath::from(bucket.prefix.as_str()));
+        let root_key = bucket.root_path();
         let mut inodes = HashMap::new();
         inodes.insert(
             ROOT_INODE,

@@ -191,10 +191,18 @@ fn s3_builder(source: &S3Source) -> Result<AmazonS3Builder, StoreError> {
 }
 
 impl Bucket {
+    /// The prefix as an object path of raw key text, as listings return it
+    /// (`Path::from` would percent-encode special characters).
+    pub fn root_path(&self) -> object_store::path::Path {
+        let prefix = self.prefix.trim_end_matches('/');
+        object_store::path::Path::parse(prefix)
+            .unwrap_or_else(|_| object_store::path::Path::from(prefix))
+    }
+
     /// Proves the bucket is reachable with these credentials: one LIST of the
     /// prefix, within `deadline`.
     pub async fn check(&self, source: &S3Source, deadline: Duration) -> Result<(), StoreError> {
-        let prefix = object_store::path::Path::from(self.prefix.trim_end_matches('/'));
+        let prefix = self.root_path();
         let prefix = (!self.prefix.is_empty()).then_some(&prefix);
         match tokio::time::timeout(deadline, self.store.list_with_delimiter(prefix)).await {
             Err(_) => Err(StoreError::Timeout {
