@@ -43,6 +43,9 @@ pub struct Metrics {
     pub s3_requests: IntCounterVec,
     /// `hotmount_s3_bytes_read_total{name}`.
     pub s3_bytes_read: IntCounterVec,
+    /// `hotmount_s3_keys_skipped_total{name,reason}`: keys left out of the
+    /// dataset's listings because they cannot be file names (each counted once).
+    pub s3_keys_skipped: IntCounterVec,
     /// `hotmount_http_requests_total{route,method,code}`.
     pub http_requests: IntCounterVec,
     /// `hotmount_build_info{version}`: always 1.
@@ -140,6 +143,14 @@ impl Metrics {
                 &["name"],
             )
             .expect("valid metric"),
+            s3_keys_skipped: IntCounterVec::new(
+                opts(
+                    "s3_keys_skipped_total",
+                    "Object keys left out of listings because they cannot be file names, by reason.",
+                ),
+                &["name", "reason"],
+            )
+            .expect("valid metric"),
             http_requests: IntCounterVec::new(
                 opts(
                     "http_requests_total",
@@ -169,6 +180,7 @@ impl Metrics {
             Box::new(metrics.fuse_request_duration.clone()),
             Box::new(metrics.s3_requests.clone()),
             Box::new(metrics.s3_bytes_read.clone()),
+            Box::new(metrics.s3_keys_skipped.clone()),
             Box::new(metrics.http_requests.clone()),
             Box::new(metrics.build_info.clone()),
         ];
@@ -224,6 +236,7 @@ impl Metrics {
         remove_series_of(&self.fuse_requests, name);
         remove_series_of(&self.s3_requests, name);
         remove_series_of(&self.recoveries, name);
+        remove_series_of(&self.s3_keys_skipped, name);
     }
 
     /// The Prometheus text exposition of every metric.
@@ -277,6 +290,10 @@ mod tests {
             .observe(0.01);
         metrics.s3_bytes_read.with_label_values(&["ds"]).inc_by(10);
         metrics
+            .s3_keys_skipped
+            .with_label_values(&["ds", "control_character"])
+            .inc();
+        metrics
             .http_requests
             .with_label_values(&["/v1/mounts", "GET", "200"])
             .inc();
@@ -292,6 +309,7 @@ mod tests {
             "hotmount_fuse_request_duration_seconds",
             "hotmount_s3_requests_total",
             "hotmount_s3_bytes_read_total",
+            "hotmount_s3_keys_skipped_total",
             "hotmount_http_requests_total",
             "hotmount_build_info",
         ] {

@@ -38,6 +38,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectMeta, ObjectStoreExt};
 
 use crate::metrics::Metrics;
+use crate::s3fs::keys::{MAX_NAME_LEN, SkipReason, SkippedKeys};
 use crate::s3fs::prefetch::{FileReader, PrefetchBudget, PrefetchedObject, RangeReader, ReadStats};
 use crate::s3fs::store::Bucket;
 use crate::s3fs::write::{Completion, ObjectWriter};
@@ -48,8 +49,6 @@ pub const ROOT_INODE: u64 = 1;
 pub const GENERATION: Generation = Generation(1);
 /// The block size reported in attributes and statfs.
 const BLOCK_SIZE: u32 = 4096;
-/// The longest name a directory entry may have.
-const MAX_NAME_LEN: usize = 255;
 /// The TTL handed to the kernel for immutable datasets ("forever").
 const IMMUTABLE_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Negative entries kept at most; the cache is cleared when it grows past this.
@@ -152,6 +151,9 @@ pub enum FsError {
     /// A directory that still holds entries.
     #[error("{0}: directory not empty")]
     NotEmpty(String),
+    /// A file created through this mount whose object is not complete yet.
+    #[error("{0}: still being written (readable once its last descriptor is closed)")]
+    BeingWritten(String),
     /// A prefetched part failed; every read that waited for it gets this.
     #[error("{0}")]
     Shared(Arc<FsError>),
@@ -192,6 +194,7 @@ impl FsError {
             FsError::Overwrite { .. } => libc::EPERM,
             FsError::Exists(_) => libc::EEXIST,
             FsError::NotEmpty(_) => libc::ENOTEMPTY,
+            FsError::BeingWritten(_) => libc::EBUSY,
             FsError::Shared(inner) => inner.errno(),
             FsError::Store { source, .. } => match source {
                 object_store::Error::NotFound { .. } => libc::ENOENT,
@@ -216,6 +219,7 @@ impl FsError {
                 | libc::EEXIST
                 | libc::ENOTEMPTY
                 | libc::EPERM
+                | libc::EBUSY
         )
     }
 }
@@ -398,6 +402,14 @@ struct DirectoryScan {
     last_active: Option<Instant>,
 }
 
+/// A file being written through one open file handle.
+#[derive(Debug)]
+struct WriteHandle {
+    /// The file's inode (also in the writer; here it needs no lock).
+    ino: u64,
+    writer: tokio::sync::Mutex<ObjectWriter>,
+}
+
 /// What [`S3Filesystem::open`] hands back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OpenedFile {
@@ -452,7 +464,8 @@ pub struct S3Filesystem {
     file_handles: Mutex<HashMap<u64, Arc<FileReader>>>,
     reader: Arc<RangeReader>,
     scans: Mutex<HashMap<u64, DirectoryScan>>,
-    writers: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<ObjectWriter>>>>,
+    writers: Mutex<HashMap<u64, Arc<WriteHandle>>>,
+    skipped_keys: SkippedKeys,
 }
 
 impl S3Filesystem {
@@ -503,6 +516,7 @@ impl S3Filesystem {
             file_handles: Mutex::new(HashMap::new()),
             scans: Mutex::new(HashMap::new()),
             writers: Mutex::new(HashMap::new()),
+            skipped_keys: SkippedKeys::default(),
         }
     }
 
@@ -816,7 +830,8 @@ impl S3Filesystem {
     }
 
     /// Lists directory `prefix` completely (the store follows continuation
-    /// tokens), directories first by name, then files.
+    /// tokens), sorted by name. Keys that cannot be file names are left out
+    /// (and counted once, see [`crate::s3fs::keys`]); they never fail the listing.
     async fn list_directory(&self, prefix: &ObjectPath) -> Result<Vec<ListedEntry>, FsError> {
         let listed = if prefix.as_ref().is_empty() {
             self.bucket.store.list_with_delimiter(None).await
@@ -829,13 +844,23 @@ impl S3Filesystem {
             key: format!("{prefix}/"),
             source,
         })?;
+        let skip = |key: &str, reason: SkipReason| {
+            self.skipped_keys
+                .note(&self.metrics, &self.options.dataset, key, reason);
+        };
+        if let Some(unparseable) = listed.extensions.get::<object_store::list::SkippedKeys>() {
+            for key in &unparseable.0 {
+                skip(key, SkipReason::of_unparseable(key));
+            }
+        }
         let mut entries: Vec<ListedEntry> = Vec::new();
         let mut directories = std::collections::HashSet::new();
         for common in listed.common_prefixes {
             let Some(name) = common.filename() else {
                 continue;
             };
-            if name.is_empty() || name.len() > MAX_NAME_LEN {
+            if name.len() > MAX_NAME_LEN {
+                skip(common.as_ref(), SkipReason::NameTooLong);
                 continue;
             }
             directories.insert(name.to_string());
@@ -848,15 +873,19 @@ impl S3Filesystem {
             });
         }
         for object in listed.objects {
-            // The zero-byte marker whose key is the prefix itself (`dir/`) is
-            // not an entry; nor is any key ending in `/`.
-            if object.location == *prefix || object.location.as_ref().ends_with('/') {
+            // The marker whose key is the prefix itself (`dir/`) is not an
+            // entry (a `Path` never ends in `/`: `dir/` parses as `dir`).
+            if object.location == *prefix {
                 continue;
             }
             let Some(name) = object.location.filename() else {
                 continue;
             };
-            if name.is_empty() || name.len() > MAX_NAME_LEN || directories.contains(name) {
+            if name.len() > MAX_NAME_LEN {
+                skip(object.location.as_ref(), SkipReason::NameTooLong);
+                continue;
+            }
+            if directories.contains(name) {
                 continue;
             }
             entries.push(ListedEntry {
@@ -1011,6 +1040,15 @@ impl S3Filesystem {
         if inode.kind != NodeKind::File {
             return Err(FsError::IsADirectory(inode.key.to_string()));
         }
+        let inode = if inode.local {
+            // Created here: readable once its object is complete.
+            if !self.upload_settled(ino).await {
+                return Err(FsError::BeingWritten(inode.key.to_string()));
+            }
+            self.inode(ino)?
+        } else {
+            inode
+        };
         let stat = if self.is_fresh(inode.validated_at) {
             inode.stat.clone()
         } else {
@@ -1151,7 +1189,7 @@ impl S3Filesystem {
     }
 
     /// The writer behind handle `fh`, if it is a file being written.
-    fn writer(&self, fh: u64) -> Option<Arc<tokio::sync::Mutex<ObjectWriter>>> {
+    fn writer(&self, fh: u64) -> Option<Arc<WriteHandle>> {
         self.writers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -1228,10 +1266,16 @@ impl S3Filesystem {
         Ok((parent_inode, text, target))
     }
 
-    /// Creates file `name` in `parent`, open for sequential writing; the
-    /// object appears in the bucket when the handle is flushed (closed). The
-    /// kernel holds one reference to the new inode.
-    pub async fn create(&self, parent: u64, name: &OsStr) -> Result<(FileAttr, u64), FsError> {
+    /// Creates file `name` in `parent`, open for sequential writing, for
+    /// process `created_by` (None: not known); the object appears in the
+    /// bucket when it is completed (see [`crate::s3fs::write`]). The kernel
+    /// holds one reference to the new inode.
+    pub async fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        created_by: Option<u32>,
+    ) -> Result<(FileAttr, u64), FsError> {
         let (parent_inode, text, target) = self.modification_target("create", parent, name)?;
         if self.existing(parent, name).await?.is_some() {
             return Err(FsError::Exists(target));
@@ -1249,19 +1293,23 @@ impl S3Filesystem {
             (ino, self.take_reference(&mut table, ino)?)
         };
         let fh = self.new_handle();
-        let writer = ObjectWriter::new(Arc::clone(&self.bucket.store), key, ino);
+        let writer = ObjectWriter::new(Arc::clone(&self.bucket.store), key, ino, created_by);
+        let handle = WriteHandle {
+            ino,
+            writer: tokio::sync::Mutex::new(writer),
+        };
         self.writers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(fh, Arc::new(tokio::sync::Mutex::new(writer)));
+            .insert(fh, Arc::new(handle));
         Ok((attr, fh))
     }
 
     /// Writes `data` at `offset` of the new file behind `fh`: only at its
     /// current end (EINVAL elsewhere). Returns the bytes taken.
     pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
-        let writer = self.writer(fh).ok_or(FsError::UnknownHandle(fh))?;
-        let mut writer = writer.lock().await;
+        let handle = self.writer(fh).ok_or(FsError::UnknownHandle(fh))?;
+        let mut writer = handle.writer.lock().await;
         let size = writer.write(offset, data).await?;
         if let Some(inode) = self.table().inodes.get_mut(&writer.ino) {
             inode.stat.size = size;
@@ -1269,13 +1317,31 @@ impl S3Filesystem {
         Ok(data.len() as u32)
     }
 
-    /// Completes the object written through `fh` (on close); nothing for
-    /// read handles. A failed upload leaves no object and no name.
-    pub async fn flush(&self, fh: u64) -> Result<(), FsError> {
-        let Some(writer) = self.writer(fh) else {
+    /// A `close(2)` of a descriptor of `fh` by process `closed_by` (None: not
+    /// known). For a file being written this completes the object when the
+    /// creating process closes it after writing, so that `close(2)` reports a
+    /// failed upload; otherwise it only waits for the parts in flight and the
+    /// object is completed at release ([`crate::s3fs::write`] says why).
+    /// Nothing for read handles.
+    pub async fn flush(&self, fh: u64, closed_by: Option<u32>) -> Result<(), FsError> {
+        let Some(handle) = self.writer(fh) else {
             return Ok(());
         };
-        let mut writer = writer.lock().await;
+        let mut writer = handle.writer.lock().await;
+        if writer.completes_at_flush(closed_by) {
+            self.complete(&mut writer).await
+        } else {
+            let drained = writer.drain().await;
+            if drained.is_err() {
+                self.forget_failed_file(writer.ino);
+            }
+            drained
+        }
+    }
+
+    /// Completes the object of `writer` (idempotent once done) and records
+    /// the outcome: the object's metadata, or, when it failed, no name.
+    async fn complete(&self, writer: &mut ObjectWriter) -> Result<(), FsError> {
         let completion = writer.completion();
         let finished = writer.finish().await;
         match completion {
@@ -1290,10 +1356,9 @@ impl S3Filesystem {
                 self.observe("complete_multipart", finished.is_ok());
             }
         }
-        let mut table = self.table();
         match finished {
             Ok(stat) => {
-                if let Some(inode) = table.inodes.get_mut(&writer.ino) {
+                if let Some(inode) = self.table().inodes.get_mut(&writer.ino) {
                     inode.stat = stat;
                     inode.validated_at = Instant::now();
                     inode.local = false;
@@ -1301,25 +1366,61 @@ impl S3Filesystem {
                 Ok(())
             }
             Err(err) => {
-                if let Some(inode) = table.inodes.get(&writer.ino).cloned() {
-                    if inode.local {
-                        table.insert_negative(inode.parent, &inode.name);
-                    }
-                }
+                self.forget_failed_file(writer.ino);
                 Err(err)
             }
         }
     }
 
-    /// Closes the written file `fh`, completing it if no flush did.
+    /// A file whose upload failed has no object: its name goes away.
+    fn forget_failed_file(&self, ino: u64) {
+        let mut table = self.table();
+        if let Some(inode) = table.inodes.get(&ino).cloned() {
+            if inode.local {
+                table.insert_negative(inode.parent, &inode.name);
+            }
+        }
+    }
+
+    /// The last descriptor of the written file `fh` was closed: completes the
+    /// object if no flush did (a file created and closed without a write
+    /// becomes an empty object here). Errors can only be logged: the kernel
+    /// does not wait for a release.
     pub async fn release_writer(&self, fh: u64) {
-        if let Err(err) = self.flush(fh).await {
+        let Some(handle) = self.writer(fh) else {
+            return;
+        };
+        // Completed before the handle leaves the table, so that an open of
+        // the file meanwhile waits for the outcome (see `open`).
+        let mut locked = handle.writer.lock().await;
+        if let Err(err) = self.complete(&mut locked).await {
             tracing::warn!(error = %err, "completing a written file at release");
         }
+        drop(locked);
         self.writers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&fh);
+    }
+
+    /// Waits for a completion of the file `ino` that is under way and tells
+    /// whether the object now exists; false while it is still being written.
+    async fn upload_settled(&self, ino: u64) -> bool {
+        let handle = self
+            .writers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .find(|handle| handle.ino == ino)
+            .cloned();
+        if let Some(handle) = handle {
+            return handle.writer.lock().await.is_done();
+        }
+        // No writer (any more): the inode says what the outcome was.
+        self.table()
+            .inodes
+            .get(&ino)
+            .is_some_and(|inode| !inode.local)
     }
 
     /// Deletes the object `name` in `parent`.
@@ -1468,6 +1569,9 @@ mod tests {
         lists: AtomicUsize,
         /// When set, every read request fails with the error this makes.
         failure: Mutex<Option<fn() -> object_store::Error>>,
+        /// Raw keys every delimited listing reports as left out (what the
+        /// patched S3 client does with keys that are not valid paths).
+        unparseable: Mutex<Vec<String>>,
     }
 
     impl CountingStore {
@@ -1478,6 +1582,7 @@ mod tests {
                 gets: AtomicUsize::new(0),
                 lists: AtomicUsize::new(0),
                 failure: Mutex::new(None),
+                unparseable: Mutex::new(Vec::new()),
             })
         }
 
@@ -1564,7 +1669,14 @@ mod tests {
             if let Some(err) = self.injected() {
                 return Err(err);
             }
-            self.inner.list_with_delimiter(prefix).await
+            let mut listed = self.inner.list_with_delimiter(prefix).await?;
+            let unparseable = self.unparseable.lock().unwrap().clone();
+            if !unparseable.is_empty() {
+                listed
+                    .extensions
+                    .insert(object_store::list::SkippedKeys(unparseable));
+            }
+            Ok(listed)
         }
 
         async fn copy_opts(
@@ -2412,7 +2524,10 @@ mod tests {
     async fn read_only_mounts_refuse_every_write_operation() {
         let fs = Setup::default().build(sample_store().await);
         let name = OsStr::new("new");
-        assert_eq!(errno_of(fs.create(ROOT_INODE, name).await), libc::EROFS);
+        assert_eq!(
+            errno_of(fs.create(ROOT_INODE, name, None).await),
+            libc::EROFS
+        );
         assert_eq!(errno_of(fs.mkdir(ROOT_INODE, name).await), libc::EROFS);
         assert_eq!(
             errno_of(fs.unlink(ROOT_INODE, OsStr::new("a.txt")).await),
@@ -2439,7 +2554,7 @@ mod tests {
         let small = pattern(1000);
         let large = pattern(2 * crate::s3fs::write::WRITE_PART_SIZE + 12_345);
         for (name, content) in [("small", &small), ("large", &large), ("empty", &vec![])] {
-            let (attr, fh) = fs.create(dir.ino.0, OsStr::new(name)).await.unwrap();
+            let (attr, fh) = fs.create(dir.ino.0, OsStr::new(name), None).await.unwrap();
             assert_eq!(attr.size, 0);
             for chunk in content.chunks(1 << 20) {
                 let at = fs.getattr(attr.ino.0).await.unwrap().size;
@@ -2458,12 +2573,112 @@ mod tests {
                 store.head(&key).await.is_err(),
                 "{name} uploaded before flush"
             );
-            fs.flush(fh).await.unwrap();
+            fs.flush(fh, None).await.unwrap();
             fs.release_writer(fh).await;
             let stored = store.get(&key).await.unwrap().bytes().await.unwrap();
             assert!(stored == content[..], "stored {name} differs");
             assert_eq!(open_read_all(&fs, dir.ino.0, name).await, *content);
         }
+    }
+
+    /// The object `key` of `store`, or None.
+    async fn stored(store: &InMemory, key: &str) -> Option<Vec<u8>> {
+        let got = store.get(&ObjectPath::parse(key).unwrap()).await.ok()?;
+        Some(got.bytes().await.unwrap().to_vec())
+    }
+
+    #[tokio::test]
+    async fn a_flush_before_any_write_completes_nothing() {
+        // `cmd > file`, `dd of=file`: open, dup2, close the first descriptor
+        // (a flush with nothing written), then write through the duplicate.
+        let store = Arc::new(InMemory::new());
+        let fs = writable().build(store.clone());
+        let shell = Some(100);
+        let (_, fh) = fs
+            .create(ROOT_INODE, OsStr::new("out"), shell)
+            .await
+            .unwrap();
+        fs.flush(fh, shell).await.unwrap();
+        assert_eq!(stored(&store, "out").await, None, "no empty object");
+        fs.write(fh, 0, b"hello ").await.unwrap();
+        fs.write(fh, 6, b"world").await.unwrap();
+        fs.flush(fh, shell).await.unwrap();
+        assert_eq!(stored(&store, "out").await.unwrap(), b"hello world");
+        fs.release_writer(fh).await;
+        assert_eq!(open_read_all(&fs, ROOT_INODE, "out").await, b"hello world");
+    }
+
+    #[tokio::test]
+    async fn a_flush_from_another_process_leaves_completion_to_release() {
+        // A parent creates the file and hands the descriptor to a child; the
+        // parent's close comes between the child's writes.
+        let store = Arc::new(InMemory::new());
+        let fs = writable().build(store.clone());
+        let (parent, child) = (Some(100), Some(200));
+        let (attr, fh) = fs
+            .create(ROOT_INODE, OsStr::new("log"), parent)
+            .await
+            .unwrap();
+        fs.write(fh, 0, b"one ").await.unwrap();
+        fs.flush(fh, child).await.unwrap();
+        fs.write(fh, 4, b"two ").await.unwrap();
+        fs.flush(fh, child).await.unwrap();
+        assert_eq!(stored(&store, "log").await, None, "completed too early");
+        // While it is still open somewhere, it cannot be read yet.
+        assert_eq!(
+            errno_of(fs.open(attr.ino.0, libc::O_RDONLY).await),
+            libc::EBUSY
+        );
+        fs.write(fh, 8, b"three").await.unwrap();
+        fs.release_writer(fh).await;
+        assert_eq!(stored(&store, "log").await.unwrap(), b"one two three");
+        assert_eq!(
+            open_read_all(&fs, ROOT_INODE, "log").await,
+            b"one two three"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_file_closed_without_a_write_is_an_empty_object_at_release() {
+        let store = Arc::new(InMemory::new());
+        let fs = writable().build(store.clone());
+        let (_, fh) = fs
+            .create(ROOT_INODE, OsStr::new("touched"), Some(7))
+            .await
+            .unwrap();
+        fs.flush(fh, Some(7)).await.unwrap();
+        assert_eq!(stored(&store, "touched").await, None);
+        fs.release_writer(fh).await;
+        assert_eq!(stored(&store, "touched").await.unwrap(), b"");
+    }
+
+    #[tokio::test]
+    async fn keys_that_cannot_be_names_are_left_out_and_counted_once() {
+        let inner = sample_store().await;
+        let store = CountingStore::new(inner);
+        *store.unparseable.lock().unwrap() =
+            vec!["bad\nkey".into(), "x/../y".into(), "dir//z".into()];
+        let fs = Setup::default().build(store.clone());
+        for _ in 0..2 {
+            let dh = fs.opendir(ROOT_INODE).unwrap();
+            let entries = fs.readdir(dh, 0, ALL).await.unwrap();
+            fs.releasedir(dh);
+            assert_eq!(
+                names(&entries),
+                [".", "..", "a.txt", "both", "deep", "dir", "empty"],
+                "siblings are listed"
+            );
+        }
+        assert_eq!(open_read_all(&fs, ROOT_INODE, "a.txt").await, b"hello");
+        let count = |reason: &str| {
+            fs.metrics()
+                .s3_keys_skipped
+                .with_label_values(&["test", reason])
+                .get()
+        };
+        assert_eq!(count("control_character"), 1);
+        assert_eq!(count("dot_segment"), 1);
+        assert_eq!(count("empty_segment"), 1);
     }
 
     #[tokio::test]
@@ -2489,7 +2704,7 @@ mod tests {
         assert_eq!(fs.setattr(old.ino.0, Some(3), false).await.unwrap().size, 3);
         // Creating an existing name: EEXIST.
         assert_eq!(
-            errno_of(fs.create(ROOT_INODE, OsStr::new("old")).await),
+            errno_of(fs.create(ROOT_INODE, OsStr::new("old"), None).await),
             libc::EEXIST
         );
         assert_eq!(
@@ -2497,16 +2712,34 @@ mod tests {
             libc::EEXIST
         );
         // Random writes: EINVAL; the file stays writable at its end.
-        let (_, fh) = fs.create(ROOT_INODE, OsStr::new("seq")).await.unwrap();
+        let (_, fh) = fs
+            .create(ROOT_INODE, OsStr::new("seq"), None)
+            .await
+            .unwrap();
         fs.write(fh, 0, b"abc").await.unwrap();
         assert_eq!(errno_of(fs.write(fh, 10, b"x").await), libc::EINVAL);
         assert_eq!(errno_of(fs.write(fh, 1, b"x").await), libc::EINVAL);
         fs.write(fh, 3, b"def").await.unwrap();
-        fs.flush(fh).await.unwrap();
-        // After completion the object is not appended to.
-        assert_eq!(errno_of(fs.write(fh, 6, b"g").await), libc::EPERM);
+        fs.flush(fh, None).await.unwrap();
+        assert_eq!(stored(&store, "seq").await.unwrap(), b"abcdef");
+        // A write through a descriptor still open after completion: a file
+        // sent in one PUT is sent again, whole; a multipart one is not
+        // appended to (EPERM).
+        fs.write(fh, 6, b"g").await.unwrap();
         fs.release_writer(fh).await;
-        assert_eq!(open_read_all(&fs, ROOT_INODE, "seq").await, b"abcdef");
+        assert_eq!(stored(&store, "seq").await.unwrap(), b"abcdefg");
+        assert_eq!(open_read_all(&fs, ROOT_INODE, "seq").await, b"abcdefg");
+        let big = pattern(crate::s3fs::write::WRITE_PART_SIZE + 1);
+        let (_, fh) = fs
+            .create(ROOT_INODE, OsStr::new("big"), None)
+            .await
+            .unwrap();
+        fs.write(fh, 0, &big).await.unwrap();
+        fs.flush(fh, None).await.unwrap();
+        let end = big.len() as u64;
+        assert_eq!(errno_of(fs.write(fh, end, b"x").await), libc::EPERM);
+        fs.release_writer(fh).await;
+        assert_eq!(stored(&store, "big").await.unwrap(), big);
         // Non-empty directory: ENOTEMPTY; unlink of a directory: EISDIR;
         // rmdir of a file: ENOTDIR; missing names: ENOENT.
         assert_eq!(
@@ -2547,7 +2780,7 @@ mod tests {
         assert_eq!(made.kind, FileType::Directory);
         let found = fs.lookup(ROOT_INODE, OsStr::new("d")).await.unwrap();
         assert_eq!(found.ino, made.ino);
-        let (_, fh) = fs.create(made.ino.0, OsStr::new("f")).await.unwrap();
+        let (_, fh) = fs.create(made.ino.0, OsStr::new("f"), None).await.unwrap();
         assert_eq!(
             errno_of(fs.rmdir(ROOT_INODE, OsStr::new("d")).await),
             libc::ENOTEMPTY,

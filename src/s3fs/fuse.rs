@@ -310,7 +310,7 @@ impl fuser::Filesystem for FuseAdapter {
 
     fn flush(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _lock_owner: LockOwner,
@@ -321,9 +321,12 @@ impl fuser::Filesystem for FuseAdapter {
             reply.ok();
             return;
         }
-        // Completes the object: close(2) reports a failed upload.
+        // Completes the object when its creator closes it after writing, so
+        // that close(2) reports a failed upload (see s3fs::write). The
+        // process is looked up now, while it waits in close(2).
+        let closed_by = process_of(req.pid());
         self.spawn("flush", move |fs| async move {
-            match fs.flush(fh.0).await {
+            match fs.flush(fh.0, closed_by).await {
                 Ok(()) => reply.ok(),
                 Err(err) => reply.error(errno("flush", &err)),
             }
@@ -520,7 +523,7 @@ impl fuser::Filesystem for FuseAdapter {
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         _mode: u32,
@@ -529,8 +532,9 @@ impl fuser::Filesystem for FuseAdapter {
         reply: ReplyCreate,
     ) {
         let name = name.to_owned();
+        let created_by = process_of(req.pid());
         self.spawn("create", move |fs| async move {
-            match fs.create(parent.0, &name).await {
+            match fs.create(parent.0, &name, created_by).await {
                 Ok((attr, fh)) => reply.created(
                     &fs.kernel_ttl(),
                     &attr,
@@ -555,6 +559,19 @@ impl fuser::Filesystem for FuseAdapter {
     ) {
         reply.error(self.refuse("fallocate", format!("inode {}", ino.0)));
     }
+}
+
+/// The process (thread group id) of the thread `tid` that sent a request,
+/// as this agent's pid namespace sees it; None for 0 (a process outside it)
+/// or a thread already gone.
+fn process_of(tid: u32) -> Option<u32> {
+    if tid == 0 {
+        return None;
+    }
+    let status = procfs::process::Process::new(i32::try_from(tid).ok()?)
+        .and_then(|process| process.status())
+        .ok()?;
+    u32::try_from(status.tgid).ok()
 }
 
 /// The attributes of a negative entry: inode 0, which the kernel caches as

@@ -4,6 +4,7 @@
 
 pub mod fs;
 pub mod fuse;
+pub mod keys;
 pub mod prefetch;
 pub mod store;
 pub mod write;

@@ -1,9 +1,22 @@
 //! Writing new objects (`readOnly: false`): a file created through the mount
-//! is written sequentially and becomes an object when it is flushed (closed).
-//! Small files go up in one PUT; once more than one part has been written the
+//! is written sequentially and becomes an object when it is completed. Small
+//! files go up in one PUT; once more than one part has been written the
 //! upload turns into a multipart upload with a few parts in flight. Writes
 //! must be sequential: a write anywhere but at the current end fails with
-//! EINVAL, a write after the object was completed with EPERM.
+//! EINVAL. A write after the object was completed (through a descriptor still
+//! open) appends to a file sent in one PUT, which is then sent again whole at
+//! the next completion; after a multipart upload it fails with EPERM.
+//!
+//! When an object is completed (every `close(2)` of every duplicate of the
+//! descriptor sends a FLUSH; the last one is followed by a RELEASE):
+//! - a flush before anything was written completes nothing (the shell, `dd`
+//!   and friends open, `dup2` and close the first descriptor before writing);
+//! - a flush from the process that created the file, after writes, completes
+//!   the object, so that `close(2)` reports a failed upload;
+//! - a flush from another process (a child that inherited the descriptor, or
+//!   a parent closing its copy) only waits for the parts in flight and reports
+//!   their errors: the file may still be written through the other copies, and
+//!   the object is completed at release, after the last copy was closed.
 
 use std::sync::Arc;
 
@@ -25,8 +38,10 @@ enum WriterState {
     Buffering(Vec<u8>),
     /// A multipart upload is under way.
     Uploading(WriteMultipart),
-    /// The object exists: its metadata.
-    Done(ObjectStat),
+    /// The object exists: its metadata, and for an object sent in one PUT
+    /// its bytes, kept until release so that a write through another
+    /// descriptor can still append (the object is then sent again, whole).
+    Done(ObjectStat, Option<Bytes>),
     /// The upload failed and was aborted; every later call fails.
     Failed(String),
 }
@@ -36,7 +51,7 @@ impl std::fmt::Debug for WriterState {
         match self {
             WriterState::Buffering(buffer) => write!(f, "Buffering({} bytes)", buffer.len()),
             WriterState::Uploading(_) => write!(f, "Uploading"),
-            WriterState::Done(stat) => write!(f, "Done({stat:?})"),
+            WriterState::Done(stat, _) => write!(f, "Done({stat:?})"),
             WriterState::Failed(reason) => write!(f, "Failed({reason})"),
         }
     }
@@ -61,19 +76,64 @@ pub struct ObjectWriter {
     key: ObjectPath,
     /// The inode the file has in the mount.
     pub ino: u64,
+    /// The process (thread group) that created the file, when the kernel
+    /// named one this agent can see.
+    created_by: Option<u32>,
     written: u64,
     state: WriterState,
 }
 
 impl ObjectWriter {
-    /// A writer of the new object `key` (inode `ino`).
-    pub fn new(store: Arc<dyn ObjectStore>, key: ObjectPath, ino: u64) -> Self {
+    /// A writer of the new object `key` (inode `ino`), created by process
+    /// `created_by` (None: unknown).
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        key: ObjectPath,
+        ino: u64,
+        created_by: Option<u32>,
+    ) -> Self {
         ObjectWriter {
             store,
             key,
             ino,
+            created_by,
             written: 0,
             state: WriterState::Buffering(Vec::new()),
+        }
+    }
+
+    /// Whether a flush from process `closed_by` completes the object (see the
+    /// module header): something was written, and the flush comes from the
+    /// creating process (or either process is unknown: a pid outside the
+    /// agent's pid namespace reads as 0, and then the first flush after
+    /// writes completes, as it always did).
+    pub fn completes_at_flush(&self, closed_by: Option<u32>) -> bool {
+        let written = self.written > 0;
+        let same_process = match (self.created_by, closed_by) {
+            (Some(created), Some(closed)) => created == closed,
+            _ => true,
+        };
+        written && same_process
+    }
+
+    /// Whether the object is in the store (completed).
+    pub fn is_done(&self) -> bool {
+        matches!(self.state, WriterState::Done(..))
+    }
+
+    /// Waits until every part in flight has been uploaded, without
+    /// completing the object; a failed part fails (and aborts) the upload.
+    pub async fn drain(&mut self) -> Result<(), FsError> {
+        match &mut self.state {
+            WriterState::Uploading(multipart) => match multipart.wait_for_capacity(0).await {
+                Ok(()) => Ok(()),
+                Err(source) => Err(self.fail(source).await),
+            },
+            WriterState::Failed(reason) => {
+                let reason = reason.clone();
+                Err(self.failed(&reason))
+            }
+            WriterState::Buffering(_) | WriterState::Done(..) => Ok(()),
         }
     }
 
@@ -124,7 +184,13 @@ impl ObjectWriter {
                     multipart.write(data);
                 }
             }
-            WriterState::Done(_) => {
+            WriterState::Done(_, Some(sent)) => {
+                let mut buffer = Vec::with_capacity(sent.len() + data.len());
+                buffer.extend_from_slice(sent);
+                buffer.extend_from_slice(data);
+                self.state = WriterState::Buffering(buffer);
+            }
+            WriterState::Done(_, None) => {
                 return Err(FsError::Overwrite {
                     key: self.key.to_string(),
                 });
@@ -162,7 +228,7 @@ impl ObjectWriter {
             WriterState::Uploading(_) => Some(Completion::Multipart {
                 parts: self.written.div_ceil(WRITE_PART_SIZE as u64),
             }),
-            WriterState::Done(_) | WriterState::Failed(_) => None,
+            WriterState::Done(..) | WriterState::Failed(_) => None,
         }
     }
 
@@ -170,9 +236,9 @@ impl ObjectWriter {
     /// completion); idempotent once done. Returns the object's metadata.
     pub async fn finish(&mut self) -> Result<ObjectStat, FsError> {
         let state = std::mem::replace(&mut self.state, WriterState::Buffering(Vec::new()));
-        let put = match state {
-            WriterState::Done(stat) => {
-                self.state = WriterState::Done(stat.clone());
+        let (put, sent) = match state {
+            WriterState::Done(stat, sent) => {
+                self.state = WriterState::Done(stat.clone(), sent);
                 return Ok(stat);
             }
             WriterState::Failed(reason) => {
@@ -181,9 +247,11 @@ impl ObjectWriter {
                 return Err(err);
             }
             WriterState::Buffering(buffer) => {
-                self.store.put(&self.key, PutPayload::from(buffer)).await
+                let bytes = Bytes::from(buffer);
+                let put = self.store.put(&self.key, PutPayload::from(bytes.clone()));
+                (put.await, Some(bytes))
             }
-            WriterState::Uploading(multipart) => multipart.finish().await,
+            WriterState::Uploading(multipart) => (multipart.finish().await, None),
         };
         match put {
             Ok(result) => {
@@ -192,7 +260,7 @@ impl ObjectWriter {
                     last_modified: Utc::now(),
                     etag: result.e_tag,
                 };
-                self.state = WriterState::Done(stat.clone());
+                self.state = WriterState::Done(stat.clone(), sent);
                 Ok(stat)
             }
             Err(source) => {
