@@ -11,7 +11,9 @@ use crate::api::{ErrorBody, MountList};
 use crate::client::{Endpoint, Reply, call};
 use crate::config::{DEFAULT_SOCKET, ServeArgs};
 use crate::manager::MountView;
-use crate::spec::{MountSpec, NfsSource, NfsVersion, S3Credentials, S3Source, SourceSpec};
+use crate::spec::{
+    FileMode, MountSpec, NfsSource, NfsVersion, S3Credentials, S3Source, SourceSpec,
+};
 
 /// hotmount: live dataset mounts for running pods.
 #[derive(Debug, clap::Parser)]
@@ -79,6 +81,18 @@ pub struct AttachArgs {
     /// The S3 dataset never changes: cache metadata without expiry.
     #[arg(long, requires = "s3")]
     pub immutable: bool,
+    /// Owner (uid) of every file and directory of an S3 dataset [default: 0].
+    #[arg(long, requires = "s3")]
+    pub uid: Option<u32>,
+    /// Group (gid) of every file and directory of an S3 dataset [default: 0].
+    #[arg(long, requires = "s3")]
+    pub gid: Option<u32>,
+    /// Permission bits of files, octal [default: 0444, 0644 with --rw].
+    #[arg(long, requires = "s3", value_parser = FileMode::parse)]
+    pub file_mode: Option<FileMode>,
+    /// Permission bits of directories, octal [default: 0555, 0755 with --rw].
+    #[arg(long, requires = "s3", value_parser = FileMode::parse)]
+    pub dir_mode: Option<FileMode>,
     /// NFS version: 3, 4, 4.1 or 4.2.
     #[arg(long, requires = "nfs")]
     pub nfs_version: Option<String>,
@@ -217,6 +231,10 @@ pub fn spec_from_attach(args: &AttachArgs) -> Result<MountSpec, CommandError> {
             path_style: args.path_style,
             credentials: args.credentials_file.clone().map(S3Credentials::File),
             immutable: args.immutable,
+            uid: args.uid,
+            gid: args.gid,
+            file_mode: args.file_mode,
+            dir_mode: args.dir_mode,
         })
     } else if let Some(nfs) = &args.nfs {
         let (server, export) = nfs

@@ -108,6 +108,10 @@ pub struct ServeArgs {
     /// Metadata cache TTL of S3 mounts [default: 60s].
     #[arg(long, env = "HOTMOUNT_METADATA_TTL", value_parser = parse_duration)]
     pub metadata_ttl: Option<Duration>,
+    /// How long S3 mounts remember that a name does not exist, so a new
+    /// object appears within this time; 0 turns it off [default: 1s].
+    #[arg(long, env = "HOTMOUNT_NEGATIVE_TTL", value_parser = parse_duration)]
+    pub negative_ttl: Option<Duration>,
     /// FUSE worker threads per S3 mount [default: 4].
     #[arg(long, env = "HOTMOUNT_FUSE_THREADS")]
     pub fuse_threads: Option<usize>,
@@ -137,6 +141,7 @@ struct FileConfig {
     probe_interval: Option<String>,
     probe_timeout: Option<String>,
     metadata_ttl: Option<String>,
+    negative_ttl: Option<String>,
     fuse_threads: Option<usize>,
     prefetch_memory: Option<String>,
     unmount_fuse_on_stop: Option<bool>,
@@ -280,6 +285,7 @@ impl Config {
             ),
             ("--probe-timeout", args.probe_timeout, &file.probe_timeout),
             ("--metadata-ttl", args.metadata_ttl, &file.metadata_ttl),
+            ("--negative-ttl", args.negative_ttl, &file.negative_ttl),
         ];
         for (setting, flag, from_file) in durations {
             let Some(value) = flag
@@ -289,13 +295,15 @@ impl Config {
                 continue;
             };
             let value = value?;
-            if value.is_zero() && setting != "--metadata-ttl" {
+            let may_be_zero = matches!(setting, "--metadata-ttl" | "--negative-ttl");
+            if value.is_zero() && !may_be_zero {
                 return Err(invalid(setting, "must be greater than zero"));
             }
             match setting {
                 "--mount-timeout" => manager.mount_timeout = value,
                 "--probe-interval" => manager.probe_interval = value,
                 "--probe-timeout" => manager.probe_timeout = value,
+                "--negative-ttl" => manager.negative_ttl = value,
                 _ => manager.metadata_ttl = value,
             }
         }

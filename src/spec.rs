@@ -168,6 +168,54 @@ pub struct S3Source {
     /// Cache metadata without expiry: for datasets that never change.
     #[serde(default)]
     pub immutable: bool,
+    /// Owner (uid) of every file and directory; 0 when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// Group (gid) of every file and directory; 0 when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    /// Permission bits of files, as octal text (`"0644"`); `0444` when
+    /// absent (`0644` when `readOnly` is false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_mode: Option<FileMode>,
+    /// Permission bits of directories, as octal text (`"0755"`); `0555`
+    /// when absent (`0755` when `readOnly` is false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir_mode: Option<FileMode>,
+}
+
+/// Permission bits (at most `0o777`), written as octal text in JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileMode(pub u32);
+
+impl FileMode {
+    /// Parses octal text (`"644"`, `"0644"` or `"0o644"`) of at most `0777`.
+    pub fn parse(text: &str) -> Result<FileMode, String> {
+        let digits = text.strip_prefix("0o").unwrap_or(text);
+        let bits = u32::from_str_radix(digits, 8)
+            .ok()
+            .filter(|_| !digits.is_empty() && digits.len() <= 4)
+            .ok_or_else(|| format!("{text:?} is not an octal mode like \"0644\""))?;
+        if bits > 0o777 {
+            return Err(format!(
+                "{text:?} has bits beyond 0777 (setuid, setgid and sticky are not allowed)"
+            ));
+        }
+        Ok(FileMode(bits))
+    }
+}
+
+impl Serialize for FileMode {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&format!("{:04o}", self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for FileMode {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        FileMode::parse(&text).map_err(serde::de::Error::custom)
+    }
 }
 
 impl S3Source {
@@ -355,6 +403,11 @@ impl S3Source {
                     field("endpoint"),
                     "must be http://HOST[:PORT], https://HOST[:PORT] or file:///ABSOLUTE/DIR",
                 ));
+            }
+        }
+        for (name, id) in [("uid", self.uid), ("gid", self.gid)] {
+            if id == Some(u32::MAX) {
+                return Err(SpecError::new(field(name), "must be below 4294967295"));
             }
         }
         if let Some(region) = &self.region
@@ -593,6 +646,47 @@ mod tests {
     }
 
     #[test]
+    fn ownership_and_modes_parse_and_are_checked() {
+        let spec = parse(
+            r#"{"source":{"s3":{"bucket":"abc","uid":65534,"gid":100,"fileMode":"0664","dirMode":"775"}},"readOnly":false}"#,
+        )
+        .unwrap();
+        let SourceSpec::S3(s3) = &spec.source else {
+            panic!()
+        };
+        assert_eq!((s3.uid, s3.gid), (Some(65534), Some(100)));
+        assert_eq!(s3.file_mode, Some(FileMode(0o664)));
+        assert_eq!(s3.dir_mode, Some(FileMode(0o775)));
+        let shown = serde_json::to_value(&spec).unwrap();
+        assert_eq!(shown["source"]["s3"]["dirMode"], "0775");
+        for (body, field) in [
+            (
+                r#"{"source":{"s3":{"bucket":"abc","fileMode":"4755"}}}"#,
+                "fileMode",
+            ),
+            (
+                r#"{"source":{"s3":{"bucket":"abc","dirMode":"rwx"}}}"#,
+                "dirMode",
+            ),
+            (
+                r#"{"source":{"s3":{"bucket":"abc","fileMode":644}}}"#,
+                "fileMode",
+            ),
+            (
+                r#"{"source":{"s3":{"bucket":"abc","uid":4294967295}}}"#,
+                "uid",
+            ),
+            (r#"{"source":{"s3":{"bucket":"abc","gid":-1}}}"#, "gid"),
+        ] {
+            let deserializer = &mut serde_json::Deserializer::from_str(body);
+            let err = serde_path_to_error::deserialize::<_, MountSpec>(deserializer)
+                .map(|spec| spec.validate())
+                .map_or_else(|e| e.path().to_string(), |v| format!("{v:?}"));
+            assert!(err.contains(field), "{body}: {err}");
+        }
+    }
+
+    #[test]
     fn prefixes_are_normalised() {
         let mut s3 = S3Source {
             bucket: "abc".into(),
@@ -602,6 +696,10 @@ mod tests {
             path_style: false,
             credentials: None,
             immutable: false,
+            uid: None,
+            gid: None,
+            file_mode: None,
+            dir_mode: None,
         };
         assert_eq!(s3.normalized_prefix(), "");
         s3.prefix = Some("/a/b".into());

@@ -365,3 +365,73 @@ fn after_kill_9_a_garage_dataset_comes_back_in_the_pod() {
     assert_eq!(s3.node.mounts_at(&s3.node.root().join("survivor")), 1);
     assert_eq!(s3.node.pod.mount_count("survivor"), 1);
 }
+
+/// The `hotmount_s3_keys_skipped_total` value of dataset `name` for `reason`.
+fn skipped_keys(node: &Node, name: &str, reason: &str) -> u64 {
+    let (_, metrics) = node.call("GET", "/metrics", None);
+    let series = format!(r#"hotmount_s3_keys_skipped_total{{name="{name}",reason="{reason}"}} "#);
+    metrics
+        .as_str()
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix(series.as_str()))
+        .map_or(0, |value| value.trim().parse().unwrap_or(0))
+}
+
+#[test]
+fn keys_that_cannot_be_file_names_never_break_a_dataset() {
+    let s3 = S3Node::start(&["--probe-timeout", "1s"]);
+    s3.garage.put_object("data", "good.txt", b"good\n");
+    s3.garage.put_object("data", "dir/ok.txt", b"ok\n");
+    let long_name = "n".repeat(256);
+    let planted = [
+        "bad\nname".to_string(),
+        "tab\there".to_string(),
+        "cr\r".to_string(),
+        "./dot".to_string(),
+        "dir/../up".to_string(),
+        "dir//double".to_string(),
+        "dir/./x".to_string(),
+        format!("dir/{long_name}"),
+    ];
+    for key in &planted {
+        s3.garage.put_raw_object("data", key, b"planted\n");
+    }
+
+    // Attaching works (it answered 502 BackendUnreachable with such a key at the root).
+    let (status, body) = s3.put("odd", &s3.spec("data"));
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(s3.node.pod.list("odd").unwrap(), vec!["dir", "good.txt"]);
+    assert_eq!(s3.node.pod.list("odd/dir").unwrap(), vec!["ok.txt"]);
+    assert_eq!(s3.node.pod.read("odd/good.txt").unwrap(), b"good\n");
+    assert_eq!(s3.node.pod.read("odd/dir/ok.txt").unwrap(), b"ok\n");
+    // `find` walks the whole dataset without an error.
+    let find = s3.node.pod.exec(
+        &["find", s3.node.pod.view().join("odd").to_str().unwrap()],
+        Duration::from_secs(30),
+    );
+    assert!(
+        find.status.success(),
+        "find over the dataset: {}",
+        String::from_utf8_lossy(&find.stderr)
+    );
+    // Each key is counted once, however often its directory is listed.
+    s3.node.pod.list("odd").unwrap();
+    s3.node.pod.list("odd/dir").unwrap();
+    for (reason, count) in [
+        ("control_character", 3),
+        ("dot_segment", 3),
+        ("empty_segment", 1),
+        ("name_too_long", 1),
+    ] {
+        assert_eq!(skipped_keys(&s3.node, "odd", reason), count, "{reason}");
+    }
+
+    // A key planted into the root of a mounted dataset does not take it down.
+    s3.garage.put_raw_object("data", "late\nkey", b"planted\n");
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, body) = s3.node.call("GET", "/v1/mounts/odd", None);
+    assert_eq!(body["state"], "Mounted", "{body}");
+    assert_eq!(s3.node.pod.read("odd/good.txt").unwrap(), b"good\n");
+    assert_eq!(s3.node.pod.mount_count("odd"), 1);
+}

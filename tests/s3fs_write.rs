@@ -97,7 +97,8 @@ fn writes_through_a_real_mount_become_objects() {
         std::fs::File::create(empty).map(drop)
     })
     .expect("create an empty file");
-    assert!(garage.get_object("writable", "empty").is_empty());
+    // Created and closed without a write: an empty object, completed at release.
+    wait_object(&garage, "writable", "empty", b"");
 
     // mkdir, a file inside, rmdir refused until it is empty.
     let sub = root.join("sub");
@@ -180,6 +181,90 @@ fn writes_through_a_real_mount_become_objects() {
     assert_eq!(garage.get_object("writable", "existing"), b"old bytes");
     // The random writer's sequential part still became an object at close.
     assert_eq!(garage.get_object("writable", "random"), b"start");
+
+    let (status, body) = node.call("DELETE", "/v1/mounts/rw?force=true", None);
+    assert_eq!(status, 200, "unmount: {body}");
+}
+
+/// Waits until `bucket/key` holds exactly `want` (an object completed at
+/// release appears just after the last close: the kernel does not wait for it).
+fn wait_object(garage: &support::Garage, bucket: &str, key: &str, want: &[u8]) {
+    let found = support::poll_until(Duration::from_secs(10), Duration::from_millis(20), || {
+        garage
+            .list_objects(bucket, None)
+            .contains(&key.to_string())
+            .then(|| garage.get_object(bucket, key))
+            .filter(|got| got == want)
+    });
+    assert!(
+        found.is_some(),
+        "{key}: want {} bytes, bucket has {:?}",
+        want.len(),
+        garage
+            .list_objects(bucket, None)
+            .contains(&key.to_string())
+            .then(|| garage.get_object(bucket, key).len())
+    );
+}
+
+#[test]
+fn common_tools_write_through_duplicated_descriptors() {
+    support::require_fuse();
+    let garage = support::Garage::start();
+    garage.create_bucket("tools");
+    let node = support::Node::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let credentials = dir.path().join("credentials");
+    garage.write_credentials_file(&credentials);
+    let mut spec = garage.spec("tools", json!({"file": credentials}));
+    spec["readOnly"] = json!(false);
+    let (status, body) = node.call("PUT", "/v1/mounts/rw", Some(&spec));
+    assert_eq!(status, 201, "mount: {body}\n{}", node.agent.log());
+    let big_source = dir.path().join("big-source");
+    let big = object_bytes(5, 20 * 1024 * 1024 + 7);
+    std::fs::write(&big_source, &big).unwrap();
+
+    // Each line is what a pod's scripts do; before, the shell's and dd's
+    // first close (of the descriptor they dup2 onto stdout) completed an
+    // empty object and every later write failed with EPERM.
+    let script = format!(
+        r#"set -e
+cd {view}/rw
+echo hello > redirect.txt
+{{ echo one; echo two; }} > grouped.txt
+head -c 3000000 /dev/zero | tr '\0' x | dd of=dd.bin bs=65536 iflag=fullblock status=none
+exec 3> fd3.txt; echo parent1 >&3; (echo child >&3); echo parent2 >&3; exec 3>&-
+sh -c 'echo from-child' > child.txt
+python3 -c "import sys; f = open('py.txt', 'w'); f.write('py'); f.close()"
+cp {big_source} big.bin
+: > empty.txt
+"#,
+        view = node.pod.view().display(),
+        big_source = big_source.display(),
+    );
+    let run = node
+        .pod
+        .exec(&["sh", "-c", &script], Duration::from_secs(120));
+    assert!(
+        run.status.success(),
+        "script failed: {}\n{}",
+        String::from_utf8_lossy(&run.stderr),
+        node.agent.log()
+    );
+    wait_object(&garage, "tools", "redirect.txt", b"hello\n");
+    wait_object(&garage, "tools", "grouped.txt", b"one\ntwo\n");
+    wait_object(&garage, "tools", "dd.bin", &vec![b'x'; 3_000_000]);
+    wait_object(&garage, "tools", "fd3.txt", b"parent1\nchild\nparent2\n");
+    wait_object(&garage, "tools", "child.txt", b"from-child\n");
+    wait_object(&garage, "tools", "py.txt", b"py");
+    wait_object(&garage, "tools", "big.bin", &big);
+    wait_object(&garage, "tools", "empty.txt", b"");
+    // And the pod reads back what it wrote.
+    assert_eq!(
+        node.pod.read("rw/fd3.txt").unwrap(),
+        b"parent1\nchild\nparent2\n"
+    );
+    assert_eq!(node.pod.read("rw/big.bin").unwrap().len(), big.len());
 
     let (status, body) = node.call("DELETE", "/v1/mounts/rw?force=true", None);
     assert_eq!(status, 200, "unmount: {body}");

@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::manager::{Manager, ManagerError, lock};
+use crate::s3fs::fs::Ownership;
 use crate::s3fs::fuse::FuseAdapter;
 use crate::s3fs::{FsOptions, S3Filesystem, open_bucket};
-use crate::spec::{MountSpec, SourceSpec};
+use crate::spec::{FileMode, MountSpec, S3Source, SourceSpec};
 use crate::sys::{FuseMountRequest, FuseSession, MountFlags, Mounter, UnmountMode, mounts_at};
 
 /// What is mounted for a dataset.
@@ -123,7 +124,9 @@ impl Manager {
                         dataset: name.to_string(),
                         read_only: spec.read_only,
                         metadata_ttl: self.inner.config.metadata_ttl,
+                        negative_ttl: self.inner.config.negative_ttl,
                         immutable: s3.immutable,
+                        ownership: ownership_of(s3, spec.read_only),
                         prefetch_budget: self.inner.config.prefetch_budget.clone(),
                     },
                     tokio::runtime::Handle::current(),
@@ -414,4 +417,16 @@ fn finish_session(session: FuseSession) {
         })
         .map(drop)
         .unwrap_or_else(|e| tracing::warn!(error = %e, "could not spawn fuse join thread"));
+}
+
+/// The owner and modes an S3 dataset shows: the spec's, else the defaults.
+fn ownership_of(s3: &S3Source, read_only: bool) -> Ownership {
+    let defaults = Ownership::defaults(read_only);
+    let mode = |given: Option<FileMode>, default: u16| given.map_or(default, |mode| mode.0 as u16);
+    Ownership {
+        uid: s3.uid.unwrap_or(defaults.uid),
+        gid: s3.gid.unwrap_or(defaults.gid),
+        file_mode: mode(s3.file_mode, defaults.file_mode),
+        dir_mode: mode(s3.dir_mode, defaults.dir_mode),
+    }
 }

@@ -135,6 +135,8 @@ pub struct ManagerConfig {
     pub fuse_threads: usize,
     /// Metadata cache TTL of S3 mounts (unless `immutable`).
     pub metadata_ttl: Duration,
+    /// How long S3 mounts cache a name that does not exist (unless `immutable`).
+    pub negative_ttl: Duration,
     /// The memory budget for prefetched S3 data, shared by all mounts.
     pub prefetch_budget: std::sync::Arc<crate::s3fs::PrefetchBudget>,
     /// Which `file://` endpoints are allowed.
@@ -155,6 +157,7 @@ impl ManagerConfig {
             max_backoff: Duration::from_secs(60),
             fuse_threads: 4,
             metadata_ttl: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(1),
             prefetch_budget: crate::s3fs::PrefetchBudget::new(
                 crate::s3fs::prefetch::DEFAULT_PREFETCH_MEMORY,
             ),

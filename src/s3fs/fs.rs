@@ -72,10 +72,46 @@ pub struct FsOptions {
     pub read_only: bool,
     /// How long attributes, entries and negative entries are cached.
     pub metadata_ttl: Duration,
+    /// How long a name that does not exist is remembered (zero: not at all).
+    pub negative_ttl: Duration,
     /// Cache metadata without expiry (datasets that never change).
     pub immutable: bool,
+    /// The owner and permission bits every file and directory shows.
+    pub ownership: Ownership,
     /// The agent-wide memory budget for prefetched data.
     pub prefetch_budget: Arc<PrefetchBudget>,
+}
+
+/// The owner and permission bits of every file and directory of a mount
+/// (objects have none of their own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ownership {
+    /// Owner of everything.
+    pub uid: u32,
+    /// Group of everything.
+    pub gid: u32,
+    /// Permission bits of files.
+    pub file_mode: u16,
+    /// Permission bits of directories.
+    pub dir_mode: u16,
+}
+
+impl Ownership {
+    /// root-owned; files `0444` and directories `0555` on a read-only
+    /// mount, `0644` and `0755` on a read-write one.
+    pub fn defaults(read_only: bool) -> Self {
+        let (file_mode, dir_mode) = if read_only {
+            (0o444, 0o555)
+        } else {
+            (0o644, 0o755)
+        };
+        Ownership {
+            uid: 0,
+            gid: 0,
+            file_mode,
+            dir_mode,
+        }
+    }
 }
 
 /// Why a filesystem operation failed; [`FsError::errno`] is what the kernel gets.
@@ -564,6 +600,21 @@ impl S3Filesystem {
         self.options.immutable || validated_at.elapsed() < self.options.metadata_ttl
     }
 
+    /// Whether a name found missing at `seen_missing_at` is still missing.
+    fn is_fresh_negative(&self, seen_missing_at: Instant) -> bool {
+        self.options.immutable || seen_missing_at.elapsed() < self.options.negative_ttl
+    }
+
+    /// How long the kernel may remember that a name does not exist; None
+    /// when it must not (`--negative-ttl 0`).
+    pub fn kernel_negative_ttl(&self) -> Option<Duration> {
+        if self.options.immutable {
+            Some(IMMUTABLE_TTL)
+        } else {
+            Some(self.options.negative_ttl).filter(|ttl| !ttl.is_zero())
+        }
+    }
+
     fn inode(&self, ino: u64) -> Result<Inode, FsError> {
         self.table()
             .inodes
@@ -574,11 +625,10 @@ impl S3Filesystem {
 
     fn attr_of(&self, ino: u64, inode: &Inode) -> FileAttr {
         let mtime: SystemTime = inode.stat.last_modified.into();
-        let (kind, perm, nlink) = match (inode.kind, self.options.read_only) {
-            (NodeKind::Directory, true) => (FileType::Directory, 0o555, 2),
-            (NodeKind::Directory, false) => (FileType::Directory, 0o755, 2),
-            (NodeKind::File, true) => (FileType::RegularFile, 0o444, 1),
-            (NodeKind::File, false) => (FileType::RegularFile, 0o644, 1),
+        let owner = self.options.ownership;
+        let (kind, perm, nlink) = match inode.kind {
+            NodeKind::Directory => (FileType::Directory, owner.dir_mode, 2),
+            NodeKind::File => (FileType::RegularFile, owner.file_mode, 1),
         };
         FileAttr {
             ino: fuser::INodeNo(ino),
@@ -591,8 +641,8 @@ impl S3Filesystem {
             kind,
             perm,
             nlink,
-            uid: 0,
-            gid: 0,
+            uid: owner.uid,
+            gid: owner.gid,
             rdev: 0,
             blksize: BLOCK_SIZE,
             flags: 0,
@@ -707,7 +757,7 @@ impl S3Filesystem {
                     return self.take_reference(&mut table, ino);
                 }
             } else if let Some(at) = table.negative.get(&slot) {
-                if self.is_fresh(*at) {
+                if self.is_fresh_negative(*at) {
                     return Err(FsError::NotFound {
                         key: format!("{}/{name}", parent_inode.key),
                     });
@@ -1493,25 +1543,16 @@ impl S3Filesystem {
         Ok(())
     }
 
-    /// Changes attributes of `ino`. Objects keep only what S3 keeps: times
-    /// are accepted and ignored (an object's time is its upload), a size
-    /// equal to the current one is a no-op; a different size fails with
-    /// EPERM, ownership and mode changes with EOPNOTSUPP.
-    pub async fn setattr(
-        &self,
-        ino: u64,
-        size: Option<u64>,
-        changes_mode_or_owner: bool,
-    ) -> Result<FileAttr, FsError> {
+    /// Changes attributes of `ino`. Objects keep only what S3 keeps: times,
+    /// owner and mode are accepted and ignored (an object's time is its
+    /// upload; owner and mode are the dataset's, see [`Ownership`]), so that
+    /// `tar`, `cp -a` and `rsync -a` work; the kernel (`default_permissions`)
+    /// has already refused them to callers without the right. A size equal to
+    /// the current one is a no-op; a different size fails with EPERM.
+    pub async fn setattr(&self, ino: u64, size: Option<u64>) -> Result<FileAttr, FsError> {
         let inode = self.inode(ino)?;
         if self.options.read_only {
             return Err(self.refuse_modification("setattr", inode.key.to_string()));
-        }
-        if changes_mode_or_owner {
-            return Err(FsError::NotSupported {
-                op: "chmod/chown",
-                target: inode.key.to_string(),
-            });
         }
         if let Some(size) = size {
             if inode.kind == NodeKind::Directory {
@@ -1721,7 +1762,9 @@ mod tests {
                     dataset: "test".to_string(),
                     read_only: self.read_only,
                     metadata_ttl: self.ttl,
+                    negative_ttl: self.ttl,
                     immutable: self.immutable,
+                    ownership: Ownership::defaults(self.read_only),
                     prefetch_budget: PrefetchBudget::new(self.prefetch_memory),
                 },
                 tokio::runtime::Handle::current(),
@@ -2538,10 +2581,7 @@ mod tests {
             libc::EROFS
         );
         let file = fs.lookup(ROOT_INODE, OsStr::new("a.txt")).await.unwrap();
-        assert_eq!(
-            errno_of(fs.setattr(file.ino.0, Some(0), false).await),
-            libc::EROFS
-        );
+        assert_eq!(errno_of(fs.setattr(file.ino.0, Some(0)).await), libc::EROFS);
     }
 
     #[tokio::test]
@@ -2692,16 +2732,11 @@ mod tests {
         for flags in [libc::O_WRONLY, libc::O_RDWR, libc::O_RDONLY | libc::O_TRUNC] {
             assert_eq!(errno_of(fs.open(old.ino.0, flags).await), libc::EPERM);
         }
-        assert_eq!(
-            errno_of(fs.setattr(old.ino.0, Some(0), false).await),
-            libc::EPERM
-        );
-        assert_eq!(
-            errno_of(fs.setattr(old.ino.0, None, true).await),
-            libc::EOPNOTSUPP
-        );
-        // Times alone are accepted (and ignored), as is the same size.
-        assert_eq!(fs.setattr(old.ino.0, Some(3), false).await.unwrap().size, 3);
+        assert_eq!(errno_of(fs.setattr(old.ino.0, Some(0)).await), libc::EPERM);
+        // Times, owner and mode are accepted (and ignored), as is the same size.
+        let unchanged = fs.setattr(old.ino.0, None).await.unwrap();
+        assert_eq!((unchanged.uid, unchanged.perm), (0, 0o644));
+        assert_eq!(fs.setattr(old.ino.0, Some(3)).await.unwrap().size, 3);
         // Creating an existing name: EEXIST.
         assert_eq!(
             errno_of(fs.create(ROOT_INODE, OsStr::new("old"), None).await),

@@ -3,15 +3,17 @@
 //! may touch the store runs on the filesystem's tokio runtime). Errors become
 //! errnos here, and only here.
 
+use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, FileType, FopenFlags, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, FopenFlags, INodeNo,
+    InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags, PollEvents, PollFlags, PollNotifier,
+    RenameFlags, ReplyAttr, ReplyBmap, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyPoll, ReplyStatfs, ReplyWrite,
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
@@ -31,12 +33,39 @@ const CONGESTION_THRESHOLD: u16 = 48;
 #[derive(Debug)]
 pub struct FuseAdapter {
     fs: Arc<S3Filesystem>,
+    /// The unsupported requests already logged (each kind once per mount).
+    unsupported_seen: Mutex<HashSet<&'static str>>,
 }
 
 impl FuseAdapter {
     /// Wraps a filesystem.
     pub fn new(fs: Arc<S3Filesystem>) -> Self {
-        FuseAdapter { fs }
+        FuseAdapter {
+            fs,
+            unsupported_seen: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Answers a request this filesystem does not serve with `errno`,
+    /// quietly: programs send some on every open (Python's `open()` asks
+    /// whether the file is a terminal), so it is logged once per kind.
+    fn unsupported(&self, op: &'static str, errno: Errno) -> Errno {
+        let started = Instant::now();
+        let first = self
+            .unsupported_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(op);
+        if first {
+            tracing::info!(
+                op,
+                errno = ?errno,
+                bucket = self.fs.bucket_display(),
+                "fuse request not supported by the s3 filesystem (logged once per mount)"
+            );
+        }
+        self.observe(op, started);
+        errno
     }
 
     /// Runs `work` on the filesystem's runtime, timing it as FUSE op `op`.
@@ -116,9 +145,10 @@ impl fuser::Filesystem for FuseAdapter {
             match fs.lookup(parent.0, &name).await {
                 Ok(attr) => reply.entry(&ttl, &attr, GENERATION),
                 // Inode 0 is a negative entry the kernel caches for the TTL.
-                Err(FsError::NotFound { .. }) => {
-                    reply.entry(&ttl, &negative_entry_attr(), fuser::Generation(0))
-                }
+                Err(FsError::NotFound { .. }) => match fs.kernel_negative_ttl() {
+                    Some(ttl) => reply.entry(&ttl, &negative_entry_attr(), fuser::Generation(0)),
+                    None => reply.error(Errno::ENOENT),
+                },
                 Err(err) => reply.error(errno("lookup", &err)),
             }
         });
@@ -155,9 +185,11 @@ impl fuser::Filesystem for FuseAdapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let changes_mode_or_owner = mode.is_some() || uid.is_some() || gid.is_some();
+        // Owner and mode are the dataset's: a change is accepted without
+        // effect (the kernel has checked the caller's right to make it).
+        let _ = (mode, uid, gid);
         self.spawn("setattr", move |fs| async move {
-            match fs.setattr(ino.0, size, changes_mode_or_owner).await {
+            match fs.setattr(ino.0, size).await {
                 Ok(attr) => reply.attr(&fs.kernel_ttl(), &attr),
                 Err(err) => reply.error(errno("setattr", &err)),
             }
@@ -547,6 +579,74 @@ impl fuser::Filesystem for FuseAdapter {
         });
     }
 
+    fn readlink(&self, _req: &Request, _ino: INodeNo, reply: ReplyData) {
+        // There are no symbolic links: readlink(2) of anything is EINVAL.
+        reply.error(self.unsupported("readlink", Errno::EINVAL));
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        // What a regular file answers to a terminal or device ioctl.
+        reply.error(self.unsupported("ioctl", Errno::ENOTTY));
+    }
+
+    fn poll(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _ph: PollNotifier,
+        _events: PollEvents,
+        _flags: PollFlags,
+        reply: ReplyPoll,
+    ) {
+        // ENOSYS: the kernel stops asking and treats files as always ready.
+        reply.error(self.unsupported("poll", Errno::ENOSYS));
+    }
+
+    fn bmap(&self, _req: &Request, _ino: INodeNo, _blocksize: u32, _idx: u64, reply: ReplyBmap) {
+        reply.error(self.unsupported("bmap", Errno::ENOSYS));
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: i64,
+        _whence: i32,
+        reply: ReplyLseek,
+    ) {
+        // ENOSYS: the kernel seeks by itself from then on (files have no holes).
+        reply.error(self.unsupported("lseek", Errno::ENOSYS));
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        _fh_in: FileHandle,
+        _offset_in: u64,
+        _ino_out: INodeNo,
+        _fh_out: FileHandle,
+        _offset_out: u64,
+        _len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        // ENOSYS: the kernel falls back to reads and writes.
+        reply.error(self.unsupported("copy_file_range", Errno::ENOSYS));
+    }
+
     fn fallocate(
         &self,
         _req: &Request,
@@ -727,7 +827,9 @@ mod tests {
                 dataset: "realmount".to_string(),
                 read_only: true,
                 metadata_ttl: Duration::from_secs(1),
+                negative_ttl: Duration::from_secs(1),
                 immutable: false,
+                ownership: crate::s3fs::fs::Ownership::defaults(true),
                 prefetch_budget: crate::s3fs::PrefetchBudget::new(64 * 1024 * 1024),
             },
             runtime.handle().clone(),

@@ -371,6 +371,10 @@ mod tests {
             path_style: true,
             credentials: None,
             immutable: false,
+            uid: None,
+            gid: None,
+            file_mode: None,
+            dir_mode: None,
         }
     }
 

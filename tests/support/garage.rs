@@ -208,6 +208,23 @@ admin_token = "{admin_token}"
             .unwrap_or_else(|e| panic!("put s3://{bucket}/{key} to garage: {e}"));
     }
 
+    /// Uploads `bytes` as exactly `key`, byte for byte, even where an S3
+    /// library would refuse or re-encode it (control characters, `.`, `..`
+    /// and empty segments): what users' own tools can upload.
+    pub fn put_raw_object(&self, bucket: &str, key: &str, bytes: &[u8]) {
+        let raw = super::RawS3 {
+            addr: self.s3_addr,
+            region: self.region(),
+            access_key_id: &self.access_key_id,
+            secret_access_key: &self.secret_access_key,
+        };
+        match raw.put(bucket, key, bytes) {
+            Ok(200) => {}
+            Ok(status) => panic!("raw put of {key:?} to garage answered {status}"),
+            Err(e) => panic!("raw put of {key:?} to garage: {e}"),
+        }
+    }
+
     /// Downloads `bucket/key`.
     pub fn get_object(&self, bucket: &str, key: &str) -> Vec<u8> {
         let store = self.store(bucket);

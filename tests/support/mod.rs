@@ -43,6 +43,7 @@ mod namespace;
 mod node;
 mod pod;
 mod promtool;
+mod raw_s3;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -56,6 +57,7 @@ pub use namespace::{NodeNamespace, current_mount_namespace, thread_mountinfo};
 pub use node::{Node, percentile, wait_readable};
 pub use pod::Pod;
 pub use promtool::{promtool_check, promtool_check_metrics};
+pub use raw_s3::RawS3;
 
 /// The script that installs everything these tests need.
 pub const SETUP_SCRIPT: &str = "scripts/setup-test-env.sh";
