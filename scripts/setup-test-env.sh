@@ -20,6 +20,7 @@ APT_PACKAGES=(
   prometheus       # promtool check metrics
   util-linux       # unshare, nsenter (mount tier)
   s3fs rclone      # reference S3 clients used in comparisons
+  rsync            # conformance: rsync -a into a read-write dataset
   qemu-system-x86 busybox-static cpio xz-utils   # nfs tier: kernel under qemu
   nfs-ganesha nfs-ganesha-vfs                    # nfs tier: user-space NFS server
 )

@@ -187,6 +187,10 @@ pub enum FsError {
     /// A directory that still holds entries.
     #[error("{0}: directory not empty")]
     NotEmpty(String),
+    /// A rename of a directory: S3 has none to rename, and EXDEV makes `mv`
+    /// copy the tree instead.
+    #[error("{0}: directories cannot be renamed (EXDEV: mv copies them)")]
+    DirectoryRename(String),
     /// A file created through this mount whose object is not complete yet.
     #[error("{0}: still being written (readable once its last descriptor is closed)")]
     BeingWritten(String),
@@ -231,6 +235,7 @@ impl FsError {
             FsError::Exists(_) => libc::EEXIST,
             FsError::NotEmpty(_) => libc::ENOTEMPTY,
             FsError::BeingWritten(_) => libc::EBUSY,
+            FsError::DirectoryRename(_) => libc::EXDEV,
             FsError::Shared(inner) => inner.errno(),
             FsError::Store { source, .. } => match source {
                 object_store::Error::NotFound { .. } => libc::ENOENT,
@@ -256,6 +261,7 @@ impl FsError {
                 | libc::ENOTEMPTY
                 | libc::EPERM
                 | libc::EBUSY
+                | libc::EXDEV
         )
     }
 }
@@ -388,6 +394,32 @@ impl InodeTable {
         if self.children.get(&slot) == Some(&ino) {
             self.children.remove(&slot);
         }
+    }
+
+    /// Moves inode `ino` to `name` in `parent` with `key` (a rename): the
+    /// old name is gone, an inode that had the new name loses it.
+    fn rename(&mut self, ino: u64, parent: u64, name: &str, key: ObjectPath) {
+        let Some(inode) = self.inodes.get(&ino) else {
+            return;
+        };
+        let (old_parent, old_name) = (inode.parent, inode.name.clone());
+        if let Some(replaced) = self.children.insert((parent, name.to_string()), ino) {
+            if replaced != ino {
+                self.drop_if_unreferenced(replaced);
+            }
+        }
+        self.negative.remove(&(parent, name.to_string()));
+        if let Some(inode) = self.inodes.get_mut(&ino) {
+            inode.parent = parent;
+            inode.name = name.to_string();
+            inode.key = key;
+            inode.validated_at = Instant::now();
+        }
+        let old_slot = (old_parent, old_name);
+        if self.children.get(&old_slot) == Some(&ino) {
+            self.children.remove(&old_slot);
+        }
+        self.negative.insert(old_slot, Instant::now());
     }
 
     fn insert_negative(&mut self, parent: u64, name: &str) {
@@ -1471,6 +1503,91 @@ impl S3Filesystem {
             .inodes
             .get(&ino)
             .is_some_and(|inode| !inode.local)
+    }
+
+    /// Renames file `name` in `parent` to `new_name` in `new_parent`. A file
+    /// still being written (nothing sent yet) just gets its new key; an
+    /// object is copied on the server (CopyObject) and the original deleted,
+    /// so the rename is not atomic. A directory is refused with EXDEV (`mv`
+    /// then copies it); `no_replace` (RENAME_NOREPLACE) refuses an existing
+    /// target with EEXIST.
+    pub async fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+        no_replace: bool,
+    ) -> Result<(), FsError> {
+        let (_, _, target) = self.modification_target("rename", parent, name)?;
+        let (new_parent_inode, new_text, new_target) =
+            self.modification_target("rename", new_parent, new_name)?;
+        let Some((ino, inode)) = self.existing(parent, name).await? else {
+            return Err(FsError::NotFound { key: target });
+        };
+        if inode.kind == NodeKind::Directory {
+            return Err(FsError::DirectoryRename(target));
+        }
+        let new_key = Self::child_key(&new_parent_inode.key, new_text)
+            .ok_or_else(|| FsError::InvalidName(new_text.to_string()))?;
+        if let Some((existing, existing_inode)) = self.existing(new_parent, new_name).await? {
+            if existing == ino {
+                return Ok(());
+            }
+            if no_replace {
+                return Err(FsError::Exists(new_target));
+            }
+            if existing_inode.kind == NodeKind::Directory {
+                return Err(FsError::IsADirectory(new_target));
+            }
+            if existing_inode.local {
+                return Err(FsError::BeingWritten(new_target));
+            }
+        }
+        if inode.local && self.rekey_unsent(ino, &new_key).await? {
+            self.table().rename(ino, new_parent, new_text, new_key);
+            return Ok(());
+        }
+        let copied = self.bucket.store.copy(&inode.key, &new_key).await;
+        self.observe("copy", copied.is_ok());
+        copied.map_err(|source| FsError::Store {
+            op: "copy",
+            key: inode.key.to_string(),
+            source,
+        })?;
+        let deleted = self.bucket.store.delete(&inode.key).await;
+        self.observe("delete", deleted.is_ok());
+        if let Err(err) = deleted {
+            // The copy is in place; the old name stays visible too.
+            tracing::warn!(key = %inode.key, error = %err, "rename: delete of the original");
+        }
+        self.table().rename(ino, new_parent, new_text, new_key);
+        Ok(())
+    }
+
+    /// Moves the file `ino`, still being written, to `key` when nothing of
+    /// it was sent yet; false when it was completed (it is then renamed like
+    /// any object); EBUSY while a multipart upload under the old key runs.
+    async fn rekey_unsent(&self, ino: u64, key: &ObjectPath) -> Result<bool, FsError> {
+        let handle = self
+            .writers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .find(|handle| handle.ino == ino)
+            .cloned();
+        let Some(handle) = handle else {
+            return Ok(false);
+        };
+        let mut writer = handle.writer.lock().await;
+        if writer.is_done() {
+            return Ok(false);
+        }
+        if writer.rekey(key.clone()) {
+            Ok(true)
+        } else {
+            Err(FsError::BeingWritten(key.to_string()))
+        }
     }
 
     /// Deletes the object `name` in `parent`.
@@ -2690,6 +2807,93 @@ mod tests {
         assert_eq!(stored(&store, "touched").await, None);
         fs.release_writer(fh).await;
         assert_eq!(stored(&store, "touched").await.unwrap(), b"");
+    }
+
+    #[tokio::test]
+    async fn renames_move_objects_and_files_being_written() {
+        let store = Arc::new(InMemory::new());
+        put(&*store, "a", "alpha").await;
+        put(&*store, "taken", "taken").await;
+        put(&*store, "dir/x", "x").await;
+        let fs = writable().build(store.clone());
+        let dir = fs.lookup(ROOT_INODE, OsStr::new("dir")).await.unwrap();
+        // An object: copied, then the original deleted; the inode moves.
+        let a = fs.lookup(ROOT_INODE, OsStr::new("a")).await.unwrap();
+        fs.rename(
+            ROOT_INODE,
+            OsStr::new("a"),
+            dir.ino.0,
+            OsStr::new("b"),
+            false,
+        )
+        .await
+        .unwrap();
+        assert_eq!(stored(&store, "a").await, None);
+        assert_eq!(stored(&store, "dir/b").await.unwrap(), b"alpha");
+        assert_eq!(
+            errno_of(fs.lookup(ROOT_INODE, OsStr::new("a")).await),
+            libc::ENOENT
+        );
+        let b = fs.lookup(dir.ino.0, OsStr::new("b")).await.unwrap();
+        assert_eq!(b.ino, a.ino, "the kernel's inode follows the rename");
+        // RENAME_NOREPLACE refuses an existing target; a plain rename replaces it.
+        assert_eq!(
+            errno_of(
+                fs.rename(
+                    dir.ino.0,
+                    OsStr::new("b"),
+                    ROOT_INODE,
+                    OsStr::new("taken"),
+                    true
+                )
+                .await
+            ),
+            libc::EEXIST
+        );
+        fs.rename(
+            dir.ino.0,
+            OsStr::new("b"),
+            ROOT_INODE,
+            OsStr::new("taken"),
+            false,
+        )
+        .await
+        .unwrap();
+        assert_eq!(stored(&store, "taken").await.unwrap(), b"alpha");
+        // A directory: EXDEV (mv then copies it).
+        assert_eq!(
+            errno_of(
+                fs.rename(
+                    ROOT_INODE,
+                    OsStr::new("dir"),
+                    ROOT_INODE,
+                    OsStr::new("d2"),
+                    false
+                )
+                .await
+            ),
+            libc::EXDEV
+        );
+        // A file being written (rsync's temporary file before its close, or
+        // a rename of an open file): it is completed under its new name.
+        let (_, fh) = fs
+            .create(ROOT_INODE, OsStr::new(".tmp"), None)
+            .await
+            .unwrap();
+        fs.write(fh, 0, b"partial").await.unwrap();
+        fs.rename(
+            ROOT_INODE,
+            OsStr::new(".tmp"),
+            ROOT_INODE,
+            OsStr::new("final"),
+            false,
+        )
+        .await
+        .unwrap();
+        fs.release_writer(fh).await;
+        assert_eq!(stored(&store, ".tmp").await, None);
+        assert_eq!(stored(&store, "final").await.unwrap(), b"partial");
+        assert_eq!(open_read_all(&fs, ROOT_INODE, "final").await, b"partial");
     }
 
     #[tokio::test]

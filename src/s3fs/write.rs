@@ -116,6 +116,17 @@ impl ObjectWriter {
         written && same_process
     }
 
+    /// Gives the object still to be written another key (a rename before
+    /// completion); false once anything was sent under the old one.
+    pub fn rekey(&mut self, key: ObjectPath) -> bool {
+        if matches!(self.state, WriterState::Buffering(_)) {
+            self.key = key;
+            true
+        } else {
+            false
+        }
+    }
+
     /// Whether the object is in the store (completed).
     pub fn is_done(&self) -> bool {
         matches!(self.state, WriterState::Done(..))
