@@ -156,8 +156,6 @@ fn main() {
     garage.create_bucket("data");
     garage.put_object("data", "README.txt", b"a dataset\n");
     let secrets = tempfile::tempdir().unwrap();
-    let credentials = secrets.path().join("credentials");
-    garage.write_credentials_file(&credentials);
     let passwd = secrets.path().join("s3fs-passwd");
     garage.write_s3fs_passwd(&passwd);
 
@@ -165,7 +163,8 @@ fn main() {
     let bucket = node.buckets().join("data");
     std::fs::create_dir_all(&bucket).unwrap();
     std::fs::write(bucket.join("README.txt"), b"a dataset\n").unwrap();
-    let garage_spec = garage.spec("data", json!({"file": credentials}));
+    garage.write_credentials_file(&node.credentials_dir().join("garage"));
+    let garage_spec = garage.spec("data", json!({"secret": "garage"}));
 
     let mut columns = Vec::new();
     let file_spec = node.file_spec("data");

@@ -844,8 +844,7 @@ fn main() {
     }
     let node = support::Node::start(&agent_args);
     let work = tempfile::tempdir().expect("work directory");
-    let credentials = work.path().join("credentials");
-    garage.write_credentials_file(&credentials);
+    garage.write_credentials_file(&node.credentials_dir().join("garage"));
     let mut tools: Vec<&'static str> = Vec::new();
     for tool in &wanted {
         match tool.as_str() {
@@ -863,7 +862,7 @@ fn main() {
                 tools.push("ceiling");
             }
             "hotmount" => {
-                let spec = garage.spec("bench", json!({"file": credentials}));
+                let spec = garage.spec("bench", json!({"secret": "garage"}));
                 run_tool(&mut Hotmount { node: &node, spec }, &sizes, &mut results);
                 tools.push("hotmount");
             }

@@ -75,9 +75,14 @@ pub struct AttachArgs {
     /// S3 path-style addressing.
     #[arg(long, requires = "s3")]
     pub path_style: bool,
-    /// S3 credentials file (access_key_id=..., secret_access_key=...).
-    #[arg(long, requires = "s3")]
+    /// S3 credentials file (access_key_id=..., secret_access_key=...); it
+    /// must be under the agent's --credentials-dir.
+    #[arg(long, requires = "s3", conflicts_with = "credentials_secret")]
     pub credentials_file: Option<PathBuf>,
+    /// S3 credentials by name: the file NAME in the agent's --credentials-dir
+    /// (a key of the Secret mounted there).
+    #[arg(long, requires = "s3", value_name = "NAME")]
+    pub credentials_secret: Option<String>,
     /// The S3 dataset never changes: cache metadata without expiry.
     #[arg(long, requires = "s3")]
     pub immutable: bool,
@@ -229,7 +234,11 @@ pub fn spec_from_attach(args: &AttachArgs) -> Result<MountSpec, CommandError> {
             endpoint: args.endpoint.clone(),
             region: args.region.clone(),
             path_style: args.path_style,
-            credentials: args.credentials_file.clone().map(S3Credentials::File),
+            credentials: args
+                .credentials_secret
+                .clone()
+                .map(S3Credentials::Secret)
+                .or_else(|| args.credentials_file.clone().map(S3Credentials::File)),
             immutable: args.immutable,
             uid: args.uid,
             gid: args.gid,
@@ -502,6 +511,51 @@ mod tests {
         assert_eq!(s3.bucket, "bucket");
         assert_eq!(s3.prefix.as_deref(), Some("a/b"));
         assert_eq!(s3.endpoint.as_deref(), Some("file:///srv/buckets"));
+    }
+
+    #[test]
+    fn attach_takes_credentials_by_secret_name_or_file() {
+        let s3_credentials = |spec: MountSpec| match spec.source {
+            SourceSpec::S3(s3) => s3.credentials,
+            SourceSpec::Nfs(_) => panic!("not s3"),
+        };
+        let by_name = attach(&[
+            "ds",
+            "--s3",
+            "s3://bucket",
+            "--credentials-secret",
+            "datasets",
+        ]);
+        assert_eq!(
+            s3_credentials(by_name.unwrap()),
+            Some(S3Credentials::Secret("datasets".into()))
+        );
+        let by_file = attach(&[
+            "ds",
+            "--s3",
+            "s3://bucket",
+            "--credentials-file",
+            "/etc/hotmount/creds/datasets",
+        ]);
+        assert_eq!(
+            s3_credentials(by_file.unwrap()),
+            Some(S3Credentials::File("/etc/hotmount/creds/datasets".into()))
+        );
+        let bad = attach(&["ds", "--s3", "s3://bucket", "--credentials-secret", "../x"]);
+        assert!(
+            bad.unwrap_err().contains("source.s3.credentials.secret"),
+            "a bad name is refused before the call"
+        );
+        let both = attach(&[
+            "ds",
+            "--s3",
+            "s3://bucket",
+            "--credentials-secret",
+            "a",
+            "--credentials-file",
+            "/etc/hotmount/creds/a",
+        ]);
+        assert!(both.is_err());
     }
 
     #[test]

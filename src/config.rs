@@ -9,7 +9,8 @@ use serde::Deserialize;
 
 use crate::api::TokenSet;
 use crate::manager::ManagerConfig;
-use crate::s3fs::FileEndpointPolicy;
+use crate::s3fs::credentials::DEFAULT_CREDENTIALS_DIR;
+use crate::s3fs::{CredentialsDir, FileEndpointPolicy};
 
 /// Default root of the datasets.
 pub const DEFAULT_ROOT: &str = "/var/lib/hotmount/mnt";
@@ -96,6 +97,11 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub allow_file_endpoint: Vec<PathBuf>,
+    /// The only directory S3 credentials files are read from: `{"secret":
+    /// NAME}` is `DIR/NAME`, `{"file": PATH}` must resolve beneath it
+    /// [default: /etc/hotmount/creds].
+    #[arg(long, env = "HOTMOUNT_CREDENTIALS_DIR")]
+    pub credentials_dir: Option<PathBuf>,
     /// Deadline of one mount [default: 30s].
     #[arg(long, env = "HOTMOUNT_MOUNT_TIMEOUT", value_parser = parse_duration)]
     pub mount_timeout: Option<Duration>,
@@ -137,6 +143,7 @@ struct FileConfig {
     log_format: Option<LogFormat>,
     #[serde(default)]
     allow_file_endpoint: Vec<PathBuf>,
+    credentials_dir: Option<PathBuf>,
     mount_timeout: Option<String>,
     probe_interval: Option<String>,
     probe_timeout: Option<String>,
@@ -226,10 +233,15 @@ impl Config {
             .socket
             .or(file.socket)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
+        let credentials_dir = args
+            .credentials_dir
+            .or(file.credentials_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CREDENTIALS_DIR));
         for (setting, path) in [
             ("--root", &root),
             ("--state-dir", &state_dir),
             ("--socket", &socket),
+            ("--credentials-dir", &credentials_dir),
         ] {
             if !path.is_absolute() {
                 return Err(invalid(
@@ -276,6 +288,9 @@ impl Config {
         manager.file_policy = FileEndpointPolicy {
             allowed_dirs: allowed,
         };
+        // Need not exist yet: a Secret volume may come later, and until
+        // then credentials files are refused with a clear error.
+        manager.credentials_dir = CredentialsDir::new(credentials_dir);
         let durations = [
             ("--mount-timeout", args.mount_timeout, &file.mount_timeout),
             (
@@ -348,6 +363,36 @@ mod tests {
         assert_eq!(config.socket, PathBuf::from(DEFAULT_SOCKET));
         assert!(config.listen.is_none());
         assert_eq!(config.manager.mount_timeout, Duration::from_secs(30));
+        assert_eq!(
+            config.manager.credentials_dir.path(),
+            Path::new(DEFAULT_CREDENTIALS_DIR)
+        );
+    }
+
+    #[test]
+    fn the_credentials_dir_comes_from_flag_or_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hotmount.toml");
+        std::fs::write(&file, "credentials-dir = \"/srv/creds/\"\n").unwrap();
+        let from_file = Config::from_args(ServeArgs {
+            config: Some(file.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            from_file.manager.credentials_dir.path(),
+            Path::new("/srv/creds")
+        );
+        let from_flag = Config::from_args(ServeArgs {
+            config: Some(file),
+            credentials_dir: Some("/run/secrets/s3".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            from_flag.manager.credentials_dir.path(),
+            Path::new("/run/secrets/s3")
+        );
     }
 
     #[test]
@@ -414,6 +459,13 @@ mod tests {
                     ..Default::default()
                 },
                 "--root",
+            ),
+            (
+                ServeArgs {
+                    credentials_dir: Some("creds".into()),
+                    ..Default::default()
+                },
+                "--credentials-dir",
             ),
         ];
         for (args, setting) in cases {

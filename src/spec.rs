@@ -228,12 +228,20 @@ impl S3Source {
     }
 }
 
-/// S3 credentials: a file (re-read when it changes), inline keys, or none.
+/// Longest accepted credentials secret name (a Kubernetes Secret key).
+pub const MAX_SECRET_NAME_LEN: usize = 253;
+
+/// S3 credentials: a file in the agent's credentials directory (re-read when
+/// it changes), inline keys, or none.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub enum S3Credentials {
+    /// The file `NAME` in the agent's `--credentials-dir` (a key of the
+    /// Secret mounted there). Same format as [`S3Credentials::File`].
+    Secret(String),
     /// A file with `access_key_id=...` and `secret_access_key=...` lines
     /// (optionally `session_token=...`); AWS-style upper-case names work too.
+    /// It must resolve beneath the agent's `--credentials-dir`.
     File(PathBuf),
     /// Keys given in the request; stored in the 0600 state file, never echoed.
     Inline(InlineCredentials),
@@ -423,6 +431,8 @@ impl S3Source {
             ));
         }
         match &self.credentials {
+            Some(S3Credentials::Secret(name)) => validate_secret_name(name)
+                .map_err(|message| SpecError::new(field("credentials.secret"), message)),
             Some(S3Credentials::File(path)) if !path.is_absolute() => Err(SpecError::new(
                 field("credentials.file"),
                 "must be an absolute path",
@@ -482,6 +492,26 @@ pub fn validate_name(name: &str) -> Result<(), SpecError> {
     }
 }
 
+/// Checks a credentials secret name: a plain file name of 1-253 characters of
+/// `[-._a-zA-Z0-9]`, not `.` and not starting with `..` (the rule of
+/// Kubernetes Secret keys; `..data` and its siblings are the Secret volume's
+/// own entries).
+pub fn validate_secret_name(name: &str) -> Result<(), &'static str> {
+    let ok = (1..=MAX_SECRET_NAME_LEN).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+        && name != "."
+        && !name.starts_with("..");
+    if ok {
+        Ok(())
+    } else {
+        Err(
+            "must be a file name of 1-253 characters of a-z, A-Z, 0-9, '-', '_', '.', not '.' and not starting with '..'",
+        )
+    }
+}
+
 /// A spec that fails validation: which field, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
@@ -504,6 +534,8 @@ impl SpecError {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     fn parse(json: &str) -> Result<MountSpec, serde_json::Error> {
@@ -613,6 +645,60 @@ mod tests {
             let err = parse(json).unwrap().validate().unwrap_err();
             assert_eq!(err.field, field, "{json}");
         }
+    }
+
+    #[test]
+    fn secret_names_are_plain_file_names() {
+        let long = "k".repeat(MAX_SECRET_NAME_LEN);
+        for good in [
+            "datasets",
+            "a",
+            "AWS.creds",
+            "team-a_v2",
+            ".hidden",
+            "a..b",
+            &long,
+        ] {
+            assert_eq!(
+                validate_secret_name(good),
+                Ok(()),
+                "{good:?} should be accepted"
+            );
+        }
+        let too_long = "k".repeat(MAX_SECRET_NAME_LEN + 1);
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../x",
+            "..data",
+            "a/b",
+            "/etc/shadow",
+            "x/..",
+            "a b",
+            "a\0b",
+            "é",
+            "name\n",
+            &too_long,
+        ] {
+            assert!(
+                validate_secret_name(bad).is_err(),
+                "{bad:?} should be rejected"
+            );
+        }
+    }
+
+    #[test]
+    fn a_bad_secret_name_names_its_field() {
+        for name in ["../x", "", "a/b", "..data"] {
+            let json =
+                json!({"source": {"s3": {"bucket": "abc", "credentials": {"secret": name}}}});
+            let err = parse(&json.to_string()).unwrap().validate().unwrap_err();
+            assert_eq!(err.field, "source.s3.credentials.secret", "{name:?}");
+        }
+        let ok =
+            json!({"source": {"s3": {"bucket": "abc", "credentials": {"secret": "datasets"}}}});
+        parse(&ok.to_string()).unwrap().validate().unwrap();
     }
 
     #[test]

@@ -13,7 +13,7 @@ use axum::http::{Method, Request, StatusCode};
 use hotmount::api::{TokenSet, router, router_with_tokens};
 use hotmount::manager::{Manager, ManagerConfig};
 use hotmount::metrics::Metrics;
-use hotmount::s3fs::FileEndpointPolicy;
+use hotmount::s3fs::{CredentialsDir, FileEndpointPolicy};
 use hotmount::state::StateStore;
 use hotmount::sys::{MountEntry, Mounter, RecordedCall, RecordingMounter, UnmountMode};
 use http_body_util::BodyExt;
@@ -35,6 +35,37 @@ impl Fixture {
 
     fn buckets(&self) -> PathBuf {
         self.dir.path().join("buckets")
+    }
+
+    /// The agent's `--credentials-dir`.
+    fn creds(&self) -> PathBuf {
+        self.dir.path().join("creds")
+    }
+
+    /// An S3 spec with `credentials` against an endpoint nothing listens on:
+    /// credentials that can be read get as far as 502 `BackendUnreachable`.
+    fn s3_spec_with(&self, credentials: Value) -> Value {
+        json!({"source": {"s3": {"bucket": "data", "endpoint": "http://127.0.0.1:9",
+            "pathStyle": true, "credentials": credentials}}})
+    }
+
+    /// Asserts a failed PUT of `name` left no directory, no entry, no state.
+    async fn assert_nothing_left(&self, name: &str) {
+        assert!(!self.root().join(name).exists(), "{name}: directory left");
+        let (status, _) = self
+            .send(Method::GET, &format!("/v1/mounts/{name}"), None)
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{name}: still listed");
+        let state = std::fs::read_to_string(self.state_file()).unwrap_or_default();
+        assert!(!state.contains(&format!("\"{name}\"")), "{name}: {state}");
+        assert!(
+            !self
+                .fake
+                .calls()
+                .iter()
+                .any(|c| matches!(c, RecordedCall::MountFuse(_))),
+            "{name}: nothing was mounted"
+        );
     }
 
     fn state_file(&self) -> PathBuf {
@@ -91,6 +122,7 @@ fn config_for(dir: &Path) -> ManagerConfig {
     config.file_policy = FileEndpointPolicy {
         allowed_dirs: vec![dir.join("buckets")],
     };
+    config.credentials_dir = CredentialsDir::new(dir.join("creds"));
     config.probe_interval = Duration::from_millis(100);
     config.probe_timeout = Duration::from_secs(2);
     config.mount_timeout = Duration::from_secs(5);
@@ -105,6 +137,7 @@ async fn start(
     std::fs::create_dir_all(dir.path().join("buckets/data/images")).unwrap();
     std::fs::write(dir.path().join("buckets/data/images/cat.jpg"), b"meow").unwrap();
     std::fs::create_dir_all(dir.path().join("buckets/other")).unwrap();
+    std::fs::create_dir_all(dir.path().join("creds")).unwrap();
     let mut config = config_for(dir.path());
     tune(&mut config);
     let store = StateStore::open(&dir.path().join("state")).unwrap();
@@ -215,7 +248,8 @@ async fn bad_inputs_get_clear_errors_and_leave_nothing() {
         ("/v1/mounts/ok", vec![b' '; 70 * 1024], StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge", "bytes"),
         ("/v1/mounts/ok", br#"{"source":{"s3":{"bucket":"missing","endpoint":"file:///nonexistent"}}}"#.to_vec(), StatusCode::FORBIDDEN, "EndpointNotAllowed", "--allow-file-endpoint"),
         ("/v1/mounts/ok", f.s3_spec("missing").to_string().into_bytes(), StatusCode::BAD_GATEWAY, "BucketNotFound", "missing"),
-        ("/v1/mounts/ok", br#"{"source":{"s3":{"bucket":"data","endpoint":"http://127.0.0.1:9","pathStyle":true,"credentials":{"file":"/nonexistent/creds"}}}}"#.to_vec(), StatusCode::BAD_REQUEST, "InvalidCredentials", "/nonexistent/creds"),
+        ("/v1/mounts/ok", br#"{"source":{"s3":{"bucket":"data","endpoint":"http://127.0.0.1:9","pathStyle":true,"credentials":{"file":"/nonexistent/creds"}}}}"#.to_vec(), StatusCode::FORBIDDEN, "CredentialsNotAllowed", "/nonexistent/creds"),
+        ("/v1/mounts/ok", br#"{"source":{"s3":{"bucket":"data","endpoint":"http://127.0.0.1:9","pathStyle":true,"credentials":{"secret":"nonexistent"}}}}"#.to_vec(), StatusCode::BAD_REQUEST, "InvalidCredentials", "nonexistent"),
     ];
     for (uri, body, status, code, mentions) in cases {
         let (got, reply) = send(&f.app, Method::PUT, uri, Some(body), None).await;
@@ -464,6 +498,213 @@ async fn nfs_mounts_get_typed_kernel_options() {
             mount.data
         );
     }
+}
+
+/// Keys that must never be used or shown: those of a file outside the
+/// credentials directory.
+const OUTSIDE_KEYS: &str = "access_key_id=AKOUTSIDEKEY\nsecret_access_key=outside-secret-value\n";
+
+#[tokio::test]
+async fn credentials_files_outside_the_credentials_dir_are_forbidden() {
+    let f = fixture().await;
+    let outside = f.dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("keys"), OUTSIDE_KEYS).unwrap();
+    let creds = f.creds().display().to_string();
+    let mut messages = Vec::new();
+    for (name, path) in [
+        ("shadow", "/etc/shadow".to_string()),
+        ("existing", outside.join("keys").display().to_string()),
+        ("missing", outside.join("nope").display().to_string()),
+        ("dotdot", format!("{creds}/../outside/keys")),
+        ("the-dir", creds.clone()),
+        ("sibling", format!("{creds}-other/keys")),
+    ] {
+        let (status, body) = f
+            .send(
+                Method::PUT,
+                &format!("/v1/mounts/{name}"),
+                Some(f.s3_spec_with(json!({"file": path}))),
+            )
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{name}: {body}");
+        assert_eq!(error_code(&body), "CredentialsNotAllowed", "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(&path), "{message}");
+        assert!(message.contains(&creds), "names the directory: {message}");
+        let text = body.to_string();
+        assert!(
+            !text.contains("AKOUTSIDEKEY") && !text.contains("outside-secret"),
+            "{text}"
+        );
+        assert!(!text.contains("root:"), "{text}");
+        messages.push(message.replace(&path, "PATH").replace(name, "NAME"));
+        f.assert_nothing_left(name).await;
+    }
+    assert_eq!(
+        messages[1], messages[2],
+        "the answer does not tell whether a file outside exists"
+    );
+}
+
+#[tokio::test]
+async fn credentials_by_secret_name() {
+    let f = fixture().await;
+    std::fs::write(
+        f.creds().join("datasets"),
+        "access_key_id=AKINSIDE\nsecret_access_key=inside-secret\n",
+    )
+    .unwrap();
+    std::fs::write(
+        f.creds().join("garbage"),
+        "root:$6$hashedpassword:19000::\n",
+    )
+    .unwrap();
+    std::fs::write(f.dir.path().join("outside-keys"), OUTSIDE_KEYS).unwrap();
+    std::os::unix::fs::symlink(f.dir.path().join("outside-keys"), f.creds().join("escape"))
+        .unwrap();
+    std::os::unix::fs::symlink("../outside-keys", f.creds().join("escape-relative")).unwrap();
+    let cases: Vec<(&str, Value, StatusCode, &str, &str)> = vec![
+        // Read, used to sign, and the (closed) endpoint is what fails.
+        (
+            "good",
+            json!({"secret": "datasets"}),
+            StatusCode::BAD_GATEWAY,
+            "BackendUnreachable",
+            "127.0.0.1:9",
+        ),
+        (
+            "good-path",
+            json!({"file": f.creds().join("datasets")}),
+            StatusCode::BAD_GATEWAY,
+            "BackendUnreachable",
+            "127.0.0.1:9",
+        ),
+        (
+            "dotdot",
+            json!({"secret": "../x"}),
+            StatusCode::BAD_REQUEST,
+            "InvalidSpec",
+            "source.s3.credentials.secret",
+        ),
+        (
+            "slash",
+            json!({"secret": "a/b"}),
+            StatusCode::BAD_REQUEST,
+            "InvalidSpec",
+            "source.s3.credentials.secret",
+        ),
+        (
+            "absolute",
+            json!({"secret": "/etc/shadow"}),
+            StatusCode::BAD_REQUEST,
+            "InvalidSpec",
+            "source.s3.credentials.secret",
+        ),
+        (
+            "missing",
+            json!({"secret": "nope"}),
+            StatusCode::BAD_REQUEST,
+            "InvalidCredentials",
+            "credentials secret nope",
+        ),
+        (
+            "garbage",
+            json!({"secret": "garbage"}),
+            StatusCode::BAD_REQUEST,
+            "InvalidCredentials",
+            "line 1",
+        ),
+        (
+            "escape",
+            json!({"secret": "escape"}),
+            StatusCode::FORBIDDEN,
+            "CredentialsNotAllowed",
+            "escape",
+        ),
+        (
+            "escape-rel",
+            json!({"secret": "escape-relative"}),
+            StatusCode::FORBIDDEN,
+            "CredentialsNotAllowed",
+            "escape-relative",
+        ),
+    ];
+    for (name, credentials, want, code, mentions) in cases {
+        let (status, body) = f
+            .send(
+                Method::PUT,
+                &format!("/v1/mounts/{name}"),
+                Some(f.s3_spec_with(credentials)),
+            )
+            .await;
+        assert_eq!(status, want, "{name}: {body}");
+        assert_eq!(error_code(&body), code, "{name}: {body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(mentions),
+            "{name}: {message:?} should mention {mentions:?}"
+        );
+        let text = body.to_string();
+        for content in [
+            "inside-secret",
+            "AKOUTSIDEKEY",
+            "outside-secret",
+            "hashedpassword",
+            "root:",
+        ] {
+            assert!(
+                !text.contains(content),
+                "{name}: file content in the answer: {text}"
+            );
+        }
+        f.assert_nothing_left(name).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_as_credentials_is_refused_at_once() {
+    let f = fixture().await;
+    nix::unistd::mkfifo(
+        &f.creds().join("fifo"),
+        nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+    )
+    .unwrap();
+    // More concurrent PUTs than worker threads: a blocking open of the FIFO
+    // (no writer ever comes) would hold every one of them.
+    let puts: Vec<_> = (0..6)
+        .map(|i| {
+            let app = f.app.clone();
+            let body = f.s3_spec_with(json!({"secret": "fifo"})).to_string();
+            tokio::spawn(async move {
+                send(
+                    &app,
+                    Method::PUT,
+                    &format!("/v1/mounts/fifo-{i}"),
+                    Some(body.into_bytes()),
+                    None,
+                )
+                .await
+            })
+        })
+        .collect();
+    let answers = tokio::time::timeout(Duration::from_secs(3), futures::future::join_all(puts))
+        .await
+        .expect("PUTs with a FIFO as credentials answer at once");
+    for answer in answers {
+        let (status, body) = answer.unwrap();
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(error_code(&body), "InvalidCredentials");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .ends_with("not a regular file"),
+            "{body}"
+        );
+    }
+    let (status, _) = f.send(Method::GET, "/healthz", None).await;
+    assert_eq!(status, StatusCode::OK);
 }
 
 #[tokio::test]

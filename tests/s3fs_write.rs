@@ -46,10 +46,8 @@ fn writes_through_a_real_mount_become_objects() {
     garage.put_object("writable", "existing", b"old bytes");
     garage.put_object("writable", "full/inner", b"x");
     let node = support::Node::start(&[]);
-    let dir = tempfile::tempdir().unwrap();
-    let credentials = dir.path().join("credentials");
-    garage.write_credentials_file(&credentials);
-    let mut spec = garage.spec("writable", json!({"file": credentials}));
+    garage.write_credentials_file(&node.credentials_dir().join("garage"));
+    let mut spec = garage.spec("writable", json!({"secret": "garage"}));
     spec["readOnly"] = json!(false);
     let (status, body) = node.call("PUT", "/v1/mounts/rw", Some(&spec));
     assert_eq!(status, 201, "mount: {body}\n{}", node.agent.log());

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use crate::manager::ManagerError;
-use crate::s3fs::StoreError;
+use crate::s3fs::{CredentialsError, StoreError};
 
 /// The error body.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -84,7 +84,13 @@ impl From<ManagerError> for ApiError {
             ManagerError::NotReady => (S::SERVICE_UNAVAILABLE, "NotReady"),
             ManagerError::Store { source, .. } => match source {
                 StoreError::EndpointNotAllowed { .. } => (S::FORBIDDEN, "EndpointNotAllowed"),
-                StoreError::CredentialsFile { .. } => (S::BAD_REQUEST, "InvalidCredentials"),
+                StoreError::Credentials(CredentialsError::NotAllowed { .. }) => {
+                    (S::FORBIDDEN, "CredentialsNotAllowed")
+                }
+                StoreError::Credentials(CredentialsError::Timeout { .. }) => {
+                    (S::GATEWAY_TIMEOUT, "MountTimeout")
+                }
+                StoreError::Credentials(_) => (S::BAD_REQUEST, "InvalidCredentials"),
                 StoreError::Config { .. } => (S::BAD_REQUEST, "InvalidSpec"),
                 StoreError::BucketNotFound { .. } => (S::BAD_GATEWAY, "BucketNotFound"),
                 StoreError::AccessDenied { .. } => (S::BAD_GATEWAY, "BackendAccessDenied"),

@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::manager::{Manager, ManagerError, lock};
+use crate::s3fs::credentials::FileCredentialProvider;
 use crate::s3fs::fs::Ownership;
 use crate::s3fs::fuse::FuseAdapter;
-use crate::s3fs::{FsOptions, S3Filesystem, open_bucket};
+use crate::s3fs::{FsOptions, S3Filesystem, StoreError, open_bucket};
 use crate::spec::{FileMode, MountSpec, S3Source, SourceSpec};
 use crate::sys::{FuseMountRequest, FuseSession, MountFlags, Mounter, UnmountMode, mounts_at};
 
@@ -114,8 +115,12 @@ impl Manager {
                     name: name.to_string(),
                     source,
                 };
-                let bucket =
-                    open_bucket(s3, &self.inner.config.file_policy).map_err(store_error)?;
+                let credentials = self
+                    .load_credentials(s3, remaining())
+                    .await
+                    .map_err(store_error)?;
+                let bucket = open_bucket(s3, &self.inner.config.file_policy, credentials)
+                    .map_err(store_error)?;
                 bucket.check(s3, remaining()).await.map_err(store_error)?;
                 let fsname = format!("hotmount:{}", bucket.display);
                 let filesystem = S3Filesystem::new(
@@ -147,6 +152,27 @@ impl Manager {
                 )
                 .await
             }
+        }
+    }
+
+    /// Reads the credentials file `s3` names (none for inline keys,
+    /// anonymous access and `file://` endpoints) off the async threads,
+    /// within `deadline`: a file outside the credentials directory is never
+    /// opened, a FIFO or a device never waited on.
+    async fn load_credentials(
+        &self,
+        s3: &S3Source,
+        deadline: Duration,
+    ) -> Result<Option<FileCredentialProvider>, StoreError> {
+        let Some(credentials) = &s3.credentials else {
+            return Ok(None);
+        };
+        if s3.file_endpoint_dir().is_some() {
+            return Ok(None);
+        }
+        match self.inner.config.credentials_dir.locate(credentials)? {
+            None => Ok(None),
+            Some(file) => Ok(Some(file.load(deadline).await?)),
         }
     }
 

@@ -22,8 +22,8 @@ pub use attach::Attached;
 pub use error::ManagerError;
 
 use crate::metrics::Metrics;
-use crate::s3fs::FileEndpointPolicy;
-use crate::spec::{MountSpec, SourceSpec, validate_name};
+use crate::s3fs::{CredentialsDir, FileEndpointPolicy};
+use crate::spec::{MountSpec, S3Source, SourceSpec, validate_name};
 use crate::state::{StateStore, StoredMount};
 use crate::sys::Mounter;
 
@@ -141,6 +141,8 @@ pub struct ManagerConfig {
     pub prefetch_budget: std::sync::Arc<crate::s3fs::PrefetchBudget>,
     /// Which `file://` endpoints are allowed.
     pub file_policy: FileEndpointPolicy,
+    /// The one directory S3 credentials files may be read from.
+    pub credentials_dir: CredentialsDir,
     /// Unmount FUSE mounts on a graceful stop (NFS mounts always stay).
     pub unmount_fuse_on_stop: bool,
 }
@@ -162,6 +164,7 @@ impl ManagerConfig {
                 crate::s3fs::prefetch::DEFAULT_PREFETCH_MEMORY,
             ),
             file_policy: FileEndpointPolicy::default(),
+            credentials_dir: CredentialsDir::default(),
             unmount_fuse_on_stop: false,
         }
     }
@@ -453,6 +456,22 @@ impl Manager {
     pub async fn put(&self, name: &str, spec: MountSpec) -> Result<PutOutcome, ManagerError> {
         validate_name(name).map_err(ManagerError::InvalidName)?;
         spec.validate().map_err(ManagerError::InvalidSpec)?;
+        // A credentials file outside the credentials directory is refused
+        // here, before anything is made or opened.
+        if let SourceSpec::S3(S3Source {
+            credentials: Some(credentials),
+            ..
+        }) = &spec.source
+        {
+            self.inner
+                .config
+                .credentials_dir
+                .locate(credentials)
+                .map_err(|e| ManagerError::Store {
+                    name: name.to_string(),
+                    source: e.into(),
+                })?;
+        }
         if !self.is_ready() {
             return Err(ManagerError::NotReady);
         }

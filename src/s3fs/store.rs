@@ -1,16 +1,17 @@
 //! Opening the object store behind an S3 dataset: an S3 server through
 //! `object_store`'s AWS client, or a `file:///DIR` endpoint whose subdirectories
-//! are buckets (only directories the operator allowed). Credentials from a file
-//! are re-read when the file changes, so secrets rotate without a remount.
+//! are buckets (only directories the operator allowed). Credentials files are
+//! read beforehand ([`super::credentials`]); their provider signs requests.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::Duration;
 
 use object_store::aws::{AmazonS3Builder, AwsCredential};
 use object_store::local::LocalFileSystem;
-use object_store::{ClientOptions, CredentialProvider, ObjectStore, RetryConfig};
+use object_store::{ClientOptions, ObjectStore, RetryConfig};
 
+use super::credentials::{CredentialsError, FileCredentialProvider};
 use crate::spec::{S3Credentials, S3Source};
 
 /// How long a connection attempt to an S3 endpoint may take.
@@ -55,14 +56,9 @@ pub enum StoreError {
         /// The directory named by the endpoint.
         dir: PathBuf,
     },
-    /// The credentials file cannot be used.
-    #[error("credentials file {path}: {reason}")]
-    CredentialsFile {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong with it (never its content).
-        reason: String,
-    },
+    /// The credentials cannot be used (never says what a file holds).
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
     /// The client could not be configured.
     #[error("configure s3 client for bucket {bucket}: {reason}")]
     Config {
@@ -112,8 +108,15 @@ fn endpoint_label(source: &S3Source) -> String {
         .unwrap_or_else(|| "https://s3.amazonaws.com".to_string())
 }
 
-/// Opens the store for `source`. Does no network I/O; see [`Bucket::check`].
-pub fn open_bucket(source: &S3Source, policy: &FileEndpointPolicy) -> Result<Bucket, StoreError> {
+/// Opens the store for `source`, signing with `file_credentials` when the
+/// spec names a credentials file (loaded beforehand, see
+/// [`super::credentials::CredentialsFile::load`]). Does no network I/O; see
+/// [`Bucket::check`].
+pub fn open_bucket(
+    source: &S3Source,
+    policy: &FileEndpointPolicy,
+    file_credentials: Option<FileCredentialProvider>,
+) -> Result<Bucket, StoreError> {
     let prefix = source.normalized_prefix();
     let display = format!("{}/{}", source.bucket, prefix.trim_end_matches('/'))
         .trim_end_matches('/')
@@ -137,14 +140,12 @@ pub fn open_bucket(source: &S3Source, policy: &FileEndpointPolicy) -> Result<Buc
                 }
             })?)
         }
-        None => Arc::new(
-            s3_builder(source)?
-                .build()
-                .map_err(|e| StoreError::Config {
-                    bucket: source.bucket.clone(),
-                    reason: e.to_string(),
-                })?,
-        ),
+        None => Arc::new(s3_builder(source, file_credentials)?.build().map_err(|e| {
+            StoreError::Config {
+                bucket: source.bucket.clone(),
+                reason: e.to_string(),
+            }
+        })?),
     };
     Ok(Bucket {
         store,
@@ -153,7 +154,10 @@ pub fn open_bucket(source: &S3Source, policy: &FileEndpointPolicy) -> Result<Buc
     })
 }
 
-fn s3_builder(source: &S3Source) -> Result<AmazonS3Builder, StoreError> {
+fn s3_builder(
+    source: &S3Source,
+    file_credentials: Option<FileCredentialProvider>,
+) -> Result<AmazonS3Builder, StoreError> {
     let mut builder = AmazonS3Builder::new()
         .with_bucket_name(&source.bucket)
         .with_region(source.region.as_deref().unwrap_or("us-east-1"))
@@ -173,18 +177,21 @@ fn s3_builder(source: &S3Source) -> Result<AmazonS3Builder, StoreError> {
     if let Some(endpoint) = &source.endpoint {
         builder = builder.with_endpoint(endpoint).with_allow_http(true);
     }
-    builder = match &source.credentials {
-        None | Some(S3Credentials::Anonymous) => builder.with_skip_signature(true),
-        Some(S3Credentials::Inline(inline)) => builder.with_credentials(Arc::new(
+    builder = match (&source.credentials, file_credentials) {
+        (_, Some(provider)) => builder.with_credentials(Arc::new(provider)),
+        (None | Some(S3Credentials::Anonymous), None) => builder.with_skip_signature(true),
+        (Some(S3Credentials::Inline(inline)), None) => builder.with_credentials(Arc::new(
             object_store::StaticCredentialProvider::new(AwsCredential {
                 key_id: inline.access_key_id.clone(),
                 secret_key: inline.secret_access_key.clone(),
                 token: inline.session_token.clone(),
             }),
         )),
-        Some(S3Credentials::File(path)) => {
-            let provider = FileCredentialProvider::new(path.clone())?;
-            builder.with_credentials(Arc::new(provider))
+        (Some(S3Credentials::File(_) | S3Credentials::Secret(_)), None) => {
+            return Err(StoreError::Config {
+                bucket: source.bucket.clone(),
+                reason: "the credentials file was not loaded".to_string(),
+            });
         }
     };
     Ok(builder)
@@ -258,106 +265,6 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// Credentials read from a file, re-read whenever its modification time or
-/// size changes (secret rotation without remount).
-#[derive(Debug)]
-pub struct FileCredentialProvider {
-    path: PathBuf,
-    cached: Mutex<(FileStamp, Arc<AwsCredential>)>,
-}
-
-type FileStamp = (SystemTime, u64);
-
-fn stamp(path: &Path) -> std::io::Result<FileStamp> {
-    let meta = std::fs::metadata(path)?;
-    Ok((meta.modified()?, meta.len()))
-}
-
-impl FileCredentialProvider {
-    /// Reads the file now: a missing or malformed file fails the mount early.
-    pub fn new(path: PathBuf) -> Result<Self, StoreError> {
-        let (file_stamp, credential) = read_credentials_file(&path)?;
-        Ok(FileCredentialProvider {
-            path,
-            cached: Mutex::new((file_stamp, Arc::new(credential))),
-        })
-    }
-
-    fn current(&self) -> Result<Arc<AwsCredential>, StoreError> {
-        let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
-        let now = stamp(&self.path).map_err(|e| StoreError::CredentialsFile {
-            path: self.path.clone(),
-            reason: e.to_string(),
-        })?;
-        if now != cached.0 {
-            let (file_stamp, credential) = read_credentials_file(&self.path)?;
-            tracing::info!(path = %self.path.display(), "credentials file changed; reloaded");
-            *cached = (file_stamp, Arc::new(credential));
-        }
-        Ok(cached.1.clone())
-    }
-}
-
-#[async_trait::async_trait]
-impl CredentialProvider for FileCredentialProvider {
-    type Credential = AwsCredential;
-
-    async fn get_credential(&self) -> object_store::Result<Arc<AwsCredential>> {
-        self.current()
-            .map_err(|e| object_store::Error::Unauthenticated {
-                path: self.path.display().to_string(),
-                source: Box::new(e),
-            })
-    }
-}
-
-/// Parses a credentials file: `key=value` lines (`#` comments), with the keys
-/// `access_key_id`, `secret_access_key`, `session_token` in any case, with or
-/// without an `aws_` prefix.
-pub fn read_credentials_file(path: &Path) -> Result<(FileStamp, AwsCredential), StoreError> {
-    let fail = |reason: String| StoreError::CredentialsFile {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let before = stamp(path).map_err(|e| fail(e.to_string()))?;
-    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
-    let credential = parse_credentials(&text).map_err(fail)?;
-    Ok((before, credential))
-}
-
-fn parse_credentials(text: &str) -> Result<AwsCredential, String> {
-    let mut key_id = None;
-    let mut secret_key = None;
-    let mut token = None;
-    for (number, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') || line.starts_with('[') {
-            continue;
-        }
-        let Some((key, value)) = line.split_once('=') else {
-            return Err(format!("line {}: expected key=value", number + 1));
-        };
-        let key = key.trim().to_ascii_lowercase();
-        let value = value.trim().trim_matches('"').to_string();
-        match key.strip_prefix("aws_").unwrap_or(&key) {
-            "access_key_id" => key_id = Some(value),
-            "secret_access_key" => secret_key = Some(value),
-            "session_token" => token = Some(value),
-            other => return Err(format!("line {}: unknown key {other}", number + 1)),
-        }
-    }
-    match (key_id, secret_key) {
-        (Some(key_id), Some(secret_key)) if !key_id.is_empty() && !secret_key.is_empty() => {
-            Ok(AwsCredential {
-                key_id,
-                secret_key,
-                token,
-            })
-        }
-        _ => Err("needs access_key_id and secret_access_key".to_string()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -379,46 +286,22 @@ mod tests {
     }
 
     #[test]
-    fn credentials_files_parse_in_both_spellings() {
-        let c = parse_credentials("# key\naccess_key_id = AK\nsecret_access_key=\"SK\"\n").unwrap();
-        assert_eq!((c.key_id.as_str(), c.secret_key.as_str()), ("AK", "SK"));
-        let c = parse_credentials(
-            "[default]\nAWS_ACCESS_KEY_ID=A\nAWS_SECRET_ACCESS_KEY=S\nAWS_SESSION_TOKEN=T",
-        )
-        .unwrap();
-        assert_eq!(c.token.as_deref(), Some("T"));
-        assert!(parse_credentials("access_key_id=A").is_err());
-        let err = parse_credentials("password=x").unwrap_err();
-        assert!(err.contains("unknown key password"), "{err}");
-        assert!(!err.contains('x'), "the value must not be echoed: {err}");
-    }
-
-    #[test]
-    fn rotated_credentials_are_picked_up() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("creds");
-        std::fs::write(&path, "access_key_id=OLD\nsecret_access_key=S\n").unwrap();
-        let provider = FileCredentialProvider::new(path.clone()).unwrap();
-        assert_eq!(provider.current().unwrap().key_id, "OLD");
-        std::fs::write(&path, "access_key_id=NEWER\nsecret_access_key=S2\n").unwrap();
-        assert_eq!(provider.current().unwrap().key_id, "NEWER");
-        std::fs::remove_file(&path).unwrap();
-        assert!(provider.current().is_err());
-    }
-
-    #[test]
     fn file_endpoints_must_be_allowed_and_exist() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("bucket")).unwrap();
         let endpoint = format!("file://{}", dir.path().display());
-        let denied = open_bucket(&source(&endpoint, "bucket"), &FileEndpointPolicy::default());
+        let denied = open_bucket(
+            &source(&endpoint, "bucket"),
+            &FileEndpointPolicy::default(),
+            None,
+        );
         assert!(matches!(denied, Err(StoreError::EndpointNotAllowed { .. })));
         let policy = FileEndpointPolicy {
             allowed_dirs: vec![dir.path().to_path_buf()],
         };
-        let missing = open_bucket(&source(&endpoint, "nope"), &policy);
+        let missing = open_bucket(&source(&endpoint, "nope"), &policy, None);
         assert!(matches!(missing, Err(StoreError::BucketNotFound { .. })));
-        let bucket = open_bucket(&source(&endpoint, "bucket"), &policy).unwrap();
+        let bucket = open_bucket(&source(&endpoint, "bucket"), &policy, None).unwrap();
         assert_eq!(bucket.prefix, "sub/");
         assert_eq!(bucket.display, "bucket/sub");
     }
@@ -430,7 +313,7 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         drop(listener);
         let src = source(&format!("http://127.0.0.1:{port}"), "bucket");
-        let bucket = open_bucket(&src, &FileEndpointPolicy::default()).unwrap();
+        let bucket = open_bucket(&src, &FileEndpointPolicy::default(), None).unwrap();
         let err = bucket
             .check(&src, Duration::from_secs(30))
             .await

@@ -24,17 +24,22 @@ pub struct AgentOptions {
     pub state_dir: PathBuf,
     /// `--socket`: the control API's unix socket.
     pub socket: PathBuf,
+    /// `--credentials-dir`: where tests write S3 credentials files (created
+    /// mode 0700 at start).
+    pub credentials_dir: PathBuf,
     /// Appended after the standard flags, e.g. `["--allow-file-endpoint", "/srv"]`.
     pub extra_args: Vec<String>,
 }
 
 impl AgentOptions {
-    /// Root, state and socket inside `dir` (`dir/mnt`, `dir/state`, `dir/api.sock`).
+    /// Root, state, socket and credentials inside `dir` (`dir/mnt`,
+    /// `dir/state`, `dir/api.sock`, `dir/creds`).
     pub fn in_dir(dir: &Path) -> AgentOptions {
         AgentOptions {
             root: dir.join("mnt"),
             state_dir: dir.join("state"),
             socket: dir.join("api.sock"),
+            credentials_dir: dir.join("creds"),
             extra_args: Vec::new(),
         }
     }
@@ -48,8 +53,9 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Spawns `hotmount serve --root R --state-dir S --socket P [extra]`, creating
-    /// the state directory and the socket's parent. Output goes to
+    /// Spawns `hotmount serve --root R --state-dir S --socket P
+    /// --credentials-dir C [extra]`, creating the state directory, the
+    /// credentials directory and the socket's parent. Output goes to
     /// `<state_dir>/../agent-<pid>.log` (see [`Agent::log`]).
     pub fn start(options: AgentOptions) -> Agent {
         let binary = env!("CARGO_BIN_EXE_hotmount");
@@ -62,6 +68,8 @@ impl Agent {
             .arg(&options.state_dir)
             .arg("--socket")
             .arg(&options.socket)
+            .arg("--credentials-dir")
+            .arg(&options.credentials_dir)
             .args(&options.extra_args);
         Agent::start_command(command, options)
     }
@@ -79,6 +87,15 @@ impl Agent {
         {
             std::fs::create_dir_all(dir)
                 .unwrap_or_else(|e| panic!("create {} for the agent: {e}", dir.display()));
+        }
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            let creds = &options.credentials_dir;
+            match std::fs::DirBuilder::new().mode(0o700).create(creds) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => panic!("create {} for the agent: {e}", creds.display()),
+            }
         }
         let log_dir = options
             .state_dir

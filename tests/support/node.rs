@@ -59,6 +59,11 @@ impl Node {
         self.agent.options().root.clone()
     }
 
+    /// The agent's `--credentials-dir`: S3 credentials files go here.
+    pub fn credentials_dir(&self) -> &Path {
+        &self.agent.options().credentials_dir
+    }
+
     /// The directory whose subdirectories are `file://` buckets.
     pub fn buckets(&self) -> &Path {
         &self.buckets
