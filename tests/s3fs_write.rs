@@ -38,19 +38,30 @@ impl<T: std::fmt::Debug> ExpectErr<T> for std::io::Result<T> {
     }
 }
 
-#[test]
-fn writes_through_a_real_mount_become_objects() {
+/// Garage with `bucket`, a node, and the bucket attached read-write as
+/// dataset `rw` with the spec changed by `tune` (locals drop node first).
+fn read_write_dataset(
+    bucket: &str,
+    tune: impl FnOnce(&mut serde_json::Value),
+) -> (support::Garage, support::Node) {
     support::require_fuse();
     let garage = support::Garage::start();
-    garage.create_bucket("writable");
-    garage.put_object("writable", "existing", b"old bytes");
-    garage.put_object("writable", "full/inner", b"x");
+    garage.create_bucket(bucket);
     let node = support::Node::start(&[]);
     garage.write_credentials_file(&node.credentials_dir().join("garage"));
-    let mut spec = garage.spec("writable", json!({"secret": "garage"}));
+    let mut spec = garage.spec(bucket, json!({"secret": "garage"}));
     spec["readOnly"] = json!(false);
+    tune(&mut spec);
     let (status, body) = node.call("PUT", "/v1/mounts/rw", Some(&spec));
     assert_eq!(status, 201, "mount: {body}\n{}", node.agent.log());
+    (garage, node)
+}
+
+#[test]
+fn writes_through_a_real_mount_become_objects() {
+    let (garage, node) = read_write_dataset("writable", |_| {});
+    garage.put_object("writable", "existing", b"old bytes");
+    garage.put_object("writable", "full/inner", b"x");
     let root: PathBuf = node.root().join("rw");
 
     // New files: small (one PUT) and large (multipart), written with plain writes.
@@ -207,17 +218,8 @@ fn wait_object(garage: &support::Garage, bucket: &str, key: &str, want: &[u8]) {
 
 #[test]
 fn common_tools_write_through_duplicated_descriptors() {
-    support::require_fuse();
-    let garage = support::Garage::start();
-    garage.create_bucket("tools");
-    let node = support::Node::start(&[]);
+    let (garage, node) = read_write_dataset("tools", |_| {});
     let dir = tempfile::tempdir().unwrap();
-    let credentials = dir.path().join("credentials");
-    garage.write_credentials_file(&credentials);
-    let mut spec = garage.spec("tools", json!({"file": credentials}));
-    spec["readOnly"] = json!(false);
-    let (status, body) = node.call("PUT", "/v1/mounts/rw", Some(&spec));
-    assert_eq!(status, 201, "mount: {body}\n{}", node.agent.log());
     let big_source = dir.path().join("big-source");
     let big = object_bytes(5, 20 * 1024 * 1024 + 7);
     std::fs::write(&big_source, &big).unwrap();
@@ -288,21 +290,13 @@ fn pod_sh(node: &support::Node, script: &str) -> String {
 
 #[test]
 fn pod_users_and_archive_tools_write_into_a_read_write_dataset() {
-    support::require_fuse();
     support::require_tool("rsync", "rsync");
-    let garage = support::Garage::start();
-    garage.create_bucket("team");
-    let node = support::Node::start(&[]);
+    let (garage, node) = read_write_dataset("team", |spec| {
+        spec["source"]["s3"]["uid"] = json!(65534);
+        spec["source"]["s3"]["gid"] = json!(65534);
+    });
     let dir = tempfile::tempdir().unwrap();
-    let credentials = dir.path().join("credentials");
-    garage.write_credentials_file(&credentials);
-    let mut spec = garage.spec("team", json!({"file": credentials}));
-    spec["readOnly"] = json!(false);
-    spec["source"]["s3"]["uid"] = json!(65534);
-    spec["source"]["s3"]["gid"] = json!(65534);
-    let (status, body) = node.call("PUT", "/v1/mounts/team", Some(&spec));
-    assert_eq!(status, 201, "mount: {body}\n{}", node.agent.log());
-    let view = node.pod.view().join("team");
+    let view = node.pod.view().join("rw");
     let view = view.display();
 
     // A pod that does not run as root writes into the dataset given to it
@@ -360,10 +354,10 @@ mv {view}/cpa {view}/moved"
 
     // A name looked up before it existed appears within the negative TTL
     // (1 s by default), not the 60 s metadata TTL.
-    let missing = node.pod.read("team/late.txt");
+    let missing = node.pod.read("rw/late.txt");
     assert_eq!(missing.unwrap_err().raw_os_error(), Some(libc::ENOENT));
     garage.put_object("team", "late.txt", b"late\n");
-    let appeared = support::wait_readable(&node.pod, "team/late.txt", Duration::from_secs(10))
+    let appeared = support::wait_readable(&node.pod, "rw/late.txt", Duration::from_secs(10))
         .expect("a new object appears");
     eprintln!("figure: new object readable {appeared:?} after a cached miss (negative TTL 1s)");
     assert!(appeared < Duration::from_secs(3), "took {appeared:?}");
