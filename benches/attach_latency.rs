@@ -19,12 +19,12 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{Garage, Node, percentile, wait_readable};
+use support::{ExternalMount, Garage, Node, percentile, wait_readable};
 
 const READ_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -66,57 +66,18 @@ fn hotmount_attach(node: &Node, name: &str, spec: &Value, file: &str) -> Duratio
     took
 }
 
-/// A FUSE client process serving `target`; unmounted and reaped on drop.
-struct ExternalMount {
-    child: Child,
-    target: PathBuf,
-}
-
-impl Drop for ExternalMount {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(&self.target, nix::mount::MntFlags::MNT_DETACH);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir(&self.target);
-    }
-}
-
 /// Starts `command` (a FUSE client in the foreground) on `target`, waits for
 /// `file` to read in the pod, stops it. Returns the time from spawn to read.
 fn external_attach(node: &Node, mut command: Command, target: &Path, file: &str) -> Duration {
     std::fs::create_dir_all(target).unwrap();
     let started = Instant::now();
-    let child = command
-        .env_remove("AWS_CA_BUNDLE")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
-    let mount = ExternalMount {
-        child,
-        target: target.to_path_buf(),
-    };
+    let mount = ExternalMount::spawn(&mut command, target);
     let name = target.file_name().unwrap().to_str().unwrap();
     wait_readable(&node.pod, &format!("{name}/{file}"), READ_TIMEOUT)
         .unwrap_or_else(|e| panic!("{command:?}: {e}"));
     let took = started.elapsed();
     drop(mount);
     took
-}
-
-fn s3fs_command(garage: &Garage, passwd: &Path, target: &Path) -> Command {
-    let mut command = Command::new("s3fs");
-    command
-        .arg("data")
-        .arg(target)
-        .arg("-f")
-        .args(["-o", &format!("url={}", garage.endpoint())])
-        .args(["-o", "use_path_request_style"])
-        .args(["-o", &format!("endpoint={}", garage.region())])
-        .args(["-o", &format!("passwd_file={}", passwd.display())])
-        .args(["-o", "ro,allow_other"]);
-    command
 }
 
 fn rclone_command(garage: &Garage, target: &Path) -> Command {
@@ -187,7 +148,7 @@ fn main() {
             .map(|_| {
                 external_attach(
                     &node,
-                    s3fs_command(&garage, &passwd, &target),
+                    garage.s3fs_command("data", &passwd, &target),
                     &target,
                     "README.txt",
                 )

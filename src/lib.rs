@@ -7,6 +7,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod manager;
+pub mod memory;
 pub mod metrics;
 pub mod nfs;
 pub mod s3fs;

@@ -12,6 +12,7 @@ use hotmount::sys::LinuxMounter;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    hotmount::memory::tune_allocator();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

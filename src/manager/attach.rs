@@ -20,13 +20,23 @@ pub enum Attached {
     /// A kernel mount (NFS): nothing to keep alive in the agent.
     Kernel,
     /// A FUSE mount served by this process.
-    Fuse(FuseSession),
+    Fuse(FuseAttachment),
+}
+
+/// A FUSE mount this process serves: its connection and its filesystem.
+#[derive(Debug)]
+pub struct FuseAttachment {
+    /// The connection, served by the FUSE pool.
+    pub session: FuseSession,
+    /// The filesystem behind it (its backend is probed directly, never
+    /// through the mount: a process must not wait on a mount it serves).
+    pub filesystem: Arc<S3Filesystem>,
 }
 
 impl Attached {
     fn connection(&self) -> Option<u32> {
         match self {
-            Attached::Fuse(session) => session.connection,
+            Attached::Fuse(fuse) => fuse.session.connection,
             Attached::Kernel => None,
         }
     }
@@ -143,12 +153,19 @@ impl Manager {
                     flags,
                     threads: self.inner.config.fuse_threads,
                 };
-                let adapter = FuseAdapter::new(Arc::new(filesystem));
+                let filesystem = Arc::new(filesystem);
+                let adapter = FuseAdapter::new(Arc::clone(&filesystem));
                 self.blocking_mount(
                     name,
                     "fuse mount".to_string(),
                     remaining(),
-                    move |mounter| mounter.mount_fuse(&request, adapter).map(Attached::Fuse),
+                    move |mounter| {
+                        let session = mounter.mount_fuse(&request, adapter)?;
+                        Ok(Attached::Fuse(FuseAttachment {
+                            session,
+                            filesystem,
+                        }))
+                    },
                 )
                 .await
             }
@@ -310,8 +327,8 @@ impl Manager {
         }
         // Never leave stacked mounts behind.
         self.peel_mounts(name, &target).await;
-        if let Some(Attached::Fuse(session)) = attached {
-            finish_session(session);
+        if let Some(Attached::Fuse(fuse)) = attached {
+            finish_session(fuse.session);
         }
         Ok(())
     }
@@ -327,8 +344,8 @@ impl Manager {
         let target = self.path_of(name);
         let _ = self.unmount_with_deadline(&target, UnmountMode::Lazy).await;
         self.peel_mounts(name, &target).await;
-        if let Some(Attached::Fuse(session)) = attached {
-            finish_session(session);
+        if let Some(Attached::Fuse(fuse)) = attached {
+            finish_session(fuse.session);
         }
     }
 
@@ -440,6 +457,7 @@ fn finish_session(session: FuseSession) {
             if let Err(e) = session.join() {
                 tracing::debug!(error = %e, "fuse session ended with an error");
             }
+            crate::memory::return_freed_memory();
         })
         .map(drop)
         .unwrap_or_else(|e| tracing::warn!(error = %e, "could not spawn fuse join thread"));

@@ -27,6 +27,9 @@ use crate::spec::{MountSpec, S3Source, SourceSpec, validate_name};
 use crate::state::{StateStore, StoredMount};
 use crate::sys::Mounter;
 
+/// Health probes running at once across all datasets: a probe round of a
+/// thousand datasets queues instead of starting a thousand requests.
+const MAX_PROBES_IN_FLIGHT: usize = 16;
 /// Lifecycle states of a dataset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum MountState {
@@ -260,6 +263,8 @@ pub(crate) struct Inner {
     /// same path until it returns, so hung calls do not pile up and a late
     /// completion is undone before anything else is mounted there.
     mounts_in_kernel: Mutex<HashSet<String>>,
+    /// Probes running at once, across all datasets.
+    probes_in_flight: tokio::sync::Semaphore,
 }
 
 /// The manager handle (cheap to clone).
@@ -295,6 +300,7 @@ impl Manager {
                 ready: AtomicBool::new(false),
                 warnings: Mutex::new(Vec::new()),
                 mounts_in_kernel: Mutex::new(HashSet::new()),
+                probes_in_flight: tokio::sync::Semaphore::new(MAX_PROBES_IN_FLIGHT),
             }),
         }
     }

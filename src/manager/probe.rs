@@ -1,11 +1,19 @@
-//! Health probes and recovery. Each dataset has one probe task: a statfs and a
-//! readdir of its path on a blocking thread under a deadline (at most one in
-//! flight, so a hung server costs one thread), plus mount-table checks.
-//! Failures mark the dataset Degraded; structural failures (gone, stacked,
-//! stale, FUSE server ended) or repeated I/O failures of a FUSE mount trigger a
-//! re-mount at the same path (lazy detach, fresh mount: both propagate to
-//! pods), with backoff. An NFS mount whose server is down stays Degraded until
-//! a probe passes again.
+//! Health probes and recovery. Each dataset has one probe task, its rounds
+//! spread over the interval (a start offset drawn from the name), with a
+//! bounded number of probes in flight across all datasets. A probe checks
+//! that exactly one mount is on the path, then:
+//! - a FUSE (S3) dataset: its connection is still served by the pool, and
+//!   its backend answers one LIST, asked directly: the agent never waits on
+//!   a mount it serves itself;
+//! - a kernel (NFS) mount: a statfs and a readdir of its path on a blocking
+//!   thread under a deadline (at most one in flight, so a hung server costs
+//!   one thread).
+//!
+//! Failures mark the dataset Degraded. Only structural failures (gone,
+//! stacked, stale, FUSE server ended) trigger a re-mount at the same path
+//! (lazy detach, fresh mount: both propagate to pods), with backoff; a
+//! backend outage leaves the mount and its open files in place until the
+//! backend answers again.
 
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -13,11 +21,9 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 
 use crate::manager::{Attached, Manager, ManagerError, MountState, Slot, lock};
-use crate::spec::{MountSpec, SourceSpec};
+use crate::s3fs::S3Filesystem;
+use crate::spec::MountSpec;
 use crate::sys::mounts_at;
-
-/// Consecutive I/O failures before a dataset is re-mounted.
-const IO_FAILURES_BEFORE_REMOUNT: u32 = 3;
 
 /// Why a probe failed.
 #[derive(Debug, Clone)]
@@ -79,6 +85,9 @@ impl Manager {
 
     async fn probe_loop(self, name: String, slot: Weak<Slot>) {
         let mut failures: u32 = 0;
+        // Datasets attached together (a restart, a batch of PUTs) do not
+        // probe together.
+        tokio::time::sleep(spread_offset(&name, self.inner.config.probe_interval)).await;
         loop {
             let wait = if failures == 0 {
                 self.inner.config.probe_interval
@@ -130,16 +139,14 @@ impl Manager {
                         tracing::warn!(dataset = name, reason = failure.reason, error = %failure.message, "probe failed");
                         self.set_state(&slot, MountState::Degraded, Some(failure.message.clone()));
                     }
-                    // A kernel NFS mount whose server is slow or down heals
-                    // by itself when the server answers again (the kernel
-                    // retries and recovers its state): re-mounting it would
-                    // only pile up mount calls stuck in the kernel on the same
-                    // path. It is re-mounted only when broken (gone, stacked,
-                    // stale file handle).
-                    let heals_itself = matches!(record.spec.source, SourceSpec::Nfs(_));
-                    if failure.structural
-                        || (!heals_itself && failures >= IO_FAILURES_BEFORE_REMOUNT)
-                    {
+                    // A dataset whose backend is slow or down heals by
+                    // itself when the backend answers again (the kernel
+                    // retries an NFS server; the same FUSE connection serves
+                    // again): re-mounting it would take it away from the
+                    // pods, and for NFS pile up mount calls stuck in the
+                    // kernel. It is re-mounted only when the mount itself is
+                    // broken (gone, stacked, stale, its server ended).
+                    if failure.structural {
                         self.recover(&name, &slot, failure.reason).await;
                     }
                 }
@@ -147,18 +154,25 @@ impl Manager {
         }
     }
 
-    /// One probe: the FUSE server alive, exactly one mount on the path, and a
-    /// statfs plus readdir answered within the deadline.
+    /// One probe: exactly one mount on the path, and then for a FUSE
+    /// dataset its connection still served and its backend answering (asked
+    /// directly: this process never waits on a mount it serves, or it could
+    /// deadlock with itself when it dies); for a kernel (NFS) mount a statfs
+    /// plus readdir answered within the deadline, on a blocking thread.
     async fn probe_once(&self, name: &str, slot: &Slot) -> Result<Duration, ProbeFailure> {
         let path = self.path_of(name);
-        if let Some(Attached::Fuse(session)) = lock(&slot.attached).as_ref()
-            && !session.is_serving()
-        {
-            return Err(ProbeFailure::structural(
-                "session_ended",
-                "fuse server stopped".to_string(),
-            ));
-        }
+        let fuse = match lock(&slot.attached).as_ref() {
+            Some(Attached::Fuse(fuse)) => {
+                if !fuse.session.is_serving() {
+                    return Err(ProbeFailure::structural(
+                        "session_ended",
+                        "fuse server stopped".to_string(),
+                    ));
+                }
+                Some(Arc::clone(&fuse.filesystem))
+            }
+            _ => None,
+        };
         let table = self
             .mount_table(name)
             .await
@@ -178,6 +192,51 @@ impl Manager {
                 ));
             }
         }
+        let _permit = self
+            .inner
+            .probes_in_flight
+            .acquire()
+            .await
+            .map_err(|e| ProbeFailure::transient("probe_slots", e.to_string()))?;
+        match fuse {
+            Some(filesystem) => self.probe_backend(&path, &filesystem).await,
+            None => self.probe_kernel_mount(&path, slot).await,
+        }
+    }
+
+    /// A FUSE dataset's backend, asked directly within the deadline. A
+    /// failure is transient: the mount and its connection stay (reads fail
+    /// with EIO meanwhile) and serve again when the backend answers.
+    async fn probe_backend(
+        &self,
+        path: &std::path::Path,
+        filesystem: &S3Filesystem,
+    ) -> Result<Duration, ProbeFailure> {
+        let started = Instant::now();
+        let deadline = self.inner.config.probe_timeout;
+        match tokio::time::timeout(deadline, filesystem.probe_backend()).await {
+            Err(_) => Err(ProbeFailure::transient(
+                "timeout",
+                format!(
+                    "backend of {} did not answer within {deadline:?}",
+                    path.display()
+                ),
+            )),
+            Ok(Err(err)) => Err(ProbeFailure::transient(
+                "backend",
+                format!("backend of {}: {err}", path.display()),
+            )),
+            Ok(Ok(())) => Ok(started.elapsed()),
+        }
+    }
+
+    /// A kernel mount: statfs plus readdir of the path on a blocking thread
+    /// under the deadline (at most one in flight per dataset).
+    async fn probe_kernel_mount(
+        &self,
+        path: &std::path::Path,
+        slot: &Slot,
+    ) -> Result<Duration, ProbeFailure> {
         let Ok(gate) = Arc::clone(&slot.probe_gate).try_lock_owned() else {
             return Err(ProbeFailure::transient(
                 "timeout",
@@ -185,7 +244,7 @@ impl Manager {
             ));
         };
         let started = Instant::now();
-        let probe_path = path.clone();
+        let probe_path = path.to_path_buf();
         let call = tokio::task::spawn_blocking(move || {
             let result = nix::sys::statvfs::statvfs(&probe_path)
                 .map_err(std::io::Error::from)
@@ -287,4 +346,15 @@ impl Manager {
             }
         }
     }
+}
+
+/// Where in the probe interval the probes of dataset `name` fall: a fixed
+/// offset drawn from the name, so that probes of many datasets are spread
+/// over the interval.
+fn spread_offset(name: &str, interval: Duration) -> Duration {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut hasher);
+    let fraction = (hasher.finish() % 1000) as u32;
+    interval * fraction / 1000
 }

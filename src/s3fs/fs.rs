@@ -1684,6 +1684,26 @@ impl S3Filesystem {
         self.getattr(ino).await
     }
 
+    /// Proves the backend answers for this dataset: one LIST request of the
+    /// prefix (its first page; the keys are not looked at, so a bucket's
+    /// content can never fail it). Health probes call this instead of going
+    /// through the mount.
+    pub async fn probe_backend(&self) -> Result<(), FsError> {
+        let prefix = self.bucket.root_path();
+        let prefix = (!prefix.as_ref().is_empty()).then_some(&prefix);
+        let first = self.bucket.store.list(prefix).next().await;
+        let ok = !matches!(first, Some(Err(_)));
+        self.observe("list", ok);
+        match first {
+            Some(Err(source)) => Err(FsError::Store {
+                op: "list",
+                key: format!("{}/", self.bucket.root_path()),
+                source,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Numbers for statfs: an object store has no real capacity, so large
     /// constants (like mountpoint-s3) keep `df` and space checks happy.
     pub fn statfs(&self) -> FsStats {

@@ -5,6 +5,7 @@ use std::fs::OpenOptions;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags};
@@ -14,6 +15,7 @@ use super::{
     UnmountMode,
 };
 use crate::s3fs::fuse::FuseAdapter;
+use crate::sys::{FusePool, PooledConnection};
 
 /// Where the kernel exposes FUSE connections (fusectl).
 const FUSE_CONNECTIONS: &str = "/sys/fs/fuse/connections";
@@ -90,8 +92,8 @@ impl Mounter for LinuxMounter {
             raise_readahead(minor);
         }
         match started {
-            Ok(thread) => Ok(FuseSession {
-                thread: Some(thread),
+            Ok(served) => Ok(FuseSession {
+                served: Some(served),
                 connection,
             }),
             Err(source) => {
@@ -277,18 +279,17 @@ fn raise_readahead(minor: u32) {
     }
 }
 
+/// Answers the new connection's INIT and hands it to the process's FUSE
+/// serving pool (which may grow to `threads` threads under load).
 fn start_fuse_server(
     device: OwnedFd,
     adapter: FuseAdapter,
     threads: usize,
-) -> std::io::Result<std::thread::JoinHandle<std::io::Result<()>>> {
-    let mut config = fuser::Config::default();
-    config.n_threads = Some(threads.max(1));
-    config.clone_fd = true;
-    let session = fuser::Session::from_fd(adapter, device, fuser::SessionACL::All, config)?;
-    std::thread::Builder::new()
-        .name("fuse-session".to_string())
-        .spawn(move || session.run())
+) -> std::io::Result<PooledConnection> {
+    let connection = fuser::Connection::new(adapter, device, fuser::SessionACL::All)?;
+    let pool = FusePool::global();
+    pool.allow_threads(threads);
+    pool.serve(Arc::new(connection))
 }
 
 impl From<procfs::process::MountInfo> for MountEntry {

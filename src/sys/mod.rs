@@ -3,11 +3,13 @@
 //! [`Mounter`] as a value (`Arc<dyn Mounter>`), so tests inject the
 //! [`RecordingMounter`] without `cfg!(test)`.
 
+pub mod fuse_pool;
 mod linux;
 mod recording;
 
 use std::path::{Path, PathBuf};
 
+pub use fuse_pool::{FusePool, PooledConnection};
 pub use linux::LinuxMounter;
 pub use recording::{RecordedCall, RecordingMounter};
 
@@ -127,32 +129,32 @@ impl MountEntry {
 /// the path (or abort the connection), then [`FuseSession::join`].
 #[derive(Debug)]
 pub struct FuseSession {
-    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    served: Option<PooledConnection>,
     /// The connection number under /sys/fs/fuse/connections (the device minor).
     pub connection: Option<u32>,
 }
 
 impl FuseSession {
-    /// A session with no server thread (what the recording fake returns).
+    /// A session that nothing serves (what the recording fake returns).
     pub fn detached() -> Self {
         FuseSession {
-            thread: None,
+            served: None,
             connection: None,
         }
     }
 
-    /// Whether the server thread is still serving requests (a session with
-    /// no thread of its own has nothing that could end).
+    /// Whether the connection is still being served (a session nothing
+    /// serves has nothing that could end).
     pub fn is_serving(&self) -> bool {
-        self.thread.as_ref().is_none_or(|t| !t.is_finished())
+        self.served
+            .as_ref()
+            .is_none_or(PooledConnection::is_serving)
     }
 
-    /// Waits for the server thread to end (after the mount is gone).
+    /// Waits until the connection ended (after the mount is gone).
     pub fn join(mut self) -> std::io::Result<()> {
-        match self.thread.take() {
-            Some(thread) => thread
-                .join()
-                .unwrap_or_else(|_| Err(std::io::Error::other("fuse server thread panicked"))),
+        match self.served.take() {
+            Some(served) => served.join(),
             None => Ok(()),
         }
     }

@@ -149,6 +149,23 @@ admin_token = "{admin_token}"
         super::write_private_file(path, text.as_bytes());
     }
 
+    /// An `s3fs` command line (foreground, read-only, `allow_other`) that
+    /// mounts `bucket` at `target` with the password file `passwd` (see
+    /// [`Garage::write_s3fs_passwd`]).
+    pub fn s3fs_command(&self, bucket: &str, passwd: &Path, target: &Path) -> Command {
+        let mut command = Command::new("s3fs");
+        command
+            .arg(bucket)
+            .arg(target)
+            .arg("-f")
+            .args(["-o", &format!("url={}", self.endpoint())])
+            .args(["-o", "use_path_request_style"])
+            .args(["-o", &format!("endpoint={}", self.region())])
+            .args(["-o", &format!("passwd_file={}", passwd.display())])
+            .args(["-o", "ro,allow_other"]);
+        command
+    }
+
     /// The S3 endpoint, `http://127.0.0.1:PORT`.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.s3_addr)

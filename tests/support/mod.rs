@@ -37,6 +37,7 @@
 #![allow(dead_code, unused_imports)]
 
 mod agent;
+mod external;
 mod garage;
 mod http;
 mod namespace;
@@ -49,6 +50,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 pub use agent::{Agent, AgentOptions};
+pub use external::ExternalMount;
 pub use garage::Garage;
 /// One request over loopback TCP with extra headers (the nfs tier's forwarded API port).
 pub(crate) use http::http_tcp;
