@@ -187,10 +187,36 @@ fn main() {
         after.series as i64 - idle.series as i64,
     );
 
-    // s3fs, one mount of a Garage bucket, after a read.
+    // The same with S3 datasets of one Garage bucket (same endpoint and
+    // credentials), each read once.
     let garage = Garage::start();
     garage.create_bucket("data");
     garage.put_object("data", "README.txt", b"a dataset\n");
+    garage.write_credentials_file(&node.credentials_dir().join("garage"));
+    let garage_spec = garage.spec("data", serde_json::json!({"secret": "garage"}));
+    let before = settled(&node);
+    attach_all(&node, &garage_spec, count);
+    for i in 0..count {
+        wait_readable(
+            &node.pod,
+            &format!("ds-{i}/README.txt"),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    }
+    let s3_attached = settled(&node);
+    row(
+        &format!("{count} S3 datasets attached, each read"),
+        s3_attached,
+    );
+    detach_all(&node, count);
+    row("all S3 datasets detached", settled(&node));
+    println!(
+        "per S3 dataset: {:.1} KiB RSS",
+        (s3_attached.rss_kib.saturating_sub(before.rss_kib)) as f64 / count as f64
+    );
+
+    // s3fs, one mount of the same bucket, after a read.
     let secrets = tempfile::tempdir().unwrap();
     let passwd = secrets.path().join("s3fs-passwd");
     garage.write_s3fs_passwd(&passwd);

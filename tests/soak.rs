@@ -31,7 +31,11 @@ fn series_names(node: &Node) -> std::collections::BTreeSet<String> {
         .unwrap_or_default()
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| l.rsplit_once(' ').map_or(l, |(series, _)| series).to_string())
+        .map(|l| {
+            l.rsplit_once(' ')
+                .map_or(l, |(series, _)| series)
+                .to_string()
+        })
         .collect()
 }
 

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::manager::{Manager, ManagerError, lock};
@@ -13,6 +14,9 @@ use crate::s3fs::fuse::FuseAdapter;
 use crate::s3fs::{FsOptions, S3Filesystem, StoreError, open_bucket};
 use crate::spec::{FileMode, MountSpec, S3Source, SourceSpec};
 use crate::sys::{FuseMountRequest, FuseSession, MountFlags, Mounter, UnmountMode, mounts_at};
+
+/// How long health probes share one reading of the mount table.
+const PROBE_TABLE_MAX_AGE: Duration = Duration::from_millis(500);
 
 /// What is mounted for a dataset.
 #[derive(Debug)]
@@ -209,7 +213,12 @@ impl Manager {
                 name: name.to_string(),
             });
         }
-        let mut handle = tokio::task::spawn_blocking(move || call(mounter.as_ref()));
+        let changes = Arc::clone(&self.inner.mount_changes);
+        let mut handle = tokio::task::spawn_blocking(move || {
+            let attached = call(mounter.as_ref());
+            changes.fetch_add(1, Ordering::Relaxed);
+            attached
+        });
         let joined = match tokio::time::timeout(deadline, &mut handle).await {
             Ok(joined) => joined,
             Err(_) => {
@@ -258,6 +267,27 @@ impl Manager {
             )));
         }
         Ok(attached)
+    }
+
+    /// The mount table for health probes: one snapshot shared by every
+    /// probe while it is younger than [`PROBE_TABLE_MAX_AGE`] and this agent
+    /// mounted or unmounted nothing since it was read (a probe round of N
+    /// datasets reads mountinfo about once, not N times).
+    pub(crate) async fn probe_mount_table(
+        &self,
+        name: &str,
+    ) -> Result<Arc<Vec<crate::sys::MountEntry>>, ManagerError> {
+        let mut snapshot = self.inner.probe_table.lock().await;
+        let changes = self.inner.mount_changes.load(Ordering::Relaxed);
+        if let Some((taken, seen_changes, table)) = snapshot.as_ref()
+            && *seen_changes == changes
+            && taken.elapsed() < PROBE_TABLE_MAX_AGE
+        {
+            return Ok(Arc::clone(table));
+        }
+        let table = Arc::new(self.mount_table(name).await?);
+        *snapshot = Some((Instant::now(), changes, Arc::clone(&table)));
+        Ok(table)
     }
 
     pub(crate) async fn mount_table(
@@ -398,7 +428,12 @@ impl Manager {
     ) -> Result<(), UnmountOutcome> {
         let mounter = self.inner.mounter.clone();
         let path: PathBuf = target.to_path_buf();
-        let call = tokio::task::spawn_blocking(move || mounter.unmount(&path, mode));
+        let changes = Arc::clone(&self.inner.mount_changes);
+        let call = tokio::task::spawn_blocking(move || {
+            let unmounted = mounter.unmount(&path, mode);
+            changes.fetch_add(1, Ordering::Relaxed);
+            unmounted
+        });
         match tokio::time::timeout(self.inner.config.unmount_timeout, call).await {
             Err(_) => Err(UnmountOutcome::TimedOut),
             Ok(Err(join)) => Err(UnmountOutcome::Crashed(join.to_string())),

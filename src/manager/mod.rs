@@ -10,7 +10,7 @@ mod root;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -193,6 +193,10 @@ struct Record {
     generation: u64,
 }
 
+/// A reading of the mount table shared by health probes: when it was read,
+/// the `mount_changes` it had seen, the table.
+type MountTableSnapshot = (Instant, u64, Arc<Vec<crate::sys::MountEntry>>);
+
 /// One dataset's slot: its operation lock, its record, its kernel mount.
 #[derive(Debug)]
 struct Slot {
@@ -265,6 +269,11 @@ pub(crate) struct Inner {
     mounts_in_kernel: Mutex<HashSet<String>>,
     /// Probes running at once, across all datasets.
     probes_in_flight: tokio::sync::Semaphore,
+    /// Mount and unmount calls this agent has made (a probe's shared
+    /// mount-table snapshot is stale once this moved).
+    mount_changes: Arc<AtomicU64>,
+    /// The probes' shared mount-table snapshot.
+    probe_table: tokio::sync::Mutex<Option<MountTableSnapshot>>,
 }
 
 /// The manager handle (cheap to clone).
@@ -301,6 +310,8 @@ impl Manager {
                 warnings: Mutex::new(Vec::new()),
                 mounts_in_kernel: Mutex::new(HashSet::new()),
                 probes_in_flight: tokio::sync::Semaphore::new(MAX_PROBES_IN_FLIGHT),
+                mount_changes: Arc::new(AtomicU64::new(0)),
+                probe_table: tokio::sync::Mutex::new(None),
             }),
         }
     }

@@ -174,7 +174,7 @@ impl Manager {
             _ => None,
         };
         let table = self
-            .mount_table(name)
+            .probe_mount_table(name)
             .await
             .map_err(|e| ProbeFailure::transient("mountinfo", e.to_string()))?;
         match mounts_at(&table, &path).len() {
@@ -295,16 +295,34 @@ impl Manager {
         slot.set_attached(attached);
         let generation = generation + 1;
         slot.record.send_modify(|r| r.generation = generation);
-        let _ = self
+        Ok(generation)
+    }
+
+    /// Marks a dataset mounted again Mounted and healthy.
+    pub(super) fn mounted_again(&self, name: &str, slot: &Slot, spec: &MountSpec) {
+        self.set_state(slot, MountState::Mounted, None);
+        self.set_healthy(name, spec, true);
+    }
+
+    /// Saves the generations of re-mounted datasets (one write for a whole
+    /// start-up reconcile); a failure is only logged: the mounts are in
+    /// place, and the next re-mount saves again.
+    pub(super) async fn persist_generations(&self, generations: &[(String, u64)]) {
+        if generations.is_empty() {
+            return;
+        }
+        let saved = self
             .persist(|desired| {
-                if let Some(stored) = desired.get_mut(name) {
-                    stored.generation = generation;
+                for (name, generation) in generations {
+                    if let Some(stored) = desired.get_mut(name) {
+                        stored.generation = *generation;
+                    }
                 }
             })
             .await;
-        self.set_state(slot, MountState::Mounted, None);
-        self.set_healthy(name, spec, true);
-        Ok(generation)
+        if let Err(err) = saved {
+            tracing::warn!(error = %err, "could not save the generations of re-mounted datasets");
+        }
     }
 
     /// Re-mounts a broken dataset at the same path.
@@ -332,6 +350,9 @@ impl Manager {
                     .metrics
                     .observe_operation(backend, "recover", true, started.elapsed());
                 self.inner.store.audit("recover", name, None);
+                self.persist_generations(&[(name.to_string(), generation)])
+                    .await;
+                self.mounted_again(name, slot, &record.spec);
                 tracing::info!(dataset = name, reason, generation, "re-mounted");
             }
             Err(err) => {

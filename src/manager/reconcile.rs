@@ -27,7 +27,12 @@ impl Manager {
             .mounts
             .into_iter()
             .map(|(name, stored)| self.restore(name, stored, &table));
-        futures::future::join_all(restores).await;
+        let generations: Vec<(String, u64)> = futures::future::join_all(restores)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        self.persist_generations(&generations).await;
         Ok(())
     }
 
@@ -63,7 +68,14 @@ impl Manager {
         }
     }
 
-    async fn restore(&self, name: String, stored: StoredMount, table: &[MountEntry]) {
+    /// Adopts or re-creates one dataset; the new generation of one that was
+    /// mounted again (saved with the others once all are restored).
+    async fn restore(
+        &self,
+        name: String,
+        stored: StoredMount,
+        table: &[MountEntry],
+    ) -> Option<(String, u64)> {
         let spec = stored.spec.clone();
         let slot = Slot::new(Record {
             spec: spec.clone(),
@@ -96,7 +108,7 @@ impl Manager {
             tracing::info!(dataset = name, "adopted the mount already in place");
             drop(_op);
             self.spawn_probe(&name, &slot);
-            return;
+            return None;
         }
         let broken = !existing.is_empty();
         if broken {
@@ -107,11 +119,12 @@ impl Manager {
             );
             self.detach_quietly(&name, None).await;
         }
-        match self
+        let remounted = match self
             .mount_again(&name, &slot, &spec, stored.generation)
             .await
         {
-            Ok(_) => {
+            Ok(generation) => {
+                self.mounted_again(&name, &slot, &spec);
                 if broken {
                     self.inner
                         .metrics
@@ -120,14 +133,17 @@ impl Manager {
                         .inc();
                 }
                 tracing::info!(dataset = name, "restored");
+                Some((name.clone(), generation))
             }
             Err(err) => {
                 tracing::warn!(dataset = name, error = %err, "restore failed; will retry with backoff");
                 self.set_state(&slot, MountState::Failed, Some(err.to_string()));
                 self.set_healthy(&name, &spec, false);
+                None
             }
-        }
+        };
         drop(_op);
         self.spawn_probe(&name, &slot);
+        remounted
     }
 }

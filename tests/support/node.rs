@@ -22,7 +22,8 @@ pub struct Node {
 }
 
 impl Node {
-    /// Starts a node; `extra_args` go to `hotmount serve`.
+    /// Starts a node; `extra_args` go to `hotmount serve` (probes every
+    /// 200 ms unless they set `--probe-interval`).
     pub fn start(extra_args: &[&str]) -> Node {
         super::require_root();
         super::require_fuse();
@@ -32,16 +33,17 @@ impl Node {
         let buckets = dir.path().join("buckets");
         std::fs::create_dir_all(&buckets).unwrap();
         let mut options = AgentOptions::in_dir(dir.path());
-        options.extra_args = [
-            "--allow-file-endpoint",
-            buckets.to_str().unwrap(),
-            "--probe-interval",
-            "200ms",
-        ]
-        .iter()
-        .chain(extra_args)
-        .map(|s| s.to_string())
-        .collect();
+        let probes = if extra_args.contains(&"--probe-interval") {
+            &[][..]
+        } else {
+            &["--probe-interval", "200ms"][..]
+        };
+        options.extra_args = ["--allow-file-endpoint", buckets.to_str().unwrap()]
+            .iter()
+            .chain(probes)
+            .chain(extra_args)
+            .map(|s| s.to_string())
+            .collect();
         let mut agent = Agent::start(options);
         agent.wait_ready(Duration::from_secs(30));
         let pod = Pod::start(&agent.options().root);
