@@ -118,7 +118,8 @@ pub struct ServeArgs {
     /// object appears within this time; 0 turns it off [default: 1s].
     #[arg(long, env = "HOTMOUNT_NEGATIVE_TTL", value_parser = parse_duration)]
     pub negative_ttl: Option<Duration>,
-    /// FUSE worker threads per S3 mount [default: 4].
+    /// The most threads serving the FUSE requests of all S3 mounts (one pool:
+    /// it keeps 2 and grows under load up to this) [default: 8].
     #[arg(long, env = "HOTMOUNT_FUSE_THREADS")]
     pub fuse_threads: Option<usize>,
     /// Memory for data prefetched ahead of sequential S3 readers, shared by
@@ -401,7 +402,7 @@ mod tests {
         let file = dir.path().join("hotmount.toml");
         std::fs::write(
             &file,
-            "root = \"/srv/file-root\"\nprobe-interval = \"3s\"\nfuse-threads = 8\n",
+            "root = \"/srv/file-root\"\nprobe-interval = \"3s\"\nfuse-threads = 6\n",
         )
         .unwrap();
         let args = ServeArgs {
@@ -412,7 +413,7 @@ mod tests {
         let config = Config::from_args(args).unwrap();
         assert_eq!(config.manager.root, PathBuf::from("/srv/flag-root"));
         assert_eq!(config.manager.probe_interval, Duration::from_secs(3));
-        assert_eq!(config.manager.fuse_threads, 8);
+        assert_eq!(config.manager.fuse_threads, 6);
     }
 
     #[test]

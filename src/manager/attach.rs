@@ -133,8 +133,13 @@ impl Manager {
                     .load_credentials(s3, remaining())
                     .await
                     .map_err(store_error)?;
-                let bucket = open_bucket(s3, &self.inner.config.file_policy, credentials)
-                    .map_err(store_error)?;
+                let bucket = open_bucket(
+                    s3,
+                    &self.inner.config.file_policy,
+                    credentials,
+                    &self.inner.s3_clients,
+                )
+                .map_err(store_error)?;
                 bucket.check(s3, remaining()).await.map_err(store_error)?;
                 let fsname = format!("hotmount:{}", bucket.display);
                 let filesystem = S3Filesystem::new(

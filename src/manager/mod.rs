@@ -134,7 +134,7 @@ pub struct ManagerConfig {
     pub probe_timeout: Duration,
     /// Longest wait between recovery attempts.
     pub max_backoff: Duration,
-    /// FUSE worker threads per S3 mount.
+    /// The most threads of the FUSE serving pool (shared by all S3 mounts).
     pub fuse_threads: usize,
     /// Metadata cache TTL of S3 mounts (unless `immutable`).
     pub metadata_ttl: Duration,
@@ -160,7 +160,7 @@ impl ManagerConfig {
             probe_interval: Duration::from_secs(10),
             probe_timeout: Duration::from_secs(5),
             max_backoff: Duration::from_secs(60),
-            fuse_threads: 4,
+            fuse_threads: 8,
             metadata_ttl: Duration::from_secs(60),
             negative_ttl: Duration::from_secs(1),
             prefetch_budget: crate::s3fs::PrefetchBudget::new(
@@ -274,6 +274,8 @@ pub(crate) struct Inner {
     mount_changes: Arc<AtomicU64>,
     /// The probes' shared mount-table snapshot.
     probe_table: tokio::sync::Mutex<Option<MountTableSnapshot>>,
+    /// S3 clients shared by datasets of the same endpoint and credentials.
+    s3_clients: crate::s3fs::SharedClients,
 }
 
 /// The manager handle (cheap to clone).
@@ -312,6 +314,7 @@ impl Manager {
                 probes_in_flight: tokio::sync::Semaphore::new(MAX_PROBES_IN_FLIGHT),
                 mount_changes: Arc::new(AtomicU64::new(0)),
                 probe_table: tokio::sync::Mutex::new(None),
+                s3_clients: crate::s3fs::SharedClients::default(),
             }),
         }
     }

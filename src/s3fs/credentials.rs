@@ -227,6 +227,11 @@ pub struct CredentialsFile {
 }
 
 impl CredentialsFile {
+    /// The file: the credentials directory joined with its path beneath it.
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(&self.relative)
+    }
+
     /// How errors and logs name it: `credentials secret NAME (PATH)` or
     /// `credentials file PATH`.
     pub fn shown(&self) -> &str {
@@ -463,6 +468,11 @@ pub struct FileCredentialProvider {
 }
 
 impl FileCredentialProvider {
+    /// The credentials file it reads.
+    pub fn path(&self) -> PathBuf {
+        self.file.path()
+    }
+
     /// Looks at the file at most every `recheck` instead of
     /// [`RECHECK_INTERVAL`].
     pub fn recheck_every(mut self, recheck: Duration) -> Self {

@@ -13,4 +13,4 @@ pub mod write;
 pub use credentials::{CredentialsDir, CredentialsError};
 pub use fs::{FsOptions, S3Filesystem};
 pub use prefetch::PrefetchBudget;
-pub use store::{Bucket, FileEndpointPolicy, StoreError, open_bucket};
+pub use store::{Bucket, FileEndpointPolicy, SharedClients, StoreError, open_bucket};

@@ -3,8 +3,9 @@
 //! are buckets (only directories the operator allowed). Credentials files are
 //! read beforehand ([`super::credentials`]); their provider signs requests.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use object_store::aws::{AmazonS3Builder, AwsCredential};
@@ -108,14 +109,110 @@ fn endpoint_label(source: &S3Source) -> String {
         .unwrap_or_else(|| "https://s3.amazonaws.com".to_string())
 }
 
+/// S3 clients shared by the datasets that have the same endpoint, region,
+/// addressing, bucket and credentials: one connection pool and one TLS set-up
+/// for all of them. A client lives as long as a dataset uses it.
+#[derive(Debug, Default)]
+pub struct SharedClients {
+    clients: Mutex<HashMap<ClientKey, Weak<dyn ObjectStore>>>,
+}
+
+/// What makes two datasets' S3 clients interchangeable.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ClientKey {
+    endpoint: Option<String>,
+    region: Option<String>,
+    path_style: bool,
+    bucket: String,
+    credentials: ClientCredentials,
+}
+
+/// The credentials part of a [`ClientKey`] (secrets only as a hash).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum ClientCredentials {
+    Anonymous,
+    File(PathBuf),
+    Inline {
+        access_key_id: String,
+        secret_hash: u64,
+    },
+}
+
+impl ClientKey {
+    fn of(source: &S3Source, file_credentials: Option<&FileCredentialProvider>) -> Self {
+        let credentials = match (&source.credentials, file_credentials) {
+            (_, Some(file)) => ClientCredentials::File(file.path()),
+            (Some(S3Credentials::Inline(inline)), None) => {
+                use std::hash::{Hash, Hasher};
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                (&inline.secret_access_key, &inline.session_token).hash(&mut hasher);
+                ClientCredentials::Inline {
+                    access_key_id: inline.access_key_id.clone(),
+                    secret_hash: hasher.finish(),
+                }
+            }
+            _ => ClientCredentials::Anonymous,
+        };
+        ClientKey {
+            endpoint: source.endpoint.clone(),
+            region: source.region.clone(),
+            path_style: source.path_style,
+            bucket: source.bucket.clone(),
+            credentials,
+        }
+    }
+}
+
+impl SharedClients {
+    /// The client for `source`: a live one another dataset uses, or a new one.
+    fn client(
+        &self,
+        source: &S3Source,
+        file_credentials: Option<FileCredentialProvider>,
+    ) -> Result<Arc<dyn ObjectStore>, StoreError> {
+        let key = ClientKey::of(source, file_credentials.as_ref());
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(client) = clients.get(&key).and_then(Weak::upgrade) {
+            return Ok(client);
+        }
+        let client: Arc<dyn ObjectStore> =
+            Arc::new(s3_builder(source, file_credentials)?.build().map_err(|e| {
+                StoreError::Config {
+                    bucket: source.bucket.clone(),
+                    reason: e.to_string(),
+                }
+            })?);
+        clients.retain(|_, client| client.strong_count() > 0);
+        clients.insert(key, Arc::downgrade(&client));
+        Ok(client)
+    }
+
+    /// Clients alive (shared or not).
+    pub fn len(&self) -> usize {
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|client| client.strong_count() > 0)
+            .count()
+    }
+
+    /// Whether no client is alive.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Opens the store for `source`, signing with `file_credentials` when the
 /// spec names a credentials file (loaded beforehand, see
-/// [`super::credentials::CredentialsFile::load`]). Does no network I/O; see
-/// [`Bucket::check`].
+/// [`super::credentials::CredentialsFile::load`]); an S3 client is taken
+/// from `clients` when another dataset has one for the same endpoint,
+/// bucket and credentials. Does no network I/O; see [`Bucket::check`].
 pub fn open_bucket(
     source: &S3Source,
     policy: &FileEndpointPolicy,
     file_credentials: Option<FileCredentialProvider>,
+    clients: &SharedClients,
 ) -> Result<Bucket, StoreError> {
     let prefix = source.normalized_prefix();
     let display = format!("{}/{}", source.bucket, prefix.trim_end_matches('/'))
@@ -140,12 +237,7 @@ pub fn open_bucket(
                 }
             })?)
         }
-        None => Arc::new(s3_builder(source, file_credentials)?.build().map_err(|e| {
-            StoreError::Config {
-                bucket: source.bucket.clone(),
-                reason: e.to_string(),
-            }
-        })?),
+        None => clients.client(source, file_credentials)?,
     };
     Ok(Bucket {
         store,
@@ -286,6 +378,31 @@ mod tests {
     }
 
     #[test]
+    fn datasets_of_one_endpoint_bucket_and_credentials_share_a_client() {
+        let clients = SharedClients::default();
+        let policy = FileEndpointPolicy::default();
+        let open = |bucket: &str, prefix: &str| {
+            let mut s3 = source("http://127.0.0.1:9", bucket);
+            s3.prefix = Some(prefix.into());
+            open_bucket(&s3, &policy, None, &clients).unwrap()
+        };
+        let a = open("data", "a/");
+        let b = open("data", "b/");
+        let other = open("other", "a/");
+        assert!(Arc::ptr_eq(&a.store, &b.store), "same bucket: one client");
+        assert!(
+            !Arc::ptr_eq(&a.store, &other.store),
+            "another bucket: its own"
+        );
+        assert_eq!(clients.len(), 2);
+        drop((a, b, other));
+        assert!(
+            clients.is_empty(),
+            "a client lives only while a dataset uses it"
+        );
+    }
+
+    #[test]
     fn file_endpoints_must_be_allowed_and_exist() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("bucket")).unwrap();
@@ -294,14 +411,26 @@ mod tests {
             &source(&endpoint, "bucket"),
             &FileEndpointPolicy::default(),
             None,
+            &SharedClients::default(),
         );
         assert!(matches!(denied, Err(StoreError::EndpointNotAllowed { .. })));
         let policy = FileEndpointPolicy {
             allowed_dirs: vec![dir.path().to_path_buf()],
         };
-        let missing = open_bucket(&source(&endpoint, "nope"), &policy, None);
+        let missing = open_bucket(
+            &source(&endpoint, "nope"),
+            &policy,
+            None,
+            &SharedClients::default(),
+        );
         assert!(matches!(missing, Err(StoreError::BucketNotFound { .. })));
-        let bucket = open_bucket(&source(&endpoint, "bucket"), &policy, None).unwrap();
+        let bucket = open_bucket(
+            &source(&endpoint, "bucket"),
+            &policy,
+            None,
+            &SharedClients::default(),
+        )
+        .unwrap();
         assert_eq!(bucket.prefix, "sub/");
         assert_eq!(bucket.display, "bucket/sub");
     }
@@ -313,7 +442,13 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         drop(listener);
         let src = source(&format!("http://127.0.0.1:{port}"), "bucket");
-        let bucket = open_bucket(&src, &FileEndpointPolicy::default(), None).unwrap();
+        let bucket = open_bucket(
+            &src,
+            &FileEndpointPolicy::default(),
+            None,
+            &SharedClients::default(),
+        )
+        .unwrap();
         let err = bucket
             .check(&src, Duration::from_secs(30))
             .await

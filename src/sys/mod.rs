@@ -75,7 +75,7 @@ pub struct FuseMountRequest {
     pub fsname: String,
     /// Mount flags.
     pub flags: MountFlags,
-    /// FUSE worker threads (each with its own cloned /dev/fuse fd).
+    /// The most threads the FUSE serving pool may grow to for this mount.
     pub threads: usize,
 }
 
