@@ -80,22 +80,6 @@ fn external_attach(node: &Node, mut command: Command, target: &Path, file: &str)
     took
 }
 
-fn rclone_command(garage: &Garage, target: &Path) -> Command {
-    let mut command = Command::new("rclone");
-    command
-        .arg("mount")
-        .arg(":s3:data")
-        .arg(target)
-        .args(["--s3-provider", "Other"])
-        .args(["--s3-endpoint", &garage.endpoint()])
-        .args(["--s3-region", garage.region()])
-        .args(["--s3-access-key-id", garage.access_key_id()])
-        .args(["--s3-secret-access-key", garage.secret_access_key()])
-        .args(["--s3-force-path-style=true", "--read-only", "--allow-other"])
-        .args(["--config", "/dev/null"]);
-    command
-}
-
 /// kill -9 of the agent, start, until `name/file` reads again in the pod.
 fn restart_to_readable(node: &mut Node, name: &str, file: &str) -> Duration {
     node.agent.kill9();
@@ -161,7 +145,7 @@ fn main() {
             .map(|_| {
                 external_attach(
                     &node,
-                    rclone_command(&garage, &target),
+                    garage.rclone_command("data", &target, &["--read-only"]),
                     &target,
                     "README.txt",
                 )

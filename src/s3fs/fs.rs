@@ -262,6 +262,7 @@ impl FsError {
                 | libc::EPERM
                 | libc::EBUSY
                 | libc::EXDEV
+                | libc::EOPNOTSUPP
         )
     }
 }
@@ -1439,7 +1440,9 @@ impl S3Filesystem {
             }
         }
         match finished {
-            Ok(stat) => {
+            // Unlinked while open: nothing was uploaded, the name is gone.
+            Ok(None) => Ok(()),
+            Ok(Some(stat)) => {
                 if let Some(inode) = self.table().inodes.get_mut(&writer.ino) {
                     inode.stat = stat;
                     inode.validated_at = Instant::now();
@@ -1485,17 +1488,20 @@ impl S3Filesystem {
             .remove(&fh);
     }
 
-    /// Waits for a completion of the file `ino` that is under way and tells
-    /// whether the object now exists; false while it is still being written.
-    async fn upload_settled(&self, ino: u64) -> bool {
-        let handle = self
-            .writers
+    /// The write handle of the file `ino`, if one is open.
+    fn write_handle_of(&self, ino: u64) -> Option<Arc<WriteHandle>> {
+        self.writers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
             .find(|handle| handle.ino == ino)
-            .cloned();
-        if let Some(handle) = handle {
+            .cloned()
+    }
+
+    /// Waits for a completion of the file `ino` that is under way and tells
+    /// whether the object now exists; false while it is still being written.
+    async fn upload_settled(&self, ino: u64) -> bool {
+        if let Some(handle) = self.write_handle_of(ino) {
             return handle.writer.lock().await.is_done();
         }
         // No writer (any more): the inode says what the outcome was.
@@ -1569,14 +1575,7 @@ impl S3Filesystem {
     /// it was sent yet; false when it was completed (it is then renamed like
     /// any object); EBUSY while a multipart upload under the old key runs.
     async fn rekey_unsent(&self, ino: u64, key: &ObjectPath) -> Result<bool, FsError> {
-        let handle = self
-            .writers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .find(|handle| handle.ino == ino)
-            .cloned();
-        let Some(handle) = handle else {
+        let Some(handle) = self.write_handle_of(ino) else {
             return Ok(false);
         };
         let mut writer = handle.writer.lock().await;
@@ -1593,15 +1592,20 @@ impl S3Filesystem {
     /// Deletes the object `name` in `parent`.
     pub async fn unlink(&self, parent: u64, name: &OsStr) -> Result<(), FsError> {
         let (_, text, target) = self.modification_target("unlink", parent, name)?;
-        let Some((_, inode)) = self.existing(parent, name).await? else {
+        let Some((ino, inode)) = self.existing(parent, name).await? else {
             return Err(FsError::NotFound { key: target });
         };
         if inode.kind == NodeKind::Directory {
             return Err(FsError::IsADirectory(target));
         }
         if inode.local {
-            // Still being written: it is no object yet.
-            return Err(FsError::Overwrite { key: target });
+            // Still being written (git and mkstemp users unlink files they
+            // hold open): the name goes now and nothing is uploaded for it.
+            if let Some(handle) = self.write_handle_of(ino) {
+                handle.writer.lock().await.discard().await;
+            }
+            self.table().insert_negative(parent, text);
+            return Ok(());
         }
         let deleted = self.bucket.store.delete(&inode.key).await;
         match deleted {
@@ -2914,6 +2918,43 @@ mod tests {
         assert_eq!(stored(&store, ".tmp").await, None);
         assert_eq!(stored(&store, "final").await.unwrap(), b"partial");
         assert_eq!(open_read_all(&fs, ROOT_INODE, "final").await, b"partial");
+    }
+
+    #[tokio::test]
+    async fn a_file_unlinked_while_open_is_never_uploaded() {
+        // git's lock files and mkstemp users: create, (write,) unlink while
+        // the descriptor is open, close later.
+        let store = Arc::new(InMemory::new());
+        let fs = writable().build(store.clone());
+        let (_, fh) = fs
+            .create(ROOT_INODE, OsStr::new("config.lock"), Some(9))
+            .await
+            .unwrap();
+        fs.write(fh, 0, b"draft").await.unwrap();
+        fs.unlink(ROOT_INODE, OsStr::new("config.lock"))
+            .await
+            .unwrap();
+        assert_eq!(
+            errno_of(fs.lookup(ROOT_INODE, OsStr::new("config.lock")).await),
+            libc::ENOENT
+        );
+        // The name is free again at once.
+        let (_, again) = fs
+            .create(ROOT_INODE, OsStr::new("config.lock"), Some(9))
+            .await
+            .unwrap();
+        fs.write(fh, 5, b" more").await.unwrap();
+        fs.flush(fh, Some(9)).await.unwrap();
+        fs.release_writer(fh).await;
+        assert_eq!(
+            stored(&store, "config.lock").await,
+            None,
+            "nothing uploaded"
+        );
+        fs.write(again, 0, b"kept").await.unwrap();
+        fs.flush(again, Some(9)).await.unwrap();
+        fs.release_writer(again).await;
+        assert_eq!(stored(&store, "config.lock").await.unwrap(), b"kept");
     }
 
     #[tokio::test]

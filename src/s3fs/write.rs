@@ -44,6 +44,9 @@ enum WriterState {
     Done(ObjectStat, Option<Bytes>),
     /// The upload failed and was aborted; every later call fails.
     Failed(String),
+    /// The file was unlinked while open: nothing is uploaded, later writes
+    /// go nowhere (as to an unlinked file, which lives until closed).
+    Discarded,
 }
 
 impl std::fmt::Debug for WriterState {
@@ -53,6 +56,7 @@ impl std::fmt::Debug for WriterState {
             WriterState::Uploading(_) => write!(f, "Uploading"),
             WriterState::Done(stat, _) => write!(f, "Done({stat:?})"),
             WriterState::Failed(reason) => write!(f, "Failed({reason})"),
+            WriterState::Discarded => write!(f, "Discarded"),
         }
     }
 }
@@ -144,7 +148,7 @@ impl ObjectWriter {
                 let reason = reason.clone();
                 Err(self.failed(&reason))
             }
-            WriterState::Buffering(_) | WriterState::Done(..) => Ok(()),
+            WriterState::Buffering(_) | WriterState::Done(..) | WriterState::Discarded => Ok(()),
         }
     }
 
@@ -210,6 +214,7 @@ impl ObjectWriter {
                 let reason = reason.clone();
                 return Err(self.failed(&reason));
             }
+            WriterState::Discarded => {}
         }
         self.written += data.len() as u64;
         Ok(self.written)
@@ -239,23 +244,39 @@ impl ObjectWriter {
             WriterState::Uploading(_) => Some(Completion::Multipart {
                 parts: self.written.div_ceil(WRITE_PART_SIZE as u64),
             }),
-            WriterState::Done(..) | WriterState::Failed(_) => None,
+            WriterState::Done(..) | WriterState::Failed(_) | WriterState::Discarded => None,
+        }
+    }
+
+    /// Drops what was written of a file unlinked while open: a multipart
+    /// upload under way is aborted, and nothing is ever uploaded.
+    pub async fn discard(&mut self) {
+        let state = std::mem::replace(&mut self.state, WriterState::Discarded);
+        if let WriterState::Uploading(multipart) = state
+            && let Err(err) = multipart.abort().await
+        {
+            tracing::warn!(key = %self.key, error = %err, "abort multipart upload");
         }
     }
 
     /// Completes the object (PUT, or the multipart upload's last parts and
-    /// completion); idempotent once done. Returns the object's metadata.
-    pub async fn finish(&mut self) -> Result<ObjectStat, FsError> {
+    /// completion); idempotent once done. Returns the object's metadata, or
+    /// None for a discarded file (nothing uploaded).
+    pub async fn finish(&mut self) -> Result<Option<ObjectStat>, FsError> {
         let state = std::mem::replace(&mut self.state, WriterState::Buffering(Vec::new()));
         let (put, sent) = match state {
             WriterState::Done(stat, sent) => {
                 self.state = WriterState::Done(stat.clone(), sent);
-                return Ok(stat);
+                return Ok(Some(stat));
             }
             WriterState::Failed(reason) => {
                 let err = self.failed(&reason);
                 self.state = WriterState::Failed(reason);
                 return Err(err);
+            }
+            WriterState::Discarded => {
+                self.state = WriterState::Discarded;
+                return Ok(None);
             }
             WriterState::Buffering(buffer) => {
                 let bytes = Bytes::from(buffer);
@@ -272,7 +293,7 @@ impl ObjectWriter {
                     etag: result.e_tag,
                 };
                 self.state = WriterState::Done(stat.clone(), sent);
-                Ok(stat)
+                Ok(Some(stat))
             }
             Err(source) => {
                 self.state = WriterState::Failed(source.to_string());

@@ -153,6 +153,17 @@ admin_token = "{admin_token}"
     /// mounts `bucket` at `target` with the password file `passwd` (see
     /// [`Garage::write_s3fs_passwd`]).
     pub fn s3fs_command(&self, bucket: &str, passwd: &Path, target: &Path) -> Command {
+        self.s3fs_command_with(bucket, passwd, target, "ro,allow_other")
+    }
+
+    /// [`Garage::s3fs_command`] with its own `-o` mount options.
+    pub fn s3fs_command_with(
+        &self,
+        bucket: &str,
+        passwd: &Path,
+        target: &Path,
+        options: &str,
+    ) -> Command {
         let mut command = Command::new("s3fs");
         command
             .arg(bucket)
@@ -162,7 +173,26 @@ admin_token = "{admin_token}"
             .args(["-o", "use_path_request_style"])
             .args(["-o", &format!("endpoint={}", self.region())])
             .args(["-o", &format!("passwd_file={}", passwd.display())])
-            .args(["-o", "ro,allow_other"]);
+            .args(["-o", options]);
+        command
+    }
+
+    /// An `rclone mount` command line (foreground, `--allow-other`) of
+    /// `bucket` at `target`, with `extra` flags (e.g. `--read-only`).
+    pub fn rclone_command(&self, bucket: &str, target: &Path, extra: &[&str]) -> Command {
+        let mut command = Command::new("rclone");
+        command
+            .arg("mount")
+            .arg(format!(":s3:{bucket}"))
+            .arg(target)
+            .args(["--s3-provider", "Other"])
+            .args(["--s3-endpoint", &self.endpoint()])
+            .args(["--s3-region", self.region()])
+            .args(["--s3-access-key-id", self.access_key_id()])
+            .args(["--s3-secret-access-key", self.secret_access_key()])
+            .args(["--s3-force-path-style=true", "--allow-other"])
+            .args(["--config", "/dev/null"])
+            .args(extra);
         command
     }
 
@@ -240,6 +270,30 @@ admin_token = "{admin_token}"
             Ok(status) => panic!("raw put of {key:?} to garage answered {status}"),
             Err(e) => panic!("raw put of {key:?} to garage: {e}"),
         }
+    }
+
+    /// Uploads many small objects, 32 at a time.
+    pub fn put_objects(&self, bucket: &str, objects: Vec<(String, Vec<u8>)>) {
+        use futures::StreamExt;
+        let store = self.store(bucket);
+        let count = objects.len();
+        block_on(async move {
+            let puts = futures::stream::iter(objects).map(|(key, bytes)| {
+                let store = store.clone();
+                async move { store.put(&ObjectPath::from(key), bytes.into()).await }
+            });
+            let results: Vec<_> = puts.buffer_unordered(32).collect().await;
+            results.into_iter().collect::<Result<Vec<_>, _>>().map(drop)
+        })
+        .unwrap_or_else(|e| panic!("put {count} objects to s3://{bucket}: {e}"));
+    }
+
+    /// Deletes `bucket/key`.
+    pub fn delete_object(&self, bucket: &str, key: &str) {
+        let store = self.store(bucket);
+        let location = ObjectPath::from(key);
+        block_on(async move { store.delete(&location).await })
+            .unwrap_or_else(|e| panic!("delete s3://{bucket}/{key}: {e}"));
     }
 
     /// Downloads `bucket/key`.
