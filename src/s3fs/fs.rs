@@ -26,7 +26,6 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -38,30 +37,47 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectMeta, ObjectStoreExt};
 
 use crate::metrics::Metrics;
-use crate::s3fs::keys::{MAX_NAME_LEN, SkipReason, SkippedKeys};
-use crate::s3fs::prefetch::{FileReader, PrefetchBudget, PrefetchedObject, RangeReader, ReadStats};
+
+mod readdir;
+mod scan;
+
+pub use crate::s3fs::error::FsError;
+use crate::s3fs::handles::{
+    DirHandle, Handle, HandleRecord, HandleSnapshot, HandleTable, WriteHandle,
+};
+use crate::s3fs::inodes::{Inode, InodeSnapshot, InodeTable};
+pub use crate::s3fs::inodes::{NodeKind, ObjectStat, ROOT_INODE};
+use crate::s3fs::keys::{MAX_NAME_LEN, SkippedKeys};
+use crate::s3fs::prefetch::{FileReader, PrefetchBudget, RangeReader, ReadStats};
 use crate::s3fs::store::Bucket;
 use crate::s3fs::write::{Completion, ObjectWriter};
+pub use readdir::DirEntry;
+use scan::DirectoryScan;
 
-/// The inode number of the mount's root (the bucket prefix).
-pub const ROOT_INODE: u64 = 1;
 /// Inode numbers are never reused within one mount, so one generation suffices.
 pub const GENERATION: Generation = Generation(1);
 /// The block size reported in attributes and statfs.
 const BLOCK_SIZE: u32 = 4096;
 /// The TTL handed to the kernel for immutable datasets ("forever").
 const IMMUTABLE_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
-/// Negative entries kept at most; the cache is cleared when it grows past this.
-const MAX_NEGATIVE_ENTRIES: usize = 100_000;
-/// Directories whose latest listing is kept for scan detection.
-const MAX_SCANNED_DIRECTORIES: usize = 64;
-/// How many files ahead a directory scan fetches.
-const SCAN_AHEAD_FILES: usize = 8;
-/// Files up to this size are fetched ahead of a directory scan.
-const SCAN_AHEAD_MAX_SIZE: u64 = 1024 * 1024;
-/// A scan that has not moved for this long gives its fetched-ahead files
-/// (and their budget) back.
-const SCAN_IDLE: Duration = Duration::from_secs(5);
+
+/// The format of [`FsSnapshot`] this build writes and reads; a snapshot of
+/// another format is refused (the process that has it keeps serving).
+pub const SNAPSHOT_FORMAT: u32 = 1;
+
+/// What a process needs to serve a connection another one served: the node
+/// ids and handles the kernel holds ([`S3Filesystem::snapshot`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FsSnapshot {
+    /// [`SNAPSHOT_FORMAT`] of the build that took it.
+    pub format: u32,
+    /// When the mount was made (directories' mtime).
+    pub mounted_at: DateTime<Utc>,
+    /// The inode table.
+    pub inodes: InodeSnapshot,
+    /// The handle table.
+    pub handles: HandleSnapshot,
+}
 
 /// Options of one S3 filesystem.
 #[derive(Debug, Clone)]
@@ -114,371 +130,6 @@ impl Ownership {
     }
 }
 
-/// Why a filesystem operation failed; [`FsError::errno`] is what the kernel gets.
-#[derive(Debug, thiserror::Error)]
-pub enum FsError {
-    /// The name does not exist (a negative entry).
-    #[error("{key}: no such file or directory")]
-    NotFound {
-        /// The key that was looked for.
-        key: String,
-    },
-    /// The kernel named an inode this filesystem does not know (any more).
-    #[error("inode {0} is unknown")]
-    UnknownInode(u64),
-    /// The kernel named a handle this filesystem does not know.
-    #[error("handle {0} is unknown")]
-    UnknownHandle(u64),
-    /// A name longer than 255 bytes.
-    #[error("name {0:?} is longer than 255 bytes")]
-    NameTooLong(String),
-    /// A name that cannot be a key segment (`/`, NUL, not UTF-8).
-    #[error("name {0:?} is not a valid entry name")]
-    InvalidName(String),
-    /// A directory operation on a file.
-    #[error("{0} is not a directory")]
-    NotADirectory(String),
-    /// A file operation on a directory.
-    #[error("{0} is a directory")]
-    IsADirectory(String),
-    /// A modification on a read-only mount.
-    #[error("{op} {target}: read-only filesystem")]
-    ReadOnly {
-        /// The refused operation.
-        op: &'static str,
-        /// What it was aimed at.
-        target: String,
-    },
-    /// A modification this filesystem does not implement yet.
-    #[error("{op} {target}: not supported by the s3 filesystem")]
-    NotSupported {
-        /// The refused operation.
-        op: &'static str,
-        /// What it was aimed at.
-        target: String,
-    },
-    /// The object changed since it was opened.
-    #[error("read {key}: object changed since open ({detail})")]
-    ObjectChanged {
-        /// The object.
-        key: String,
-        /// What differed.
-        detail: String,
-    },
-    /// A write anywhere but at the end of a file being written.
-    #[error("write {key} at {offset}: files are written sequentially, the end is at {end}")]
-    NotSequential {
-        /// The object.
-        key: String,
-        /// Where the write was aimed.
-        offset: u64,
-        /// Where the file ends.
-        end: u64,
-    },
-    /// Overwriting (or truncating, or reopening for writing) an object.
-    #[error("{key}: existing objects cannot be overwritten or modified")]
-    Overwrite {
-        /// The object.
-        key: String,
-    },
-    /// The name exists already.
-    #[error("{0}: file exists")]
-    Exists(String),
-    /// A directory that still holds entries.
-    #[error("{0}: directory not empty")]
-    NotEmpty(String),
-    /// A rename of a directory: S3 has none to rename, and EXDEV makes `mv`
-    /// copy the tree instead.
-    #[error("{0}: directories cannot be renamed (EXDEV: mv copies them)")]
-    DirectoryRename(String),
-    /// A file created through this mount whose object is not complete yet.
-    #[error("{0}: still being written (readable once its last descriptor is closed)")]
-    BeingWritten(String),
-    /// A prefetched part failed; every read that waited for it gets this.
-    #[error("{0}")]
-    Shared(Arc<FsError>),
-    /// A prefetch task ended without an answer (the runtime shut down).
-    #[error("read {key}: prefetch ended early ({detail})")]
-    PrefetchAborted {
-        /// The object.
-        key: String,
-        /// Why.
-        detail: String,
-    },
-    /// The object store refused or failed a request.
-    #[error("{op} {key}: {source}")]
-    Store {
-        /// The request (`head`, `list`, `get`).
-        op: &'static str,
-        /// The key or prefix.
-        key: String,
-        /// The store's error.
-        source: object_store::Error,
-    },
-}
-
-impl FsError {
-    /// The errno the kernel gets for this error.
-    pub fn errno(&self) -> i32 {
-        match self {
-            FsError::NotFound { .. } | FsError::UnknownInode(_) => libc::ENOENT,
-            FsError::UnknownHandle(_) => libc::EBADF,
-            FsError::NameTooLong(_) => libc::ENAMETOOLONG,
-            FsError::InvalidName(_) => libc::EINVAL,
-            FsError::NotADirectory(_) => libc::ENOTDIR,
-            FsError::IsADirectory(_) => libc::EISDIR,
-            FsError::ReadOnly { .. } => libc::EROFS,
-            FsError::NotSupported { .. } => libc::EOPNOTSUPP,
-            FsError::ObjectChanged { .. } | FsError::PrefetchAborted { .. } => libc::EIO,
-            FsError::NotSequential { .. } => libc::EINVAL,
-            FsError::Overwrite { .. } => libc::EPERM,
-            FsError::Exists(_) => libc::EEXIST,
-            FsError::NotEmpty(_) => libc::ENOTEMPTY,
-            FsError::BeingWritten(_) => libc::EBUSY,
-            FsError::DirectoryRename(_) => libc::EXDEV,
-            FsError::Shared(inner) => inner.errno(),
-            FsError::Store { source, .. } => match source {
-                object_store::Error::NotFound { .. } => libc::ENOENT,
-                object_store::Error::Precondition { .. } => libc::EIO,
-                object_store::Error::PermissionDenied { .. }
-                | object_store::Error::Unauthenticated { .. } => libc::EACCES,
-                _ => libc::EIO,
-            },
-        }
-    }
-
-    /// Whether this is an expected answer (a missing name, a refused
-    /// modification) rather than a failure worth a log line.
-    pub fn is_expected(&self) -> bool {
-        matches!(
-            self.errno(),
-            libc::ENOENT
-                | libc::ENAMETOOLONG
-                | libc::EROFS
-                | libc::ENOTDIR
-                | libc::EISDIR
-                | libc::EEXIST
-                | libc::ENOTEMPTY
-                | libc::EPERM
-                | libc::EBUSY
-                | libc::EXDEV
-                | libc::EOPNOTSUPP
-        )
-    }
-}
-
-/// What an inode is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NodeKind {
-    /// A key prefix.
-    Directory,
-    /// An object.
-    File,
-}
-
-/// The object metadata an inode carries (and an open handle is pinned to).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ObjectStat {
-    /// The object's size in bytes.
-    pub size: u64,
-    /// Its modification time.
-    pub last_modified: DateTime<Utc>,
-    /// Its ETag, when the store has one.
-    pub etag: Option<String>,
-}
-
-impl ObjectStat {
-    /// The metadata of a listed or fetched object.
-    pub fn from_meta(meta: &ObjectMeta) -> Self {
-        ObjectStat {
-            size: meta.size,
-            last_modified: meta.last_modified,
-            etag: meta.e_tag.clone(),
-        }
-    }
-
-    fn directory(mounted_at: DateTime<Utc>) -> Self {
-        ObjectStat {
-            size: 0,
-            last_modified: mounted_at,
-            etag: None,
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-struct Inode {
-    parent: u64,
-    name: String,
-    /// The object key (files) or the prefix without its trailing `/` (directories).
-    key: ObjectPath,
-    kind: NodeKind,
-    stat: ObjectStat,
-    validated_at: Instant,
-    /// The kernel's lookup count (lookup and readdirplus replies minus forgets).
-    lookups: u64,
-    /// The ETag of the version whose pages the kernel may hold (set at open).
-    page_cache_etag: Option<String>,
-    /// Created through this mount and not (yet) seen in the store: a file
-    /// being written, or a directory made by mkdir. Never expires.
-    local: bool,
-}
-
-/// Inodes by number and by (parent, name), plus negative entries.
-#[derive(Debug)]
-struct InodeTable {
-    next_ino: u64,
-    inodes: HashMap<u64, Inode>,
-    children: HashMap<(u64, String), u64>,
-    negative: HashMap<(u64, String), Instant>,
-}
-
-impl InodeTable {
-    /// Records `name` under `parent` as `kind` with `stat`; keeps the inode
-    /// number when the name is known with the same kind, otherwise allocates a
-    /// new one (the old inode lives on until the kernel forgets it).
-    fn upsert(
-        &mut self,
-        parent: u64,
-        name: &str,
-        key: ObjectPath,
-        kind: NodeKind,
-        stat: ObjectStat,
-        local: bool,
-    ) -> u64 {
-        let slot = (parent, name.to_string());
-        self.negative.remove(&slot);
-        let now = Instant::now();
-        if let Some(&ino) = self.children.get(&slot) {
-            if let Some(inode) = self.inodes.get_mut(&ino) {
-                if inode.kind == kind {
-                    inode.stat = stat;
-                    inode.validated_at = now;
-                    inode.local = local;
-                    return ino;
-                }
-            }
-        }
-        let ino = self.next_ino;
-        self.next_ino += 1;
-        self.inodes.insert(
-            ino,
-            Inode {
-                parent,
-                name: name.to_string(),
-                key,
-                kind,
-                stat,
-                validated_at: now,
-                lookups: 0,
-                page_cache_etag: None,
-                local,
-            },
-        );
-        self.children.insert(slot, ino);
-        ino
-    }
-
-    /// Drops `ino` if the kernel holds no reference to it.
-    fn drop_if_unreferenced(&mut self, ino: u64) {
-        if ino == ROOT_INODE {
-            return;
-        }
-        let Some(inode) = self.inodes.get(&ino) else {
-            return;
-        };
-        if inode.lookups > 0 {
-            return;
-        }
-        let slot = (inode.parent, inode.name.clone());
-        self.inodes.remove(&ino);
-        if self.children.get(&slot) == Some(&ino) {
-            self.children.remove(&slot);
-        }
-    }
-
-    /// Moves inode `ino` to `name` in `parent` with `key` (a rename): the
-    /// old name is gone, an inode that had the new name loses it.
-    fn rename(&mut self, ino: u64, parent: u64, name: &str, key: ObjectPath) {
-        let Some(inode) = self.inodes.get(&ino) else {
-            return;
-        };
-        let (old_parent, old_name) = (inode.parent, inode.name.clone());
-        if let Some(replaced) = self.children.insert((parent, name.to_string()), ino) {
-            if replaced != ino {
-                self.drop_if_unreferenced(replaced);
-            }
-        }
-        self.negative.remove(&(parent, name.to_string()));
-        if let Some(inode) = self.inodes.get_mut(&ino) {
-            inode.parent = parent;
-            inode.name = name.to_string();
-            inode.key = key;
-            inode.validated_at = Instant::now();
-        }
-        let old_slot = (old_parent, old_name);
-        if self.children.get(&old_slot) == Some(&ino) {
-            self.children.remove(&old_slot);
-        }
-        self.negative.insert(old_slot, Instant::now());
-    }
-
-    fn insert_negative(&mut self, parent: u64, name: &str) {
-        if self.negative.len() >= MAX_NEGATIVE_ENTRIES {
-            self.negative.clear();
-        }
-        let slot = (parent, name.to_string());
-        if let Some(ino) = self.children.remove(&slot) {
-            // The name is gone; the inode stays until the kernel forgets it.
-            self.drop_if_unreferenced(ino);
-        }
-        self.negative.insert(slot, Instant::now());
-    }
-}
-
-/// One entry of a directory listing snapshot.
-#[derive(Debug, Clone)]
-struct ListedEntry {
-    name: String,
-    key: ObjectPath,
-    kind: NodeKind,
-    stat: ObjectStat,
-    /// Created through this mount, not in the store's listing (yet).
-    local: bool,
-}
-
-/// An open directory: the listing taken at the first read (offset 0), so that
-/// offsets stay stable across calls.
-#[derive(Debug, Default)]
-struct DirHandle {
-    ino: u64,
-    snapshot: tokio::sync::Mutex<Option<Arc<Vec<ListedEntry>>>>,
-    /// Inodes created for this handle's entries; dropped at release if the
-    /// kernel never looked them up.
-    created: Mutex<Vec<u64>>,
-}
-
-/// A directory being read file after file in listing order.
-#[derive(Debug, Default)]
-struct DirectoryScan {
-    /// The directory's latest listing (sorted by name).
-    listing: Arc<Vec<ListedEntry>>,
-    /// The listing index of the latest open.
-    last_open: Option<usize>,
-    /// Files fetched ahead, by listing index.
-    ahead: HashMap<usize, PrefetchedObject>,
-    /// When the scan last moved.
-    last_active: Option<Instant>,
-}
-
-/// A file being written through one open file handle.
-#[derive(Debug)]
-struct WriteHandle {
-    /// The file's inode (also in the writer; here it needs no lock).
-    ino: u64,
-    writer: tokio::sync::Mutex<ObjectWriter>,
-}
-
 /// What [`S3Filesystem::open`] hands back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OpenedFile {
@@ -487,17 +138,6 @@ pub struct OpenedFile {
     /// Whether the kernel may keep the pages it cached at an earlier open:
     /// true only when they came from the same ETag.
     pub keep_cache: bool,
-}
-
-/// One entry returned by [`S3Filesystem::readdir`].
-#[derive(Debug, Clone)]
-pub struct DirEntry {
-    /// The offset of the entry after this one (what the kernel sends next).
-    pub next_offset: u64,
-    /// The entry's name.
-    pub name: String,
-    /// Its attributes (inode number included).
-    pub attr: FileAttr,
 }
 
 /// Numbers for statfs.
@@ -528,12 +168,9 @@ pub struct S3Filesystem {
     metrics: Arc<Metrics>,
     mounted_at: DateTime<Utc>,
     inodes: Mutex<InodeTable>,
-    next_handle: AtomicU64,
-    dir_handles: Mutex<HashMap<u64, Arc<DirHandle>>>,
-    file_handles: Mutex<HashMap<u64, Arc<FileReader>>>,
+    handles: Mutex<HandleTable>,
     reader: Arc<RangeReader>,
     scans: Mutex<HashMap<u64, DirectoryScan>>,
-    writers: Mutex<HashMap<u64, Arc<WriteHandle>>>,
     skipped_keys: SkippedKeys,
 }
 
@@ -562,31 +199,121 @@ impl S3Filesystem {
                 local: false,
             },
         );
+        let table = InodeTable {
+            next_ino: ROOT_INODE + 1,
+            inodes,
+            children: HashMap::new(),
+            negative: HashMap::new(),
+        };
+        Self::with_tables(bucket, options, runtime, metrics, mounted_at, table, |_| {
+            HandleTable::default()
+        })
+    }
+
+    fn with_tables(
+        bucket: Bucket,
+        options: FsOptions,
+        runtime: tokio::runtime::Handle,
+        metrics: Arc<Metrics>,
+        mounted_at: DateTime<Utc>,
+        inodes: InodeTable,
+        handles: impl FnOnce(&S3Filesystem) -> HandleTable,
+    ) -> Self {
         let reader = Arc::new(RangeReader::new(
             Arc::clone(&bucket.store),
             Arc::clone(&metrics),
             options.dataset.clone(),
         ));
-        S3Filesystem {
+        let filesystem = S3Filesystem {
             reader,
             bucket,
             options,
             runtime,
             metrics,
             mounted_at,
-            inodes: Mutex::new(InodeTable {
-                next_ino: ROOT_INODE + 1,
-                inodes,
-                children: HashMap::new(),
-                negative: HashMap::new(),
-            }),
-            next_handle: AtomicU64::new(1),
-            dir_handles: Mutex::new(HashMap::new()),
-            file_handles: Mutex::new(HashMap::new()),
+            inodes: Mutex::new(inodes),
+            handles: Mutex::new(HandleTable::default()),
             scans: Mutex::new(HashMap::new()),
-            writers: Mutex::new(HashMap::new()),
             skipped_keys: SkippedKeys::default(),
+        };
+        let restored = handles(&filesystem);
+        *filesystem.handles() = restored;
+        filesystem
+    }
+
+    /// The inode and handle tables as another process serving the same
+    /// connection can load them ([`S3Filesystem::restore`]): the kernel
+    /// names node ids and handles it learnt from this one.
+    pub fn snapshot(&self) -> FsSnapshot {
+        FsSnapshot {
+            format: SNAPSHOT_FORMAT,
+            mounted_at: self.mounted_at,
+            inodes: self.table().snapshot(),
+            handles: self.handles().snapshot(),
         }
+    }
+
+    /// A filesystem that answers for every node id and handle of
+    /// `snapshot` as the one that took it did: files open for reading keep
+    /// reading their pinned version, open directories list again from the
+    /// offset the kernel asks for; a file that was being written has no
+    /// object and its handle fails (EIO). Refuses a snapshot of another
+    /// format.
+    pub fn restore(
+        bucket: Bucket,
+        options: FsOptions,
+        runtime: tokio::runtime::Handle,
+        metrics: Arc<Metrics>,
+        snapshot: FsSnapshot,
+    ) -> Result<Self, FsError> {
+        if snapshot.format != SNAPSHOT_FORMAT {
+            return Err(FsError::SnapshotFormat {
+                found: snapshot.format,
+                expected: SNAPSHOT_FORMAT,
+            });
+        }
+        let inodes = InodeTable::restore(snapshot.inodes);
+        let keys: HashMap<u64, ObjectPath> = inodes
+            .inodes
+            .iter()
+            .map(|(&ino, inode)| (ino, inode.key.clone()))
+            .collect();
+        let handles = snapshot.handles;
+        Ok(Self::with_tables(
+            bucket,
+            options,
+            runtime,
+            metrics,
+            snapshot.mounted_at,
+            inodes,
+            |fs| {
+                HandleTable::restore(handles, |record| match record {
+                    HandleRecord::Directory { ino, .. } => Handle::Directory(Arc::new(DirHandle {
+                        ino,
+                        ..DirHandle::default()
+                    })),
+                    HandleRecord::Read { key, stat, .. } => {
+                        let key = ObjectPath::parse(&key).unwrap_or_else(|_| ObjectPath::from(key));
+                        Handle::Read(Arc::new(FileReader::new(
+                            key,
+                            stat,
+                            Arc::clone(&fs.reader),
+                            Arc::clone(&fs.options.prefetch_budget),
+                            fs.runtime.clone(),
+                            None,
+                        )))
+                    }
+                    HandleRecord::Write { ino, .. } => {
+                        let key = keys.get(&ino).cloned().unwrap_or_default();
+                        let writer = ObjectWriter::lost(Arc::clone(&fs.bucket.store), key, ino);
+                        Handle::Write(Arc::new(WriteHandle {
+                            ino,
+                            writer: tokio::sync::Mutex::new(writer),
+                        }))
+                    }
+                })
+            },
+        ))
     }
 
     /// The runtime that runs network work.
@@ -872,8 +599,8 @@ impl S3Filesystem {
         Ok(self.attr_of(ino, inode))
     }
 
-    fn new_handle(&self) -> u64 {
-        self.next_handle.fetch_add(1, Ordering::Relaxed)
+    fn handles(&self) -> std::sync::MutexGuard<'_, HandleTable> {
+        self.handles.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Opens directory `ino`; the listing is taken at the first read.
@@ -882,27 +609,18 @@ impl S3Filesystem {
         if inode.kind != NodeKind::Directory {
             return Err(FsError::NotADirectory(inode.key.to_string()));
         }
-        let fh = self.new_handle();
         let handle = DirHandle {
             ino,
             ..DirHandle::default()
         };
-        self.dir_handles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(fh, Arc::new(handle));
-        Ok(fh)
+        Ok(self.handles().insert(Handle::Directory(Arc::new(handle))))
     }
 
     /// Closes a directory handle; inodes it created that the kernel never
     /// looked up are dropped.
     pub fn releasedir(&self, fh: u64) {
-        let handle = self
-            .dir_handles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&fh);
-        if let Some(handle) = handle {
+        let handle = self.handles().remove(fh);
+        if let Some(Handle::Directory(handle)) = handle {
             let created =
                 std::mem::take(&mut *handle.created.lock().unwrap_or_else(|p| p.into_inner()));
             let mut table = self.table();
@@ -910,188 +628,6 @@ impl S3Filesystem {
                 table.drop_if_unreferenced(ino);
             }
         }
-    }
-
-    /// Lists directory `prefix` completely (the store follows continuation
-    /// tokens), sorted by name. Keys that cannot be file names are left out
-    /// (and counted once, see [`crate::s3fs::keys`]); they never fail the listing.
-    async fn list_directory(&self, prefix: &ObjectPath) -> Result<Vec<ListedEntry>, FsError> {
-        let listed = if prefix.as_ref().is_empty() {
-            self.bucket.store.list_with_delimiter(None).await
-        } else {
-            self.bucket.store.list_with_delimiter(Some(prefix)).await
-        };
-        self.observe("list", listed.is_ok());
-        let listed = listed.map_err(|source| FsError::Store {
-            op: "list",
-            key: format!("{prefix}/"),
-            source,
-        })?;
-        let skip = |key: &str, reason: SkipReason| {
-            self.skipped_keys
-                .note(&self.metrics, &self.options.dataset, key, reason);
-        };
-        if let Some(unparseable) = listed.extensions.get::<object_store::list::SkippedKeys>() {
-            for key in &unparseable.0 {
-                skip(key, SkipReason::of_unparseable(key));
-            }
-        }
-        let mut entries: Vec<ListedEntry> = Vec::new();
-        let mut directories = std::collections::HashSet::new();
-        for common in listed.common_prefixes {
-            let Some(name) = common.filename() else {
-                continue;
-            };
-            if name.len() > MAX_NAME_LEN {
-                skip(common.as_ref(), SkipReason::NameTooLong);
-                continue;
-            }
-            directories.insert(name.to_string());
-            entries.push(ListedEntry {
-                name: name.to_string(),
-                kind: NodeKind::Directory,
-                stat: ObjectStat::directory(self.mounted_at),
-                key: common,
-                local: false,
-            });
-        }
-        for object in listed.objects {
-            // The marker whose key is the prefix itself (`dir/`) is not an
-            // entry (a `Path` never ends in `/`: `dir/` parses as `dir`).
-            if object.location == *prefix {
-                continue;
-            }
-            let Some(name) = object.location.filename() else {
-                continue;
-            };
-            if name.len() > MAX_NAME_LEN {
-                skip(object.location.as_ref(), SkipReason::NameTooLong);
-                continue;
-            }
-            if directories.contains(name) {
-                continue;
-            }
-            entries.push(ListedEntry {
-                name: name.to_string(),
-                kind: NodeKind::File,
-                stat: ObjectStat::from_meta(&object),
-                key: object.location.clone(),
-                local: false,
-            });
-        }
-        entries.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(entries)
-    }
-
-    /// At most `max_entries` entries of open directory `fh` from `offset` on:
-    /// offset 0 is `.`, 1 is `..`, then the listing taken when offset 0 was
-    /// read (re-read on every read at offset 0, i.e. rewinddir). Each entry
-    /// carries its inode attributes; the listing refreshes the metadata cache.
-    pub async fn readdir(
-        &self,
-        fh: u64,
-        offset: u64,
-        max_entries: usize,
-    ) -> Result<Vec<DirEntry>, FsError> {
-        self.directory_entries(fh, offset, max_entries, false).await
-    }
-
-    /// Like [`S3Filesystem::readdir`], for READDIRPLUS: every entry but `.`
-    /// and `..` carries one kernel reference, taken atomically with its inode.
-    /// The caller must [`S3Filesystem::forget`] once each entry its reply
-    /// could not hold.
-    pub async fn readdirplus(
-        &self,
-        fh: u64,
-        offset: u64,
-        max_entries: usize,
-    ) -> Result<Vec<DirEntry>, FsError> {
-        self.directory_entries(fh, offset, max_entries, true).await
-    }
-
-    async fn directory_entries(
-        &self,
-        fh: u64,
-        offset: u64,
-        max_entries: usize,
-        take_references: bool,
-    ) -> Result<Vec<DirEntry>, FsError> {
-        let handle = self
-            .dir_handles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&fh)
-            .cloned()
-            .ok_or(FsError::UnknownHandle(fh))?;
-        let dir = self.inode(handle.ino)?;
-        let snapshot = {
-            let mut snapshot = handle.snapshot.lock().await;
-            if offset == 0 || snapshot.is_none() {
-                let mut listing = self.list_directory(&dir.key).await?;
-                self.add_local_children(handle.ino, &mut listing);
-                let listing = Arc::new(listing);
-                self.remember_listing(handle.ino, Arc::clone(&listing));
-                *snapshot = Some(listing);
-            }
-            snapshot.clone().unwrap_or_default()
-        };
-        let mut out = Vec::new();
-        let start = usize::try_from(offset).unwrap_or(usize::MAX);
-        if start < 2 {
-            let parent = self.inode(dir.parent)?;
-            let dots = [(".", handle.ino, &dir), ("..", dir.parent, &parent)];
-            for (index, (name, ino, inode)) in dots.into_iter().enumerate().skip(start) {
-                out.push(DirEntry {
-                    next_offset: index as u64 + 1,
-                    name: name.to_string(),
-                    attr: self.attr_of(ino, inode),
-                });
-            }
-        }
-        let mut table = self.table();
-        let mut created = Vec::new();
-        let room = max_entries.saturating_sub(out.len());
-        out.truncate(max_entries);
-        let listed = snapshot
-            .iter()
-            .enumerate()
-            .skip(start.saturating_sub(2))
-            .take(room);
-        for (index, entry) in listed {
-            let known = table
-                .children
-                .contains_key(&(handle.ino, entry.name.clone()));
-            let ino = table.upsert(
-                handle.ino,
-                &entry.name,
-                entry.key.clone(),
-                entry.kind,
-                entry.stat.clone(),
-                entry.local,
-            );
-            if !known {
-                created.push(ino);
-            }
-            let inode = table
-                .inodes
-                .get_mut(&ino)
-                .ok_or(FsError::UnknownInode(ino))?;
-            if take_references {
-                inode.lookups += 1;
-            }
-            out.push(DirEntry {
-                next_offset: index as u64 + 3,
-                name: entry.name.clone(),
-                attr: self.attr_of(ino, inode),
-            });
-        }
-        drop(table);
-        handle
-            .created
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend(created);
-        Ok(out)
     }
 
     /// Refuses a modification this filesystem does not do: EROFS on a
@@ -1159,7 +695,6 @@ impl S3Filesystem {
             }
         };
         let ahead = self.note_open(inode.parent, &inode.name);
-        let fh = self.new_handle();
         let reader = FileReader::new(
             inode.key,
             stat,
@@ -1168,88 +703,12 @@ impl S3Filesystem {
             self.runtime.clone(),
             ahead,
         );
-        self.file_handles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(fh, Arc::new(reader));
+        let fh = self.handles().insert(Handle::Read(Arc::new(reader)));
         Ok(OpenedFile { fh, keep_cache })
     }
 
-    /// Keeps the latest listing of directory `ino` for scan detection (a new
-    /// listing starts a new scan).
-    fn remember_listing(&self, ino: u64, listing: Arc<Vec<ListedEntry>>) {
-        let mut scans = self.scans.lock().unwrap_or_else(|p| p.into_inner());
-        if scans.len() >= MAX_SCANNED_DIRECTORIES && !scans.contains_key(&ino) {
-            scans.clear();
-        }
-        scans.insert(
-            ino,
-            DirectoryScan {
-                listing,
-                ..DirectoryScan::default()
-            },
-        );
-    }
-
-    /// Records an open of `name` in directory `parent`: hands back the object
-    /// if it was fetched ahead, and when the opens follow the listing order
-    /// (this one right after the previous), fetches the next small files.
-    fn note_open(&self, parent: u64, name: &str) -> Option<PrefetchedObject> {
-        let mut scans = self.scans.lock().unwrap_or_else(|p| p.into_inner());
-        for scan in scans.values_mut() {
-            if scan.last_active.is_some_and(|at| at.elapsed() > SCAN_IDLE) {
-                scan.ahead.clear();
-            }
-        }
-        let scan = scans.get_mut(&parent)?;
-        scan.last_active = Some(Instant::now());
-        let index = scan
-            .listing
-            .binary_search_by(|entry| entry.name.as_str().cmp(name))
-            .ok()?;
-        let mine = scan.ahead.remove(&index);
-        let in_order = scan.last_open.is_some_and(|last| index == last + 1);
-        scan.last_open = Some(index);
-        // Fetched-ahead files the scan went past are not coming back.
-        scan.ahead
-            .retain(|&i, _| i > index && i <= index + SCAN_AHEAD_FILES);
-        if in_order {
-            let listing = Arc::clone(&scan.listing);
-            for (i, entry) in listing
-                .iter()
-                .enumerate()
-                .skip(index + 1)
-                .take(SCAN_AHEAD_FILES)
-            {
-                if entry.kind != NodeKind::File
-                    || entry.stat.size == 0
-                    || entry.stat.size > SCAN_AHEAD_MAX_SIZE
-                    || scan.ahead.contains_key(&i)
-                {
-                    continue;
-                }
-                let Some(fetched) = PrefetchedObject::start(
-                    &self.reader,
-                    &self.options.prefetch_budget,
-                    &self.runtime,
-                    &entry.key,
-                    &entry.stat,
-                ) else {
-                    break;
-                };
-                scan.ahead.insert(i, fetched);
-            }
-        }
-        mine
-    }
-
     fn file_handle(&self, fh: u64) -> Result<Arc<FileReader>, FsError> {
-        self.file_handles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&fh)
-            .cloned()
-            .ok_or(FsError::UnknownHandle(fh))
+        self.handles().reader(fh).ok_or(FsError::UnknownHandle(fh))
     }
 
     /// Reads `[offset, offset + size)` of open file `fh`, clipped to the size
@@ -1265,53 +724,17 @@ impl S3Filesystem {
 
     /// Closes file handle `fh`; its prefetched parts are dropped.
     pub fn release(&self, fh: u64) {
-        self.file_handles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&fh);
+        self.handles().remove(fh);
     }
 
     /// The writer behind handle `fh`, if it is a file being written.
     fn writer(&self, fh: u64) -> Option<Arc<WriteHandle>> {
-        self.writers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&fh)
-            .cloned()
+        self.handles().writer(fh)
     }
 
     /// Whether `fh` is a file being written (its release completes it).
     pub fn is_writer(&self, fh: u64) -> bool {
         self.writer(fh).is_some()
-    }
-
-    /// Adds the children of directory `ino` created through this mount and
-    /// not in the store's listing (yet) to `listing`.
-    fn add_local_children(&self, ino: u64, listing: &mut Vec<ListedEntry>) {
-        let table = self.table();
-        let mut added = false;
-        for ((parent, name), child) in &table.children {
-            if *parent != ino {
-                continue;
-            }
-            let Some(inode) = table.inodes.get(child) else {
-                continue;
-            };
-            if !inode.local || listing.iter().any(|entry| &entry.name == name) {
-                continue;
-            }
-            listing.push(ListedEntry {
-                name: name.clone(),
-                key: inode.key.clone(),
-                kind: inode.kind,
-                stat: inode.stat.clone(),
-                local: true,
-            });
-            added = true;
-        }
-        if added {
-            listing.sort_by(|a, b| a.name.cmp(&b.name));
-        }
     }
 
     /// What `name` in `parent` is now (cache, else the store), without a
@@ -1375,16 +798,12 @@ impl S3Filesystem {
             let ino = table.upsert(parent, text, key.clone(), NodeKind::File, stat, true);
             (ino, self.take_reference(&mut table, ino)?)
         };
-        let fh = self.new_handle();
         let writer = ObjectWriter::new(Arc::clone(&self.bucket.store), key, ino, created_by);
         let handle = WriteHandle {
             ino,
             writer: tokio::sync::Mutex::new(writer),
         };
-        self.writers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(fh, Arc::new(handle));
+        let fh = self.handles().insert(Handle::Write(Arc::new(handle)));
         Ok((attr, fh))
     }
 
@@ -1482,20 +901,12 @@ impl S3Filesystem {
             tracing::warn!(error = %err, "completing a written file at release");
         }
         drop(locked);
-        self.writers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&fh);
+        self.handles().remove(fh);
     }
 
     /// The write handle of the file `ino`, if one is open.
     fn write_handle_of(&self, ino: u64) -> Option<Arc<WriteHandle>> {
-        self.writers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .find(|handle| handle.ino == ino)
-            .cloned()
+        self.handles().writer_of(ino)
     }
 
     /// Waits for a completion of the file `ino` that is under way and tells
@@ -1728,7 +1139,7 @@ impl S3Filesystem {
 #[cfg(test)]
 mod tests {
     use std::fmt;
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use async_trait::async_trait;
     use futures::stream::BoxStream;
@@ -2955,6 +2366,120 @@ mod tests {
         fs.flush(again, Some(9)).await.unwrap();
         fs.release_writer(again).await;
         assert_eq!(stored(&store, "config.lock").await.unwrap(), b"kept");
+    }
+
+    #[tokio::test]
+    async fn a_restored_snapshot_answers_for_every_node_id_and_handle() {
+        let store = Arc::new(InMemory::new());
+        put(&*store, "dir/a.bin", pattern(100_000)).await;
+        put(&*store, "dir/b.txt", "bee").await;
+        put(&*store, "top.txt", "top").await;
+        let fs = writable().build(store.clone());
+        // What the kernel holds: looked-up inodes, a file open for reading
+        // (partly read), an open directory (partly listed), a file being written.
+        let dir = fs.lookup(ROOT_INODE, OsStr::new("dir")).await.unwrap();
+        let a = fs.lookup(dir.ino.0, OsStr::new("a.bin")).await.unwrap();
+        let opened = fs.open(a.ino.0, libc::O_RDONLY).await.unwrap();
+        assert_eq!(
+            fs.read(opened.fh, 0, 10).await.unwrap()[..],
+            pattern(100_000)[..10]
+        );
+        let dh = fs.opendir(dir.ino.0).unwrap();
+        let first = fs.readdir(dh, 0, 3).await.unwrap();
+        let (written, wfh) = fs
+            .create(ROOT_INODE, OsStr::new("new.txt"), None)
+            .await
+            .unwrap();
+        fs.write(wfh, 0, b"half").await.unwrap();
+
+        // Through text, as it crosses to another process.
+        let text = serde_json::to_string(&fs.snapshot()).unwrap();
+        let snapshot: FsSnapshot = serde_json::from_str(&text).unwrap();
+        let counting = CountingStore::new(store.clone());
+        let setup = writable();
+        let restored = S3Filesystem::restore(
+            Bucket {
+                store: counting.clone(),
+                prefix: String::new(),
+                display: "test-bucket".to_string(),
+            },
+            FsOptions {
+                dataset: "test".to_string(),
+                read_only: setup.read_only,
+                metadata_ttl: setup.ttl,
+                negative_ttl: setup.ttl,
+                immutable: false,
+                ownership: Ownership::defaults(false),
+                prefetch_budget: PrefetchBudget::new(setup.prefetch_memory),
+            },
+            tokio::runtime::Handle::current(),
+            Arc::new(Metrics::new()),
+            snapshot,
+        )
+        .unwrap();
+        // The same node ids with the same attributes, without a request.
+        assert_eq!(restored.getattr(a.ino.0).await.unwrap(), a);
+        assert_eq!(restored.getattr(dir.ino.0).await.unwrap().ino, dir.ino);
+        let again = restored
+            .lookup(dir.ino.0, OsStr::new("a.bin"))
+            .await
+            .unwrap();
+        assert_eq!(again.ino, a.ino);
+        assert_eq!(counting.requests(), 0, "nothing asked of the store");
+        // The open file reads on, pinned to the version it opened.
+        assert_eq!(
+            restored.read(opened.fh, 10, 90_000).await.unwrap()[..],
+            pattern(100_000)[10..90_010]
+        );
+        // The open directory lists on from where the kernel was.
+        let rest = restored
+            .readdir(dh, first.last().unwrap().next_offset, ALL)
+            .await
+            .unwrap();
+        let mut all = names(&first);
+        all.extend(names(&rest));
+        assert_eq!(all, [".", "..", "a.bin", "b.txt"]);
+        // The file being written: its upload died with the old process.
+        assert_eq!(errno_of(restored.write(wfh, 4, b"more").await), libc::EIO);
+        assert_eq!(errno_of(restored.flush(wfh, None).await), libc::EIO);
+        restored.release_writer(wfh).await;
+        assert_eq!(stored(&store, "new.txt").await, None);
+        assert_eq!(
+            errno_of(restored.lookup(ROOT_INODE, OsStr::new("new.txt")).await),
+            libc::ENOENT
+        );
+        restored.forget(written.ino.0, 1);
+        // New node ids and handles never collide with the restored ones.
+        let top = restored
+            .lookup(ROOT_INODE, OsStr::new("top.txt"))
+            .await
+            .unwrap();
+        assert!(top.ino.0 > written.ino.0);
+        let fh = restored.open(top.ino.0, libc::O_RDONLY).await.unwrap().fh;
+        assert!(fh > wfh && fh != opened.fh && fh != dh);
+        // Forgets bring the restored lookup counts down to nothing.
+        restored.forget(a.ino.0, 2);
+        restored.release(opened.fh);
+        assert_eq!(errno_of(restored.getattr(a.ino.0).await), libc::ENOENT);
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_of_another_format_is_refused() {
+        let fs = Setup::default().build(sample_store().await);
+        let mut snapshot = fs.snapshot();
+        snapshot.format = SNAPSHOT_FORMAT + 1;
+        let refused = S3Filesystem::restore(
+            Bucket {
+                store: Arc::new(InMemory::new()),
+                prefix: String::new(),
+                display: "test-bucket".to_string(),
+            },
+            fs.options().clone(),
+            tokio::runtime::Handle::current(),
+            Arc::new(Metrics::new()),
+            snapshot,
+        );
+        assert!(matches!(refused, Err(FsError::SnapshotFormat { .. })));
     }
 
     #[tokio::test]

@@ -1,10 +1,18 @@
-//! hotmount's S3 filesystem: the object store ([`store`]) and its credentials
-//! files ([`credentials`]), the filesystem logic that tests drive without the
-//! kernel ([`fs`]), and the thin fuser adapter ([`fuse`]).
+//! hotmount's S3 filesystem, by room: the object store and its clients
+//! ([`store`], [`credentials`]); the filesystem logic that tests drive
+//! without the kernel ([`fs`], with its directory listings and scan-ahead);
+//! the tables the kernel's node ids and handles refer to ([`inodes`],
+//! [`handles`], which a new process can restore from a snapshot); which keys
+//! can be names ([`keys`]); the read path ([`prefetch`]) and the write path
+//! ([`write`]); errors and their errnos ([`error`]); and the thin fuser
+//! adapter ([`fuse`]).
 
 pub mod credentials;
+pub mod error;
 pub mod fs;
 pub mod fuse;
+pub mod handles;
+pub mod inodes;
 pub mod keys;
 pub mod prefetch;
 pub mod store;

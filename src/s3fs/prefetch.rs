@@ -34,7 +34,8 @@ use object_store::{GetOptions, GetRange, ObjectStore};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::metrics::Metrics;
-use crate::s3fs::fs::{FsError, ObjectStat};
+use crate::s3fs::error::FsError;
+use crate::s3fs::inodes::ObjectStat;
 
 /// The default agent-wide budget for prefetched data (`--prefetch-memory`).
 pub const DEFAULT_PREFETCH_MEMORY: u64 = 512 * 1024 * 1024;
@@ -255,6 +256,16 @@ impl FileReader {
                 stats: ReadStats::default(),
             }),
         }
+    }
+
+    /// The object this handle reads.
+    pub fn key(&self) -> &ObjectPath {
+        &self.key
+    }
+
+    /// The version this handle is pinned to.
+    pub fn stat(&self) -> &ObjectStat {
+        &self.stat
     }
 
     /// This handle's counters so far.

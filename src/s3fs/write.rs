@@ -25,7 +25,8 @@ use chrono::Utc;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 
-use crate::s3fs::fs::{FsError, ObjectStat};
+use crate::s3fs::error::FsError;
+use crate::s3fs::inodes::ObjectStat;
 
 /// Size of one multipart part (S3 wants at least 5 MiB but for the last).
 pub const WRITE_PART_SIZE: usize = 8 * 1024 * 1024;
@@ -106,6 +107,24 @@ impl ObjectWriter {
         }
     }
 
+    /// The writer of a handle whose upload died with the process that held
+    /// it (a restored handle): every later call fails (EIO), nothing is
+    /// uploaded, and the multipart upload it may have started is left to the
+    /// bucket's lifecycle rules (its id died too).
+    pub fn lost(store: Arc<dyn ObjectStore>, key: ObjectPath, ino: u64) -> Self {
+        ObjectWriter {
+            store,
+            key,
+            ino,
+            created_by: None,
+            written: 0,
+            state: WriterState::Failed(
+                "the agent restarted while this file was being written; nothing was uploaded"
+                    .to_string(),
+            ),
+        }
+    }
+
     /// Whether a flush from process `closed_by` completes the object (see the
     /// module header): something was written, and the flush comes from the
     /// creating process (or either process is unknown: a pid outside the
@@ -165,6 +184,10 @@ impl ObjectWriter {
 
     /// Appends `data` at `offset`, which must be the current end.
     pub async fn write(&mut self, offset: u64, data: &[u8]) -> Result<u64, FsError> {
+        if let WriterState::Failed(reason) = &self.state {
+            let reason = reason.clone();
+            return Err(self.failed(&reason));
+        }
         if offset != self.written {
             return Err(FsError::NotSequential {
                 key: self.key.to_string(),

@@ -1,0 +1,209 @@
+//! The handle table: one table of the directory, read and write handles the
+//! kernel holds (it names them by number in every READ, READDIR, WRITE,
+//! FLUSH and RELEASE), so that a new process serving the same connection can
+//! restore them ([`HandleTable::snapshot`]).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use object_store::path::Path as ObjectPath;
+use serde::{Deserialize, Serialize};
+
+use crate::s3fs::inodes::{NodeKind, ObjectStat};
+use crate::s3fs::prefetch::FileReader;
+use crate::s3fs::write::ObjectWriter;
+
+/// One entry of a directory listing snapshot.
+#[derive(Debug, Clone)]
+pub(crate) struct ListedEntry {
+    pub(crate) name: String,
+    pub(crate) key: ObjectPath,
+    pub(crate) kind: NodeKind,
+    pub(crate) stat: ObjectStat,
+    /// Created through this mount, not in the store's listing (yet).
+    pub(crate) local: bool,
+}
+
+/// An open directory: the listing taken at the first read (offset 0), so that
+/// offsets stay stable across calls.
+#[derive(Debug, Default)]
+pub(crate) struct DirHandle {
+    pub(crate) ino: u64,
+    pub(crate) snapshot: tokio::sync::Mutex<Option<Arc<Vec<ListedEntry>>>>,
+    /// Inodes created for this handle's entries; dropped at release if the
+    /// kernel never looked them up.
+    pub(crate) created: Mutex<Vec<u64>>,
+}
+
+/// A file being written through one open file handle.
+#[derive(Debug)]
+pub(crate) struct WriteHandle {
+    /// The file's inode (also in the writer; here it needs no lock).
+    pub(crate) ino: u64,
+    pub(crate) writer: tokio::sync::Mutex<ObjectWriter>,
+}
+
+/// What a handle number stands for.
+#[derive(Debug, Clone)]
+pub(crate) enum Handle {
+    /// An open directory.
+    Directory(Arc<DirHandle>),
+    /// A file open for reading.
+    Read(Arc<FileReader>),
+    /// A new file being written.
+    Write(Arc<WriteHandle>),
+}
+
+/// Every open handle of one mount, by number (never reused within a mount).
+#[derive(Debug)]
+pub(crate) struct HandleTable {
+    next: u64,
+    handles: HashMap<u64, Handle>,
+}
+
+impl Default for HandleTable {
+    fn default() -> Self {
+        HandleTable {
+            next: 1,
+            handles: HashMap::new(),
+        }
+    }
+}
+
+impl HandleTable {
+    /// Adds `handle` under a new number.
+    pub(crate) fn insert(&mut self, handle: Handle) -> u64 {
+        let fh = self.next;
+        self.next += 1;
+        self.handles.insert(fh, handle);
+        fh
+    }
+
+    /// The open directory `fh`.
+    pub(crate) fn directory(&self, fh: u64) -> Option<Arc<DirHandle>> {
+        match self.handles.get(&fh) {
+            Some(Handle::Directory(dir)) => Some(Arc::clone(dir)),
+            _ => None,
+        }
+    }
+
+    /// The file `fh` open for reading.
+    pub(crate) fn reader(&self, fh: u64) -> Option<Arc<FileReader>> {
+        match self.handles.get(&fh) {
+            Some(Handle::Read(reader)) => Some(Arc::clone(reader)),
+            _ => None,
+        }
+    }
+
+    /// The file `fh` being written.
+    pub(crate) fn writer(&self, fh: u64) -> Option<Arc<WriteHandle>> {
+        match self.handles.get(&fh) {
+            Some(Handle::Write(writer)) => Some(Arc::clone(writer)),
+            _ => None,
+        }
+    }
+
+    /// A handle writing the file `ino`, if one is open.
+    pub(crate) fn writer_of(&self, ino: u64) -> Option<Arc<WriteHandle>> {
+        self.handles.values().find_map(|handle| match handle {
+            Handle::Write(writer) if writer.ino == ino => Some(Arc::clone(writer)),
+            _ => None,
+        })
+    }
+
+    /// Closes `fh`.
+    pub(crate) fn remove(&mut self, fh: u64) -> Option<Handle> {
+        self.handles.remove(&fh)
+    }
+}
+
+/// One open handle as a [`HandleSnapshot`] keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum HandleRecord {
+    /// An open directory (its listing is taken again at the next read).
+    Directory {
+        /// The handle number.
+        fh: u64,
+        /// The directory's inode.
+        ino: u64,
+    },
+    /// A file open for reading, pinned to one version of its object.
+    Read {
+        /// The handle number.
+        fh: u64,
+        /// The object key, raw text.
+        key: String,
+        /// The pinned version.
+        stat: ObjectStat,
+    },
+    /// A new file that was being written: its upload cannot survive the
+    /// process that held it, so the handle fails from then on (EIO).
+    Write {
+        /// The handle number.
+        fh: u64,
+        /// The file's inode.
+        ino: u64,
+    },
+}
+
+/// The handle table in a form another process can load.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandleSnapshot {
+    /// The next handle number (numbers are never reused within a mount).
+    pub next: u64,
+    /// Every open handle.
+    pub handles: Vec<HandleRecord>,
+}
+
+impl HandleTable {
+    /// The table as another process can load it.
+    pub(crate) fn snapshot(&self) -> HandleSnapshot {
+        let mut handles: Vec<HandleRecord> = self
+            .handles
+            .iter()
+            .map(|(&fh, handle)| match handle {
+                Handle::Directory(dir) => HandleRecord::Directory { fh, ino: dir.ino },
+                Handle::Read(reader) => HandleRecord::Read {
+                    fh,
+                    key: reader.key().to_string(),
+                    stat: reader.stat().clone(),
+                },
+                Handle::Write(writer) => HandleRecord::Write {
+                    fh,
+                    ino: writer.ino,
+                },
+            })
+            .collect();
+        handles.sort_by_key(|record| match record {
+            HandleRecord::Directory { fh, .. }
+            | HandleRecord::Read { fh, .. }
+            | HandleRecord::Write { fh, .. } => *fh,
+        });
+        HandleSnapshot {
+            next: self.next,
+            handles,
+        }
+    }
+
+    /// A table of the same numbers, each handle made by `restore` from its
+    /// record.
+    pub(crate) fn restore(
+        snapshot: HandleSnapshot,
+        mut restore: impl FnMut(HandleRecord) -> Handle,
+    ) -> HandleTable {
+        let mut table = HandleTable {
+            next: snapshot.next,
+            handles: HashMap::new(),
+        };
+        for record in snapshot.handles {
+            let fh = match &record {
+                HandleRecord::Directory { fh, .. }
+                | HandleRecord::Read { fh, .. }
+                | HandleRecord::Write { fh, .. } => *fh,
+            };
+            table.handles.insert(fh, restore(record));
+        }
+        table
+    }
+}
