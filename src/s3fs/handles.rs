@@ -1,7 +1,7 @@
 //! The handle table: one table of the directory, read and write handles the
 //! kernel holds (it names them by number in every READ, READDIR, WRITE,
 //! FLUSH and RELEASE), so that a new process serving the same connection can
-//! restore them ([`HandleTable::snapshot`]).
+//! restore them (`HandleTable::snapshot`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

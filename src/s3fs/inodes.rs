@@ -1,7 +1,7 @@
 //! The inode table: what the kernel knows of the mount by node id (with its
 //! lookup count) and by (parent, name), plus names known to be missing. The
 //! kernel remembers node ids across requests, so the table is what a new
-//! process serving the same connection must restore ([`InodeTable::snapshot`]).
+//! process serving the same connection must restore (`InodeTable::snapshot`).
 
 use std::collections::HashMap;
 use std::time::Instant;

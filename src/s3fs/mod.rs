@@ -4,7 +4,7 @@
 //! the tables the kernel's node ids and handles refer to ([`inodes`],
 //! [`handles`], which a new process can restore from a snapshot); which keys
 //! can be names ([`keys`]); the read path ([`prefetch`]) and the write path
-//! ([`write`]); errors and their errnos ([`error`]); and the thin fuser
+//! ([`write`](self::write)); errors and their errnos ([`error`]); and the thin fuser
 //! adapter ([`fuse`]).
 
 pub mod credentials;
