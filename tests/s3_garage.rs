@@ -635,3 +635,118 @@ fn keys_that_cannot_be_file_names_never_break_a_dataset() {
     assert_eq!(s3.node.pod.read("odd/good.txt").unwrap(), b"good\n");
     assert_eq!(s3.node.pod.mount_count("odd"), 1);
 }
+
+/// Starts `script` in the pod (bash, as root) without waiting for it.
+fn spawn_in_pod(node: &Node, script: &str) -> std::process::Child {
+    std::process::Command::new("nsenter")
+        .args([
+            "-t",
+            &node.pod.pid().to_string(),
+            "-m",
+            "--",
+            "bash",
+            "-c",
+            script,
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start a process in the pod")
+}
+
+#[test]
+fn a_hanging_backend_keeps_the_mount_and_its_open_files() {
+    let s3 = S3Node::start(&["--probe-timeout", "1s"]);
+    let big = object_bytes(11, 24 << 20);
+    s3.garage.put_object("data", "big.bin", &big);
+    let (status, body) = s3.put("steady", &s3.spec("data"));
+    assert_eq!(status, 201, "{body}");
+    let scratch = tempfile::tempdir().unwrap();
+    let go = scratch.path().join("go");
+    let file = s3.node.pod.view().join("steady/big.bin");
+    // A pod holds the file open, reads its first MiB, waits, reads the rest.
+    let reader = spawn_in_pod(
+        &s3.node,
+        &format!(
+            "exec 3< {file}; head -c 1048576 <&3 > /dev/null; \
+             while [ ! -e {go} ]; do sleep 0.05; done; \
+             {{ cat {file} | head -c 1048576; cat <&3; }} | sha256sum",
+            file = file.display(),
+            go = go.display()
+        ),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+
+    // The S3 server hangs for 6 s: probes fail, the dataset is Degraded, and
+    // it stays mounted (it used to be re-mounted after three failed probes,
+    // which broke every open file).
+    s3.garage.freeze();
+    let degraded = wait_state(&s3.node, "steady", "Degraded", Duration::from_secs(10));
+    let frozen_at = Instant::now();
+    while frozen_at.elapsed() < Duration::from_secs(6) {
+        assert_eq!(s3.node.pod.mount_count("steady"), 1, "the mount stays");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    s3.garage.thaw();
+    let healed = wait_state(&s3.node, "steady", "Mounted", Duration::from_secs(30));
+    eprintln!("figure: hanging S3 -> Degraded in {degraded:?}; back -> Mounted in {healed:?}");
+    std::fs::write(&go, b"").unwrap();
+    let output = reader.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "the held file reads on: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout)
+            .split_whitespace()
+            .next(),
+        Some(sha256(&big).as_str()),
+        "every byte right, through the handle held across the outage"
+    );
+    let (_, body) = s3.node.call("GET", "/v1/mounts/steady", None);
+    assert_eq!(body["generation"], 1, "never re-mounted: {body}");
+    assert_eq!(s3.node.mounts_at(&s3.node.root().join("steady")), 1);
+}
+
+#[test]
+fn a_forced_detach_frees_readers_blocked_on_a_hanging_backend() {
+    let s3 = S3Node::start(&["--probe-timeout", "1s"]);
+    s3.node.mount_fusectl();
+    s3.garage
+        .put_object("data", "big.bin", &object_bytes(12, 24 << 20));
+    let (status, body) = s3.put("stuck", &s3.spec("data"));
+    assert_eq!(status, 201, "{body}");
+    let connection = s3
+        .node
+        .fuse_connection(&s3.node.root().join("stuck"))
+        .expect("a fuse connection");
+    s3.garage.freeze();
+    let reader = spawn_in_pod(
+        &s3.node,
+        &format!(
+            "cat {} > /dev/null",
+            s3.node.pod.view().join("stuck/big.bin").display()
+        ),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let asked = Instant::now();
+    let (status, body) = s3.node.call("DELETE", "/v1/mounts/stuck?force=true", None);
+    assert_eq!(status, 200, "{body}");
+    let mut reader = reader;
+    let exited = support::wait_exit(&mut reader, Duration::from_secs(5));
+    let freed = asked.elapsed();
+    s3.garage.thaw();
+    let status = exited.expect("the blocked reader got an error instead of hanging");
+    assert!(!status.success(), "the read failed (the dataset is gone)");
+    eprintln!("figure: forced detach -> blocked reader freed in {freed:?}");
+    let gone = support::poll_until(Duration::from_secs(5), Duration::from_millis(50), || {
+        (!std::path::Path::new(&format!("/sys/fs/fuse/connections/{connection}")).exists())
+            .then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "the kernel's side of the connection is gone"
+    );
+}

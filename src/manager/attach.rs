@@ -331,6 +331,8 @@ impl Manager {
         } else {
             UnmountMode::Normal
         };
+        // A mount detached while busy may still have readers inside.
+        let mut detached_busy = degraded;
         match self.unmount_settling(&target, first).await {
             Ok(()) => {}
             Err(UnmountOutcome::NotMounted) => {}
@@ -343,6 +345,7 @@ impl Manager {
                 });
             }
             Err(UnmountOutcome::Busy | UnmountOutcome::TimedOut) => {
+                detached_busy = true;
                 match self.unmount_with_deadline(&target, escalated).await {
                     Ok(()) | Err(UnmountOutcome::NotMounted) => {}
                     Err(other) => {
@@ -363,18 +366,32 @@ impl Manager {
         // Never leave stacked mounts behind.
         self.peel_mounts(name, &target).await;
         if let Some(Attached::Fuse(fuse)) = attached {
+            // Readers still inside a FUSE dataset detached while busy (e.g.
+            // blocked on a backend that does not answer) get an error now,
+            // and the kernel's side of the connection goes with it.
+            if detached_busy && let Some(connection) = fuse.session.connection {
+                self.abort_connection(connection).await;
+            }
             finish_session(fuse.session);
         }
         Ok(())
+    }
+
+    /// Aborts FUSE connection `connection` (its waiting requests fail at once).
+    async fn abort_connection(&self, connection: u32) {
+        let mounter = self.inner.mounter.clone();
+        let aborted =
+            tokio::task::spawn_blocking(move || mounter.abort_fuse_connection(connection)).await;
+        if let Ok(Err(err)) = aborted {
+            tracing::warn!(connection, error = %err, "could not abort a fuse connection");
+        }
     }
 
     /// Detaches whatever is at the dataset's path, lazily, ignoring errors
     /// (clean-up after a failure).
     pub(crate) async fn detach_quietly(&self, name: &str, attached: Option<Attached>) {
         if let Some(connection) = attached.as_ref().and_then(Attached::connection) {
-            let mounter = self.inner.mounter.clone();
-            let _ = tokio::task::spawn_blocking(move || mounter.abort_fuse_connection(connection))
-                .await;
+            self.abort_connection(connection).await;
         }
         let target = self.path_of(name);
         let _ = self.unmount_with_deadline(&target, UnmountMode::Lazy).await;

@@ -405,6 +405,24 @@ admin_token = "{admin_token}"
         }
     }
 
+    /// Freezes the server (SIGSTOP): connections are accepted by the
+    /// kernel and never answered, like a server that hangs.
+    pub fn freeze(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// Lets a frozen server go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        let child = self.child.as_ref().expect("Garage is running");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, signal)
+            .unwrap_or_else(|e| panic!("send {signal} to garage: {e}"));
+    }
+
     /// Kills the server (SIGKILL) and reaps it, e.g. to test an S3 outage.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
