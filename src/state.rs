@@ -1,7 +1,9 @@
 //! The durable store of desired mounts: `mounts.json` (0600) in the state
 //! directory, written as write-tmp, fsync, rename, fsync-dir, so a crash leaves
-//! either the old or the new file. A corrupt file is moved aside and reported,
-//! never silently dropped.
+//! either the old or the new file; the previous good file is kept beside it
+//! as `mounts.json.prev`. A corrupt file is moved aside and reported, never
+//! silently dropped: the agent falls back to the previous file, and says
+//! whether what it loaded can be trusted to remove mounts it does not know.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -15,6 +17,8 @@ use serde::{Deserialize, Serialize};
 use crate::spec::MountSpec;
 
 const STATE_FILE: &str = "mounts.json";
+const PREVIOUS_FILE: &str = "mounts.json.prev";
+const CHECK_FILE: &str = ".mounts.json.check";
 const AUDIT_FILE: &str = "audit.log";
 const FORMAT_VERSION: u32 = 1;
 
@@ -61,6 +65,18 @@ pub struct LoadedState {
     pub mounts: BTreeMap<String, StoredMount>,
     /// Where a corrupt state file was moved, if it was.
     pub quarantined: Option<(PathBuf, String)>,
+    /// The previous good file was loaded instead of a corrupt one.
+    pub from_previous: bool,
+}
+
+impl LoadedState {
+    /// Whether the state says all that is desired, so that a mount under the
+    /// root that it does not name may be removed: not when the state file was
+    /// corrupt (the previous file may miss the last change), nor while a
+    /// quarantined file from an earlier start waits for an operator.
+    pub fn complete(&self, store: &StateStore) -> bool {
+        self.quarantined.is_none() && !self.from_previous && store.quarantined_files().is_empty()
+    }
 }
 
 /// A failing state-store step.
@@ -118,15 +134,72 @@ impl StateStore {
     }
 
     /// Loads the desired mounts. A missing file is an empty state; a file that
-    /// does not parse is renamed to `mounts.json.corrupt-<time>` and reported.
+    /// does not parse is renamed to `mounts.json.corrupt-<time>`, reported,
+    /// and the previous good file (`mounts.json.prev`) loaded instead.
     pub fn load(&self) -> Result<LoadedState, StateError> {
         let path = self.path();
-        let text = match fs::read(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(LoadedState::default()),
-            Err(source) => return Err(StateError::Read { path, source }),
+        let Some(parsed) = self.read_state(&path)? else {
+            return Ok(LoadedState::default());
         };
-        let parsed: Result<StateFile, String> = serde_json::from_slice::<StateFile>(&text)
+        let reason = match parsed {
+            Ok(file) => {
+                return Ok(LoadedState {
+                    mounts: file.mounts,
+                    ..LoadedState::default()
+                });
+            }
+            Err(reason) => reason,
+        };
+        let aside = self.dir.join(format!(
+            "{STATE_FILE}.corrupt-{}",
+            Utc::now().format("%Y%m%dT%H%M%S%.3fZ")
+        ));
+        fs::rename(&path, &aside).map_err(|source| StateError::Write {
+            path: aside.clone(),
+            source,
+        })?;
+        let previous = self.dir.join(PREVIOUS_FILE);
+        match self.read_state(&previous)? {
+            Some(Ok(file)) => {
+                tracing::error!(
+                    file = %path.display(), moved_to = %aside.display(), %reason,
+                    previous = %previous.display(), datasets = file.mounts.len(),
+                    "state file is corrupt; moved aside, loaded the previous good state"
+                );
+                Ok(LoadedState {
+                    mounts: file.mounts,
+                    quarantined: Some((aside, reason)),
+                    from_previous: true,
+                })
+            }
+            _ => {
+                tracing::error!(
+                    file = %path.display(), moved_to = %aside.display(), %reason,
+                    "state file is corrupt and there is no previous good state; \
+                     mounts under the root are kept, none is removed"
+                );
+                Ok(LoadedState {
+                    mounts: BTreeMap::new(),
+                    quarantined: Some((aside, reason)),
+                    from_previous: false,
+                })
+            }
+        }
+    }
+
+    /// Reads and checks one state file: None when it does not exist.
+    fn read_state(&self, path: &Path) -> Result<Option<Result<StateFile, String>>, StateError> {
+        let text = match fs::read(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(StateError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        let parsed = serde_json::from_slice::<StateFile>(&text)
             .map_err(|e| e.to_string())
             .and_then(|file| {
                 if file.version == FORMAT_VERSION {
@@ -145,30 +218,55 @@ impl StateStore {
                 }
                 Ok(file)
             });
-        match parsed {
-            Ok(file) => Ok(LoadedState {
-                mounts: file.mounts,
-                quarantined: None,
-            }),
-            Err(reason) => {
-                let aside = self.dir.join(format!(
-                    "{STATE_FILE}.corrupt-{}",
-                    Utc::now().format("%Y%m%dT%H%M%S%.3fZ")
-                ));
-                fs::rename(&path, &aside).map_err(|source| StateError::Write {
-                    path: aside.clone(),
-                    source,
-                })?;
-                tracing::error!(
-                    file = %path.display(), moved_to = %aside.display(), %reason,
-                    "state file is corrupt; moved aside, starting with no desired mounts"
-                );
-                Ok(LoadedState {
-                    mounts: BTreeMap::new(),
-                    quarantined: Some((aside, reason)),
-                })
-            }
-        }
+        Ok(Some(parsed))
+    }
+
+    /// Corrupt state files moved aside and still in the state directory.
+    pub fn quarantined_files(&self) -> Vec<PathBuf> {
+        let prefix = format!("{STATE_FILE}.corrupt-");
+        let mut files: Vec<PathBuf> = fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|entry| entry.file_name().to_string_lossy().starts_with(&prefix))
+            .map(|entry| entry.path())
+            .collect();
+        files.sort();
+        files
+    }
+
+    /// Proves that a state of about `bytes` bytes can be written now (the
+    /// directory is writable and has room): writes, syncs and removes a file
+    /// of that size. A PUT or DELETE checks this before it changes anything.
+    pub fn check_writable(&self, bytes: usize) -> Result<(), StateError> {
+        // A file of its own per check: PUTs of different names run at once.
+        static CHECKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let check = CHECKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = self
+            .dir
+            .join(format!("{CHECK_FILE}-{}-{check}", std::process::id()));
+        let fail = |source| StateError::Write {
+            path: self.path(),
+            source,
+        };
+        let written = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut file| {
+                file.write_all(&vec![b' '; bytes])?;
+                file.sync_all()
+            });
+        let removed = fs::remove_file(&path);
+        written.map_err(fail)?;
+        removed.map_err(fail)
+    }
+
+    /// The size of the state file now (0 when there is none).
+    pub fn size(&self) -> usize {
+        fs::metadata(self.path()).map_or(0, |meta| meta.len() as usize)
     }
 
     /// Appends one event to the audit log (best effort: a full disk must not
@@ -223,6 +321,19 @@ impl StateStore {
         file.write_all(&body).map_err(fail)?;
         file.sync_all().map_err(fail)?;
         drop(file);
+        // The current file becomes the previous one (a hard link: at every
+        // moment a good state file exists under one of the two names).
+        let previous = self.dir.join(PREVIOUS_FILE);
+        match fs::remove_file(&previous) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(fail(e)),
+        }
+        match fs::hard_link(&path, &previous) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(fail(e)),
+        }
         fs::rename(&tmp, &path).map_err(fail)?;
         File::open(&self.dir)
             .and_then(|dir| dir.sync_all())
@@ -293,6 +404,76 @@ mod tests {
         assert!(aside.exists(), "the corrupt file is kept for the operator");
         assert!(reason.contains("EOF"), "{reason}");
         assert!(!store.path().exists());
+    }
+
+    fn stored() -> StoredMount {
+        StoredMount {
+            spec: spec(),
+            created_at: Utc::now(),
+            generation: 1,
+        }
+    }
+
+    #[test]
+    fn a_corrupt_file_falls_back_to_the_previous_good_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        let mut mounts = BTreeMap::new();
+        mounts.insert("a".to_string(), stored());
+        store.save(&mounts).unwrap();
+        mounts.insert("b".to_string(), stored());
+        store.save(&mounts).unwrap();
+        let clean = store.load().unwrap();
+        assert_eq!(clean.mounts.len(), 2);
+        assert!(clean.complete(&store), "a clean load may remove orphans");
+
+        fs::write(store.path(), b"{\"version\":1,\"mou").unwrap();
+        let loaded = store.load().unwrap();
+        assert!(loaded.from_previous);
+        assert_eq!(
+            loaded.mounts.keys().collect::<Vec<_>>(),
+            ["a"],
+            "the state before the last change"
+        );
+        assert!(loaded.quarantined.is_some());
+        assert!(!loaded.complete(&store), "it may miss the last change");
+        // Later starts load a good file, yet remove nothing while the
+        // corrupt one waits for an operator.
+        store.save(&loaded.mounts).unwrap();
+        let later = store.load().unwrap();
+        assert!(later.quarantined.is_none() && !later.from_previous);
+        assert!(!later.complete(&store));
+        for file in store.quarantined_files() {
+            fs::remove_file(file).unwrap();
+        }
+        assert!(store.load().unwrap().complete(&store));
+    }
+
+    #[test]
+    fn with_no_good_state_nothing_is_restored_and_nothing_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        fs::write(store.path(), b"garbage").unwrap();
+        fs::write(dir.path().join(PREVIOUS_FILE), b"also garbage").unwrap();
+        let loaded = store.load().unwrap();
+        assert!(loaded.mounts.is_empty() && !loaded.from_previous);
+        assert!(!loaded.complete(&store));
+    }
+
+    #[test]
+    fn a_state_that_cannot_be_written_is_found_before_any_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(&dir.path().join("state")).unwrap();
+        store.check_writable(store.size() + 4096).unwrap();
+        let leftovers = fs::read_dir(dir.path().join("state")).unwrap().count();
+        assert_eq!(leftovers, 0, "the check leaves no file");
+        // A state directory that is gone (or not a directory) cannot be written.
+        fs::remove_dir_all(dir.path().join("state")).unwrap();
+        fs::write(dir.path().join("state"), b"not a directory").unwrap();
+        assert!(matches!(
+            store.check_writable(4096),
+            Err(StateError::Write { .. })
+        ));
     }
 
     #[test]

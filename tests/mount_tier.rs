@@ -359,3 +359,100 @@ fn an_agent_whose_root_cannot_propagate_refuses_to_start() {
         "{log}"
     );
 }
+
+/// Bind-mounts `dir` read-only over itself (in the test's node namespace).
+fn make_read_only(dir: &Path) {
+    use nix::mount::{MsFlags, mount};
+    mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>).unwrap();
+    mount(
+        None::<&str>,
+        dir,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_state_that_cannot_be_written_changes_nothing() {
+    let node = start_node();
+    let (status, body) = node.call("PUT", "/v1/mounts/kept", Some(&node.file_spec("data")));
+    assert_eq!(status, 201, "{body}");
+    let state_dir = node.agent.options().state_dir.clone();
+    make_read_only(&state_dir);
+
+    // A PUT: refused before anything is made (it used to mount, answer 500
+    // and leave the directory behind).
+    let (status, body) = node.call("PUT", "/v1/mounts/new", Some(&node.file_spec("data")));
+    assert_eq!(status, 500, "{body}");
+    assert!(!node.root().join("new").exists(), "no directory");
+    assert_eq!(node.mounts_at(&node.root().join("new")), 0, "no mount");
+    let (status, _) = node.call("GET", "/v1/mounts/new", None);
+    assert_eq!(status, 404, "no dataset");
+    // A DELETE: refused before the unmount (it used to unmount, answer 500,
+    // and the dataset came back at the next start).
+    let (status, body) = node.call("DELETE", "/v1/mounts/kept", None);
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(node.pod.read("kept/README.txt").unwrap(), b"a dataset\n");
+    let (_, body) = node.call("GET", "/v1/mounts/kept", None);
+    assert_eq!(body["state"], "Mounted", "{body}");
+
+    nix::mount::umount2(&state_dir, nix::mount::MntFlags::MNT_DETACH).unwrap();
+    let (status, body) = node.call("PUT", "/v1/mounts/new", Some(&node.file_spec("data")));
+    assert_eq!(status, 201, "writable again: {body}");
+    let (status, body) = node.call("DELETE", "/v1/mounts/kept", None);
+    assert_eq!(status, 200, "{body}");
+}
+
+#[test]
+fn a_corrupt_state_file_costs_no_pod_its_data() {
+    let mut node = start_node();
+    for name in ["first", "second"] {
+        let (status, body) = node.call(
+            "PUT",
+            &format!("/v1/mounts/{name}"),
+            Some(&node.file_spec("data")),
+        );
+        assert_eq!(status, 201, "{body}");
+    }
+    node.agent.kill9();
+    let state = node.agent.options().state_dir.join("mounts.json");
+    let text = std::fs::read(&state).unwrap();
+    std::fs::write(&state, &text[..text.len() / 2]).unwrap();
+    node.restart();
+    // The previous good state (before the last PUT) is back in the pod...
+    wait_readable(&node.pod, "first/README.txt", Duration::from_secs(30)).unwrap();
+    // ...and the dataset only the corrupt file knew is not removed (it used
+    // to be unmounted from every pod as an "orphan").
+    assert_eq!(node.mounts_at(&node.root().join("second")), 1);
+    let (_, ready) = node.call("GET", "/readyz", None);
+    let warnings = ready["warnings"].to_string();
+    assert!(
+        warnings.contains("previous good state") && warnings.contains("none is removed"),
+        "{ready}"
+    );
+    // The operator removes the corrupt file and restarts: the state is
+    // complete again, the mount it does not name is cleaned up, and the
+    // dataset can be attached again.
+    for entry in std::fs::read_dir(node.agent.options().state_dir.clone())
+        .unwrap()
+        .flatten()
+    {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("mounts.json.corrupt-")
+        {
+            std::fs::remove_file(entry.path()).unwrap();
+        }
+    }
+    node.agent.stop();
+    node.restart();
+    let (_, ready) = node.call("GET", "/readyz", None);
+    assert_eq!(ready["warnings"], serde_json::json!([]), "{ready}");
+    assert_eq!(node.mounts_at(&node.root().join("second")), 0);
+    let (status, body) = node.call("PUT", "/v1/mounts/second", Some(&node.file_spec("data")));
+    assert_eq!(status, 201, "{body}");
+    wait_readable(&node.pod, "second/README.txt", Duration::from_secs(30)).unwrap();
+}

@@ -15,6 +15,10 @@ use crate::s3fs::{FsOptions, S3Filesystem, StoreError, open_bucket};
 use crate::spec::{FileMode, MountSpec, S3Source, SourceSpec};
 use crate::sys::{FuseMountRequest, FuseSession, MountFlags, Mounter, UnmountMode, mounts_at};
 
+/// How long requests of a FUSE dataset detached while busy may stay
+/// unanswered before its connection is aborted.
+const STUCK_REQUEST_GRACE: Duration = Duration::from_secs(1);
+
 /// How long health probes share one reading of the mount table.
 const PROBE_TABLE_MAX_AGE: Duration = Duration::from_millis(500);
 
@@ -366,15 +370,38 @@ impl Manager {
         // Never leave stacked mounts behind.
         self.peel_mounts(name, &target).await;
         if let Some(Attached::Fuse(fuse)) = attached {
-            // Readers still inside a FUSE dataset detached while busy (e.g.
-            // blocked on a backend that does not answer) get an error now,
-            // and the kernel's side of the connection goes with it.
-            if detached_busy && let Some(connection) = fuse.session.connection {
+            // A FUSE dataset detached while busy keeps serving the files
+            // still open in it, unless its readers are stuck (its backend is
+            // known to be down, or requests stay unanswered): then they get
+            // an error now, and the kernel's side of the connection goes.
+            if detached_busy
+                && let Some(connection) = fuse.session.connection
+                && (degraded || self.requests_stay_waiting(connection).await)
+            {
                 self.abort_connection(connection).await;
             }
             finish_session(fuse.session);
         }
         Ok(())
+    }
+
+    /// Whether FUSE connection `connection` still has unanswered requests
+    /// after [`STUCK_REQUEST_GRACE`] (a healthy read finishes well before).
+    async fn requests_stay_waiting(&self, connection: u32) -> bool {
+        let started = Instant::now();
+        loop {
+            let mounter = self.inner.mounter.clone();
+            let waiting =
+                tokio::task::spawn_blocking(move || mounter.fuse_requests_waiting(connection))
+                    .await
+                    .ok()
+                    .flatten();
+            match waiting {
+                None | Some(0) => return false,
+                Some(_) if started.elapsed() >= STUCK_REQUEST_GRACE => return true,
+                Some(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
     }
 
     /// Aborts FUSE connection `connection` (its waiting requests fail at once).

@@ -30,6 +30,10 @@ use crate::sys::Mounter;
 /// Health probes running at once across all datasets: a probe round of a
 /// thousand datasets queues instead of starting a thousand requests.
 const MAX_PROBES_IN_FLIGHT: usize = 16;
+
+/// Room proven for the state file beyond its current size before a change
+/// (one more dataset's entry, with room to spare).
+const STATE_HEADROOM: usize = 64 * 1024;
 /// Lifecycle states of a dataset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum MountState {
@@ -547,6 +551,12 @@ impl Manager {
         let _op = slot.op.lock().await;
         let backend = spec.source.backend().as_str();
         let started = Instant::now();
+        // Nothing changes unless the intent can be made durable.
+        if let Err(err) = self.check_state_writable().await {
+            self.remove_slot(name, &slot);
+            self.inner.store.audit("mount", name, Some(err.to_string()));
+            return Err(err);
+        }
         let attached = match self.attach_fresh(name, &spec).await {
             Ok(attached) => attached,
             Err(err) => {
@@ -572,6 +582,7 @@ impl Manager {
             .await
         {
             self.detach_quietly(name, Some(attached)).await;
+            self.remove_dir(name);
             self.remove_slot(name, &slot);
             self.inner
                 .metrics
@@ -608,6 +619,8 @@ impl Manager {
         let before = slot.record();
         let backend = before.spec.source.backend().as_str();
         let started = Instant::now();
+        // Nothing is unmounted unless the intent can be made durable.
+        self.check_state_writable().await?;
         slot.stop_probe();
         // A dataset already known to be unhealthy is detached without the
         // polite try, so there is nothing to wait for. Otherwise a probe still
@@ -680,6 +693,16 @@ impl Manager {
                 slot.set_attached(attached);
             }
         }
+    }
+
+    /// Proves that the state file can be written now (directory writable,
+    /// room for it), before a PUT or DELETE changes anything.
+    async fn check_state_writable(&self) -> Result<(), ManagerError> {
+        let store = self.inner.store.clone();
+        tokio::task::spawn_blocking(move || store.check_writable(store.size() + STATE_HEADROOM))
+            .await
+            .map_err(|e| ManagerError::Internal(e.to_string()))?
+            .map_err(ManagerError::State)
     }
 
     /// Updates the desired state and saves it before returning.

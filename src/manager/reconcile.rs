@@ -15,14 +15,37 @@ impl Manager {
             .await
             .map_err(|e| ManagerError::Internal(e.to_string()))??;
         if let Some((aside, reason)) = &loaded.quarantined {
+            let loaded_instead = if loaded.from_previous {
+                format!(
+                    "loaded the previous good state ({} datasets)",
+                    loaded.mounts.len()
+                )
+            } else {
+                "there was no previous good state, so no dataset was restored".to_string()
+            };
             lock(&self.inner.warnings).push(format!(
-                "state file was corrupt ({reason}); moved to {} and started with no datasets",
+                "state file was corrupt ({reason}); moved to {}; {loaded_instead}",
                 aside.display()
             ));
         }
+        let complete = loaded.complete(&self.inner.store);
         *self.inner.desired.lock().await = loaded.mounts.clone();
         let table = self.mount_table("root").await?;
-        self.remove_orphans(&table, &loaded.mounts).await;
+        if complete {
+            self.remove_orphans(&table, &loaded.mounts).await;
+        } else {
+            let quarantined = self.inner.store.quarantined_files();
+            lock(&self.inner.warnings).push(format!(
+                "mounts under the root that the state does not name are kept, none is removed, \
+                 while a corrupt state file waits in the state directory ({}); remove it (or \
+                 put a repaired copy back as mounts.json) and restart to let the agent clean up",
+                quarantined
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
         let restores = loaded
             .mounts
             .into_iter()

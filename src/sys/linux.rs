@@ -153,25 +153,39 @@ impl Mounter for LinuxMounter {
         result
     }
 
+    fn fuse_requests_waiting(&self, connection: u32) -> Option<u32> {
+        ensure_fusectl(connection);
+        std::fs::read_to_string(format!("{FUSE_CONNECTIONS}/{connection}/waiting"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
     fn abort_fuse_connection(&self, connection: u32) -> Result<(), SysError> {
         let path = PathBuf::from(format!("{FUSE_CONNECTIONS}/{connection}/abort"));
-        if !Path::new(FUSE_CONNECTIONS)
-            .join(connection.to_string())
-            .exists()
-        {
-            // fusectl may not be mounted in this namespace yet.
-            let _ = nix::mount::mount(
-                Some("fusectl"),
-                FUSE_CONNECTIONS,
-                Some("fusectl"),
-                MsFlags::empty(),
-                None::<&str>,
-            );
-        }
+        ensure_fusectl(connection);
         std::fs::write(&path, b"1").map_err(|e| SysError::FuseSession {
             target: path,
             source: e,
         })
+    }
+}
+
+/// Mounts fusectl on /sys/fs/fuse/connections when connection `connection`
+/// is not to be seen there (it may not be mounted in this namespace yet).
+fn ensure_fusectl(connection: u32) {
+    if !Path::new(FUSE_CONNECTIONS)
+        .join(connection.to_string())
+        .exists()
+    {
+        let _ = nix::mount::mount(
+            Some("fusectl"),
+            FUSE_CONNECTIONS,
+            Some("fusectl"),
+            MsFlags::empty(),
+            None::<&str>,
+        );
     }
 }
 

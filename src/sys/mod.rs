@@ -249,6 +249,9 @@ pub trait Mounter: Send + Sync + 'static {
     fn mount_table(&self) -> Result<Vec<MountEntry>, SysError>;
     /// Aborts a FUSE connection through /sys/fs/fuse/connections/N/abort.
     fn abort_fuse_connection(&self, connection: u32) -> Result<(), SysError>;
+    /// Requests of FUSE connection `connection` not answered yet
+    /// (/sys/fs/fuse/connections/N/waiting); None when it cannot be read.
+    fn fuse_requests_waiting(&self, connection: u32) -> Option<u32>;
     /// Proves that mounts under `root` propagate into other mount namespaces:
     /// a canary mounted under it must appear in, and vanish from, a fresh
     /// namespace whose copy of the root is a slave (as a pod's is).

@@ -236,6 +236,10 @@ impl Mounter for RecordingMounter {
         Ok(())
     }
 
+    fn fuse_requests_waiting(&self, _connection: u32) -> Option<u32> {
+        None
+    }
+
     fn verify_propagation(&self, root: &Path) -> Result<(), SysError> {
         let failure = self.before("verify_propagation");
         self.lock()
