@@ -1,6 +1,7 @@
 //! `hotmount serve` configuration: flags, `HOTMOUNT_*` variables and an
 //! optional TOML file (flags and variables win), validated into [`Config`].
 
+use crate::api::listener::ListenerLimits;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -114,6 +115,14 @@ pub struct ServeArgs {
     /// Metadata cache TTL of S3 mounts [default: 60s].
     #[arg(long, env = "HOTMOUNT_METADATA_TTL", value_parser = parse_duration)]
     pub metadata_ttl: Option<Duration>,
+    /// The longest a connection to the API may take to send a request head,
+    /// or sit idle between requests, before it is closed [default: 10s].
+    #[arg(long, env = "HOTMOUNT_HEADER_READ_TIMEOUT", value_parser = parse_duration)]
+    pub header_read_timeout: Option<Duration>,
+    /// Connections each API listener serves at once; one more is closed at
+    /// once [default: 256].
+    #[arg(long, env = "HOTMOUNT_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
     /// How long S3 mounts remember that a name does not exist, so a new
     /// object appears within this time; 0 turns it off [default: 1s].
     #[arg(long, env = "HOTMOUNT_NEGATIVE_TTL", value_parser = parse_duration)]
@@ -150,6 +159,8 @@ struct FileConfig {
     probe_timeout: Option<String>,
     metadata_ttl: Option<String>,
     negative_ttl: Option<String>,
+    header_read_timeout: Option<String>,
+    max_connections: Option<usize>,
     fuse_threads: Option<usize>,
     prefetch_memory: Option<String>,
     unmount_fuse_on_stop: Option<bool>,
@@ -198,6 +209,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// The manager's settings (root included).
     pub manager: ManagerConfig,
+    /// Limits of every API listener.
+    pub listener_limits: ListenerLimits,
 }
 
 impl Config {
@@ -302,7 +315,13 @@ impl Config {
             ("--probe-timeout", args.probe_timeout, &file.probe_timeout),
             ("--metadata-ttl", args.metadata_ttl, &file.metadata_ttl),
             ("--negative-ttl", args.negative_ttl, &file.negative_ttl),
+            (
+                "--header-read-timeout",
+                args.header_read_timeout,
+                &file.header_read_timeout,
+            ),
         ];
+        let mut listener_limits = ListenerLimits::default();
         for (setting, flag, from_file) in durations {
             let Some(value) = flag
                 .map(Ok)
@@ -320,8 +339,15 @@ impl Config {
                 "--probe-interval" => manager.probe_interval = value,
                 "--probe-timeout" => manager.probe_timeout = value,
                 "--negative-ttl" => manager.negative_ttl = value,
+                "--header-read-timeout" => listener_limits.header_read_timeout = value,
                 _ => manager.metadata_ttl = value,
             }
+        }
+        if let Some(max) = args.max_connections.or(file.max_connections) {
+            if max == 0 {
+                return Err(invalid("--max-connections", "must be greater than zero"));
+            }
+            listener_limits.max_connections = max;
         }
         if let Some(threads) = args.fuse_threads.or(file.fuse_threads) {
             if !(1..=64).contains(&threads) {
@@ -348,6 +374,7 @@ impl Config {
             listen,
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             manager,
+            listener_limits,
         })
     }
 }

@@ -66,11 +66,13 @@ pub async fn run(
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let mut servers = tokio::task::JoinSet::new();
-    servers.spawn(
-        axum::serve(unix, api::router(manager.clone()))
-            .with_graceful_shutdown(stopped(stop_rx.clone()))
-            .into_future(),
-    );
+    let limits = config.listener_limits;
+    servers.spawn(api::listener::serve(
+        unix,
+        api::router(manager.clone()),
+        limits,
+        stopped(stop_rx.clone()),
+    ));
     if let Some((addr, tokens)) = &config.listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -79,14 +81,12 @@ pub async fn run(
                 source,
             })?;
         tracing::info!(%addr, "serving the API on TCP (bearer tokens required)");
-        servers.spawn(
-            axum::serve(
-                listener,
-                api::router_with_tokens(manager.clone(), tokens.clone()),
-            )
-            .with_graceful_shutdown(stopped(stop_rx.clone()))
-            .into_future(),
-        );
+        servers.spawn(api::listener::serve(
+            listener,
+            api::router_with_tokens(manager.clone(), tokens.clone()),
+            limits,
+            stopped(stop_rx.clone()),
+        ));
     }
     tracing::info!(socket = %config.socket.display(), root = %manager.root().display(), "hotmount starting");
 

@@ -3,6 +3,7 @@
 //! the manager; they never touch the kernel.
 
 mod error;
+pub mod listener;
 
 use std::sync::Arc;
 use std::time::Duration;
