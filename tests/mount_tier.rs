@@ -519,3 +519,43 @@ fn slow_header_connections_are_closed_and_never_starve_the_api() {
     );
     eprintln!("figure: 300 slow-header connections all closed {took:?} after the check");
 }
+
+#[test]
+fn a_file_bucket_never_serves_a_file_outside_its_directory() {
+    let node = start_node();
+    let bucket = node.buckets().join("data");
+    std::os::unix::fs::symlink("/etc/shadow", bucket.join("shadow")).unwrap();
+    std::os::unix::fs::symlink("/etc", bucket.join("etc")).unwrap();
+    let (status, body) = node.call("PUT", "/v1/mounts/linked", Some(&node.file_spec("data")));
+    assert_eq!(status, 201, "{body}");
+    // An unprivileged pod user read /etc/shadow through such a link.
+    let view = node.pod.view().join("linked");
+    let run = node.pod.exec(
+        &[
+            "setpriv",
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "sh",
+            "-c",
+            &format!(
+                "ls {v}; cat {v}/shadow; cat {v}/etc/passwd; cat {v}/README.txt",
+                v = view.display()
+            ),
+        ],
+        Duration::from_secs(30),
+    );
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        !stdout.contains("root:"),
+        "nothing outside the bucket: {stdout}"
+    );
+    assert!(
+        stdout.contains("a dataset"),
+        "the bucket's own files read: {stdout}"
+    );
+    let listed = node.pod.list("linked").unwrap();
+    assert_eq!(listed, vec!["README.txt", "train"], "links are not listed");
+}

@@ -1,5 +1,5 @@
 //! hotmount's S3 filesystem, by room: the object store and its clients
-//! ([`store`], [`credentials`]); the filesystem logic that tests drive
+//! ([`store`], [`credentials`], [`local`] for `file://` buckets); the filesystem logic that tests drive
 //! without the kernel ([`fs`], with its directory listings and scan-ahead);
 //! the tables the kernel's node ids and handles refer to ([`inodes`],
 //! [`handles`], which a new process can restore from a snapshot); which keys
@@ -14,6 +14,7 @@ pub mod fuse;
 pub mod handles;
 pub mod inodes;
 pub mod keys;
+pub mod local;
 pub mod prefetch;
 pub mod store;
 pub mod write;

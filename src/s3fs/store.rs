@@ -9,10 +9,10 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use object_store::aws::{AmazonS3Builder, AwsCredential};
-use object_store::local::LocalFileSystem;
 use object_store::{ClientOptions, ObjectStore, RetryConfig};
 
 use super::credentials::{CredentialsError, FileCredentialProvider};
+use super::local::ConfinedLocalStore;
 use crate::spec::{S3Credentials, S3Source};
 
 /// How long a connection attempt to an S3 endpoint may take.
@@ -230,12 +230,12 @@ pub fn open_bucket(
                     endpoint: endpoint_label(source),
                 });
             }
-            Arc::new(LocalFileSystem::new_with_prefix(&bucket_dir).map_err(|e| {
-                StoreError::Config {
+            Arc::new(
+                ConfinedLocalStore::new(&bucket_dir).map_err(|e| StoreError::Config {
                     bucket: source.bucket.clone(),
                     reason: e.to_string(),
-                }
-            })?)
+                })?,
+            )
         }
         None => clients.client(source, file_credentials)?,
     };
