@@ -28,9 +28,10 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use object_store::path::Path as ObjectPath;
-use object_store::{GetOptions, GetRange, ObjectStore};
+use object_store::{GetOptions, GetRange, GetResult, ObjectStore};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::metrics::Metrics;
@@ -126,7 +127,8 @@ impl RangeReader {
             let result = self.store.get_opts(key, options).await?;
             let meta = result.meta.clone();
             let served = result.range.clone();
-            Ok::<_, object_store::Error>((meta, served, result.bytes().await?))
+            let data = collect_at_most(result, range.end - range.start).await?;
+            Ok::<_, object_store::Error>((meta, served, data))
         }
         .await;
         self.metrics
@@ -171,6 +173,24 @@ impl RangeReader {
             .inc_by(data.len() as u64);
         Ok(data)
     }
+}
+
+/// The body of `result`, refused as soon as it grows past `limit` bytes (the
+/// range asked for): a server that sends more cannot grow the agent's memory.
+async fn collect_at_most(result: GetResult, limit: u64) -> Result<Bytes, object_store::Error> {
+    let mut body = result.into_stream();
+    let mut collected = BytesMut::with_capacity(usize::try_from(limit).unwrap_or(0));
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk?;
+        if (collected.len() + chunk.len()) as u64 > limit {
+            return Err(object_store::Error::Generic {
+                store: "S3",
+                source: format!("the server sent more than the {limit} bytes asked for").into(),
+            });
+        }
+        collected.extend_from_slice(&chunk);
+    }
+    Ok(collected.freeze())
 }
 
 /// A part being fetched (or fetched): its bytes, once, for every reader.
@@ -483,5 +503,128 @@ impl PrefetchedObject {
                 _permit: Some(permit),
             },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fmt;
+
+    use async_trait::async_trait;
+    use futures::stream::BoxStream;
+    use object_store::memory::InMemory;
+    use object_store::{
+        CopyOptions, ListResult, MultipartUpload, ObjectMeta, ObjectStoreExt, PutMultipartOptions,
+        PutOptions, PutPayload, PutResult,
+    };
+
+    use super::*;
+
+    /// A server that ignores the range asked for and sends the whole object,
+    /// while saying it sent the range.
+    #[derive(Debug)]
+    struct OversendingStore(InMemory);
+
+    impl fmt::Display for OversendingStore {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "oversending")
+        }
+    }
+
+    #[async_trait]
+    impl ObjectStore for OversendingStore {
+        async fn put_opts(
+            &self,
+            location: &ObjectPath,
+            payload: PutPayload,
+            opts: PutOptions,
+        ) -> object_store::Result<PutResult> {
+            self.0.put_opts(location, payload, opts).await
+        }
+
+        async fn put_multipart_opts(
+            &self,
+            location: &ObjectPath,
+            opts: PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn MultipartUpload>> {
+            self.0.put_multipart_opts(location, opts).await
+        }
+
+        async fn get_opts(
+            &self,
+            location: &ObjectPath,
+            options: GetOptions,
+        ) -> object_store::Result<GetResult> {
+            let asked = options.range.clone();
+            let mut whole = self
+                .0
+                .get_opts(
+                    location,
+                    GetOptions {
+                        range: None,
+                        ..options
+                    },
+                )
+                .await?;
+            if let Some(GetRange::Bounded(range)) = asked {
+                whole.range = range;
+            }
+            Ok(whole)
+        }
+
+        fn delete_stream(
+            &self,
+            locations: BoxStream<'static, object_store::Result<ObjectPath>>,
+        ) -> BoxStream<'static, object_store::Result<ObjectPath>> {
+            self.0.delete_stream(locations)
+        }
+
+        fn list(
+            &self,
+            prefix: Option<&ObjectPath>,
+        ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+            self.0.list(prefix)
+        }
+
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&ObjectPath>,
+        ) -> object_store::Result<ListResult> {
+            self.0.list_with_delimiter(prefix).await
+        }
+
+        async fn copy_opts(
+            &self,
+            from: &ObjectPath,
+            to: &ObjectPath,
+            options: CopyOptions,
+        ) -> object_store::Result<()> {
+            self.0.copy_opts(from, to, options).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_larger_than_the_range_asked_for_is_refused() {
+        let store = OversendingStore(InMemory::new());
+        let key = ObjectPath::from("big");
+        store
+            .put(&key, PutPayload::from(vec![7u8; 1 << 20]))
+            .await
+            .unwrap();
+        let meta = store.head(&key).await.unwrap();
+        let reader = RangeReader::new(
+            Arc::new(store),
+            Arc::new(Metrics::new()),
+            "test".to_string(),
+        );
+        let got = reader
+            .get(&key, &ObjectStat::from_meta(&meta), 0..4096)
+            .await;
+        let err = got.expect_err("more than asked for");
+        assert_eq!(err.errno(), libc::EIO);
+        assert!(
+            err.to_string().contains("more than the 4096 bytes"),
+            "{err}"
+        );
     }
 }
