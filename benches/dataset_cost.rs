@@ -19,51 +19,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{ExternalMount, Garage, Node, wait_readable};
-
-/// The process figures the benchmark compares.
-#[derive(Debug, Clone, Copy)]
-struct Footprint {
-    rss_kib: u64,
-    threads: u64,
-    fds: usize,
-    fuse_connections: usize,
-    series: usize,
-}
-
-/// A `Key:   value kB` line of /proc/PID/status.
-fn status_field(pid: u32, key: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(key))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|value| value.parse().ok())
-        .unwrap_or_else(|| panic!("{key} missing in /proc/{pid}/status"))
-}
-
-fn footprint(node: &Node) -> Footprint {
-    let pid = node.agent.pid().expect("the agent runs");
-    let (_, metrics) = node.call("GET", "/metrics", None);
-    let series = metrics
-        .as_str()
-        .unwrap_or_default()
-        .lines()
-        .filter(|line| !line.starts_with('#') && !line.is_empty())
-        .count();
-    Footprint {
-        rss_kib: status_field(pid, "VmRSS:"),
-        threads: status_field(pid, "Threads:"),
-        fds: std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .map(|dir| dir.count())
-            .unwrap_or(0),
-        fuse_connections: std::fs::read_dir("/sys/fs/fuse/connections")
-            .map(|dir| dir.count())
-            .unwrap_or(0),
-        series,
-    }
-}
+use support::{ExternalMount, Footprint, Garage, Node, footprint, status_field, wait_readable};
 
 /// The agent's threads, counted by name (`comm`), most first.
 fn thread_names(node: &Node) -> String {

@@ -19,7 +19,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{Node, percentile};
+use support::{Node, cpu_seconds, percentile};
 
 /// The probe interval of the measured agent.
 const PROBE_INTERVAL: &str = "1s";
@@ -45,22 +45,6 @@ fn timed_get(node: &Node, path: &str) -> Duration {
     let (status, _) = node.call("GET", path, None);
     assert_eq!(status, 200, "GET {path}");
     started.elapsed()
-}
-
-/// The agent's user + system CPU seconds so far.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = fields.get(11..13).map_or(0.0, |f| {
-        f.iter().filter_map(|t| t.parse::<f64>().ok()).sum()
-    });
-    // SAFETY: sysconf has no preconditions.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    ticks / per_second
 }
 
 struct Row {

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{Node, poll_until};
+use support::{Node, footprint, poll_until, series_names};
 
 /// Datasets kept attached (and read) throughout.
 const KEPT: usize = 3;
@@ -22,62 +22,6 @@ const KEPT: usize = 3;
 const NAMES: usize = 40;
 /// RSS the agent may keep above its baseline after the cycles.
 const RSS_SLACK_KIB: u64 = 32 * 1024;
-
-/// The series `/metrics` shows (label sets without values).
-fn series_names(node: &Node) -> std::collections::BTreeSet<String> {
-    let (_, metrics) = node.call("GET", "/metrics", None);
-    metrics
-        .as_str()
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| {
-            l.rsplit_once(' ')
-                .map_or(l, |(series, _)| series)
-                .to_string()
-        })
-        .collect()
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Footprint {
-    rss_kib: u64,
-    threads: u64,
-    fds: usize,
-    fuse_connections: usize,
-    series: usize,
-}
-
-fn status_field(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|line| line.strip_prefix(key))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|value| value.parse().ok())
-        .unwrap_or_else(|| panic!("{key} missing in /proc/{pid}/status"))
-}
-
-fn footprint(node: &Node) -> Footprint {
-    let pid = node.agent.pid().expect("the agent runs");
-    let (_, metrics) = node.call("GET", "/metrics", None);
-    Footprint {
-        rss_kib: status_field(pid, "VmRSS:"),
-        threads: status_field(pid, "Threads:"),
-        fds: std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .map(|d| d.count())
-            .unwrap_or(0),
-        fuse_connections: std::fs::read_dir("/sys/fs/fuse/connections")
-            .map(|d| d.count())
-            .unwrap_or(0),
-        series: metrics
-            .as_str()
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.is_empty())
-            .count(),
-    }
-}
 
 fn attach(node: &Node, name: &str) {
     let (status, body) = node.call(

@@ -38,6 +38,7 @@
 
 mod agent;
 mod external;
+mod footprint;
 mod garage;
 mod http;
 mod namespace;
@@ -51,6 +52,7 @@ use std::time::{Duration, Instant};
 
 pub use agent::{Agent, AgentOptions};
 pub use external::ExternalMount;
+pub use footprint::{Footprint, cpu_seconds, footprint, series_names, status_field};
 pub use garage::Garage;
 /// One request over loopback TCP with extra headers (the nfs tier's forwarded API port).
 pub(crate) use http::http_tcp;
