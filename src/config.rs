@@ -13,6 +13,9 @@ use crate::manager::ManagerConfig;
 use crate::s3fs::credentials::DEFAULT_CREDENTIALS_DIR;
 use crate::s3fs::{CredentialsDir, FileEndpointPolicy};
 
+/// The most entries one S3 directory listing may have by default (a million
+/// entries hold about 200 MiB while listed).
+const DEFAULT_MAX_DIRECTORY_ENTRIES: usize = 1_000_000;
 /// Default root of the datasets.
 pub const DEFAULT_ROOT: &str = "/var/lib/hotmount/mnt";
 /// Default state directory.
@@ -123,6 +126,10 @@ pub struct ServeArgs {
     /// once [default: 256].
     #[arg(long, env = "HOTMOUNT_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// The most entries one S3 directory listing may have; a longer one
+    /// fails (EIO) instead of growing memory without bound [default: 1000000].
+    #[arg(long, env = "HOTMOUNT_MAX_DIRECTORY_ENTRIES")]
+    pub max_directory_entries: Option<usize>,
     /// How long S3 mounts remember that a name does not exist, so a new
     /// object appears within this time; 0 turns it off [default: 1s].
     #[arg(long, env = "HOTMOUNT_NEGATIVE_TTL", value_parser = parse_duration)]
@@ -161,6 +168,7 @@ struct FileConfig {
     negative_ttl: Option<String>,
     header_read_timeout: Option<String>,
     max_connections: Option<usize>,
+    max_directory_entries: Option<usize>,
     fuse_threads: Option<usize>,
     prefetch_memory: Option<String>,
     unmount_fuse_on_stop: Option<bool>,
@@ -211,6 +219,8 @@ pub struct Config {
     pub manager: ManagerConfig,
     /// Limits of every API listener.
     pub listener_limits: ListenerLimits,
+    /// The most entries one S3 directory listing may have.
+    pub max_directory_entries: usize,
 }
 
 impl Config {
@@ -349,6 +359,16 @@ impl Config {
             }
             listener_limits.max_connections = max;
         }
+        let max_directory_entries = args
+            .max_directory_entries
+            .or(file.max_directory_entries)
+            .unwrap_or(DEFAULT_MAX_DIRECTORY_ENTRIES);
+        if max_directory_entries == 0 {
+            return Err(invalid(
+                "--max-directory-entries",
+                "must be greater than zero",
+            ));
+        }
         if let Some(threads) = args.fuse_threads.or(file.fuse_threads) {
             if !(1..=64).contains(&threads) {
                 return Err(invalid("--fuse-threads", "must be between 1 and 64"));
@@ -375,6 +395,7 @@ impl Config {
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             manager,
             listener_limits,
+            max_directory_entries,
         })
     }
 }

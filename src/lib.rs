@@ -56,6 +56,7 @@ pub async fn run(
     mounter: Arc<dyn Mounter>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
+    object_store::list::set_max_list_entries(config.max_directory_entries);
     let metrics = Arc::new(Metrics::new());
     let store = StateStore::open(&config.state_dir)?;
     let manager = Manager::new(config.manager.clone(), mounter, store, metrics);

@@ -559,3 +559,38 @@ fn a_file_bucket_never_serves_a_file_outside_its_directory() {
     let listed = node.pod.list("linked").unwrap();
     assert_eq!(listed, vec!["README.txt", "train"], "links are not listed");
 }
+
+#[test]
+fn an_endless_listing_fails_instead_of_growing_memory() {
+    let server = support::EndlessListing::start();
+    let node = Node::start(&["--max-directory-entries", "5000", "--mount-timeout", "20s"]);
+    let spec = json!({"source": {"s3": {
+        "bucket": "endless", "endpoint": server.endpoint(), "region": "x",
+        "pathStyle": true, "credentials": "anonymous"}}});
+    let asked = Instant::now();
+    let (status, body) = node.call("PUT", "/v1/mounts/endless", Some(&spec));
+    let took = asked.elapsed();
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("more than 5000 entries"),
+        "the error names the cause: {body}"
+    );
+    assert!(
+        server.pages_sent() <= 7,
+        "it stopped at the limit ({} pages)",
+        server.pages_sent()
+    );
+    let rss = support::status_field(node.agent.pid().unwrap(), "VmRSS:");
+    assert!(rss < 100 * 1024, "RSS {rss} KiB");
+    let (status, _) = node.call("GET", "/healthz", None);
+    assert_eq!(status, 200);
+    node.assert_nothing_left("endless");
+    eprintln!(
+        "figure: endless listing refused after {} pages in {took:?}, agent RSS {} MiB",
+        server.pages_sent(),
+        rss / 1024
+    );
+}

@@ -40,6 +40,7 @@ mod agent;
 mod external;
 mod footprint;
 mod garage;
+mod hostile_s3;
 mod http;
 mod namespace;
 mod node;
@@ -54,6 +55,7 @@ pub use agent::{Agent, AgentOptions};
 pub use external::ExternalMount;
 pub use footprint::{Footprint, cpu_seconds, footprint, series_names, status_field};
 pub use garage::Garage;
+pub use hostile_s3::EndlessListing;
 /// One request over loopback TCP with extra headers (the nfs tier's forwarded API port).
 pub(crate) use http::http_tcp;
 pub use http::{http, http_with_timeout};

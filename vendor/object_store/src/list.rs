@@ -93,3 +93,18 @@ pub trait PaginatedListStore: Send + Sync + 'static {
 /// [`ListResult::extensions`] when any key was left out.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SkippedKeys(pub Vec<String>);
+
+/// hotmount patch: the most entries (objects and common prefixes) one
+/// `list_with_delimiter` collects before it fails; unlimited unless set.
+static MAX_LIST_ENTRIES: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(usize::MAX);
+
+/// hotmount patch: sets the limit of [`max_list_entries`] for the process.
+pub fn set_max_list_entries(limit: usize) {
+    MAX_LIST_ENTRIES.store(limit, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// hotmount patch: the most entries one `list_with_delimiter` collects.
+pub fn max_list_entries() -> usize {
+    MAX_LIST_ENTRIES.load(std::sync::atomic::Ordering::Relaxed)
+}

@@ -120,6 +120,19 @@ impl<T: ListClient + Clone> ListClientExt for T {
             let response = result?;
             common_prefixes.extend(response.common_prefixes);
             objects.extend(response.objects);
+            // hotmount patch: a listing longer than the limit fails instead
+            // of growing without bound (a server can send continuation
+            // tokens forever).
+            let limit = crate::list::max_list_entries();
+            if common_prefixes.len() + objects.len() > limit {
+                return Err(crate::Error::Generic {
+                    store: "list",
+                    source: format!(
+                        "the listing has more than {limit} entries (the limit of one directory)"
+                    )
+                    .into(),
+                });
+            }
             // hotmount patch: the keys every page left out, not only the last page's.
             let mut response_extensions = response.extensions;
             let skipped = response_extensions.remove::<crate::list::SkippedKeys>();
