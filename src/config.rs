@@ -142,6 +142,10 @@ pub struct ServeArgs {
     /// all mounts; 0 turns prefetching off [default: 512MiB].
     #[arg(long, env = "HOTMOUNT_PREFETCH_MEMORY", value_parser = parse_size)]
     pub prefetch_memory: Option<u64>,
+    /// Memory for data being written to S3 datasets, shared by all mounts;
+    /// past it a write waits, then fails with ENOSPC [default: 256MiB].
+    #[arg(long, env = "HOTMOUNT_WRITE_MEMORY", value_parser = parse_size)]
+    pub write_memory: Option<u64>,
     /// Unmount FUSE mounts on SIGTERM (NFS mounts always stay).
     #[arg(long, env = "HOTMOUNT_UNMOUNT_FUSE_ON_STOP")]
     pub unmount_fuse_on_stop: bool,
@@ -171,6 +175,7 @@ struct FileConfig {
     max_directory_entries: Option<usize>,
     fuse_threads: Option<usize>,
     prefetch_memory: Option<String>,
+    write_memory: Option<String>,
     unmount_fuse_on_stop: Option<bool>,
 }
 
@@ -384,6 +389,17 @@ impl Config {
         };
         if let Some(bytes) = prefetch_memory {
             manager.prefetch_budget = crate::s3fs::PrefetchBudget::new(bytes);
+        }
+        let write_memory = match (args.write_memory, &file.write_memory) {
+            (Some(bytes), _) => Some(bytes),
+            (None, Some(text)) => Some(parse_size(text).map_err(|e| invalid("--write-memory", e))?),
+            (None, None) => None,
+        };
+        if let Some(bytes) = write_memory {
+            if bytes < 1024 * 1024 {
+                return Err(invalid("--write-memory", "must be at least 1MiB"));
+            }
+            manager.write_budget = crate::s3fs::write::WriteBudget::new(bytes);
         }
         manager.unmount_fuse_on_stop =
             args.unmount_fuse_on_stop || file.unmount_fuse_on_stop.unwrap_or(false);

@@ -156,6 +156,7 @@ impl Manager {
                         immutable: s3.immutable,
                         ownership: ownership_of(s3, spec.read_only),
                         prefetch_budget: self.inner.config.prefetch_budget.clone(),
+                        write_budget: self.inner.config.write_budget.clone(),
                     },
                     tokio::runtime::Handle::current(),
                     self.inner.metrics.clone(),

@@ -146,6 +146,8 @@ pub struct ManagerConfig {
     pub negative_ttl: Duration,
     /// The memory budget for prefetched S3 data, shared by all mounts.
     pub prefetch_budget: std::sync::Arc<crate::s3fs::PrefetchBudget>,
+    /// The memory budget for S3 data being written, shared by all mounts.
+    pub write_budget: std::sync::Arc<crate::s3fs::write::WriteBudget>,
     /// Which `file://` endpoints are allowed.
     pub file_policy: FileEndpointPolicy,
     /// The one directory S3 credentials files may be read from.
@@ -169,6 +171,9 @@ impl ManagerConfig {
             negative_ttl: Duration::from_secs(1),
             prefetch_budget: crate::s3fs::PrefetchBudget::new(
                 crate::s3fs::prefetch::DEFAULT_PREFETCH_MEMORY,
+            ),
+            write_budget: crate::s3fs::write::WriteBudget::new(
+                crate::s3fs::write::WriteBudget::DEFAULT_BYTES,
             ),
             file_policy: FileEndpointPolicy::default(),
             credentials_dir: CredentialsDir::default(),

@@ -95,6 +95,16 @@ pub enum FsError {
         /// Why.
         detail: String,
     },
+    /// The agent-wide write budget stayed spent.
+    #[error(
+        "write {key}: no room in the {budget}-byte write budget (files being written use it all)"
+    )]
+    NoSpace {
+        /// The object.
+        key: String,
+        /// The budget in bytes.
+        budget: u64,
+    },
     /// A filesystem snapshot written by a build with another format.
     #[error(
         "filesystem snapshot format {found} cannot be loaded (this build reads format {expected})"
@@ -135,6 +145,7 @@ impl FsError {
             FsError::NotSequential { .. } => libc::EINVAL,
             FsError::Overwrite { .. } => libc::EPERM,
             FsError::Exists(_) => libc::EEXIST,
+            FsError::NoSpace { .. } => libc::ENOSPC,
             FsError::NotEmpty(_) => libc::ENOTEMPTY,
             FsError::BeingWritten(_) => libc::EBUSY,
             FsError::DirectoryRename(_) => libc::EXDEV,

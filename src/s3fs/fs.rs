@@ -50,7 +50,7 @@ pub use crate::s3fs::inodes::{NodeKind, ObjectStat, ROOT_INODE};
 use crate::s3fs::keys::{MAX_NAME_LEN, SkippedKeys};
 use crate::s3fs::prefetch::{FileReader, PrefetchBudget, RangeReader, ReadStats};
 use crate::s3fs::store::Bucket;
-use crate::s3fs::write::{Completion, ObjectWriter};
+use crate::s3fs::write::{Completion, ObjectWriter, WriteBudget};
 pub use readdir::DirEntry;
 use scan::DirectoryScan;
 
@@ -96,6 +96,8 @@ pub struct FsOptions {
     pub ownership: Ownership,
     /// The agent-wide memory budget for prefetched data.
     pub prefetch_budget: Arc<PrefetchBudget>,
+    /// The agent-wide memory budget for data being written.
+    pub write_budget: Arc<WriteBudget>,
 }
 
 /// The owner and permission bits of every file and directory of a mount
@@ -305,7 +307,12 @@ impl S3Filesystem {
                     }
                     HandleRecord::Write { ino, .. } => {
                         let key = keys.get(&ino).cloned().unwrap_or_default();
-                        let writer = ObjectWriter::lost(Arc::clone(&fs.bucket.store), key, ino);
+                        let writer = ObjectWriter::lost(
+                            Arc::clone(&fs.bucket.store),
+                            key,
+                            ino,
+                            Arc::clone(&fs.options.write_budget),
+                        );
                         Handle::Write(Arc::new(WriteHandle {
                             ino,
                             writer: tokio::sync::Mutex::new(writer),
@@ -798,7 +805,13 @@ impl S3Filesystem {
             let ino = table.upsert(parent, text, key.clone(), NodeKind::File, stat, true);
             (ino, self.take_reference(&mut table, ino)?)
         };
-        let writer = ObjectWriter::new(Arc::clone(&self.bucket.store), key, ino, created_by);
+        let writer = ObjectWriter::new(
+            Arc::clone(&self.bucket.store),
+            key,
+            ino,
+            created_by,
+            Arc::clone(&self.options.write_budget),
+        );
         let handle = WriteHandle {
             ino,
             writer: tokio::sync::Mutex::new(writer),
@@ -1318,6 +1331,7 @@ mod tests {
                     immutable: self.immutable,
                     ownership: Ownership::defaults(self.read_only),
                     prefetch_budget: PrefetchBudget::new(self.prefetch_memory),
+                    write_budget: WriteBudget::new(WriteBudget::DEFAULT_BYTES),
                 },
                 tokio::runtime::Handle::current(),
                 Arc::new(Metrics::new()),
@@ -2411,6 +2425,7 @@ mod tests {
                 immutable: false,
                 ownership: Ownership::defaults(false),
                 prefetch_budget: PrefetchBudget::new(setup.prefetch_memory),
+                write_budget: WriteBudget::new(WriteBudget::DEFAULT_BYTES),
             },
             tokio::runtime::Handle::current(),
             Arc::new(Metrics::new()),

@@ -845,6 +845,9 @@ mod tests {
                 immutable: false,
                 ownership: crate::s3fs::fs::Ownership::defaults(true),
                 prefetch_budget: crate::s3fs::PrefetchBudget::new(64 * 1024 * 1024),
+                write_budget: crate::s3fs::write::WriteBudget::new(
+                    crate::s3fs::write::WriteBudget::DEFAULT_BYTES,
+                ),
             },
             runtime.handle().clone(),
             Arc::clone(&metrics),

@@ -19,14 +19,65 @@
 //!   the object is completed at release, after the last copy was closed.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::Utc;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::s3fs::error::FsError;
 use crate::s3fs::inodes::ObjectStat;
+
+/// Memory for the data of files being written, shared by every read-write
+/// dataset (`--write-memory`): a writer holds what it buffers (in 1 MiB
+/// steps) and, once its upload is multipart, room for the parts in flight.
+/// Past the budget a write waits a moment, then fails with ENOSPC, so pods
+/// opening writers by the hundred cannot grow the agent's memory.
+#[derive(Debug)]
+pub struct WriteBudget {
+    capacity: u64,
+    semaphore: Arc<Semaphore>,
+    wait: Duration,
+}
+
+/// Steps in which a writer's buffer is reserved.
+const RESERVE_STEP: u64 = 1024 * 1024;
+/// How long a write waits for budget before it fails with ENOSPC.
+const BUDGET_WAIT: Duration = Duration::from_secs(5);
+
+impl WriteBudget {
+    /// The default budget: room for about 6 writers with 4 parts in flight.
+    pub const DEFAULT_BYTES: u64 = 256 * 1024 * 1024;
+
+    /// A budget of `bytes`.
+    pub fn new(bytes: u64) -> Arc<Self> {
+        Self::with_wait(bytes, BUDGET_WAIT)
+    }
+
+    /// A budget of `bytes` whose writes wait at most `wait` for room.
+    pub fn with_wait(bytes: u64, wait: Duration) -> Arc<Self> {
+        let permits = usize::try_from(bytes / RESERVE_STEP)
+            .unwrap_or(usize::MAX)
+            .min(Semaphore::MAX_PERMITS);
+        Arc::new(WriteBudget {
+            capacity: permits as u64 * RESERVE_STEP,
+            semaphore: Arc::new(Semaphore::new(permits)),
+            wait,
+        })
+    }
+
+    /// The whole budget in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Bytes held by writers right now.
+    pub fn in_use(&self) -> u64 {
+        self.capacity - self.semaphore.available_permits() as u64 * RESERVE_STEP
+    }
+}
 
 /// Size of one multipart part (S3 wants at least 5 MiB but for the last).
 pub const WRITE_PART_SIZE: usize = 8 * 1024 * 1024;
@@ -86,6 +137,9 @@ pub struct ObjectWriter {
     created_by: Option<u32>,
     written: u64,
     state: WriterState,
+    budget: Arc<WriteBudget>,
+    /// The budget this writer holds, in [`RESERVE_STEP`]s.
+    held: Option<OwnedSemaphorePermit>,
 }
 
 impl ObjectWriter {
@@ -96,6 +150,7 @@ impl ObjectWriter {
         key: ObjectPath,
         ino: u64,
         created_by: Option<u32>,
+        budget: Arc<WriteBudget>,
     ) -> Self {
         ObjectWriter {
             store,
@@ -104,6 +159,35 @@ impl ObjectWriter {
             created_by,
             written: 0,
             state: WriterState::Buffering(Vec::new()),
+            budget,
+            held: None,
+        }
+    }
+
+    /// Holds budget for `bytes` of this writer's data in all (waiting a
+    /// moment for room): ENOSPC when there is none.
+    async fn hold(&mut self, bytes: u64) -> Result<(), FsError> {
+        let steps = u32::try_from(bytes.div_ceil(RESERVE_STEP)).unwrap_or(u32::MAX);
+        let held = self
+            .held
+            .as_ref()
+            .map_or(0, |permit| permit.num_permits() as u32);
+        if steps <= held {
+            return Ok(());
+        }
+        let more = Arc::clone(&self.budget.semaphore).acquire_many_owned(steps - held);
+        match tokio::time::timeout(self.budget.wait, more).await {
+            Ok(Ok(permit)) => {
+                match &mut self.held {
+                    Some(held) => held.merge(permit),
+                    None => self.held = Some(permit),
+                }
+                Ok(())
+            }
+            _ => Err(FsError::NoSpace {
+                key: self.key.to_string(),
+                budget: self.budget.capacity,
+            }),
         }
     }
 
@@ -111,13 +195,20 @@ impl ObjectWriter {
     /// it (a restored handle): every later call fails (EIO), nothing is
     /// uploaded, and the multipart upload it may have started is left to the
     /// bucket's lifecycle rules (its id died too).
-    pub fn lost(store: Arc<dyn ObjectStore>, key: ObjectPath, ino: u64) -> Self {
+    pub fn lost(
+        store: Arc<dyn ObjectStore>,
+        key: ObjectPath,
+        ino: u64,
+        budget: Arc<WriteBudget>,
+    ) -> Self {
         ObjectWriter {
             store,
             key,
             ino,
             created_by: None,
             written: 0,
+            budget,
+            held: None,
             state: WriterState::Failed(
                 "the agent restarted while this file was being written; nothing was uploaded"
                     .to_string(),
@@ -195,6 +286,18 @@ impl ObjectWriter {
                 end: self.written,
             });
         }
+        let after = self.written + data.len() as u64;
+        let needed = match &self.state {
+            WriterState::Buffering(_) | WriterState::Done(_, Some(_))
+                if after <= WRITE_PART_SIZE as u64 =>
+            {
+                after
+            }
+            WriterState::Discarded | WriterState::Done(_, None) | WriterState::Failed(_) => 0,
+            // A multipart upload: the part being filled and those in flight.
+            _ => (PARTS_IN_FLIGHT as u64 + 2) * WRITE_PART_SIZE as u64,
+        };
+        self.hold(needed).await?;
         match &mut self.state {
             WriterState::Buffering(buffer) => {
                 buffer.extend_from_slice(data);
@@ -245,6 +348,7 @@ impl ObjectWriter {
 
     /// Aborts a multipart upload after `source` failed it.
     async fn fail(&mut self, source: object_store::Error) -> FsError {
+        self.held = None;
         let reason = source.to_string();
         let state = std::mem::replace(&mut self.state, WriterState::Failed(reason));
         if let WriterState::Uploading(multipart) = state {
@@ -274,6 +378,7 @@ impl ObjectWriter {
     /// Drops what was written of a file unlinked while open: a multipart
     /// upload under way is aborted, and nothing is ever uploaded.
     pub async fn discard(&mut self) {
+        self.held = None;
         let state = std::mem::replace(&mut self.state, WriterState::Discarded);
         if let WriterState::Uploading(multipart) = state
             && let Err(err) = multipart.abort().await
@@ -315,10 +420,17 @@ impl ObjectWriter {
                     last_modified: Utc::now(),
                     etag: result.e_tag,
                 };
+                // What stays is the bytes of a one-PUT object (kept until
+                // release for a late append); a multipart upload's parts went.
+                let kept = sent.as_ref().map_or(0, |bytes| bytes.len() as u64);
+                if kept == 0 {
+                    self.held = None;
+                }
                 self.state = WriterState::Done(stat.clone(), sent);
                 Ok(Some(stat))
             }
             Err(source) => {
+                self.held = None;
                 self.state = WriterState::Failed(source.to_string());
                 Err(FsError::Store {
                     op: "put",
@@ -327,5 +439,53 @@ impl ObjectWriter {
                 })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use object_store::memory::InMemory;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn writers_share_one_budget_and_get_enospc_past_it() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let budget = WriteBudget::with_wait(3 * RESERVE_STEP, Duration::from_millis(100));
+        let mut first = ObjectWriter::new(
+            Arc::clone(&store),
+            ObjectPath::from("first"),
+            2,
+            None,
+            Arc::clone(&budget),
+        );
+        let mut second = ObjectWriter::new(
+            Arc::clone(&store),
+            ObjectPath::from("second"),
+            3,
+            None,
+            Arc::clone(&budget),
+        );
+        let two_mib = vec![1u8; 2 * RESERVE_STEP as usize];
+        first.write(0, &two_mib).await.unwrap();
+        assert_eq!(budget.in_use(), 2 * RESERVE_STEP);
+        // The second writer needs two more steps; one is left: ENOSPC after
+        // a moment, and nothing of it was taken.
+        let refused = second.write(0, &two_mib).await.unwrap_err();
+        assert_eq!(refused.errno(), libc::ENOSPC, "{refused}");
+        assert_eq!(budget.in_use(), 2 * RESERVE_STEP);
+        // Small writes still fit.
+        second.write(0, b"small").await.unwrap();
+        first.finish().await.unwrap();
+        drop(first);
+        assert_eq!(
+            budget.in_use(),
+            RESERVE_STEP,
+            "a closed writer gives its budget back"
+        );
+        second.write(5, &two_mib).await.unwrap();
+        second.finish().await.unwrap();
+        drop(second);
+        assert_eq!(budget.in_use(), 0);
     }
 }
