@@ -118,6 +118,10 @@ pub struct ServeArgs {
     /// Metadata cache TTL of S3 mounts [default: 60s].
     #[arg(long, env = "HOTMOUNT_METADATA_TTL", value_parser = parse_duration)]
     pub metadata_ttl: Option<Duration>,
+    /// Serve `/metrics` alone, without a token, on this address (for
+    /// Prometheus; the API stays on the socket and `--listen`).
+    #[arg(long, env = "HOTMOUNT_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// The longest a connection to the API may take to send a request head,
     /// or sit idle between requests, before it is closed [default: 10s].
     #[arg(long, env = "HOTMOUNT_HEADER_READ_TIMEOUT", value_parser = parse_duration)]
@@ -171,6 +175,7 @@ struct FileConfig {
     metadata_ttl: Option<String>,
     negative_ttl: Option<String>,
     header_read_timeout: Option<String>,
+    metrics_listen: Option<SocketAddr>,
     max_connections: Option<usize>,
     max_directory_entries: Option<usize>,
     fuse_threads: Option<usize>,
@@ -224,6 +229,8 @@ pub struct Config {
     pub manager: ManagerConfig,
     /// Limits of every API listener.
     pub listener_limits: ListenerLimits,
+    /// Where `/metrics` is served alone, without a token.
+    pub metrics_listen: Option<SocketAddr>,
     /// The most entries one S3 directory listing may have.
     pub max_directory_entries: usize,
 }
@@ -412,6 +419,7 @@ impl Config {
             manager,
             listener_limits,
             max_directory_entries,
+            metrics_listen: args.metrics_listen.or(file.metrics_listen),
         })
     }
 }

@@ -89,6 +89,21 @@ pub async fn run(
             stopped(stop_rx.clone()),
         ));
     }
+    if let Some(addr) = config.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| RunError::Listen {
+                what: addr.to_string(),
+                source,
+            })?;
+        tracing::info!(%addr, "serving /metrics on TCP (no token)");
+        servers.spawn(api::listener::serve(
+            listener,
+            api::metrics_router(manager.clone()),
+            limits,
+            stopped(stop_rx.clone()),
+        ));
+    }
     tracing::info!(socket = %config.socket.display(), root = %manager.root().display(), "hotmount starting");
 
     let started = manager.start().await;

@@ -594,3 +594,30 @@ fn an_endless_listing_fails_instead_of_growing_memory() {
         rss / 1024
     );
 }
+
+#[test]
+fn the_metrics_listener_serves_metrics_alone_without_a_token() {
+    let [port] = support::free_loopback_ports::<1>();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let node = Node::start(&["--metrics-listen", &addr.to_string()]);
+    make_bucket(&node.buckets().join("data"));
+    let (status, _) = node.call("PUT", "/v1/mounts/seen", Some(&node.file_spec("data")));
+    assert_eq!(status, 201);
+    let timeout = Duration::from_secs(10);
+    let (status, text) = support::http_tcp(addr, "GET", "/metrics", &[], None, timeout).unwrap();
+    assert_eq!(status, 200, "no token needed: {text}");
+    support::promtool_check_metrics(&text);
+    assert!(
+        text.contains(r#"hotmount_mount_healthy{backend="s3",name="seen"} 1"#),
+        "{text}"
+    );
+    // Nothing but /metrics there: not the API.
+    for (method, path) in [
+        ("GET", "/v1/mounts"),
+        ("PUT", "/v1/mounts/x"),
+        ("GET", "/readyz"),
+    ] {
+        let (status, _) = support::http_tcp(addr, method, path, &[], None, timeout).unwrap();
+        assert_eq!(status, 404, "{method} {path}");
+    }
+}

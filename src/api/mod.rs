@@ -132,6 +132,19 @@ pub fn router(manager: Manager) -> Router {
         .with_state(manager)
 }
 
+/// The router of the metrics listener (`--metrics-listen`): `/metrics` only,
+/// with no token, for Prometheus; nothing else is served there.
+pub fn metrics_router(manager: Manager) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .fallback(no_route)
+        .layer(middleware::from_fn_with_state(
+            manager.clone(),
+            count_requests,
+        ))
+        .with_state(manager)
+}
+
 /// The router of the TCP listener: every call needs a bearer token.
 pub fn router_with_tokens(manager: Manager, tokens: TokenSet) -> Router {
     router(manager).layer(middleware::from_fn_with_state(
