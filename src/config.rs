@@ -101,6 +101,14 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub allow_file_endpoint: Vec<PathBuf>,
+    /// An S3 endpoint host or NFS server (as specs name it) allowed although
+    /// it resolves to a link-local address (repeatable).
+    #[arg(
+        long = "allow-endpoint",
+        env = "HOTMOUNT_ALLOW_ENDPOINT",
+        value_delimiter = ','
+    )]
+    pub allow_endpoint: Vec<String>,
     /// The only directory S3 credentials files are read from: `{"secret":
     /// NAME}` is `DIR/NAME`, `{"file": PATH}` must resolve beneath it
     /// [default: /etc/hotmount/creds].
@@ -168,6 +176,8 @@ struct FileConfig {
     log_format: Option<LogFormat>,
     #[serde(default)]
     allow_file_endpoint: Vec<PathBuf>,
+    #[serde(default)]
+    allow_endpoint: Vec<String>,
     credentials_dir: Option<PathBuf>,
     mount_timeout: Option<String>,
     probe_interval: Option<String>,
@@ -324,6 +334,9 @@ impl Config {
         manager.file_policy = FileEndpointPolicy {
             allowed_dirs: allowed,
         };
+        let mut allowed_hosts = args.allow_endpoint;
+        allowed_hosts.extend(file.allow_endpoint);
+        manager.egress = crate::egress::EgressPolicy { allowed_hosts };
         // Need not exist yet: a Secret volume may come later, and until
         // then credentials files are refused with a clear error.
         manager.credentials_dir = CredentialsDir::new(credentials_dir);

@@ -6,6 +6,7 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod egress;
 pub mod manager;
 pub mod memory;
 pub mod metrics;

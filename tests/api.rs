@@ -970,3 +970,55 @@ async fn a_root_that_cannot_be_shared_refuses_to_start() {
         .expect("refused");
     assert!(err.to_string().contains("propagation"), "{err}");
 }
+
+#[tokio::test]
+async fn link_local_endpoints_are_refused_before_any_connection() {
+    let f = fixture().await;
+    let s3 = json!({"source": {"s3": {"bucket": "creds", "endpoint": "http://169.254.169.254",
+        "pathStyle": true, "credentials": "anonymous"}}});
+    let nfs = json!({"source": {"nfs": {"server": "169.254.169.254", "export": "/x"}}});
+    let v6 = json!({"source": {"s3": {"bucket": "creds", "endpoint": "http://[fe80::1]:9000",
+        "credentials": "anonymous"}}});
+    for (name, spec) in [("meta-s3", s3), ("meta-nfs", nfs), ("meta-v6", v6)] {
+        let (status, body) = f
+            .send(
+                Method::PUT,
+                Box::leak(format!("/v1/mounts/{name}").into_boxed_str()),
+                Some(spec),
+            )
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{name}: {body}");
+        assert_eq!(error_code(&body), "EndpointNotAllowed", "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("--allow-endpoint"),
+            "the error says how to allow it: {body}"
+        );
+        f.assert_nothing_left(name).await;
+    }
+    let attempted = f.fake.calls().into_iter().any(|call| {
+        matches!(call, hotmount::sys::RecordedCall::Mount(request)
+            if request.target.to_string_lossy().contains("meta-"))
+    });
+    assert!(!attempted, "no mount was attempted");
+}
+
+#[tokio::test]
+async fn an_endpoint_allowed_by_name_passes_the_egress_check() {
+    let f = start(
+        tempfile::tempdir().unwrap(),
+        Arc::new(RecordingMounter::new()),
+        |config| {
+            config.egress = hotmount::egress::EgressPolicy {
+                allowed_hosts: vec!["169.254.169.254".to_string()],
+            };
+        },
+    )
+    .await
+    .unwrap();
+    let nfs = json!({"source": {"nfs": {"server": "169.254.169.254", "export": "/x"}}});
+    let (status, body) = f.send(Method::PUT, "/v1/mounts/allowed", Some(nfs)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}

@@ -97,6 +97,7 @@ impl From<ManagerError> for ApiError {
                 StoreError::Unreachable { .. } => (S::BAD_GATEWAY, "BackendUnreachable"),
                 StoreError::Timeout { .. } => (S::GATEWAY_TIMEOUT, "BackendTimeout"),
             },
+            ManagerError::Egress { .. } => (S::FORBIDDEN, "EndpointNotAllowed"),
             ManagerError::Nfs { source, .. } => match source {
                 crate::nfs::NfsError::ResolveTimeout { .. } => {
                     (S::GATEWAY_TIMEOUT, "BackendTimeout")

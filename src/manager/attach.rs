@@ -115,6 +115,14 @@ impl Manager {
                         name: name.to_string(),
                         source,
                     })?;
+                self.inner
+                    .config
+                    .egress
+                    .check(&nfs.server, &[addr])
+                    .map_err(|source| ManagerError::Egress {
+                        name: name.to_string(),
+                        source,
+                    })?;
                 let request = crate::nfs::mount_request(nfs, addr, spec.read_only, &target, None);
                 // The server as the kernel was asked to reach it: a timeout
                 // names where the mount hung.
@@ -129,6 +137,7 @@ impl Manager {
                 .await
             }
             SourceSpec::S3(s3) => {
+                self.check_s3_egress(name, s3, remaining()).await?;
                 let store_error = |source| ManagerError::Store {
                     name: name.to_string(),
                     source,
@@ -184,6 +193,44 @@ impl Manager {
                 .await
             }
         }
+    }
+
+    /// Refuses an S3 endpoint the agent does not connect to (see
+    /// [`crate::egress`]), before any connection. A name that does not
+    /// resolve within `deadline` is left to the bucket check, which then
+    /// fails with its own error.
+    async fn check_s3_egress(
+        &self,
+        name: &str,
+        s3: &S3Source,
+        deadline: Duration,
+    ) -> Result<(), ManagerError> {
+        let Some((host, port)) = s3
+            .endpoint
+            .as_deref()
+            .and_then(crate::egress::endpoint_host_port)
+        else {
+            return Ok(());
+        };
+        let addrs: Vec<std::net::IpAddr> = match host.parse() {
+            Ok(addr) => vec![addr],
+            Err(_) => {
+                match tokio::time::timeout(deadline, tokio::net::lookup_host((host.as_str(), port)))
+                    .await
+                {
+                    Ok(Ok(found)) => found.map(|a| a.ip()).collect(),
+                    _ => return Ok(()),
+                }
+            }
+        };
+        self.inner
+            .config
+            .egress
+            .check(&host, &addrs)
+            .map_err(|source| ManagerError::Egress {
+                name: name.to_string(),
+                source,
+            })
     }
 
     /// Reads the credentials file `s3` names (none for inline keys,

@@ -58,6 +58,14 @@ pub enum ManagerError {
         /// The store's reason.
         source: StoreError,
     },
+    /// The endpoint or server is one the agent does not connect to.
+    #[error("mount {name}: {source}")]
+    Egress {
+        /// The name.
+        name: String,
+        /// Why it is refused.
+        source: crate::egress::EgressError,
+    },
     /// Resolving the NFS server failed.
     #[error("mount {name}: {source}")]
     Nfs {

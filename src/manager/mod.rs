@@ -148,6 +148,8 @@ pub struct ManagerConfig {
     pub prefetch_budget: std::sync::Arc<crate::s3fs::PrefetchBudget>,
     /// The memory budget for S3 data being written, shared by all mounts.
     pub write_budget: std::sync::Arc<crate::s3fs::write::WriteBudget>,
+    /// Endpoints allowed despite the egress rules (`--allow-endpoint`).
+    pub egress: crate::egress::EgressPolicy,
     /// Which `file://` endpoints are allowed.
     pub file_policy: FileEndpointPolicy,
     /// The one directory S3 credentials files may be read from.
@@ -175,6 +177,7 @@ impl ManagerConfig {
             write_budget: crate::s3fs::write::WriteBudget::new(
                 crate::s3fs::write::WriteBudget::DEFAULT_BYTES,
             ),
+            egress: crate::egress::EgressPolicy::default(),
             file_policy: FileEndpointPolicy::default(),
             credentials_dir: CredentialsDir::default(),
             unmount_fuse_on_stop: false,
