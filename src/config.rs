@@ -416,8 +416,11 @@ impl Config {
             (None, None) => None,
         };
         if let Some(bytes) = write_memory {
-            if bytes < 1024 * 1024 {
-                return Err(invalid("--write-memory", "must be at least 1MiB"));
+            if bytes < crate::s3fs::write::WriteBudget::MIN_BYTES {
+                return Err(invalid(
+                    "--write-memory",
+                    "must hold at least one multipart writer (64MiB)",
+                ));
             }
             manager.write_budget = crate::s3fs::write::WriteBudget::new(bytes);
         }

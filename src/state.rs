@@ -138,8 +138,18 @@ impl StateStore {
     /// and the previous good file (`mounts.json.prev`) loaded instead.
     pub fn load(&self) -> Result<LoadedState, StateError> {
         let path = self.path();
+        let previous = self.dir.join(PREVIOUS_FILE);
         let Some(parsed) = self.read_state(&path)? else {
-            return Ok(LoadedState::default());
+            // No state file but a previous one: a crash between moving a
+            // corrupt file aside and saving again. The previous one counts.
+            return match self.read_state(&previous)? {
+                Some(Ok(file)) => Ok(LoadedState {
+                    mounts: file.mounts,
+                    quarantined: None,
+                    from_previous: true,
+                }),
+                _ => Ok(LoadedState::default()),
+            };
         };
         let reason = match parsed {
             Ok(file) => {
@@ -158,7 +168,6 @@ impl StateStore {
             path: aside.clone(),
             source,
         })?;
-        let previous = self.dir.join(PREVIOUS_FILE);
         match self.read_state(&previous)? {
             Some(Ok(file)) => {
                 tracing::error!(
@@ -323,16 +332,16 @@ impl StateStore {
         drop(file);
         // The current file becomes the previous one (a hard link: at every
         // moment a good state file exists under one of the two names).
+        // With no current file (it was corrupt and moved aside), the
+        // previous one stays what it is.
         let previous = self.dir.join(PREVIOUS_FILE);
-        match fs::remove_file(&previous) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(fail(e)),
-        }
-        match fs::hard_link(&path, &previous) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(fail(e)),
+        if path.exists() {
+            match fs::remove_file(&previous) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(fail(e)),
+            }
+            fs::hard_link(&path, &previous).map_err(fail)?;
         }
         fs::rename(&tmp, &path).map_err(fail)?;
         File::open(&self.dir)
@@ -447,6 +456,12 @@ mod tests {
             fs::remove_file(file).unwrap();
         }
         assert!(store.load().unwrap().complete(&store));
+        // No state file, a previous one: it is loaded, and not trusted to
+        // remove anything.
+        fs::remove_file(store.path()).unwrap();
+        let fallback = store.load().unwrap();
+        assert!(fallback.from_previous && !fallback.mounts.is_empty());
+        assert!(!fallback.complete(&store));
     }
 
     #[test]

@@ -18,6 +18,9 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+/// How long a graceful stop waits for the connections still open.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// The limits of one listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListenerLimits {
@@ -160,7 +163,14 @@ pub async fn serve<L: Listener>(
             drop(slot);
         });
     }
-    graceful.shutdown().await;
+    // Requests in flight finish; a client that never reads its response
+    // does not hold the stop up for long.
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; stopping anyway");
+    }
     Ok(())
 }
 

@@ -424,7 +424,10 @@ impl Manager {
             // an error now, and the kernel's side of the connection goes.
             if detached_busy
                 && let Some(connection) = fuse.session.connection
-                && (degraded || self.requests_stay_waiting(connection).await)
+                && (degraded
+                    || self
+                        .requests_stay_waiting(connection, &fuse.filesystem)
+                        .await)
             {
                 self.abort_connection(connection).await;
             }
@@ -433,10 +436,12 @@ impl Manager {
         Ok(())
     }
 
-    /// Whether FUSE connection `connection` still has unanswered requests
-    /// after [`STUCK_REQUEST_GRACE`] (a healthy read finishes well before).
-    async fn requests_stay_waiting(&self, connection: u32) -> bool {
+    /// Whether FUSE connection `connection` is stuck: requests stay
+    /// unanswered for [`STUCK_REQUEST_GRACE`] while `filesystem` answers
+    /// none (a reader that is merely busy keeps getting answers).
+    async fn requests_stay_waiting(&self, connection: u32, filesystem: &S3Filesystem) -> bool {
         let started = Instant::now();
+        let answered = filesystem.answered();
         loop {
             let mounter = self.inner.mounter.clone();
             let waiting =
@@ -444,6 +449,9 @@ impl Manager {
                     .await
                     .ok()
                     .flatten();
+            if filesystem.answered() != answered {
+                return false;
+            }
             match waiting {
                 None | Some(0) => return false,
                 Some(_) if started.elapsed() >= STUCK_REQUEST_GRACE => return true,

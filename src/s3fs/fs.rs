@@ -174,6 +174,9 @@ pub struct S3Filesystem {
     reader: Arc<RangeReader>,
     scans: Mutex<HashMap<u64, DirectoryScan>>,
     skipped_keys: SkippedKeys,
+    /// Requests answered so far (a connection whose count stands still
+    /// while requests wait is stuck, not busy).
+    answered: std::sync::atomic::AtomicU64,
 }
 
 impl S3Filesystem {
@@ -237,6 +240,7 @@ impl S3Filesystem {
             handles: Mutex::new(HandleTable::default()),
             scans: Mutex::new(HashMap::new()),
             skipped_keys: SkippedKeys::default(),
+            answered: std::sync::atomic::AtomicU64::new(0),
         };
         let restored = handles(&filesystem);
         *filesystem.handles() = restored;
@@ -321,6 +325,17 @@ impl S3Filesystem {
                 })
             },
         ))
+    }
+
+    /// Counts one answered request (the FUSE adapter calls this).
+    pub fn note_answered(&self) {
+        self.answered
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Requests answered so far.
+    pub fn answered(&self) -> u64 {
+        self.answered.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The runtime that runs network work.
@@ -991,6 +1006,10 @@ impl S3Filesystem {
             // The copy is in place; the old name stays visible too.
             tracing::warn!(key = %inode.key, error = %err, "rename: delete of the original");
         }
+        // A descriptor still open for writing appends under the new name.
+        if let Some(handle) = self.write_handle_of(ino) {
+            handle.writer.lock().await.moved_to(new_key.clone());
+        }
         self.table().rename(ino, new_parent, new_text, new_key);
         Ok(())
     }
@@ -1022,12 +1041,21 @@ impl S3Filesystem {
         if inode.kind == NodeKind::Directory {
             return Err(FsError::IsADirectory(target));
         }
-        if inode.local {
-            // Still being written (git and mkstemp users unlink files they
-            // hold open): the name goes now and nothing is uploaded for it.
-            if let Some(handle) = self.write_handle_of(ino) {
-                handle.writer.lock().await.discard().await;
+        // A file still open for writing (git and mkstemp users unlink files
+        // they hold open) never uploads again, whatever comes through its
+        // descriptors; if it had been completed meanwhile (a release racing
+        // this unlink), its object is deleted like any other.
+        let sent_by_writer = match self.write_handle_of(ino) {
+            Some(handle) => {
+                let mut writer = handle.writer.lock().await;
+                let done = writer.is_done();
+                writer.discard().await;
+                done
             }
+            None => false,
+        };
+        let local_now = self.inode(ino).is_ok_and(|now| now.local);
+        if local_now && !sent_by_writer {
             self.table().insert_negative(parent, text);
             return Ok(());
         }
@@ -1229,6 +1257,9 @@ mod tests {
             location: &ObjectPath,
             opts: PutMultipartOptions,
         ) -> object_store::Result<Box<dyn MultipartUpload>> {
+            if let Some(err) = self.injected() {
+                return Err(err);
+            }
             self.inner.put_multipart_opts(location, opts).await
         }
 
@@ -2495,6 +2526,80 @@ mod tests {
             snapshot,
         );
         assert!(matches!(refused, Err(FsError::SnapshotFormat { .. })));
+    }
+
+    #[tokio::test]
+    async fn an_unlinked_file_still_open_never_comes_back() {
+        let store = Arc::new(InMemory::new());
+        let fs = writable().build(store.clone());
+        let (_, fh) = fs
+            .create(ROOT_INODE, OsStr::new("f"), Some(1))
+            .await
+            .unwrap();
+        fs.write(fh, 0, b"x").await.unwrap();
+        fs.flush(fh, Some(1)).await.unwrap();
+        assert_eq!(stored(&store, "f").await.unwrap(), b"x");
+        // Completed, still open: unlink deletes the object, and an append
+        // through the open descriptor does not bring it back.
+        fs.unlink(ROOT_INODE, OsStr::new("f")).await.unwrap();
+        assert_eq!(stored(&store, "f").await, None);
+        fs.write(fh, 1, b"y").await.unwrap();
+        fs.flush(fh, Some(1)).await.unwrap();
+        fs.release_writer(fh).await;
+        assert_eq!(
+            stored(&store, "f").await,
+            None,
+            "the unlinked object stays gone"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_listing_taken_earlier_never_undoes_a_completed_upload() {
+        let store = Arc::new(InMemory::new());
+        for i in 0..40 {
+            put(&*store, &format!("d/f{i:02}"), "x").await;
+        }
+        let fs = writable().build(store.clone());
+        let dir = fs.lookup(ROOT_INODE, OsStr::new("d")).await.unwrap();
+        let (_, fh) = fs
+            .create(dir.ino.0, OsStr::new("zz"), Some(1))
+            .await
+            .unwrap();
+        let dh = fs.opendir(dir.ino.0).unwrap();
+        let first = fs.readdir(dh, 0, 5).await.unwrap();
+        // zz completes while the directory is being listed in pages.
+        fs.write(fh, 0, b"done").await.unwrap();
+        fs.flush(fh, Some(1)).await.unwrap();
+        fs.release_writer(fh).await;
+        let rest = fs
+            .readdirplus(dh, first.last().unwrap().next_offset, ALL)
+            .await
+            .unwrap();
+        let zz = rest.iter().find(|e| e.name == "zz").expect("zz listed");
+        assert_eq!(zz.attr.size, 4, "the completed size, not the listing's");
+        assert_eq!(open_read_all(&fs, dir.ino.0, "zz").await, b"done");
+    }
+
+    #[tokio::test]
+    async fn a_failed_multipart_start_leaves_no_object() {
+        let inner = Arc::new(InMemory::new());
+        let store = CountingStore::new(inner.clone());
+        let fs = writable().build(store.clone());
+        let (_, fh) = fs
+            .create(ROOT_INODE, OsStr::new("big"), Some(1))
+            .await
+            .unwrap();
+        store.fail_with(Some(server_error));
+        let part = pattern(crate::s3fs::write::WRITE_PART_SIZE + 1);
+        assert_eq!(errno_of(fs.write(fh, 0, &part).await), libc::EIO);
+        store.fail_with(None);
+        assert_eq!(errno_of(fs.flush(fh, Some(1)).await), libc::EIO);
+        fs.release_writer(fh).await;
+        assert_eq!(
+            stored(&inner, "big").await,
+            None,
+            "no object of bytes that failed"
+        );
     }
 
     #[tokio::test]

@@ -79,12 +79,14 @@ impl FuseAdapter {
         let task = work(Arc::clone(&fs));
         self.fs.runtime().spawn(async move {
             task.await;
+            fs.note_answered();
             fs.metrics().observe_fuse_duration(op, started.elapsed());
         });
     }
 
     /// Counts and times a FUSE op answered without the network.
     fn observe(&self, op: &'static str, started: Instant) {
+        self.fs.note_answered();
         let metrics = self.fs.metrics();
         metrics.count_fuse_request(&self.fs.options().dataset, op);
         metrics.observe_fuse_duration(op, started.elapsed());

@@ -131,7 +131,21 @@ impl ObjectStore for ConfinedLocalStore {
         &self,
         locations: BoxStream<'static, object_store::Result<ObjectPath>>,
     ) -> BoxStream<'static, object_store::Result<ObjectPath>> {
-        self.inner.delete_stream(locations)
+        // A path through a link is refused, never passed on for deletion.
+        let confined = Arc::new(ConfinedPaths {
+            root_fd: self.root_fd.try_clone().ok(),
+        });
+        let checked = locations
+            .map(move |location| {
+                let location = location?;
+                if confined.allows(&location) || !confined.exists(&location) {
+                    Ok(location)
+                } else {
+                    Err(refused(&location, Errno::ELOOP))
+                }
+            })
+            .boxed();
+        self.inner.delete_stream(checked)
     }
 
     fn list(
@@ -194,6 +208,20 @@ struct ConfinedPaths {
 }
 
 impl ConfinedPaths {
+    /// Whether anything (a link included) is at `location`, looked at
+    /// without following links.
+    fn exists(&self, location: &ObjectPath) -> bool {
+        let Some(root_fd) = &self.root_fd else {
+            return true;
+        };
+        nix::sys::stat::fstatat(
+            root_fd,
+            Path::new(location.as_ref()),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .is_ok()
+    }
+
     fn allows(&self, location: &ObjectPath) -> bool {
         let Some(root_fd) = &self.root_fd else {
             return false;
@@ -254,5 +282,8 @@ mod tests {
             .await;
         assert!(written.is_err(), "no write through a link");
         assert!(!outside.join("planted").exists());
+        let deleted = store.delete(&ObjectPath::from("out/secret")).await;
+        assert!(deleted.is_err(), "no delete through a link");
+        assert!(outside.join("secret").exists());
     }
 }

@@ -48,8 +48,10 @@ const RESERVE_STEP: u64 = 1024 * 1024;
 const BUDGET_WAIT: Duration = Duration::from_secs(5);
 
 impl WriteBudget {
-    /// The default budget: room for about 6 writers with 4 parts in flight.
+    /// The default budget: room for about 5 writers with 4 parts in flight.
     pub const DEFAULT_BYTES: u64 = 256 * 1024 * 1024;
+    /// The smallest budget: one multipart writer (48 MiB) and room to spare.
+    pub const MIN_BYTES: u64 = 64 * 1024 * 1024;
 
     /// A budget of `bytes`.
     pub fn new(bytes: u64) -> Arc<Self> {
@@ -241,6 +243,12 @@ impl ObjectWriter {
         }
     }
 
+    /// The object was renamed (copied) to `key` after it was completed: a
+    /// late append sends it there.
+    pub fn moved_to(&mut self, key: ObjectPath) {
+        self.key = key;
+    }
+
     /// Whether the object is in the store (completed).
     pub fn is_done(&self) -> bool {
         matches!(self.state, WriterState::Done(..))
@@ -302,15 +310,12 @@ impl ObjectWriter {
             WriterState::Buffering(buffer) => {
                 buffer.extend_from_slice(data);
                 if buffer.len() > WRITE_PART_SIZE {
-                    let upload = self
-                        .store
-                        .put_multipart(&self.key)
-                        .await
-                        .map_err(|source| FsError::Store {
-                            op: "put",
-                            key: self.key.to_string(),
-                            source,
-                        })?;
+                    let upload = match self.store.put_multipart(&self.key).await {
+                        Ok(upload) => upload,
+                        // The write fails and so does the file: no object
+                        // with bytes the program was told were not written.
+                        Err(source) => return Err(self.fail(source).await),
+                    };
                     let mut multipart =
                         WriteMultipart::new_with_chunk_size(upload, WRITE_PART_SIZE);
                     multipart.put(Bytes::from(std::mem::take(buffer)));

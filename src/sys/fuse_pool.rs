@@ -145,6 +145,7 @@ impl FusePool {
                 buffer_size: AtomicUsize::new(0),
             });
             for _ in 0..MIN_THREADS {
+                pool.threads.fetch_add(1, Ordering::Relaxed);
                 pool.spawn_thread();
             }
             pool
@@ -201,8 +202,8 @@ impl FusePool {
         Ok(PooledConnection { ended })
     }
 
+    /// Starts a thread the caller has already counted in `threads`.
     fn spawn_thread(self: &Arc<Self>) {
-        self.threads.fetch_add(1, Ordering::Relaxed);
         let pool = Arc::clone(self);
         let spawned = std::thread::Builder::new()
             .name("fuse-pool".to_string())
@@ -238,7 +239,15 @@ impl FusePool {
                     return;
                 }
             }
-            if idle_now == 0 && self.threads.load(Ordering::Relaxed) < self.max_threads() {
+            let max = self.max_threads();
+            let grow = idle_now == 0
+                && self
+                    .threads
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                        (n < max).then_some(n + 1)
+                    })
+                    .is_ok();
+            if grow {
                 // Every thread is busy: one more for the next request.
                 self.spawn_thread();
             }

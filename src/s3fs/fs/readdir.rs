@@ -169,20 +169,36 @@ impl S3Filesystem {
             .skip(start.saturating_sub(2))
             .take(room);
         for (index, entry) in listed {
-            let known = table
+            // The listing was taken at offset 0; what this mount made or
+            // completed since is newer than it.
+            let current = table
                 .children
-                .contains_key(&(handle.ino, entry.name.clone()));
-            let ino = table.upsert(
-                handle.ino,
-                &entry.name,
-                entry.key.clone(),
-                entry.kind,
-                entry.stat.clone(),
-                entry.local,
-            );
-            if !known {
-                created.push(ino);
-            }
+                .get(&(handle.ino, entry.name.clone()))
+                .copied();
+            let current_is_local = current
+                .and_then(|ino| table.inodes.get(&ino))
+                .is_some_and(|inode| inode.local);
+            let ino = match current {
+                // Made here (still being written, or a directory the store
+                // does not have), or made here and completed since.
+                Some(ino) if current_is_local || entry.local => ino,
+                // Made here and gone since (unlinked, or its upload failed).
+                None if entry.local => continue,
+                _ => {
+                    let ino = table.upsert(
+                        handle.ino,
+                        &entry.name,
+                        entry.key.clone(),
+                        entry.kind,
+                        entry.stat.clone(),
+                        false,
+                    );
+                    if current.is_none() {
+                        created.push(ino);
+                    }
+                    ino
+                }
+            };
             let inode = table
                 .inodes
                 .get_mut(&ino)

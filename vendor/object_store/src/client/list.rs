@@ -116,15 +116,24 @@ impl<T: ListClient + Clone> ListClientExt for T {
         let mut objects = Vec::new();
         let mut extensions = http::Extensions::new();
 
+        // hotmount patch: the keys (kept or left out) and pages seen so far.
+        let mut seen = 0usize;
+        let mut pages = 0usize;
         while let Some(result) = stream.next().await {
             let response = result?;
+            pages += 1;
+            seen += response.common_prefixes.len() + response.objects.len();
+            if let Some(skipped) = response.extensions.get::<crate::list::SkippedKeys>() {
+                seen += skipped.0.len();
+            }
             common_prefixes.extend(response.common_prefixes);
             objects.extend(response.objects);
             // hotmount patch: a listing longer than the limit fails instead
             // of growing without bound (a server can send continuation
-            // tokens forever).
+            // tokens forever, with keys, left-out keys or nothing): every
+            // key counts, and so does every page (a full page holds 1,000).
             let limit = crate::list::max_list_entries();
-            if common_prefixes.len() + objects.len() > limit {
+            if seen > limit || pages > limit / 1000 + 100 {
                 return Err(crate::Error::Generic {
                     store: "list",
                     source: format!(
