@@ -266,7 +266,14 @@ impl FusePool {
                 buffer = RequestBuffer::new(wanted);
             }
             match connection.process(&mut buffer) {
-                Ok(Step::Served | Step::Idle) => self.rearm(&*connection, token),
+                Ok(Step::Served | Step::Idle) => {
+                    if let Err(errno) = self.rearm(&*connection, token) {
+                        // Never served again: say so (the probe re-mounts it).
+                        let reason = format!("cannot re-arm the connection in epoll: {errno}");
+                        tracing::error!(%errno, "fuse pool: a connection can no longer be served");
+                        self.retire_connection(token, &*connection, &ended, Err(reason));
+                    }
+                }
                 Ok(Step::Ended) => self.retire_connection(token, &*connection, &ended, Ok(())),
                 Err(err) => {
                     tracing::warn!(error = %err, "fuse connection failed; no longer served");
@@ -289,11 +296,9 @@ impl FusePool {
             .is_ok()
     }
 
-    fn rearm(&self, connection: &dyn ServedConnection, token: u64) {
+    fn rearm(&self, connection: &dyn ServedConnection, token: u64) -> nix::Result<()> {
         let mut event = EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLONESHOT, token);
-        if let Err(errno) = self.epoll.modify(connection.fd(), &mut event) {
-            tracing::error!(%errno, "fuse pool: cannot re-arm a connection");
-        }
+        self.epoll.modify(connection.fd(), &mut event)
     }
 
     fn retire_connection(
