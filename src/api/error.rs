@@ -26,19 +26,141 @@ pub struct ErrorDetail {
     pub message: String,
 }
 
+/// Every error code the API answers with; each owns its HTTP status (this
+/// is the only mapping of codes to statuses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// The dataset name is not 1-63 characters of `[a-z0-9._-]`.
+    InvalidName,
+    /// The mount spec does not parse or validate; the message names the field.
+    InvalidSpec,
+    /// A query parameter is not understood.
+    InvalidQuery,
+    /// The request body cannot be read.
+    InvalidBody,
+    /// The credentials file cannot be used (missing, not a regular file, too large, malformed).
+    InvalidCredentials,
+    /// No valid bearer token (TCP listener).
+    Unauthorized,
+    /// The endpoint or server is one the agent does not connect to.
+    EndpointNotAllowed,
+    /// The credentials file is outside the credentials directory.
+    CredentialsNotAllowed,
+    /// No such dataset, or no such route.
+    NotFound,
+    /// `?wait=STATE` timed out.
+    WaitTimeout,
+    /// Another spec already has the name.
+    SpecConflict,
+    /// The dataset is in use; `?force=true` detaches it lazily.
+    Busy,
+    /// Something not the agent's is mounted at the path.
+    AlreadyMounted,
+    /// An earlier mount call for the name is still inside the kernel.
+    MountInProgress,
+    /// The request body is over the limit.
+    PayloadTooLarge,
+    /// The mount failed inside the agent.
+    MountFailed,
+    /// The desired state cannot be written; nothing was changed.
+    StateWriteFailed,
+    /// A bug or an unexpected failure.
+    Internal,
+    /// The S3 server has no such bucket.
+    BucketNotFound,
+    /// The S3 server refused the credentials.
+    BackendAccessDenied,
+    /// The backend cannot be reached, or failed.
+    BackendUnreachable,
+    /// The NFS server refused the mount.
+    MountRefused,
+    /// The agent is still starting.
+    NotReady,
+    /// The root is not a shared mount.
+    RootNotShared,
+    /// The backend did not answer in time.
+    BackendTimeout,
+    /// The mount did not finish within the deadline.
+    MountTimeout,
+}
+
+impl ErrorCode {
+    /// The HTTP status of this code.
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorCode::InvalidName => StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidSpec => StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidQuery => StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidBody => StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidCredentials => StatusCode::BAD_REQUEST,
+            ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorCode::EndpointNotAllowed => StatusCode::FORBIDDEN,
+            ErrorCode::CredentialsNotAllowed => StatusCode::FORBIDDEN,
+            ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::WaitTimeout => StatusCode::REQUEST_TIMEOUT,
+            ErrorCode::SpecConflict => StatusCode::CONFLICT,
+            ErrorCode::Busy => StatusCode::CONFLICT,
+            ErrorCode::AlreadyMounted => StatusCode::CONFLICT,
+            ErrorCode::MountInProgress => StatusCode::CONFLICT,
+            ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::MountFailed => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::StateWriteFailed => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::BucketNotFound => StatusCode::BAD_GATEWAY,
+            ErrorCode::BackendAccessDenied => StatusCode::BAD_GATEWAY,
+            ErrorCode::BackendUnreachable => StatusCode::BAD_GATEWAY,
+            ErrorCode::MountRefused => StatusCode::BAD_GATEWAY,
+            ErrorCode::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::RootNotShared => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorCode::MountTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The code as the error body spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidName => "InvalidName",
+            ErrorCode::InvalidSpec => "InvalidSpec",
+            ErrorCode::InvalidQuery => "InvalidQuery",
+            ErrorCode::InvalidBody => "InvalidBody",
+            ErrorCode::InvalidCredentials => "InvalidCredentials",
+            ErrorCode::Unauthorized => "Unauthorized",
+            ErrorCode::EndpointNotAllowed => "EndpointNotAllowed",
+            ErrorCode::CredentialsNotAllowed => "CredentialsNotAllowed",
+            ErrorCode::NotFound => "NotFound",
+            ErrorCode::WaitTimeout => "WaitTimeout",
+            ErrorCode::SpecConflict => "SpecConflict",
+            ErrorCode::Busy => "Busy",
+            ErrorCode::AlreadyMounted => "AlreadyMounted",
+            ErrorCode::MountInProgress => "MountInProgress",
+            ErrorCode::PayloadTooLarge => "PayloadTooLarge",
+            ErrorCode::MountFailed => "MountFailed",
+            ErrorCode::StateWriteFailed => "StateWriteFailed",
+            ErrorCode::Internal => "Internal",
+            ErrorCode::BucketNotFound => "BucketNotFound",
+            ErrorCode::BackendAccessDenied => "BackendAccessDenied",
+            ErrorCode::BackendUnreachable => "BackendUnreachable",
+            ErrorCode::MountRefused => "MountRefused",
+            ErrorCode::NotReady => "NotReady",
+            ErrorCode::RootNotShared => "RootNotShared",
+            ErrorCode::BackendTimeout => "BackendTimeout",
+            ErrorCode::MountTimeout => "MountTimeout",
+        }
+    }
+}
+
 /// An error the API returns.
 #[derive(Debug)]
 pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
+    code: ErrorCode,
     message: String,
 }
 
 impl ApiError {
     /// A new error.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         ApiError {
-            status,
             code,
             message: message.into(),
         }
@@ -46,7 +168,7 @@ impl ApiError {
 
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
-        self.status
+        self.code.status()
     }
 
     /// The message sent to the client.
@@ -57,70 +179,68 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
-            tracing::warn!(code = self.code, message = %self.message, "request failed");
+        let status = self.code.status();
+        if status.is_server_error() {
+            tracing::warn!(code = self.code.as_str(), message = %self.message, "request failed");
         }
         let body = ErrorBody {
             error: ErrorDetail {
-                code: self.code.to_string(),
+                code: self.code.as_str().to_string(),
                 message: self.message,
             },
         };
-        (self.status, Json(body)).into_response()
+        (status, Json(body)).into_response()
     }
 }
 
 impl From<ManagerError> for ApiError {
     fn from(err: ManagerError) -> Self {
-        use StatusCode as S;
         let message = err.to_string();
-        let (status, code) = match &err {
-            ManagerError::InvalidName(_) => (S::BAD_REQUEST, "InvalidName"),
-            ManagerError::InvalidSpec(_) => (S::BAD_REQUEST, "InvalidSpec"),
-            ManagerError::NotFound { .. } => (S::NOT_FOUND, "NotFound"),
-            ManagerError::Conflict { .. } => (S::CONFLICT, "SpecConflict"),
-            ManagerError::Busy { .. } => (S::CONFLICT, "Busy"),
-            ManagerError::WaitTimeout { .. } => (S::REQUEST_TIMEOUT, "WaitTimeout"),
-            ManagerError::NotReady => (S::SERVICE_UNAVAILABLE, "NotReady"),
+        let code = match &err {
+            ManagerError::InvalidName(_) => ErrorCode::InvalidName,
+            ManagerError::InvalidSpec(_) => ErrorCode::InvalidSpec,
+            ManagerError::NotFound { .. } => ErrorCode::NotFound,
+            ManagerError::Conflict { .. } => ErrorCode::SpecConflict,
+            ManagerError::Busy { .. } => ErrorCode::Busy,
+            ManagerError::WaitTimeout { .. } => ErrorCode::WaitTimeout,
+            ManagerError::NotReady => ErrorCode::NotReady,
             ManagerError::Store { source, .. } => match source {
-                StoreError::EndpointNotAllowed { .. } => (S::FORBIDDEN, "EndpointNotAllowed"),
+                StoreError::EndpointNotAllowed { .. } => ErrorCode::EndpointNotAllowed,
                 StoreError::Credentials(CredentialsError::NotAllowed { .. }) => {
-                    (S::FORBIDDEN, "CredentialsNotAllowed")
+                    ErrorCode::CredentialsNotAllowed
                 }
                 StoreError::Credentials(CredentialsError::Timeout { .. }) => {
-                    (S::GATEWAY_TIMEOUT, "MountTimeout")
+                    ErrorCode::MountTimeout
                 }
-                StoreError::Credentials(_) => (S::BAD_REQUEST, "InvalidCredentials"),
-                StoreError::Config { .. } => (S::BAD_REQUEST, "InvalidSpec"),
-                StoreError::BucketNotFound { .. } => (S::BAD_GATEWAY, "BucketNotFound"),
-                StoreError::AccessDenied { .. } => (S::BAD_GATEWAY, "BackendAccessDenied"),
-                StoreError::Unreachable { .. } => (S::BAD_GATEWAY, "BackendUnreachable"),
-                StoreError::Timeout { .. } => (S::GATEWAY_TIMEOUT, "BackendTimeout"),
+                StoreError::Credentials(_) => ErrorCode::InvalidCredentials,
+                StoreError::Config { .. } => ErrorCode::InvalidSpec,
+                StoreError::BucketNotFound { .. } => ErrorCode::BucketNotFound,
+                StoreError::AccessDenied { .. } => ErrorCode::BackendAccessDenied,
+                StoreError::Unreachable { .. } => ErrorCode::BackendUnreachable,
+                StoreError::Timeout { .. } => ErrorCode::BackendTimeout,
             },
-            ManagerError::Egress { .. } => (S::FORBIDDEN, "EndpointNotAllowed"),
+            ManagerError::Egress { .. } => ErrorCode::EndpointNotAllowed,
             ManagerError::Nfs { source, .. } => match source {
-                crate::nfs::NfsError::ResolveTimeout { .. } => {
-                    (S::GATEWAY_TIMEOUT, "BackendTimeout")
-                }
-                _ => (S::BAD_GATEWAY, "BackendUnreachable"),
+                crate::nfs::NfsError::ResolveTimeout { .. } => ErrorCode::BackendTimeout,
+                _ => ErrorCode::BackendUnreachable,
             },
-            ManagerError::Timeout { .. } => (S::GATEWAY_TIMEOUT, "MountTimeout"),
-            ManagerError::AlreadyMounted { .. } => (S::CONFLICT, "AlreadyMounted"),
-            ManagerError::MountInProgress { .. } => (S::CONFLICT, "MountInProgress"),
+            ManagerError::Timeout { .. } => ErrorCode::MountTimeout,
+            ManagerError::AlreadyMounted { .. } => ErrorCode::AlreadyMounted,
+            ManagerError::MountInProgress { .. } => ErrorCode::MountInProgress,
             ManagerError::Sys { source, .. } => match source {
                 // The kernel refused the backend's mount (server said no,
                 // export missing, connection refused): the backend's reason.
                 crate::sys::SysError::Mount { fstype, .. } if fstype.starts_with("nfs") => {
-                    (S::BAD_GATEWAY, "MountRefused")
+                    ErrorCode::MountRefused
                 }
-                _ => (S::INTERNAL_SERVER_ERROR, "MountFailed"),
+                _ => ErrorCode::MountFailed,
             },
-            ManagerError::Directory { .. } => (S::INTERNAL_SERVER_ERROR, "MountFailed"),
-            ManagerError::Root { .. } => (S::SERVICE_UNAVAILABLE, "RootNotShared"),
-            ManagerError::State(_) => (S::INTERNAL_SERVER_ERROR, "StateWriteFailed"),
-            ManagerError::Internal(_) => (S::INTERNAL_SERVER_ERROR, "Internal"),
+            ManagerError::Directory { .. } => ErrorCode::MountFailed,
+            ManagerError::Root { .. } => ErrorCode::RootNotShared,
+            ManagerError::State(_) => ErrorCode::StateWriteFailed,
+            ManagerError::Internal(_) => ErrorCode::Internal,
         };
-        ApiError::new(status, code, message)
+        ApiError::new(code, message)
     }
 }
 
@@ -128,26 +248,62 @@ impl From<BytesRejection> for ApiError {
     fn from(rejection: BytesRejection) -> Self {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "PayloadTooLarge",
+                ErrorCode::PayloadTooLarge,
                 format!("request body exceeds {} bytes", crate::api::MAX_BODY_BYTES),
             )
         } else {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "InvalidBody",
-                rejection.body_text(),
-            )
+            ApiError::new(ErrorCode::InvalidBody, rejection.body_text())
         }
     }
 }
 
 impl From<QueryRejection> for ApiError {
     fn from(rejection: QueryRejection) -> Self {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "InvalidQuery",
-            rejection.body_text(),
-        )
+        ApiError::new(ErrorCode::InvalidQuery, rejection.body_text())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: &[ErrorCode] = &[
+        ErrorCode::InvalidName,
+        ErrorCode::InvalidSpec,
+        ErrorCode::InvalidQuery,
+        ErrorCode::InvalidBody,
+        ErrorCode::InvalidCredentials,
+        ErrorCode::Unauthorized,
+        ErrorCode::EndpointNotAllowed,
+        ErrorCode::CredentialsNotAllowed,
+        ErrorCode::NotFound,
+        ErrorCode::WaitTimeout,
+        ErrorCode::SpecConflict,
+        ErrorCode::Busy,
+        ErrorCode::AlreadyMounted,
+        ErrorCode::MountInProgress,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::MountFailed,
+        ErrorCode::StateWriteFailed,
+        ErrorCode::Internal,
+        ErrorCode::BucketNotFound,
+        ErrorCode::BackendAccessDenied,
+        ErrorCode::BackendUnreachable,
+        ErrorCode::MountRefused,
+        ErrorCode::NotReady,
+        ErrorCode::RootNotShared,
+        ErrorCode::BackendTimeout,
+        ErrorCode::MountTimeout,
+    ];
+
+    #[test]
+    fn every_code_is_an_error_status_and_spelled_once() {
+        let mut spelled = std::collections::HashSet::new();
+        for code in ALL {
+            let status = code.status();
+            assert!(status.is_client_error() || status.is_server_error(), "{code:?}");
+            assert!(spelled.insert(code.as_str()), "{code:?} spelled twice");
+            assert_eq!(format!("{code:?}"), code.as_str());
+        }
     }
 }

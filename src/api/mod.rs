@@ -18,7 +18,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-pub use error::{ApiError, ErrorBody, ErrorDetail};
+pub use error::{ApiError, ErrorBody, ErrorCode, ErrorDetail};
 
 use crate::manager::{Manager, MountState, MountView};
 use crate::spec::MountSpec;
@@ -168,8 +168,7 @@ async fn require_token(
         Some(token) if tokens.accepts(token.as_bytes()) => next.run(request).await,
         _ => {
             let mut response = ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "Unauthorized",
+                ErrorCode::Unauthorized,
                 "a valid bearer token is required (Authorization: Bearer TOKEN)",
             )
             .into_response();
@@ -197,8 +196,7 @@ async fn count_requests(State(manager): State<Manager>, request: Request, next: 
 
 async fn no_route(method: Method, uri: axum::http::Uri) -> ApiError {
     ApiError::new(
-        StatusCode::NOT_FOUND,
-        "NotFound",
+        ErrorCode::NotFound,
         format!("no route {method} {}", uri.path()),
     )
 }
@@ -209,7 +207,7 @@ async fn put_mount(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     crate::spec::validate_name(&name)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "InvalidName", e.to_string()))?;
+        .map_err(|e| ApiError::new(ErrorCode::InvalidName, e.to_string()))?;
     let body = body?;
     let spec = parse_spec(&body)?;
     let outcome = manager.put(&name, spec).await?;
@@ -232,10 +230,10 @@ pub fn parse_spec(body: &[u8]) -> Result<MountSpec, ApiError> {
         } else {
             format!("{path}: {inner}")
         };
-        ApiError::new(StatusCode::BAD_REQUEST, "InvalidSpec", message)
+        ApiError::new(ErrorCode::InvalidSpec, message)
     })?;
     spec.validate()
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "InvalidSpec", e.to_string()))?;
+        .map_err(|e| ApiError::new(ErrorCode::InvalidSpec, e.to_string()))?;
     Ok(spec)
 }
 
@@ -248,20 +246,15 @@ async fn get_mount(
     let Some(wait) = query.wait else {
         if query.timeout.is_some() {
             return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "InvalidQuery",
+                ErrorCode::InvalidQuery,
                 "timeout: only valid together with wait=STATE",
             ));
         }
         return Ok(Json(manager.get(&name)?));
     };
-    let state: MountState = wait.parse().map_err(|e: String| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "InvalidQuery",
-            format!("wait: {e}"),
-        )
-    })?;
+    let state: MountState = wait
+        .parse()
+        .map_err(|e: String| ApiError::new(ErrorCode::InvalidQuery, format!("wait: {e}")))?;
     let timeout = match query.timeout.as_deref() {
         None => Duration::from_secs(30),
         Some(text) => humantime::parse_duration(text)
@@ -269,8 +262,7 @@ async fn get_mount(
             .filter(|d| *d <= MAX_WAIT)
             .ok_or_else(|| {
                 ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "InvalidQuery",
+                    ErrorCode::InvalidQuery,
                     format!("timeout: {text:?} is not a duration up to 600s (e.g. 30s, 2m)"),
                 )
             })?,
