@@ -473,6 +473,38 @@ fn is_host(server: &str) -> bool {
         })
 }
 
+/// A dataset name, checked once where it enters (the API's path, a stored
+/// state): 1-63 characters of `[a-z0-9._-]`, alphanumeric at both ends.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DatasetName(String);
+
+impl DatasetName {
+    /// Checks `text` and makes it a name.
+    pub fn parse(text: &str) -> Result<DatasetName, SpecError> {
+        validate_name(text)?;
+        Ok(DatasetName(text.to_string()))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for DatasetName {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for DatasetName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// Checks a dataset name: 1-63 chars of `[a-z0-9._-]`, alphanumeric at both ends.
 pub fn validate_name(name: &str) -> Result<(), SpecError> {
     let bytes = name.as_bytes();

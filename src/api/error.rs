@@ -301,7 +301,10 @@ mod tests {
         let mut spelled = std::collections::HashSet::new();
         for code in ALL {
             let status = code.status();
-            assert!(status.is_client_error() || status.is_server_error(), "{code:?}");
+            assert!(
+                status.is_client_error() || status.is_server_error(),
+                "{code:?}"
+            );
             assert!(spelled.insert(code.as_str()), "{code:?} spelled twice");
             assert_eq!(format!("{code:?}"), code.as_str());
         }

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 pub use error::{ApiError, ErrorBody, ErrorCode, ErrorDetail};
 
 use crate::manager::{Manager, MountState, MountView};
-use crate::spec::MountSpec;
+use crate::spec::{DatasetName, MountSpec};
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -194,6 +194,11 @@ async fn count_requests(State(manager): State<Manager>, request: Request, next: 
     response
 }
 
+/// The dataset name of a request path, checked once here.
+fn dataset_name(name: &str) -> Result<DatasetName, ApiError> {
+    DatasetName::parse(name).map_err(|e| ApiError::new(ErrorCode::InvalidName, e.to_string()))
+}
+
 async fn no_route(method: Method, uri: axum::http::Uri) -> ApiError {
     ApiError::new(
         ErrorCode::NotFound,
@@ -206,8 +211,7 @@ async fn put_mount(
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    crate::spec::validate_name(&name)
-        .map_err(|e| ApiError::new(ErrorCode::InvalidName, e.to_string()))?;
+    let name = dataset_name(&name)?;
     let body = body?;
     let spec = parse_spec(&body)?;
     let outcome = manager.put(&name, spec).await?;
@@ -243,6 +247,7 @@ async fn get_mount(
     query: Result<Query<GetQuery>, QueryRejection>,
 ) -> Result<Json<MountView>, ApiError> {
     let Query(query) = query?;
+    let name = dataset_name(&name)?;
     let Some(wait) = query.wait else {
         if query.timeout.is_some() {
             return Err(ApiError::new(
@@ -276,6 +281,7 @@ async fn delete_mount(
     query: Result<Query<DeleteQuery>, QueryRejection>,
 ) -> Result<Json<MountView>, ApiError> {
     let Query(query) = query?;
+    let name = dataset_name(&name)?;
     Ok(Json(
         manager.delete(&name, query.force.unwrap_or(false)).await?,
     ))

@@ -23,7 +23,7 @@ pub use error::ManagerError;
 
 use crate::metrics::Metrics;
 use crate::s3fs::{CredentialsDir, FileEndpointPolicy};
-use crate::spec::{MountSpec, S3Source, SourceSpec, validate_name};
+use crate::spec::{DatasetName, MountSpec, S3Source, SourceSpec};
 use crate::state::{StateStore, StoredMount};
 use crate::sys::Mounter;
 
@@ -447,8 +447,7 @@ impl Manager {
     }
 
     /// One dataset.
-    pub fn get(&self, name: &str) -> Result<MountView, ManagerError> {
-        validate_name(name).map_err(ManagerError::InvalidName)?;
+    pub fn get(&self, name: &DatasetName) -> Result<MountView, ManagerError> {
         let slot = self.slot(name).ok_or_else(|| ManagerError::NotFound {
             name: name.to_string(),
         })?;
@@ -458,11 +457,11 @@ impl Manager {
     /// Waits until the dataset reaches `state`, or `timeout` passes.
     pub async fn wait_for(
         &self,
-        name: &str,
+        name: &DatasetName,
         state: MountState,
         timeout: Duration,
     ) -> Result<MountView, ManagerError> {
-        validate_name(name).map_err(ManagerError::InvalidName)?;
+        let name = name.as_str();
         let slot = self.slot(name).ok_or_else(|| ManagerError::NotFound {
             name: name.to_string(),
         })?;
@@ -485,8 +484,12 @@ impl Manager {
 
     /// Mounts `spec` as `name` (PUT). Identical spec: the existing dataset;
     /// another spec under the name: conflict. A failure leaves nothing behind.
-    pub async fn put(&self, name: &str, spec: MountSpec) -> Result<PutOutcome, ManagerError> {
-        validate_name(name).map_err(ManagerError::InvalidName)?;
+    pub async fn put(
+        &self,
+        name: &DatasetName,
+        spec: MountSpec,
+    ) -> Result<PutOutcome, ManagerError> {
+        let name = name.as_str();
         spec.validate().map_err(ManagerError::InvalidSpec)?;
         // A credentials file outside the credentials directory is refused
         // here, before anything is made or opened.
@@ -614,8 +617,8 @@ impl Manager {
 
     /// Unmounts and forgets `name` (DELETE). Busy: an error unless `force`,
     /// which detaches lazily.
-    pub async fn delete(&self, name: &str, force: bool) -> Result<MountView, ManagerError> {
-        validate_name(name).map_err(ManagerError::InvalidName)?;
+    pub async fn delete(&self, name: &DatasetName, force: bool) -> Result<MountView, ManagerError> {
+        let name = name.as_str();
         let not_found = || ManagerError::NotFound {
             name: name.to_string(),
         };
