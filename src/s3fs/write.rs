@@ -177,20 +177,33 @@ impl ObjectWriter {
         if steps <= held {
             return Ok(());
         }
-        let more = Arc::clone(&self.budget.semaphore).acquire_many_owned(steps - held);
-        match tokio::time::timeout(self.budget.wait, more).await {
-            Ok(Ok(permit)) => {
-                match &mut self.held {
-                    Some(held) => held.merge(permit),
-                    None => self.held = Some(permit),
+        // One step at a time: the semaphore is first come, first served, so
+        // a writer waiting for its multipart room does not hold every small
+        // writer behind it. A refused write gives back what it got.
+        let deadline = tokio::time::Instant::now() + self.budget.wait;
+        let mut taken: Option<OwnedSemaphorePermit> = None;
+        for _ in held..steps {
+            let step = Arc::clone(&self.budget.semaphore).acquire_many_owned(1);
+            match tokio::time::timeout_at(deadline, step).await {
+                Ok(Ok(permit)) => match &mut taken {
+                    Some(taken) => taken.merge(permit),
+                    None => taken = Some(permit),
+                },
+                _ => {
+                    return Err(FsError::NoSpace {
+                        key: self.key.to_string(),
+                        budget: self.budget.capacity,
+                    });
                 }
-                Ok(())
             }
-            _ => Err(FsError::NoSpace {
-                key: self.key.to_string(),
-                budget: self.budget.capacity,
-            }),
         }
+        if let Some(taken) = taken {
+            match &mut self.held {
+                Some(held) => held.merge(taken),
+                None => self.held = Some(taken),
+            }
+        }
+        Ok(())
     }
 
     /// The writer of a handle whose upload died with the process that held
