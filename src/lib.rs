@@ -75,32 +75,30 @@ pub async fn run(
         limits,
         stopped(stop_rx.clone()),
     ));
-    if let Some((addr, tokens)) = &config.listen {
+    let tcp = [
+        config.listen.as_ref().map(|(addr, tokens)| {
+            let router = api::router_with_tokens(manager.clone(), tokens.clone());
+            (*addr, router, "the API (bearer tokens required)")
+        }),
+        config.metrics_listen.map(|addr| {
+            (
+                addr,
+                api::metrics_router(manager.clone()),
+                "/metrics (no token)",
+            )
+        }),
+    ];
+    for (addr, router, what) in tcp.into_iter().flatten() {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| RunError::Listen {
                 what: addr.to_string(),
                 source,
             })?;
-        tracing::info!(%addr, "serving the API on TCP (bearer tokens required)");
+        tracing::info!(%addr, "serving {what} on TCP");
         servers.spawn(api::listener::serve(
             listener,
-            api::router_with_tokens(manager.clone(), tokens.clone()),
-            limits,
-            stopped(stop_rx.clone()),
-        ));
-    }
-    if let Some(addr) = config.metrics_listen {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| RunError::Listen {
-                what: addr.to_string(),
-                source,
-            })?;
-        tracing::info!(%addr, "serving /metrics on TCP (no token)");
-        servers.spawn(api::listener::serve(
-            listener,
-            api::metrics_router(manager.clone()),
+            router,
             limits,
             stopped(stop_rx.clone()),
         ));

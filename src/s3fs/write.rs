@@ -216,19 +216,12 @@ impl ObjectWriter {
         ino: u64,
         budget: Arc<WriteBudget>,
     ) -> Self {
-        ObjectWriter {
-            store,
-            key,
-            ino,
-            created_by: None,
-            written: 0,
-            budget,
-            held: None,
-            state: WriterState::Failed(
-                "the agent restarted while this file was being written; nothing was uploaded"
-                    .to_string(),
-            ),
-        }
+        let mut writer = ObjectWriter::new(store, key, ino, None, budget);
+        writer.state = WriterState::Failed(
+            "the agent restarted while this file was being written; nothing was uploaded"
+                .to_string(),
+        );
+        writer
     }
 
     /// Whether a flush from process `closed_by` completes the object (see the
