@@ -14,6 +14,9 @@ APT_LISTS_MAX_AGE_MINUTES=360
 # A garage build started by someone else (e.g. the machine's provisioning) logs here.
 FOREIGN_GARAGE_BUILD_LOG=/tmp/garage-build.log
 FOREIGN_GARAGE_BUILD_WAIT_SECONDS=1800
+# kubernetes-validate (PyPI) checks the manifests; it carries its schemas.
+KUBERNETES_VALIDATE_VERSION="1.37.0"
+VENV="$CACHE_ROOT/venv"
 
 APT_PACKAGES=(
   fuse3            # fusermount3, /dev/fuse userspace side (s3 tier)
@@ -21,6 +24,7 @@ APT_PACKAGES=(
   util-linux       # unshare, nsenter (mount tier)
   s3fs rclone      # reference S3 clients used in comparisons
   rsync            # conformance: rsync -a into a read-write dataset
+  systemd          # systemd-analyze verify of the unit (check-manifests.sh)
   qemu-system-x86 busybox-static cpio xz-utils   # nfs tier: kernel under qemu
   nfs-ganesha nfs-ganesha-vfs                    # nfs tier: user-space NFS server
 )
@@ -120,6 +124,18 @@ install_garage() {
   echo "built $GARAGE_BIN"
 }
 
+install_kubernetes_validate() {
+  if [ -x "$VENV/bin/kubernetes-validate" ] \
+    && "$VENV/bin/kubernetes-validate" --version 2>&1 | grep -q "$KUBERNETES_VALIDATE_VERSION"; then
+    echo "cached in $VENV"
+    return 0
+  fi
+  mkdir -p "$CACHE_ROOT"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+  echo "installed kubernetes-validate $KUBERNETES_VALIDATE_VERSION in $VENV"
+}
+
 check_garage() {
   "$GARAGE_BIN" --version 2>&1 | head -n 1 | grep -q "$GARAGE_VERSION" \
     || { echo "$GARAGE_BIN does not report version $GARAGE_VERSION" >&2; return 1; }
@@ -134,4 +150,5 @@ fi
 step "garage $GARAGE_VERSION" install_garage
 step "garage runs" check_garage
 # The nfs tier's guest kernel and modules (Debian's current kernel package).
+step "kubernetes-validate" install_kubernetes_validate
 step "nfs guest kernel" bash -c 'scripts/nfs-vm-assets.sh && echo "cached: $(cat "${HOTMOUNT_CACHE:-/var/cache/hotmount}/nfs-vm/kernel-version")"'

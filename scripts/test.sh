@@ -40,6 +40,10 @@ scripts/build-static-agent.sh >/dev/null
 echo "test.sh: static agent for the nfs tier ok ($(elapsed "$t"))"
 
 t=$(date +%s)
+scripts/check-manifests.sh
+echo "test.sh: manifests ok ($(elapsed "$t"))"
+
+t=$(date +%s)
 cargo test --all-targets --locked -- --test-threads "$TEST_THREADS"
 echo "test.sh: cargo test ok ($(elapsed "$t"))"
 
