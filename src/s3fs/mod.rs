@@ -17,6 +17,8 @@ pub mod keys;
 pub mod local;
 pub mod prefetch;
 pub mod store;
+#[cfg(test)]
+pub(crate) mod test_store;
 pub mod write;
 
 pub use credentials::{CredentialsDir, CredentialsError};

@@ -508,115 +508,25 @@ impl PrefetchedObject {
 
 #[cfg(test)]
 mod tests {
-    use std::fmt;
-
-    use async_trait::async_trait;
-    use futures::stream::BoxStream;
     use object_store::memory::InMemory;
-    use object_store::{
-        CopyOptions, ListResult, MultipartUpload, ObjectMeta, ObjectStoreExt, PutMultipartOptions,
-        PutOptions, PutPayload, PutResult,
-    };
+    use object_store::{ObjectStoreExt, PutPayload};
 
     use super::*;
-
-    /// A server that ignores the range asked for and sends the whole object,
-    /// while saying it sent the range.
-    #[derive(Debug)]
-    struct OversendingStore(InMemory);
-
-    impl fmt::Display for OversendingStore {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            write!(f, "oversending")
-        }
-    }
-
-    #[async_trait]
-    impl ObjectStore for OversendingStore {
-        async fn put_opts(
-            &self,
-            location: &ObjectPath,
-            payload: PutPayload,
-            opts: PutOptions,
-        ) -> object_store::Result<PutResult> {
-            self.0.put_opts(location, payload, opts).await
-        }
-
-        async fn put_multipart_opts(
-            &self,
-            location: &ObjectPath,
-            opts: PutMultipartOptions,
-        ) -> object_store::Result<Box<dyn MultipartUpload>> {
-            self.0.put_multipart_opts(location, opts).await
-        }
-
-        async fn get_opts(
-            &self,
-            location: &ObjectPath,
-            options: GetOptions,
-        ) -> object_store::Result<GetResult> {
-            let asked = options.range.clone();
-            let mut whole = self
-                .0
-                .get_opts(
-                    location,
-                    GetOptions {
-                        range: None,
-                        ..options
-                    },
-                )
-                .await?;
-            if let Some(GetRange::Bounded(range)) = asked {
-                whole.range = range;
-            }
-            Ok(whole)
-        }
-
-        fn delete_stream(
-            &self,
-            locations: BoxStream<'static, object_store::Result<ObjectPath>>,
-        ) -> BoxStream<'static, object_store::Result<ObjectPath>> {
-            self.0.delete_stream(locations)
-        }
-
-        fn list(
-            &self,
-            prefix: Option<&ObjectPath>,
-        ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-            self.0.list(prefix)
-        }
-
-        async fn list_with_delimiter(
-            &self,
-            prefix: Option<&ObjectPath>,
-        ) -> object_store::Result<ListResult> {
-            self.0.list_with_delimiter(prefix).await
-        }
-
-        async fn copy_opts(
-            &self,
-            from: &ObjectPath,
-            to: &ObjectPath,
-            options: CopyOptions,
-        ) -> object_store::Result<()> {
-            self.0.copy_opts(from, to, options).await
-        }
-    }
+    use crate::s3fs::test_store::CountingStore;
 
     #[tokio::test]
     async fn a_body_larger_than_the_range_asked_for_is_refused() {
-        let store = OversendingStore(InMemory::new());
+        let store = CountingStore::new(Arc::new(InMemory::new()));
+        store
+            .oversend
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let key = ObjectPath::from("big");
         store
             .put(&key, PutPayload::from(vec![7u8; 1 << 20]))
             .await
             .unwrap();
         let meta = store.head(&key).await.unwrap();
-        let reader = RangeReader::new(
-            Arc::new(store),
-            Arc::new(Metrics::new()),
-            "test".to_string(),
-        );
+        let reader = RangeReader::new(store, Arc::new(Metrics::new()), "test".to_string());
         let got = reader
             .get(&key, &ObjectStat::from_meta(&meta), 0..4096)
             .await;
