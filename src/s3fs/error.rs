@@ -115,6 +115,12 @@ pub enum FsError {
         /// The format this build reads.
         expected: u32,
     },
+    /// A table journal handed over by the supervisor cannot be loaded.
+    #[error("cannot load the table journals: {reason}")]
+    Journal {
+        /// Why.
+        reason: String,
+    },
     /// The object store refused or failed a request.
     #[error("{op} {key}: {source}")]
     Store {
@@ -141,7 +147,8 @@ impl FsError {
             FsError::NotSupported { .. } => libc::EOPNOTSUPP,
             FsError::ObjectChanged { .. }
             | FsError::PrefetchAborted { .. }
-            | FsError::SnapshotFormat { .. } => libc::EIO,
+            | FsError::SnapshotFormat { .. }
+            | FsError::Journal { .. } => libc::EIO,
             FsError::NotSequential { .. } => libc::EINVAL,
             FsError::Overwrite { .. } => libc::EPERM,
             FsError::Exists(_) => libc::EEXIST,

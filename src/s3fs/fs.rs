@@ -43,9 +43,10 @@ mod scan;
 
 pub use crate::s3fs::error::FsError;
 use crate::s3fs::handles::{
-    DirHandle, Handle, HandleRecord, HandleSnapshot, HandleTable, WriteHandle,
+    DirHandle, Handle, HandleEntry, HandleRecord, HandleSnapshot, HandleTable, WriteHandle,
 };
-use crate::s3fs::inodes::{Inode, InodeSnapshot, InodeTable};
+use crate::s3fs::inodes::{Inode, InodeEntry, InodeSnapshot, InodeTable};
+use crate::s3fs::journal::{Journal, TableGuard, lock_table};
 pub use crate::s3fs::inodes::{NodeKind, ObjectStat, ROOT_INODE};
 use crate::s3fs::keys::{MAX_NAME_LEN, SkippedKeys};
 use crate::s3fs::prefetch::{FileReader, PrefetchBudget, RangeReader, ReadStats};
@@ -77,6 +78,16 @@ pub struct FsSnapshot {
     pub inodes: InodeSnapshot,
     /// The handle table.
     pub handles: HandleSnapshot,
+}
+
+/// The journals of a filesystem's two tables (memfds), as the supervisor
+/// holds them.
+#[derive(Debug)]
+pub struct FsJournals {
+    /// The inode table's.
+    pub inodes: std::os::fd::OwnedFd,
+    /// The handle table's.
+    pub handles: std::os::fd::OwnedFd,
 }
 
 /// Options of one S3 filesystem.
@@ -209,6 +220,7 @@ impl S3Filesystem {
             inodes,
             children: HashMap::new(),
             negative: HashMap::new(),
+            journal: None,
         };
         Self::with_tables(bucket, options, runtime, metrics, mounted_at, table, |_| {
             HandleTable::default()
@@ -245,6 +257,74 @@ impl S3Filesystem {
         let restored = handles(&filesystem);
         *filesystem.handles() = restored;
         filesystem
+    }
+
+    /// Starts journaling both tables into new memfds (see
+    /// [`crate::s3fs::journal`]) and returns them, for the supervisor to hold.
+    pub fn start_journals(&self) -> std::io::Result<FsJournals> {
+        let name = &self.options.dataset;
+        let inodes = Journal::create(&format!("{name}/inodes"))?;
+        let handles = Journal::create(&format!("{name}/handles"))?;
+        let journals = FsJournals {
+            inodes: inodes.fd().try_clone_to_owned()?,
+            handles: handles.fd().try_clone_to_owned()?,
+        };
+        self.table().start_journal(inodes);
+        self.handles().start_journal(handles);
+        Ok(journals)
+    }
+
+    /// A filesystem that answers for every node id and handle that the
+    /// process which wrote `journals` handed out (see [`Self::restore`]),
+    /// and goes on journaling into them.
+    pub fn resume(
+        bucket: Bucket,
+        options: FsOptions,
+        runtime: tokio::runtime::Handle,
+        metrics: Arc<Metrics>,
+        journals: FsJournals,
+    ) -> Result<Self, FsError> {
+        let replay_error = |reason: String| FsError::Journal { reason };
+        let inodes = Journal::open(journals.inodes).map_err(|e| replay_error(e.to_string()))?;
+        let handles = Journal::open(journals.handles).map_err(|e| replay_error(e.to_string()))?;
+        let (inode_entries, torn_inodes) = inodes
+            .replay::<InodeEntry>()
+            .map_err(|e| replay_error(e.to_string()))?;
+        let (handle_entries, torn_handles) = handles
+            .replay::<HandleEntry>()
+            .map_err(|e| replay_error(e.to_string()))?;
+        if torn_inodes + torn_handles > 0 {
+            tracing::info!(
+                dataset = options.dataset,
+                lines = torn_inodes + torn_handles,
+                "journal lines left out (a write cut short by the crash)"
+            );
+        }
+        let inode_snapshot =
+            InodeSnapshot::replay(inode_entries).map_err(|e| replay_error(e.to_string()))?;
+        let handle_snapshot =
+            HandleSnapshot::replay(handle_entries).map_err(|e| replay_error(e.to_string()))?;
+        let mounted_at = inode_snapshot
+            .inodes
+            .iter()
+            .find(|record| record.ino == ROOT_INODE)
+            .map(|root| root.stat.last_modified)
+            .ok_or_else(|| replay_error("no root inode".to_string()))?;
+        let filesystem = Self::restore(
+            bucket,
+            options,
+            runtime,
+            metrics,
+            FsSnapshot {
+                format: SNAPSHOT_FORMAT,
+                mounted_at,
+                inodes: inode_snapshot,
+                handles: handle_snapshot,
+            },
+        )?;
+        filesystem.table().start_journal(inodes);
+        filesystem.handles().start_journal(handles);
+        Ok(filesystem)
     }
 
     /// The inode and handle tables as another process serving the same
@@ -372,10 +452,8 @@ impl S3Filesystem {
         self.table().inodes.len()
     }
 
-    fn table(&self) -> std::sync::MutexGuard<'_, InodeTable> {
-        self.inodes
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn table(&self) -> TableGuard<'_, InodeTable> {
+        lock_table(&self.inodes)
     }
 
     fn is_fresh(&self, validated_at: Instant) -> bool {
@@ -582,6 +660,7 @@ impl S3Filesystem {
 
     /// [`Self::reference`] under a lock the caller already holds.
     fn take_reference(&self, table: &mut InodeTable, ino: u64) -> Result<FileAttr, FsError> {
+        table.mark(ino);
         let inode = table
             .inodes
             .get_mut(&ino)
@@ -595,6 +674,7 @@ impl S3Filesystem {
         let mut table = self.table();
         if let Some(inode) = table.inodes.get_mut(&ino) {
             inode.lookups = inode.lookups.saturating_sub(count);
+            table.mark(ino);
             table.drop_if_unreferenced(ino);
         }
     }
@@ -621,8 +701,13 @@ impl S3Filesystem {
         Ok(self.attr_of(ino, inode))
     }
 
-    fn handles(&self) -> std::sync::MutexGuard<'_, HandleTable> {
-        self.handles.lock().unwrap_or_else(|p| p.into_inner())
+    fn handles(&self) -> TableGuard<'_, HandleTable> {
+        lock_table(&self.handles)
+    }
+
+    /// How many files are open for writing through this mount.
+    pub fn open_writers(&self) -> usize {
+        self.handles().writers()
     }
 
     /// Opens directory `ino`; the listing is taken at the first read.
@@ -2277,13 +2362,41 @@ mod tests {
         assert_eq!(stored(&store, "config.lock").await.unwrap(), b"kept");
     }
 
+    /// How the tables reach the process that takes a connection over.
+    #[derive(Debug, Clone, Copy)]
+    enum Handover {
+        /// A snapshot taken at handover.
+        Snapshot,
+        /// The journals written all along (what survives a crash).
+        Journals,
+    }
+
     #[tokio::test]
     async fn a_restored_snapshot_answers_for_every_node_id_and_handle() {
+        takes_over_every_node_id_and_handle(Handover::Snapshot).await;
+    }
+
+    #[tokio::test]
+    async fn journals_written_all_along_answer_for_every_node_id_and_handle() {
+        takes_over_every_node_id_and_handle(Handover::Journals).await;
+    }
+
+    async fn takes_over_every_node_id_and_handle(handover: Handover) {
         let store = Arc::new(InMemory::new());
         put(&*store, "dir/a.bin", pattern(100_000)).await;
         put(&*store, "dir/b.txt", "bee").await;
         put(&*store, "top.txt", "top").await;
         let fs = writable().build(store.clone());
+        // The supervisor's copies of the journals.
+        let journals = match handover {
+            Handover::Journals => Some(fs.start_journals().unwrap()),
+            Handover::Snapshot => None,
+        };
+        // Lookups and handles the kernel gave back before the handover.
+        let gone = fs.lookup(ROOT_INODE, OsStr::new("top.txt")).await.unwrap();
+        let closed = fs.open(gone.ino.0, libc::O_RDONLY).await.unwrap().fh;
+        fs.release(closed);
+        fs.forget(gone.ino.0, 1);
         // What the kernel holds: looked-up inodes, a file open for reading
         // (partly read), an open directory (partly listed), a file being written.
         let dir = fs.lookup(ROOT_INODE, OsStr::new("dir")).await.unwrap();
@@ -2301,31 +2414,37 @@ mod tests {
             .unwrap();
         fs.write(wfh, 0, b"half").await.unwrap();
 
-        // Through text, as it crosses to another process.
-        let text = serde_json::to_string(&fs.snapshot()).unwrap();
-        let snapshot: FsSnapshot = serde_json::from_str(&text).unwrap();
         let counting = CountingStore::new(store.clone());
         let setup = writable();
-        let restored = S3Filesystem::restore(
-            Bucket {
-                store: counting.clone(),
-                prefix: String::new(),
-                display: "test-bucket".to_string(),
-            },
-            FsOptions {
-                dataset: "test".to_string(),
-                read_only: setup.read_only,
-                metadata_ttl: setup.ttl,
-                negative_ttl: setup.ttl,
-                immutable: false,
-                ownership: Ownership::defaults(false),
-                prefetch_budget: PrefetchBudget::new(setup.prefetch_memory),
-                write_budget: WriteBudget::new(WriteBudget::DEFAULT_BYTES),
-            },
-            tokio::runtime::Handle::current(),
-            Arc::new(Metrics::new()),
-            snapshot,
-        )
+        let bucket = Bucket {
+            store: counting.clone(),
+            prefix: String::new(),
+            display: "test-bucket".to_string(),
+        };
+        let options = FsOptions {
+            dataset: "test".to_string(),
+            read_only: setup.read_only,
+            metadata_ttl: setup.ttl,
+            negative_ttl: setup.ttl,
+            immutable: false,
+            ownership: Ownership::defaults(false),
+            prefetch_budget: PrefetchBudget::new(setup.prefetch_memory),
+            write_budget: WriteBudget::new(WriteBudget::DEFAULT_BYTES),
+        };
+        let runtime = tokio::runtime::Handle::current();
+        let restored = match journals {
+            None => {
+                // Through text, as it crosses to another process.
+                let text = serde_json::to_string(&fs.snapshot()).unwrap();
+                let snapshot: FsSnapshot = serde_json::from_str(&text).unwrap();
+                S3Filesystem::restore(bucket, options, runtime, Arc::new(Metrics::new()), snapshot)
+            }
+            Some(journals) => {
+                // The old process dies without a word.
+                drop(fs);
+                S3Filesystem::resume(bucket, options, runtime, Arc::new(Metrics::new()), journals)
+            }
+        }
         .unwrap();
         // The same node ids with the same attributes, without a request.
         assert_eq!(restored.getattr(a.ino.0).await.unwrap(), a);

@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use object_store::path::Path as ObjectPath;
 use serde::{Deserialize, Serialize};
 
-use crate::s3fs::inodes::{NodeKind, ObjectStat};
+use crate::s3fs::fs::SNAPSHOT_FORMAT;
+use crate::s3fs::inodes::{NodeKind, ObjectStat, ReplayError};
+use crate::s3fs::journal::{Journal, JournaledTable, TableJournal};
 use crate::s3fs::prefetch::FileReader;
 use crate::s3fs::write::ObjectWriter;
 
@@ -59,6 +61,8 @@ pub(crate) enum Handle {
 pub(crate) struct HandleTable {
     next: u64,
     handles: HashMap<u64, Handle>,
+    /// The journal changes go to (a supervised worker's mounts).
+    journal: Option<TableJournal>,
 }
 
 impl Default for HandleTable {
@@ -66,6 +70,7 @@ impl Default for HandleTable {
         HandleTable {
             next: 1,
             handles: HashMap::new(),
+            journal: None,
         }
     }
 }
@@ -76,6 +81,7 @@ impl HandleTable {
         let fh = self.next;
         self.next += 1;
         self.handles.insert(fh, handle);
+        self.mark(fh);
         fh
     }
 
@@ -113,7 +119,22 @@ impl HandleTable {
 
     /// Closes `fh`.
     pub(crate) fn remove(&mut self, fh: u64) -> Option<Handle> {
+        self.mark(fh);
         self.handles.remove(&fh)
+    }
+
+    /// How many files are open for writing.
+    pub(crate) fn writers(&self) -> usize {
+        self.handles
+            .values()
+            .filter(|handle| matches!(handle, Handle::Write(_)))
+            .count()
+    }
+
+    fn mark(&mut self, fh: u64) {
+        if let Some(journal) = &mut self.journal {
+            journal.dirty.push(fh);
+        }
     }
 }
 
@@ -161,25 +182,10 @@ impl HandleTable {
     pub(crate) fn snapshot(&self) -> HandleSnapshot {
         let mut handles: Vec<HandleRecord> = self
             .handles
-            .iter()
-            .map(|(&fh, handle)| match handle {
-                Handle::Directory(dir) => HandleRecord::Directory { fh, ino: dir.ino },
-                Handle::Read(reader) => HandleRecord::Read {
-                    fh,
-                    key: reader.key().to_string(),
-                    stat: reader.stat().clone(),
-                },
-                Handle::Write(writer) => HandleRecord::Write {
-                    fh,
-                    ino: writer.ino,
-                },
-            })
+            .keys()
+            .filter_map(|&fh| self.record_of(fh))
             .collect();
-        handles.sort_by_key(|record| match record {
-            HandleRecord::Directory { fh, .. }
-            | HandleRecord::Read { fh, .. }
-            | HandleRecord::Write { fh, .. } => *fh,
-        });
+        handles.sort_by_key(HandleRecord::fh);
         HandleSnapshot {
             next: self.next,
             handles,
@@ -195,15 +201,136 @@ impl HandleTable {
         let mut table = HandleTable {
             next: snapshot.next,
             handles: HashMap::new(),
+            journal: None,
         };
         for record in snapshot.handles {
-            let fh = match &record {
-                HandleRecord::Directory { fh, .. }
-                | HandleRecord::Read { fh, .. }
-                | HandleRecord::Write { fh, .. } => *fh,
-            };
-            table.handles.insert(fh, restore(record));
+            table.handles.insert(record.fh(), restore(record));
         }
         table
+    }
+}
+
+impl HandleRecord {
+    /// The handle's number.
+    pub fn fh(&self) -> u64 {
+        match self {
+            HandleRecord::Directory { fh, .. }
+            | HandleRecord::Read { fh, .. }
+            | HandleRecord::Write { fh, .. } => *fh,
+        }
+    }
+}
+
+impl HandleTable {
+    /// What a new process needs to know of `fh` (none: it is closed).
+    fn record_of(&self, fh: u64) -> Option<HandleRecord> {
+        Some(match self.handles.get(&fh)? {
+            Handle::Directory(dir) => HandleRecord::Directory { fh, ino: dir.ino },
+            Handle::Read(reader) => HandleRecord::Read {
+                fh,
+                key: reader.key().to_string(),
+                stat: reader.stat().clone(),
+            },
+            Handle::Write(writer) => HandleRecord::Write {
+                fh,
+                ino: writer.ino,
+            },
+        })
+    }
+
+    /// Starts writing every change to `journal`, beginning with the whole
+    /// table.
+    pub(crate) fn start_journal(&mut self, journal: Journal) {
+        let mut journal = TableJournal {
+            journal,
+            dirty: Vec::new(),
+        };
+        journal.journal.checkpoint(&self.checkpoint_entries());
+        self.journal = Some(journal);
+    }
+
+    fn checkpoint_entries(&self) -> Vec<HandleEntry> {
+        let snapshot = self.snapshot();
+        std::iter::once(HandleEntry::Head {
+            format: SNAPSHOT_FORMAT,
+            next: snapshot.next,
+        })
+        .chain(snapshot.handles.into_iter().map(HandleEntry::Handle))
+        .collect()
+    }
+}
+
+/// One line of a handle journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HandleEntry {
+    /// Starts a checkpoint: the format, and the next handle number.
+    Head {
+        /// [`SNAPSHOT_FORMAT`] of the build that wrote it.
+        format: u32,
+        /// The next handle number.
+        next: u64,
+    },
+    /// A handle as it is now.
+    Handle(HandleRecord),
+    /// A handle the kernel released.
+    Gone(u64),
+}
+
+impl HandleSnapshot {
+    /// The table a journal describes: its last checkpoint with every entry
+    /// after it applied.
+    pub fn replay(entries: Vec<HandleEntry>) -> Result<HandleSnapshot, ReplayError> {
+        let mut entries = entries.into_iter();
+        let mut next = match entries.next() {
+            Some(HandleEntry::Head { format, next }) if format == SNAPSHOT_FORMAT => next,
+            Some(HandleEntry::Head { format, .. }) => {
+                return Err(ReplayError::Format {
+                    found: format,
+                    expected: SNAPSHOT_FORMAT,
+                });
+            }
+            _ => return Err(ReplayError::NoCheckpoint),
+        };
+        let mut handles = std::collections::BTreeMap::new();
+        for entry in entries {
+            match entry {
+                HandleEntry::Head { .. } => {}
+                HandleEntry::Handle(record) => {
+                    next = next.max(record.fh() + 1);
+                    handles.insert(record.fh(), record);
+                }
+                HandleEntry::Gone(fh) => {
+                    next = next.max(fh + 1);
+                    handles.remove(&fh);
+                }
+            }
+        }
+        Ok(HandleSnapshot {
+            next,
+            handles: handles.into_values().collect(),
+        })
+    }
+}
+
+impl JournaledTable for HandleTable {
+    fn flush_journal(&mut self) {
+        let Some(mut journal) = self.journal.take() else {
+            return;
+        };
+        if !journal.dirty.is_empty() {
+            let entries: Vec<HandleEntry> = journal
+                .take_dirty()
+                .into_iter()
+                .map(|fh| match self.record_of(fh) {
+                    Some(record) => HandleEntry::Handle(record),
+                    None => HandleEntry::Gone(fh),
+                })
+                .collect();
+            journal.journal.append(&entries);
+            if journal.journal.wants_checkpoint() {
+                journal.journal.checkpoint(&self.checkpoint_entries());
+            }
+        }
+        self.journal = Some(journal);
     }
 }

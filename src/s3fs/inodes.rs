@@ -11,6 +11,9 @@ use object_store::ObjectMeta;
 use object_store::path::Path as ObjectPath;
 use serde::{Deserialize, Serialize};
 
+use crate::s3fs::fs::SNAPSHOT_FORMAT;
+use crate::s3fs::journal::{Journal, JournaledTable, TableJournal};
+
 /// The inode number of the mount's root (the bucket prefix).
 pub const ROOT_INODE: u64 = 1;
 /// Negative entries kept at most; the cache is cleared when it grows past this.
@@ -80,6 +83,8 @@ pub(crate) struct InodeTable {
     pub(crate) inodes: HashMap<u64, Inode>,
     pub(crate) children: HashMap<(u64, String), u64>,
     pub(crate) negative: HashMap<(u64, String), Instant>,
+    /// The journal changes go to (a supervised worker's mounts).
+    pub(crate) journal: Option<TableJournal>,
 }
 
 impl InodeTable {
@@ -104,6 +109,7 @@ impl InodeTable {
                     inode.stat = stat;
                     inode.validated_at = now;
                     inode.local = local;
+                    self.mark(ino);
                     return ino;
                 }
             }
@@ -125,7 +131,16 @@ impl InodeTable {
             },
         );
         self.children.insert(slot, ino);
+        self.mark(ino);
         ino
+    }
+
+    /// Notes that `ino` changed (its lookup count, name or existence), so
+    /// that the journal gets its new record.
+    pub(crate) fn mark(&mut self, ino: u64) {
+        if let Some(journal) = &mut self.journal {
+            journal.dirty.push(ino);
+        }
     }
 
     /// Drops `ino` if the kernel holds no reference to it.
@@ -144,6 +159,7 @@ impl InodeTable {
         if self.children.get(&slot) == Some(&ino) {
             self.children.remove(&slot);
         }
+        self.mark(ino);
     }
 
     /// Moves inode `ino` to `name` in `parent` with `key` (a rename): the
@@ -169,6 +185,7 @@ impl InodeTable {
         if self.children.get(&old_slot) == Some(&ino) {
             self.children.remove(&old_slot);
         }
+        self.mark(ino);
         self.negative.insert(old_slot, Instant::now());
     }
 
@@ -179,6 +196,7 @@ impl InodeTable {
         let slot = (parent, name.to_string());
         if let Some(ino) = self.children.remove(&slot) {
             // The name is gone; the inode stays until the kernel forgets it.
+            self.mark(ino);
             self.drop_if_unreferenced(ino);
         }
         self.negative.insert(slot, Instant::now());
@@ -226,25 +244,52 @@ impl InodeTable {
     pub fn snapshot(&self) -> InodeSnapshot {
         let mut inodes: Vec<InodeRecord> = self
             .inodes
-            .iter()
-            .map(|(&ino, inode)| InodeRecord {
-                ino,
-                parent: inode.parent,
-                name: inode.name.clone(),
-                key: inode.key.to_string(),
-                kind: inode.kind,
-                stat: inode.stat.clone(),
-                lookups: inode.lookups,
-                named: ino == ROOT_INODE
-                    || self.children.get(&(inode.parent, inode.name.clone())) == Some(&ino),
-                local: inode.local,
-            })
+            .keys()
+            .filter_map(|&ino| self.record_of(ino))
             .collect();
         inodes.sort_by_key(|record| record.ino);
         InodeSnapshot {
             next_ino: self.next_ino,
             inodes,
         }
+    }
+
+    /// What a new process needs to know of `ino` (none: it is gone).
+    fn record_of(&self, ino: u64) -> Option<InodeRecord> {
+        let inode = self.inodes.get(&ino)?;
+        Some(InodeRecord {
+            ino,
+            parent: inode.parent,
+            name: inode.name.clone(),
+            key: inode.key.to_string(),
+            kind: inode.kind,
+            stat: inode.stat.clone(),
+            lookups: inode.lookups,
+            named: ino == ROOT_INODE
+                || self.children.get(&(inode.parent, inode.name.clone())) == Some(&ino),
+            local: inode.local,
+        })
+    }
+
+    /// Starts writing every change to `journal`, beginning with the whole
+    /// table.
+    pub(crate) fn start_journal(&mut self, journal: Journal) {
+        let mut journal = TableJournal {
+            journal,
+            dirty: Vec::new(),
+        };
+        journal.journal.checkpoint(&self.checkpoint_entries());
+        self.journal = Some(journal);
+    }
+
+    fn checkpoint_entries(&self) -> Vec<InodeEntry> {
+        let snapshot = self.snapshot();
+        std::iter::once(InodeEntry::Head {
+            format: SNAPSHOT_FORMAT,
+            next_ino: snapshot.next_ino,
+        })
+        .chain(snapshot.inodes.into_iter().map(InodeEntry::Inode))
+        .collect()
     }
 
     /// A table from a snapshot: the same node ids, names and lookup counts.
@@ -258,6 +303,7 @@ impl InodeTable {
             inodes: HashMap::new(),
             children: HashMap::new(),
             negative: HashMap::new(),
+            journal: None,
         };
         for record in snapshot.inodes {
             let unfinished_file = record.kind == NodeKind::File && record.local;
@@ -285,5 +331,97 @@ impl InodeTable {
         }
         table.children.remove(&(ROOT_INODE, String::new()));
         table
+    }
+}
+
+/// One line of an inode journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InodeEntry {
+    /// Starts a checkpoint: the format, and the next node id to hand out.
+    Head {
+        /// [`SNAPSHOT_FORMAT`] of the build that wrote it.
+        format: u32,
+        /// The next node id.
+        next_ino: u64,
+    },
+    /// A node id as it is now.
+    Inode(InodeRecord),
+    /// A node id the kernel forgot.
+    Gone(u64),
+}
+
+/// Why a journal cannot be loaded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplayError {
+    /// It was written by a build with another format.
+    #[error("journal format {found}, this build reads {expected}")]
+    Format {
+        /// The journal's format.
+        found: u32,
+        /// This build's.
+        expected: u32,
+    },
+    /// It does not start with a checkpoint.
+    #[error("journal has no checkpoint")]
+    NoCheckpoint,
+}
+
+impl InodeSnapshot {
+    /// The table a journal describes: its last checkpoint with every entry
+    /// after it applied.
+    pub fn replay(entries: Vec<InodeEntry>) -> Result<InodeSnapshot, ReplayError> {
+        let mut entries = entries.into_iter();
+        let next_ino = match entries.next() {
+            Some(InodeEntry::Head { format, next_ino }) if format == SNAPSHOT_FORMAT => next_ino,
+            Some(InodeEntry::Head { format, .. }) => {
+                return Err(ReplayError::Format {
+                    found: format,
+                    expected: SNAPSHOT_FORMAT,
+                });
+            }
+            _ => return Err(ReplayError::NoCheckpoint),
+        };
+        let mut next_ino = next_ino;
+        let mut inodes = std::collections::BTreeMap::new();
+        for entry in entries {
+            match entry {
+                InodeEntry::Head { .. } => {}
+                InodeEntry::Inode(record) => {
+                    next_ino = next_ino.max(record.ino + 1);
+                    inodes.insert(record.ino, record);
+                }
+                InodeEntry::Gone(ino) => {
+                    next_ino = next_ino.max(ino + 1);
+                    inodes.remove(&ino);
+                }
+            }
+        }
+        Ok(InodeSnapshot {
+            next_ino,
+            inodes: inodes.into_values().collect(),
+        })
+    }
+}
+
+impl JournaledTable for InodeTable {
+    fn flush_journal(&mut self) {
+        let Some(mut journal) = self.journal.take() else {
+            return;
+        };
+        if !journal.dirty.is_empty() {
+            let entries: Vec<InodeEntry> = journal
+                .take_dirty()
+                .into_iter()
+                .map(|ino| match self.record_of(ino) {
+                    Some(record) => InodeEntry::Inode(record),
+                    None => InodeEntry::Gone(ino),
+                })
+                .collect();
+            journal.journal.append(&entries);
+            if journal.journal.wants_checkpoint() {
+                journal.journal.checkpoint(&self.checkpoint_entries());
+            }
+        }
+        self.journal = Some(journal);
     }
 }

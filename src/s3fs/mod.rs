@@ -13,6 +13,7 @@ pub mod fs;
 pub mod fuse;
 pub mod handles;
 pub mod inodes;
+pub mod journal;
 pub mod keys;
 pub mod local;
 pub mod prefetch;

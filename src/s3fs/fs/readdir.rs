@@ -199,6 +199,9 @@ impl S3Filesystem {
                     ino
                 }
             };
+            if take_references {
+                table.mark(ino);
+            }
             let inode = table
                 .inodes
                 .get_mut(&ino)
