@@ -142,6 +142,19 @@ pub struct ServeArgs {
     /// fails (EIO) instead of growing memory without bound [default: 1000000].
     #[arg(long, env = "HOTMOUNT_MAX_DIRECTORY_ENTRIES")]
     pub max_directory_entries: Option<usize>,
+    /// A worker that sends no heartbeat for this long is killed and replaced
+    /// (its FUSE connections are served on by the next) [default: 10s].
+    #[arg(long, env = "HOTMOUNT_WORKER_HEARTBEAT_TIMEOUT", value_parser = parse_duration)]
+    pub worker_heartbeat_timeout: Option<Duration>,
+    /// At an upgrade, how long files open for writing may take to be closed
+    /// in the old worker before it stops (those still open then fail with
+    /// EIO) [default: 30s].
+    #[arg(long, env = "HOTMOUNT_TAKEOVER_WRITE_WAIT", value_parser = parse_duration)]
+    pub takeover_write_wait: Option<Duration>,
+    /// The table format this build claims at a takeover (tests only: to
+    /// play a build whose format the running agent cannot hand over to).
+    #[arg(long, hide = true)]
+    pub handover_format: Option<u32>,
     /// How long S3 mounts remember that a name does not exist, so a new
     /// object appears within this time; 0 turns it off [default: 1s].
     #[arg(long, env = "HOTMOUNT_NEGATIVE_TTL", value_parser = parse_duration)]
@@ -243,6 +256,21 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// The most entries one S3 directory listing may have.
     pub max_directory_entries: usize,
+    /// How the supervisor runs its worker.
+    pub supervision: SupervisionConfig,
+}
+
+/// How the supervisor runs its worker and hands the node over.
+#[derive(Debug, Clone)]
+pub struct SupervisionConfig {
+    /// A worker silent for this long is replaced.
+    pub heartbeat_timeout: Duration,
+    /// At an upgrade, the longest wait for open writers.
+    pub takeover_write_wait: Duration,
+    /// The table format this build hands over and takes over.
+    pub handover_format: u32,
+    /// Where a new supervisor asks the running one for the node.
+    pub takeover_socket: PathBuf,
 }
 
 impl Config {
@@ -427,7 +455,6 @@ impl Config {
         manager.unmount_fuse_on_stop =
             args.unmount_fuse_on_stop || file.unmount_fuse_on_stop.unwrap_or(false);
         Ok(Config {
-            state_dir,
             socket,
             socket_group: args.socket_group.or(file.socket_group),
             listen,
@@ -436,7 +463,33 @@ impl Config {
             listener_limits,
             max_directory_entries,
             metrics_listen: args.metrics_listen.or(file.metrics_listen),
+            supervision: SupervisionConfig {
+                heartbeat_timeout: positive(
+                    "--worker-heartbeat-timeout",
+                    args.worker_heartbeat_timeout,
+                    Duration::from_secs(10),
+                )?,
+                takeover_write_wait: args.takeover_write_wait.unwrap_or(Duration::from_secs(30)),
+                handover_format: args
+                    .handover_format
+                    .unwrap_or(crate::s3fs::fs::SNAPSHOT_FORMAT),
+                takeover_socket: state_dir.join("takeover.sock"),
+            },
+            state_dir,
         })
+    }
+}
+
+/// `value` (or `default`), refused when zero.
+fn positive(
+    setting: &'static str,
+    value: Option<Duration>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match value {
+        Some(value) if value.is_zero() => Err(invalid(setting, "must be greater than zero")),
+        Some(value) => Ok(value),
+        None => Ok(default),
     }
 }
 

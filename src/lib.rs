@@ -14,7 +14,9 @@ pub mod nfs;
 pub mod s3fs;
 pub mod spec;
 pub mod state;
+pub mod supervisor;
 pub mod sys;
+pub mod worker;
 
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
@@ -49,6 +51,37 @@ pub enum RunError {
     Serve(std::io::Error),
 }
 
+/// The listening sockets of the API: bound by the agent itself, or by the
+/// supervisor, which hands them to each worker.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The unix socket.
+    pub unix: std::os::unix::net::UnixListener,
+    /// The TCP API (`--listen`).
+    pub api: Option<std::net::TcpListener>,
+    /// `/metrics` alone (`--metrics-listen`).
+    pub metrics: Option<std::net::TcpListener>,
+}
+
+/// Binds every listener `config` asks for.
+pub fn bind_listeners(config: &Config) -> Result<Listeners, RunError> {
+    let tcp = |addr: std::net::SocketAddr| {
+        std::net::TcpListener::bind(addr).map_err(|source| RunError::Listen {
+            what: addr.to_string(),
+            source,
+        })
+    };
+    Ok(Listeners {
+        unix: bind_socket(config)?,
+        api: config
+            .listen
+            .as_ref()
+            .map(|(addr, _)| tcp(*addr))
+            .transpose()?,
+        metrics: config.metrics_listen.map(tcp).transpose()?,
+    })
+}
+
 /// Runs the agent until `shutdown` completes: serves the API (answering
 /// `/readyz` 503 while starting), prepares the root, reconciles, then serves;
 /// on shutdown finishes in-flight calls and stops the manager.
@@ -57,18 +90,38 @@ pub async fn run(
     mounter: Arc<dyn Mounter>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
+    let listeners = bind_listeners(&config)?;
+    let socket = config.socket.clone();
+    let result = run_with(config, mounter, listeners, None, shutdown).await;
+    let _ = std::fs::remove_file(socket);
+    result
+}
+
+/// [`run`] on listeners already bound; `supervision` when this process is
+/// a supervisor's worker (the connections to serve again, the link).
+pub async fn run_with(
+    config: Config,
+    mounter: Arc<dyn Mounter>,
+    listeners: Listeners,
+    supervision: Option<worker::Supervision>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
     object_store::list::set_max_list_entries(config.max_directory_entries);
     let metrics = Arc::new(Metrics::new());
     let store = StateStore::open(&config.state_dir)?;
     let manager = Manager::new(config.manager.clone(), mounter, store, metrics);
-
-    let unix = bind_socket(&config)?;
+    let serve_error = |source: std::io::Error| RunError::Listen {
+        what: "a listener".to_string(),
+        source,
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let mut servers = tokio::task::JoinSet::new();
     let limits = config.listener_limits;
+    listeners.unix.set_nonblocking(true).map_err(serve_error)?;
+    let unix = tokio::net::UnixListener::from_std(listeners.unix).map_err(serve_error)?;
     servers.spawn(api::listener::serve(
         unix,
         api::router(manager.clone()),
@@ -76,26 +129,27 @@ pub async fn run(
         stopped(stop_rx.clone()),
     ));
     let tcp = [
-        config.listen.as_ref().map(|(addr, tokens)| {
-            let router = api::router_with_tokens(manager.clone(), tokens.clone());
-            (*addr, router, "the API (bearer tokens required)")
-        }),
-        config.metrics_listen.map(|addr| {
+        listeners
+            .api
+            .zip(config.listen.as_ref())
+            .map(|(listener, (_, tokens))| {
+                let router = api::router_with_tokens(manager.clone(), tokens.clone());
+                (listener, router, "the API (bearer tokens required)")
+            }),
+        listeners.metrics.map(|listener| {
             (
-                addr,
+                listener,
                 api::metrics_router(manager.clone()),
                 "/metrics (no token)",
             )
         }),
     ];
-    for (addr, router, what) in tcp.into_iter().flatten() {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| RunError::Listen {
-                what: addr.to_string(),
-                source,
-            })?;
-        tracing::info!(%addr, "serving {what} on TCP");
+    for (listener, router, what) in tcp.into_iter().flatten() {
+        listener.set_nonblocking(true).map_err(serve_error)?;
+        let listener = tokio::net::TcpListener::from_std(listener).map_err(serve_error)?;
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "serving {what} on TCP");
+        }
         servers.spawn(api::listener::serve(
             listener,
             router,
@@ -105,11 +159,14 @@ pub async fn run(
     }
     tracing::info!(socket = %config.socket.display(), root = %manager.root().display(), "hotmount starting");
 
+    let quiesce = match supervision {
+        Some(supervision) => Some(supervision.begin(&manager).await),
+        None => None,
+    };
     let started = manager.start().await;
     if let Err(err) = started {
         let _ = stop_tx.send(true);
         while servers.join_next().await.is_some() {}
-        let _ = std::fs::remove_file(&config.socket);
         return Err(err.into());
     }
     tracing::info!(datasets = manager.list().len(), "ready");
@@ -123,7 +180,9 @@ pub async fn run(
     let _ = stop_tx.send(true);
     while servers.join_next().await.is_some() {}
     manager.shutdown().await;
-    let _ = std::fs::remove_file(&config.socket);
+    if let Some(quiesce) = quiesce {
+        quiesce.finish(&manager).await;
+    }
     match failure {
         Some(Ok(Err(e))) => Err(RunError::Serve(e)),
         Some(Err(join)) => Err(RunError::Serve(std::io::Error::other(join))),
@@ -131,7 +190,7 @@ pub async fn run(
     }
 }
 
-fn bind_socket(config: &Config) -> Result<tokio::net::UnixListener, RunError> {
+fn bind_socket(config: &Config) -> Result<std::os::unix::net::UnixListener, RunError> {
     let path: &PathBuf = &config.socket;
     let fail = |source| RunError::Listen {
         what: path.display().to_string(),
@@ -145,7 +204,7 @@ fn bind_socket(config: &Config) -> Result<tokio::net::UnixListener, RunError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(fail(e)),
     }
-    let listener = tokio::net::UnixListener::bind(path).map_err(fail)?;
+    let listener = std::os::unix::net::UnixListener::bind(path).map_err(fail)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(fail)?;
     if let Some(group) = &config.socket_group {
         let gid = nix::unistd::Group::from_name(group)

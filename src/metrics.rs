@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 const NAMESPACE: &str = "hotmount";
@@ -50,6 +51,21 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     /// `hotmount_build_info{version}`: always 1.
     pub build_info: IntGaugeVec,
+    /// `hotmount_worker_restarts_total{reason}`: workers the supervisor
+    /// replaced (`exit`, `signal`, `heartbeat`), since the supervisor started.
+    pub worker_restarts: IntCounterVec,
+    /// `hotmount_takeovers_total`: upgrades that took the node over from
+    /// an older supervisor, in this supervisor's line.
+    pub takeovers: IntCounter,
+    /// `hotmount_fuse_requests_resent_total`: requests a dead worker had
+    /// read and the kernel queued again for this one.
+    pub fuse_requests_resent: IntCounter,
+    /// `hotmount_worker_restart_stall_seconds`: the longest time FUSE
+    /// requests waited while a worker was replaced (crash or takeover).
+    pub worker_restart_stall: Gauge,
+    /// `hotmount_worker_crash_loop`: 1 while the supervisor backs off a
+    /// worker that keeps dying.
+    pub worker_crash_loop: IntGauge,
 }
 
 impl Default for Metrics {
@@ -167,6 +183,34 @@ impl Metrics {
                 &["version"],
             )
             .expect("valid metric"),
+            worker_restarts: IntCounterVec::new(
+                opts(
+                    "worker_restarts_total",
+                    "Workers the supervisor replaced, by reason (exit, signal, heartbeat).",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
+            takeovers: IntCounter::with_opts(opts(
+                "takeovers_total",
+                "Upgrades in which this agent took the node over from an older one.",
+            ))
+            .expect("valid metric"),
+            fuse_requests_resent: IntCounter::with_opts(opts(
+                "fuse_requests_resent_total",
+                "FUSE requests a dead worker had read, queued again by the kernel and answered.",
+            ))
+            .expect("valid metric"),
+            worker_restart_stall: Gauge::with_opts(opts(
+                "worker_restart_stall_seconds",
+                "The longest time FUSE requests waited while a worker was replaced.",
+            ))
+            .expect("valid metric"),
+            worker_crash_loop: IntGauge::with_opts(opts(
+                "worker_crash_loop",
+                "1 while the supervisor backs off a worker that keeps dying.",
+            ))
+            .expect("valid metric"),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -183,6 +227,11 @@ impl Metrics {
             Box::new(metrics.s3_keys_skipped.clone()),
             Box::new(metrics.http_requests.clone()),
             Box::new(metrics.build_info.clone()),
+            Box::new(metrics.worker_restarts.clone()),
+            Box::new(metrics.takeovers.clone()),
+            Box::new(metrics.fuse_requests_resent.clone()),
+            Box::new(metrics.worker_restart_stall.clone()),
+            Box::new(metrics.worker_crash_loop.clone()),
         ];
         for collector in collectors {
             metrics
@@ -241,6 +290,11 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        let resent = crate::sys::FusePool::global().resent_requests();
+        let counted = self.fuse_requests_resent.get();
+        if resent > counted {
+            self.fuse_requests_resent.inc_by(resent - counted);
+        }
         let mut buffer = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut buffer)

@@ -14,6 +14,7 @@ use crate::s3fs::fuse::FuseAdapter;
 use crate::s3fs::{FsOptions, S3Filesystem, StoreError, open_bucket};
 use crate::spec::{FileMode, MountSpec, S3Source, SourceSpec};
 use crate::sys::{FuseMountRequest, FuseSession, MountFlags, Mounter, UnmountMode, mounts_at};
+use crate::worker::WorkerLink;
 
 /// How long requests of a FUSE dataset detached while busy may stay
 /// unanswered before its connection is aborted.
@@ -157,19 +158,25 @@ impl Manager {
                 let fsname = format!("hotmount:{}", bucket.display);
                 let filesystem = S3Filesystem::new(
                     bucket,
-                    FsOptions {
-                        dataset: name.to_string(),
-                        read_only: spec.read_only,
-                        metadata_ttl: self.inner.config.metadata_ttl,
-                        negative_ttl: self.inner.config.negative_ttl,
-                        immutable: s3.immutable,
-                        ownership: ownership_of(s3, spec.read_only),
-                        prefetch_budget: self.inner.config.prefetch_budget.clone(),
-                        write_budget: self.inner.config.write_budget.clone(),
-                    },
+                    self.fs_options(name, spec, s3),
                     tokio::runtime::Handle::current(),
                     self.inner.metrics.clone(),
                 );
+                // A supervised worker journals the tables the kernel will
+                // remember, from the first request on.
+                let journals =
+                    match self.inner.link.get() {
+                        Some(_) => Some(filesystem.start_journals().map_err(|source| {
+                            ManagerError::Sys {
+                                name: name.to_string(),
+                                source: crate::sys::SysError::FuseSession {
+                                    target: target.clone(),
+                                    source,
+                                },
+                            }
+                        })?),
+                        None => None,
+                    };
                 let request = FuseMountRequest {
                     target,
                     fsname,
@@ -178,20 +185,41 @@ impl Manager {
                 };
                 let filesystem = Arc::new(filesystem);
                 let adapter = FuseAdapter::new(Arc::clone(&filesystem));
-                self.blocking_mount(
-                    name,
-                    "fuse mount".to_string(),
-                    remaining(),
-                    move |mounter| {
-                        let session = mounter.mount_fuse(&request, adapter)?;
-                        Ok(Attached::Fuse(FuseAttachment {
-                            session,
-                            filesystem,
-                        }))
-                    },
-                )
-                .await
+                let mut attached = self
+                    .blocking_mount(
+                        name,
+                        "fuse mount".to_string(),
+                        remaining(),
+                        move |mounter| {
+                            let session = mounter.mount_fuse(&request, adapter)?;
+                            Ok(Attached::Fuse(FuseAttachment {
+                                session,
+                                filesystem,
+                            }))
+                        },
+                    )
+                    .await?;
+                if let (Some(link), Some(journals), Attached::Fuse(fuse)) =
+                    (self.inner.link.get(), journals, &mut attached)
+                {
+                    link.hold_connection(name, spec, &mut fuse.session, journals);
+                }
+                Ok(attached)
             }
+        }
+    }
+
+    /// The options of dataset `name`'s S3 filesystem.
+    pub(crate) fn fs_options(&self, name: &str, spec: &MountSpec, s3: &S3Source) -> FsOptions {
+        FsOptions {
+            dataset: name.to_string(),
+            read_only: spec.read_only,
+            metadata_ttl: self.inner.config.metadata_ttl,
+            negative_ttl: self.inner.config.negative_ttl,
+            immutable: s3.immutable,
+            ownership: ownership_of(s3, spec.read_only),
+            prefetch_budget: self.inner.config.prefetch_budget.clone(),
+            write_budget: self.inner.config.write_budget.clone(),
         }
     }
 
@@ -237,7 +265,7 @@ impl Manager {
     /// anonymous access and `file://` endpoints) off the async threads,
     /// within `deadline`: a file outside the credentials directory is never
     /// opened, a FIFO or a device never waited on.
-    async fn load_credentials(
+    pub(crate) async fn load_credentials(
         &self,
         s3: &S3Source,
         deadline: Duration,
@@ -431,7 +459,7 @@ impl Manager {
             {
                 self.abort_connection(connection).await;
             }
-            finish_session(fuse.session);
+            finish_session(fuse.session, self.inner.link.get().cloned());
         }
         Ok(())
     }
@@ -461,7 +489,7 @@ impl Manager {
     }
 
     /// Aborts FUSE connection `connection` (its waiting requests fail at once).
-    async fn abort_connection(&self, connection: u32) {
+    pub(crate) async fn abort_connection(&self, connection: u32) {
         let mounter = self.inner.mounter.clone();
         let aborted =
             tokio::task::spawn_blocking(move || mounter.abort_fuse_connection(connection)).await;
@@ -480,7 +508,7 @@ impl Manager {
         let _ = self.unmount_with_deadline(&target, UnmountMode::Lazy).await;
         self.peel_mounts(name, &target).await;
         if let Some(Attached::Fuse(fuse)) = attached {
-            finish_session(fuse.session);
+            finish_session(fuse.session, self.inner.link.get().cloned());
         }
     }
 
@@ -589,13 +617,18 @@ impl UnmountOutcome {
 }
 
 /// Lets a FUSE server thread finish in the background: after a lazy detach
-/// it keeps serving files that are still open, and ends with the connection.
-fn finish_session(session: FuseSession) {
+/// it keeps serving files that are still open, and ends with the connection
+/// (then the supervisor, if any, lets go of it too).
+pub(crate) fn finish_session(session: FuseSession, link: Option<Arc<WorkerLink>>) {
     std::thread::Builder::new()
         .name("fuse-join".to_string())
         .spawn(move || {
+            let connection = session.connection;
             if let Err(e) = session.join() {
                 tracing::debug!(error = %e, "fuse session ended with an error");
+            }
+            if let (Some(link), Some(connection)) = (link, connection) {
+                link.connection_ended(connection);
             }
             crate::memory::return_freed_memory();
         })

@@ -6,6 +6,7 @@ mod attach;
 mod error;
 mod probe;
 mod reconcile;
+mod resume;
 mod root;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -18,8 +19,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-pub use attach::Attached;
+pub use attach::{Attached, FuseAttachment};
 pub use error::ManagerError;
+pub use resume::Resumable;
 
 use crate::metrics::Metrics;
 use crate::s3fs::{CredentialsDir, FileEndpointPolicy};
@@ -288,6 +290,14 @@ pub(crate) struct Inner {
     probe_table: tokio::sync::Mutex<Option<MountTableSnapshot>>,
     /// S3 clients shared by datasets of the same endpoint and credentials.
     s3_clients: crate::s3fs::SharedClients,
+    /// The supervisor, when this process is a supervised worker: it holds
+    /// every FUSE connection this process opens.
+    link: std::sync::OnceLock<Arc<crate::worker::WorkerLink>>,
+    /// FUSE connections a dead worker served, served again and waiting for
+    /// the reconcile to give them to their datasets.
+    resumed: Mutex<HashMap<String, Vec<FuseAttachment>>>,
+    /// Why the supervisor's workers keep dying, while it backs off.
+    supervision_problem: Mutex<Option<String>>,
 }
 
 /// The manager handle (cheap to clone).
@@ -327,6 +337,9 @@ impl Manager {
                 mount_changes: Arc::new(AtomicU64::new(0)),
                 probe_table: tokio::sync::Mutex::new(None),
                 s3_clients: crate::s3fs::SharedClients::default(),
+                link: std::sync::OnceLock::new(),
+                resumed: Mutex::new(HashMap::new()),
+                supervision_problem: Mutex::new(None),
             }),
         }
     }
@@ -341,14 +354,40 @@ impl Manager {
         Ok(())
     }
 
-    /// Whether start-up finished.
+    /// Whether start-up finished (and the supervisor is not backing off a
+    /// worker that keeps dying).
     pub fn is_ready(&self) -> bool {
-        self.inner.ready.load(Ordering::SeqCst)
+        self.inner.ready.load(Ordering::SeqCst) && lock(&self.inner.supervision_problem).is_none()
     }
 
     /// Things an operator should know about (e.g. a corrupt state file).
     pub fn warnings(&self) -> Vec<String> {
-        lock(&self.inner.warnings).clone()
+        let mut warnings = lock(&self.inner.warnings).clone();
+        warnings.extend(lock(&self.inner.supervision_problem).clone());
+        warnings
+    }
+
+    /// Reports (or clears) a problem of the supervision in `/readyz`.
+    pub fn set_supervision_problem(&self, problem: Option<String>) {
+        *lock(&self.inner.supervision_problem) = problem;
+    }
+
+    /// Makes this manager a supervised worker's: every FUSE connection it
+    /// opens is handed to the supervisor, with its table journals.
+    pub fn set_link(&self, link: Arc<crate::worker::WorkerLink>) {
+        let _ = self.inner.link.set(link);
+    }
+
+    /// Files open for writing in every FUSE dataset.
+    pub fn open_writers(&self) -> usize {
+        let slots: Vec<Arc<Slot>> = lock(&self.inner.slots).values().cloned().collect();
+        slots
+            .iter()
+            .map(|slot| match &*lock(&slot.attached) {
+                Some(Attached::Fuse(fuse)) => fuse.filesystem.open_writers(),
+                _ => 0,
+            })
+            .sum()
     }
 
     /// The root.

@@ -1,5 +1,5 @@
 //! The start-up reconcile: desired state against the mount table. Adopt NFS
-//! mounts that match; re-create missing or broken ones at the same path (a
+//! mounts that match, and FUSE connections a dead worker served (resumed); re-create missing or broken ones at the same path (a
 //! dead FUSE mount from a previous run is detached lazily first); remove
 //! orphans under the root. Never stack two mounts on one path.
 
@@ -56,6 +56,7 @@ impl Manager {
             .flatten()
             .collect();
         self.persist_generations(&generations).await;
+        self.release_unclaimed_resumed();
         Ok(())
     }
 
@@ -124,6 +125,20 @@ impl Manager {
             }
             SourceSpec::S3(_) => false,
         };
+        let resumed = match &spec.source {
+            SourceSpec::S3(_) => self.take_resumed(&name, &existing),
+            SourceSpec::Nfs(_) => None,
+        };
+        if let Some(fuse) = resumed {
+            // The connection a dead worker served, served again.
+            slot.set_attached(Attached::Fuse(fuse));
+            self.set_state(&slot, MountState::Mounted, None);
+            self.set_healthy(&name, &spec, true);
+            tracing::info!(dataset = name, "kept the mount, served by this worker");
+            drop(_op);
+            self.spawn_probe(&name, &slot);
+            return None;
+        }
         if adoptable {
             slot.set_attached(Attached::Kernel);
             self.set_state(&slot, MountState::Mounted, None);

@@ -46,8 +46,8 @@ use crate::s3fs::handles::{
     DirHandle, Handle, HandleEntry, HandleRecord, HandleSnapshot, HandleTable, WriteHandle,
 };
 use crate::s3fs::inodes::{Inode, InodeEntry, InodeSnapshot, InodeTable};
-use crate::s3fs::journal::{Journal, TableGuard, lock_table};
 pub use crate::s3fs::inodes::{NodeKind, ObjectStat, ROOT_INODE};
+use crate::s3fs::journal::{Journal, TableGuard, lock_table};
 use crate::s3fs::keys::{MAX_NAME_LEN, SkippedKeys};
 use crate::s3fs::prefetch::{FileReader, PrefetchBudget, RangeReader, ReadStats};
 use crate::s3fs::store::Bucket;

@@ -47,7 +47,8 @@ impl Journal {
     /// A new, empty journal in a memfd named `name`.
     pub fn create(name: &str) -> io::Result<Journal> {
         let name = format!("hotmount-journal:{name}").replace('\0', "");
-        let fd = nix::sys::memfd::memfd_create(name.as_str(), nix::sys::memfd::MFdFlags::MFD_CLOEXEC)?;
+        let fd =
+            nix::sys::memfd::memfd_create(name.as_str(), nix::sys::memfd::MFdFlags::MFD_CLOEXEC)?;
         let file = File::from(fd);
         file.write_all_at(&HEADER_BYTES.to_le_bytes(), 0)?;
         file.set_len(HEADER_BYTES)?;
@@ -197,7 +198,11 @@ pub(crate) struct TableGuard<'a, T: JournaledTable>(MutexGuard<'a, T>);
 /// Locks `table` (a poisoned lock still gives the table: every change to it
 /// is one step that leaves it consistent).
 pub(crate) fn lock_table<T: JournaledTable>(table: &Mutex<T>) -> TableGuard<'_, T> {
-    TableGuard(table.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    TableGuard(
+        table
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()),
+    )
 }
 
 impl<T: JournaledTable> Deref for TableGuard<'_, T> {
@@ -277,7 +282,10 @@ mod tests {
         journal.checkpoint(&[entry(1)]);
         journal.append(&[entry(2)]);
         // A writer killed in the middle of its last write.
-        journal.file.write_all_at(b"{\"key\":3,\"te", journal.end).unwrap();
+        journal
+            .file
+            .write_all_at(b"{\"key\":3,\"te", journal.end)
+            .unwrap();
         let mut resumed = reopen(&journal);
         let (entries, unreadable) = resumed.replay::<Entry>().unwrap();
         assert_eq!(entries, vec![entry(1), entry(2)]);

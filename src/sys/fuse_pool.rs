@@ -35,6 +35,8 @@ pub trait ServedConnection: Send + Sync {
     fn fd(&self) -> BorrowedFd<'_>;
     /// The buffer every request of this connection fits in.
     fn read_buffer_size(&self) -> usize;
+    /// Requests that came again after a resend notification.
+    fn resent_requests(&self) -> u64;
 }
 
 impl<FS: Filesystem> ServedConnection for fuser::Connection<FS> {
@@ -48,6 +50,10 @@ impl<FS: Filesystem> ServedConnection for fuser::Connection<FS> {
 
     fn read_buffer_size(&self) -> usize {
         self.negotiated().read_buffer_size()
+    }
+
+    fn resent_requests(&self) -> u64 {
+        fuser::Connection::resent_requests(self)
     }
 }
 
@@ -118,6 +124,8 @@ pub struct FusePool {
     max_threads: AtomicUsize,
     /// The buffer size every thread needs (the largest connection's).
     buffer_size: AtomicUsize,
+    /// Resent requests of connections that ended.
+    retired_resent: AtomicU64,
 }
 
 impl std::fmt::Debug for FusePool {
@@ -143,6 +151,7 @@ impl FusePool {
                 idle: AtomicUsize::new(0),
                 max_threads: AtomicUsize::new(DEFAULT_MAX_THREADS),
                 buffer_size: AtomicUsize::new(0),
+                retired_resent: AtomicU64::new(0),
             });
             for _ in 0..MIN_THREADS {
                 pool.threads.fetch_add(1, Ordering::Relaxed);
@@ -296,6 +305,19 @@ impl FusePool {
             .is_ok()
     }
 
+    /// Requests the kernel sent again after a resend notification, over
+    /// every connection this pool served.
+    pub fn resent_requests(&self) -> u64 {
+        let live: u64 = self
+            .connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|registered| registered.connection.resent_requests())
+            .sum();
+        live + self.retired_resent.load(Ordering::Relaxed)
+    }
+
     fn rearm(&self, connection: &dyn ServedConnection, token: u64) -> nix::Result<()> {
         let mut event = EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLONESHOT, token);
         self.epoll.modify(connection.fd(), &mut event)
@@ -309,6 +331,8 @@ impl FusePool {
         outcome: Result<(), String>,
     ) {
         let _ = self.epoll.delete(connection.fd());
+        self.retired_resent
+            .fetch_add(connection.resent_requests(), Ordering::Relaxed);
         self.connections
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -92,9 +92,11 @@ impl Mounter for LinuxMounter {
             raise_readahead(minor);
         }
         match started {
-            Ok(served) => Ok(FuseSession {
+            Ok((served, negotiated, device)) => Ok(FuseSession {
                 served: Some(served),
                 connection,
+                negotiated: Some(negotiated),
+                device: Some(device),
             }),
             Err(source) => {
                 // Nothing half-done: the mount without a server goes again.
@@ -294,16 +296,54 @@ fn raise_readahead(minor: u32) {
 }
 
 /// Answers the new connection's INIT and hands it to the process's FUSE
-/// serving pool (which may grow to `threads` threads under load).
+/// serving pool (which may grow to `threads` threads under load); also
+/// gives what was negotiated and a duplicate of the fd (for the supervisor).
 fn start_fuse_server(
     device: OwnedFd,
     adapter: FuseAdapter,
     threads: usize,
-) -> std::io::Result<PooledConnection> {
+) -> std::io::Result<(PooledConnection, fuser::Negotiated, OwnedFd)> {
     let connection = fuser::Connection::new(adapter, device, fuser::SessionACL::All)?;
+    let negotiated = connection.negotiated();
+    let duplicate = connection.fd().try_clone_to_owned()?;
     let pool = FusePool::global();
     pool.allow_threads(threads);
-    pool.serve(Arc::new(connection))
+    Ok((pool.serve(Arc::new(connection))?, negotiated, duplicate))
+}
+
+/// Serves connection number `connection` (its fd `device`) that another
+/// process answered INIT for with `negotiated`, and asks the kernel to send
+/// again every request that process read and did not answer. No mount is
+/// made or changed. Fails on kernels without `FUSE_NOTIFY_RESEND` (before
+/// Linux 6.9): a request the dead process had read would never be answered.
+pub fn resume_fuse(
+    device: OwnedFd,
+    connection: u32,
+    negotiated: fuser::Negotiated,
+    adapter: FuseAdapter,
+    threads: usize,
+) -> std::io::Result<FuseSession> {
+    if !negotiated.supports_resend() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            format!(
+                "the kernel speaks FUSE {}.{}; resending lost requests needs 7.40 (Linux 6.9)",
+                negotiated.major, negotiated.minor
+            ),
+        ));
+    }
+    let duplicate = device.try_clone()?;
+    let resumed = fuser::Connection::resume(adapter, device, fuser::SessionACL::All, negotiated);
+    resumed.request_resend()?;
+    let pool = FusePool::global();
+    pool.allow_threads(threads);
+    let served = pool.serve(Arc::new(resumed))?;
+    Ok(FuseSession {
+        served: Some(served),
+        connection: Some(connection),
+        negotiated: Some(negotiated),
+        device: Some(duplicate),
+    })
 }
 
 impl From<procfs::process::MountInfo> for MountEntry {

@@ -10,7 +10,7 @@ mod recording;
 use std::path::{Path, PathBuf};
 
 pub use fuse_pool::{FusePool, PooledConnection};
-pub use linux::LinuxMounter;
+pub use linux::{LinuxMounter, resume_fuse};
 pub use recording::{RecordedCall, RecordingMounter};
 
 use crate::s3fs::fuse::FuseAdapter;
@@ -132,6 +132,12 @@ pub struct FuseSession {
     served: Option<PooledConnection>,
     /// The connection number under /sys/fs/fuse/connections (the device minor).
     pub connection: Option<u32>,
+    /// What was negotiated at INIT (what a process taking the connection
+    /// over needs); none for a session nothing serves.
+    pub negotiated: Option<fuser::Negotiated>,
+    /// A duplicate of the connection's `/dev/fuse` fd, for the supervisor
+    /// to hold (taken when it is handed over).
+    pub device: Option<std::os::fd::OwnedFd>,
 }
 
 impl FuseSession {
@@ -140,6 +146,8 @@ impl FuseSession {
         FuseSession {
             served: None,
             connection: None,
+            negotiated: None,
+            device: None,
         }
     }
 

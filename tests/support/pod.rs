@@ -139,6 +139,25 @@ exec sleep infinity"#;
         }
     }
 
+    /// Starts `operation` on a thread of its own inside the pod's mount
+    /// namespace, with no deadline (a workload that runs until told to stop).
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        operation: impl FnOnce(&Path) -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let namespace_path = format!("/proc/{}/ns/mnt", self.pid());
+        let namespace = File::open(&namespace_path)
+            .unwrap_or_else(|e| panic!("open {namespace_path} (is the pod alive?): {e}"));
+        let view = self.view.clone();
+        std::thread::spawn(move || {
+            unshare(CloneFlags::CLONE_FS)
+                .unwrap_or_else(|e| panic!("unshare(CLONE_FS) for a pod thread: {e}"));
+            setns(namespace.as_fd(), CloneFlags::CLONE_NEWNS)
+                .unwrap_or_else(|e| panic!("setns into the pod's mount namespace: {e}"));
+            operation(&view)
+        })
+    }
+
     /// Reads `<view>/<rel>` as the pod sees it.
     pub fn read(&self, rel: impl AsRef<Path>) -> std::io::Result<Vec<u8>> {
         let rel = rel.as_ref().to_path_buf();

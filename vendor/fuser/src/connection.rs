@@ -42,6 +42,9 @@ use crate::session::SessionEventLoop;
 /// `FUSE_NOTIFY_RESEND`: the kernel queues again every request that was
 /// read from the connection but not answered (protocol 7.40 and later).
 const FUSE_NOTIFY_RESEND: i32 = 7;
+/// The bit the kernel sets in the unique id of a request it queued again
+/// after `FUSE_NOTIFY_RESEND`.
+const FUSE_UNIQUE_RESEND: u64 = 1 << 63;
 /// The smallest read buffer the kernel accepts (`FUSE_MIN_READ_BUFFER`).
 const MIN_READ_BUFFER: usize = 8192;
 /// Room for the request header and the largest fixed argument before a
@@ -142,6 +145,8 @@ pub enum Step {
 pub struct Connection<FS: Filesystem> {
     event_loop: SessionEventLoop<FS>,
     negotiated: Negotiated,
+    /// hotmount patch: requests that came again after a resend notification.
+    resent: std::sync::atomic::AtomicU64,
 }
 
 impl<FS: Filesystem> std::fmt::Debug for Connection<FS> {
@@ -171,6 +176,7 @@ impl<FS: Filesystem> Connection<FS> {
                 session_owner: geteuid(),
             },
             negotiated,
+            resent: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -196,6 +202,7 @@ impl<FS: Filesystem> Connection<FS> {
                 session_owner: geteuid(),
             },
             negotiated,
+            resent: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -221,6 +228,12 @@ impl<FS: Filesystem> Connection<FS> {
             .ch
             .sender()
             .send(&[io::IoSlice::new(&header)])
+    }
+
+    /// How many requests arrived again after [`Connection::request_resend`]
+    /// (their unique id has bit 63 set).
+    pub fn resent_requests(&self) -> u64 {
+        self.resent.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// What was negotiated at INIT.
@@ -259,6 +272,10 @@ impl<FS: Filesystem> Connection<FS> {
         if let Ok(Operation::Destroy(_)) = request.request.operation() {
             request.reply::<ReplyEmpty>().ok();
             return Ok(Step::Ended);
+        }
+        if request.request.unique().0 & FUSE_UNIQUE_RESEND != 0 {
+            self.resent
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         request.dispatch(&self.event_loop);
         Ok(Step::Served)

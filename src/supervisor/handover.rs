@@ -1,0 +1,230 @@
+//! What the supervisor holds for its worker, and hands to each new worker
+//! (after a crash) or to a new supervisor (at an upgrade): the listening
+//! sockets and every FUSE connection with its table journals. Sent as a
+//! sequence of messages on a [`Channel`], one per socket or connection,
+//! ended by [`Message::Start`].
+
+use std::collections::BTreeMap;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use crate::config::Config;
+use crate::manager::Resumable;
+use crate::s3fs::fs::FsJournals;
+use crate::supervisor::channel::{Channel, HeldConnection, ListenerKind, Message, StartReport};
+use crate::{Listeners, RunError};
+
+/// A held FUSE connection and its fds: the connection, the inode journal,
+/// the handle journal.
+#[derive(Debug)]
+pub struct HeldFds {
+    /// What it is.
+    pub held: HeldConnection,
+    /// `/dev/fuse`.
+    pub device: OwnedFd,
+    /// The inode journal.
+    pub inodes: OwnedFd,
+    /// The handle journal.
+    pub handles: OwnedFd,
+}
+
+impl HeldFds {
+    /// Takes the three fds of a connection message.
+    pub fn from_message(held: HeldConnection, fds: Vec<OwnedFd>) -> io::Result<HeldFds> {
+        let [device, inodes, handles]: [OwnedFd; 3] = fds.try_into().map_err(|fds: Vec<_>| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("a held connection comes with 3 fds, not {}", fds.len()),
+            )
+        })?;
+        Ok(HeldFds {
+            held,
+            device,
+            inodes,
+            handles,
+        })
+    }
+
+    fn fds(&self) -> [BorrowedFd<'_>; 3] {
+        [
+            self.device.as_fd(),
+            self.inodes.as_fd(),
+            self.handles.as_fd(),
+        ]
+    }
+}
+
+/// Everything that outlives a worker.
+#[derive(Debug, Default)]
+pub struct Handover {
+    /// The listening sockets.
+    pub listeners: Vec<(ListenerKind, OwnedFd)>,
+    /// The FUSE connections, by connection number.
+    pub connections: BTreeMap<u32, HeldFds>,
+}
+
+impl Handover {
+    /// Binds the listeners `config` asks for (nothing held yet).
+    pub fn bind(config: &Config) -> Result<Handover, RunError> {
+        let mut handover = Handover::default();
+        handover.bind_missing(config)?;
+        Ok(handover)
+    }
+
+    /// Makes the held listeners those `config` asks for: binds the missing
+    /// ones, lets go of those it does not want or wants elsewhere (a new
+    /// build may be configured differently from the one it took over from).
+    pub fn bind_missing(&mut self, config: &Config) -> Result<(), RunError> {
+        let wanted = |kind: ListenerKind| match kind {
+            ListenerKind::Unix => Some(None),
+            ListenerKind::Api => config.listen.as_ref().map(|(addr, _)| Some(*addr)),
+            ListenerKind::Metrics => config.metrics_listen.map(Some),
+        };
+        self.listeners.retain(|(kind, fd)| match wanted(*kind) {
+            None => false,
+            Some(None) => true,
+            Some(Some(addr)) => fd
+                .try_clone()
+                .map(std::net::TcpListener::from)
+                .and_then(|listener| listener.local_addr())
+                .is_ok_and(|bound| bound == addr),
+        });
+        let missing = |kind: ListenerKind| {
+            wanted(kind).is_some() && !self.listeners.iter().any(|(held, _)| *held == kind)
+        };
+        let (unix, api, metrics) = (
+            missing(ListenerKind::Unix),
+            missing(ListenerKind::Api),
+            missing(ListenerKind::Metrics),
+        );
+        if !(unix || api || metrics) {
+            return Ok(());
+        }
+        let mut partial = config.clone();
+        if !api {
+            partial.listen = None;
+        }
+        if !metrics {
+            partial.metrics_listen = None;
+        }
+        let bound = if unix {
+            crate::bind_listeners(&partial)?
+        } else {
+            // Only TCP listeners are missing: the unix socket is held.
+            let tcp = |addr: std::net::SocketAddr| {
+                std::net::TcpListener::bind(addr).map_err(|source| RunError::Listen {
+                    what: addr.to_string(),
+                    source,
+                })
+            };
+            let api = partial.listen.as_ref().map(|(a, _)| tcp(*a)).transpose()?;
+            let metrics = partial.metrics_listen.map(tcp).transpose()?;
+            for (kind, listener) in [(ListenerKind::Api, api), (ListenerKind::Metrics, metrics)] {
+                if let Some(listener) = listener {
+                    self.listeners.push((kind, listener.into()));
+                }
+            }
+            return Ok(());
+        };
+        self.listeners.push((ListenerKind::Unix, bound.unix.into()));
+        if let Some(api) = bound.api {
+            self.listeners.push((ListenerKind::Api, api.into()));
+        }
+        if let Some(metrics) = bound.metrics {
+            self.listeners.push((ListenerKind::Metrics, metrics.into()));
+        }
+        Ok(())
+    }
+
+    /// Sends everything on `channel`, then `report`.
+    pub fn send(&self, channel: &Channel, report: &StartReport) -> io::Result<()> {
+        for (kind, fd) in &self.listeners {
+            channel.send(&Message::Listener(*kind), &[fd.as_fd()])?;
+        }
+        for held in self.connections.values() {
+            channel.send(&Message::Connection(held.held.clone()), &held.fds())?;
+        }
+        channel.send(&Message::Start(report.clone()), &[])
+    }
+
+    /// Receives what [`Handover::send`] sent. A takeover refusal arrives as
+    /// an error of kind `PermissionDenied` carrying the reason.
+    pub fn receive(channel: &Channel) -> io::Result<(Handover, StartReport)> {
+        let mut handover = Handover::default();
+        loop {
+            let Some((message, mut fds)) = channel.recv()? else {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the peer went away during the handover",
+                ));
+            };
+            match message {
+                Message::Listener(kind) => {
+                    let fd = fds.pop().ok_or_else(|| {
+                        io::Error::new(io::ErrorKind::InvalidData, "a listener without its fd")
+                    })?;
+                    handover.listeners.push((kind, fd));
+                }
+                Message::Connection(held) => handover.hold(held, fds)?,
+                Message::Start(report) => return Ok((handover, report)),
+                Message::TakeoverRefused { reason } => {
+                    return Err(io::Error::new(io::ErrorKind::PermissionDenied, reason));
+                }
+                other => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("unexpected message during a handover: {other:?}"),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Holds a connection a worker opened.
+    pub fn hold(&mut self, held: HeldConnection, fds: Vec<OwnedFd>) -> io::Result<()> {
+        let held = HeldFds::from_message(held, fds)?;
+        self.connections.insert(held.held.connection, held);
+        Ok(())
+    }
+
+    /// Lets go of a connection that ended.
+    pub fn release(&mut self, connection: u32) {
+        self.connections.remove(&connection);
+    }
+
+    /// The worker's side: the listeners to serve and the connections to
+    /// resume.
+    pub fn into_worker_parts(self) -> Result<(Listeners, Vec<Resumable>), RunError> {
+        let missing = || RunError::Listen {
+            what: "the supervisor's unix socket".to_string(),
+            source: io::Error::new(io::ErrorKind::NotFound, "not handed over"),
+        };
+        let mut unix = None;
+        let (mut api, mut metrics) = (None, None);
+        for (kind, fd) in self.listeners {
+            match kind {
+                ListenerKind::Unix => unix = Some(std::os::unix::net::UnixListener::from(fd)),
+                ListenerKind::Api => api = Some(std::net::TcpListener::from(fd)),
+                ListenerKind::Metrics => metrics = Some(std::net::TcpListener::from(fd)),
+            }
+        }
+        let listeners = Listeners {
+            unix: unix.ok_or_else(missing)?,
+            api,
+            metrics,
+        };
+        let resumables = self
+            .connections
+            .into_values()
+            .map(|held| Resumable {
+                held: held.held,
+                device: held.device,
+                journals: FsJournals {
+                    inodes: held.inodes,
+                    handles: held.handles,
+                },
+            })
+            .collect();
+        Ok((listeners, resumables))
+    }
+}
