@@ -21,6 +21,10 @@ use crate::{RunError, run_with};
 
 /// The variable that tells a worker which fd is its channel to the supervisor.
 pub const CHANNEL_ENV: &str = "HOTMOUNT_WORKER_CHANNEL";
+/// The process name (`comm`) of a worker that serves.
+pub const WORKER_NAME: &str = "hotmount-worker";
+/// The process name of a worker started ahead, waiting to take over.
+pub const STANDBY_NAME: &str = "hotmount-spare";
 /// How often the worker says it is alive.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 /// How often a quiescing worker looks whether open writers are done.
@@ -207,7 +211,10 @@ pub async fn run_worker(config: Config, channel: Channel) -> Result<(), RunError
         what: "the supervisor's handover".to_string(),
         source,
     };
+    // A standby until the handover comes (`ps` tells them apart).
+    name_process(STANDBY_NAME);
     let (handover, report) = Handover::receive(&channel).map_err(handover_failed)?;
+    name_process(WORKER_NAME);
     let (listeners, resumables) = handover.into_worker_parts()?;
     let readiness = channel.readiness().map_err(handover_failed)?;
     let link = Arc::new(WorkerLink { channel });
@@ -256,4 +263,11 @@ pub async fn run_worker(config: Config, channel: Channel) -> Result<(), RunError
         shutdown,
     )
     .await
+}
+
+/// Names this process (its main thread: what `ps` and `/proc/PID/stat` show).
+fn name_process(name: &str) {
+    if let Ok(name) = std::ffi::CString::new(name) {
+        let _ = nix::sys::prctl::set_name(&name);
+    }
 }

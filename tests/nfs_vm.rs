@@ -463,6 +463,33 @@ fn agent_in_guest_kernel_serves_nfs_datasets() {
         );
     }
 
+    // The supervisor's worker dies, or a new agent takes the node over: a
+    // kernel mount is never touched (not re-mounted, not stacked).
+    for (what, command) in [
+        ("worker killed (SIGKILL)", "kill-worker"),
+        (
+            "upgrade: a second hotmount serve takes the node over",
+            "upgrade",
+        ),
+    ] {
+        step(&vm, &format!("{what}: the NFS mount is left alone"));
+        let done = vm.sh(40, &format!("agent-ctl {command}"));
+        if done.code != 0 {
+            fail_with_log(&vm, format!("agent-ctl {command}: {}", done.output));
+        }
+        api.wait_ready(Duration::from_secs(60))
+            .unwrap_or_else(|e| fail_with_log(&vm, e));
+        let kept = api.mount("data").expect("data after the worker changed");
+        assert_eq!(kept["state"], "Mounted", "{kept}");
+        assert_eq!(kept["generation"], generation, "not re-mounted: {kept}");
+        let mounts = guest_mounts_at(&vm, &format!("{ROOT}/data"));
+        assert_eq!(mounts.len(), 1, "exactly one mount on the path: {mounts:?}");
+        assert_eq!(
+            vm.pod_ok(20, "cat /datasets/data/hello.txt"),
+            "written on the server"
+        );
+    }
+
     step(
         &vm,
         "the export is replaced on the server: stale handle, re-mounted at the same path",

@@ -134,8 +134,16 @@ pub async fn supervise(config: Config) -> Result<(), SupervisorError> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(io_error("install a SIGTERM handler"))?;
     let mut restarts: VecDeque<Instant> = VecDeque::new();
+    let mut standby: Option<Worker> = None;
     loop {
-        let mut worker = match spawn_worker(&held, &report) {
+        // The standby (started and waiting) takes over at once; a new one
+        // is started to wait for the next time.
+        let ready_standby = standby.take().filter(Worker::is_running);
+        let launched = match ready_standby {
+            Some(worker) => Ok(worker),
+            None => launch_worker(),
+        };
+        let mut worker = match launched {
             Ok(worker) => worker,
             Err(err) => {
                 tracing::error!(error = %err, "cannot start a worker; trying again");
@@ -143,7 +151,11 @@ pub async fn supervise(config: Config) -> Result<(), SupervisorError> {
                 continue;
             }
         };
+        worker.hand(&held, &report);
         report.stalled_since_ns = None;
+        standby = launch_worker()
+            .inspect_err(|err| tracing::warn!(error = %err, "cannot start a standby worker"))
+            .ok();
         let ended = watch_worker(
             &config,
             &mut worker,
@@ -155,12 +167,18 @@ pub async fn supervise(config: Config) -> Result<(), SupervisorError> {
         .await;
         match ended {
             Ended::Terminate => {
+                if let Some(mut standby) = standby.take() {
+                    let _ = standby.child.start_kill();
+                }
                 stop_worker(&mut worker).await;
                 let _ = std::fs::remove_file(&config.socket);
                 let _ = std::fs::remove_file(&config.supervision.takeover_socket);
                 return Ok(());
             }
             Ended::Fatal => {
+                if let Some(mut standby) = standby.take() {
+                    let _ = standby.child.start_kill();
+                }
                 let _ = std::fs::remove_file(&config.socket);
                 let _ = std::fs::remove_file(&config.supervision.takeover_socket);
                 return Err(SupervisorError::WorkerFailed);
@@ -168,6 +186,9 @@ pub async fn supervise(config: Config) -> Result<(), SupervisorError> {
             Ended::Takeover(peer) => {
                 match hand_over(&config, worker, &mut held, &mut report, &peer).await {
                     Ok(()) => {
+                        if let Some(mut standby) = standby.take() {
+                            let _ = standby.child.start_kill();
+                        }
                         drop(held);
                         drop(takeover_listener);
                         tracing::info!("the node is handed over; idle until SIGTERM");
@@ -227,8 +248,10 @@ pub async fn supervise(config: Config) -> Result<(), SupervisorError> {
     }
 }
 
-/// Starts a worker (this binary, same arguments) and hands it `held`.
-fn spawn_worker(held: &Handover, report: &StartReport) -> std::io::Result<Worker> {
+/// Starts a worker (this binary, same arguments). It waits for its
+/// handover ([`Worker::hand`]): started ahead as a standby, it takes a dead
+/// worker's place within milliseconds.
+fn launch_worker() -> std::io::Result<Worker> {
     let (ours, theirs) = Channel::pair()?;
     let fd = theirs.fd().as_raw_fd();
     let mut command = std::process::Command::new("/proc/self/exe");
@@ -250,13 +273,39 @@ fn spawn_worker(held: &Handover, report: &StartReport) -> std::io::Result<Worker
     }
     let child = tokio::process::Command::from(command).spawn()?;
     drop(theirs);
-    held.send(&ours, report)?;
     let ready = ours.readiness()?;
     Ok(Worker {
         child,
         channel: ours,
         ready,
     })
+}
+
+impl Worker {
+    /// Whether the process still runs (a standby may have been killed).
+    fn is_running(&self) -> bool {
+        let Some(pid) = self.child.id() else {
+            return false;
+        };
+        // Signal 0: does it exist (not yet reaped)?
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
+            && !matches!(
+                std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .ok()
+                    .and_then(|stat| stat.rsplit(") ").next().map(|s| s.starts_with('Z'))),
+                Some(true) | None
+            )
+    }
+
+    /// Hands the worker everything it serves. If it cannot take it (it
+    /// died meanwhile), it is stopped; its end is seen, and counted, like
+    /// any other.
+    fn hand(&mut self, held: &Handover, report: &StartReport) {
+        if let Err(err) = held.send(&self.channel, report) {
+            tracing::warn!(error = %err, "cannot hand the worker what it needs; stopping it");
+            let _ = self.child.start_kill();
+        }
+    }
 }
 
 /// Watches a worker until it ends, holding the connections it reports.

@@ -47,6 +47,7 @@ mod node;
 mod pod;
 mod promtool;
 mod raw_s3;
+mod workers;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -64,6 +65,7 @@ pub use node::{Node, percentile, wait_readable};
 pub use pod::Pod;
 pub use promtool::{promtool_check, promtool_check_metrics};
 pub use raw_s3::RawS3;
+pub use workers::{children_of, signal, worker_of};
 
 /// The script that installs everything these tests need.
 pub const SETUP_SCRIPT: &str = "scripts/setup-test-env.sh";

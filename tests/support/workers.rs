@@ -1,0 +1,72 @@
+//! The agent's processes as tests see them: `hotmount serve` is a
+//! supervisor whose child, the worker, does the work; tests kill, stop and
+//! wait for workers by pid.
+
+use std::time::{Duration, Instant};
+
+/// The process name of a serving worker (a standby, started ahead to take
+/// over, is `hotmount-spare`).
+const WORKER_NAME: &str = "hotmount-worker";
+
+/// The live (not zombie) workers serving for supervisor `pid` (the standby
+/// waiting beside them is not one).
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut children = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return children;
+    };
+    for entry in entries.flatten() {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Some((name, state, parent)) = name_state_and_parent(child)
+            && parent == pid
+            && state != 'Z'
+            && name == WORKER_NAME
+        {
+            children.push(child);
+        }
+    }
+    children
+}
+
+/// A process's name, state letter and parent pid, from `/proc/PID/stat`.
+fn name_state_and_parent(pid: u32) -> Option<(String, char, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let name = stat[stat.find('(')? + 1..stat.rfind(')')?].to_string();
+    // After the name (which may hold spaces): state, ppid, ...
+    let mut fields = stat[stat.rfind(')')? + 2..].split(' ');
+    let state = fields.next()?.chars().next()?;
+    let parent = fields.next()?.parse().ok()?;
+    Some((name, state, parent))
+}
+
+/// The worker of `supervisor` once one runs that is not `previous`;
+/// panics after 20 s.
+pub fn worker_of(supervisor: u32, previous: Option<u32>) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(pid) = children_of(supervisor)
+            .into_iter()
+            .find(|pid| Some(*pid) != previous)
+        {
+            return pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "supervisor {supervisor} started no worker within 20s"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Sends `signal` to `pid`; panics if it cannot.
+pub fn signal(pid: u32, signal: nix::sys::signal::Signal) {
+    let target = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid fits in i32"));
+    nix::sys::signal::kill(target, signal)
+        .unwrap_or_else(|e| panic!("signal {signal} to {pid}: {e}"));
+}
