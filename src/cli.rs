@@ -39,6 +39,10 @@ pub enum Command {
     Status(StatusArgs),
     /// Exit 0 when the agent is ready (for probes); `--alive`: when it answers.
     Ready(ReadyArgs),
+    /// Print the table format this build hands over and takes over (asked
+    /// by a running agent before it upgrades in place to this binary).
+    #[command(hide = true)]
+    HandoverFormat,
 }
 
 /// How clients reach the agent.
@@ -319,6 +323,7 @@ fn decode<T: serde::de::DeserializeOwned>(reply: &Reply) -> Result<T, CommandErr
 pub async fn run_client(command: Command) -> Result<String, CommandError> {
     match command {
         Command::Serve(_) => Err(CommandError::new("serve is not a client command")),
+        Command::HandoverFormat => Ok(crate::config::handover_format_from_env().to_string()),
         Command::Attach(args) => {
             let spec = spec_from_attach(&args)?;
             let body = serde_json::to_vec(&spec).expect("a spec serialises");

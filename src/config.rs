@@ -153,7 +153,7 @@ pub struct ServeArgs {
     pub takeover_write_wait: Option<Duration>,
     /// The table format this build claims at a takeover (tests only: to
     /// play a build whose format the running agent cannot hand over to).
-    #[arg(long, hide = true)]
+    #[arg(long, hide = true, env = HANDOVER_FORMAT_ENV)]
     pub handover_format: Option<u32>,
     /// How long S3 mounts remember that a name does not exist, so a new
     /// object appears within this time; 0 turns it off [default: 1s].
@@ -258,6 +258,18 @@ pub struct Config {
     pub max_directory_entries: usize,
     /// How the supervisor runs its worker.
     pub supervision: SupervisionConfig,
+}
+
+/// The variable behind `--handover-format` (tests only).
+pub const HANDOVER_FORMAT_ENV: &str = "HOTMOUNT_HANDOVER_FORMAT";
+
+/// The table format this build claims (`--handover-format` or
+/// [`HANDOVER_FORMAT_ENV`] for tests, else [`crate::s3fs::fs::SNAPSHOT_FORMAT`]).
+pub fn handover_format_from_env() -> u32 {
+    std::env::var(HANDOVER_FORMAT_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(crate::s3fs::fs::SNAPSHOT_FORMAT)
 }
 
 /// How the supervisor runs its worker and hands the node over.

@@ -46,6 +46,10 @@ struct Survival {
 
 impl Survival {
     fn start(extra_args: &[&str]) -> Survival {
+        Survival::start_binary(None, extra_args)
+    }
+
+    fn start_binary(binary: Option<&Path>, extra_args: &[&str]) -> Survival {
         support::require_root();
         support::require_fuse();
         let garage = Garage::start();
@@ -58,7 +62,7 @@ impl Survival {
             ));
         }
         garage.put_objects("data", objects);
-        let node = Node::start(extra_args);
+        let node = Node::start_binary(binary, extra_args);
         let credentials = node.credentials_dir().join("credentials");
         garage.write_credentials_file(&credentials);
         let survival = Survival { node, garage };
@@ -354,6 +358,73 @@ fn pods_read_on_through_worker_kills_and_upgrades() {
         (200, json!("Mounted")),
         "{body}"
     );
+}
+
+/// Installs `content` at `path` as a package upgrade does: a new file
+/// renamed over the old one (the running binary keeps its inode).
+fn install(path: &Path, content: &[u8]) {
+    use std::os::unix::fs::PermissionsExt;
+    let new = path.with_extension("new");
+    std::fs::write(&new, content).unwrap();
+    std::fs::set_permissions(&new, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&new, path).unwrap();
+}
+
+fn wait_for_log(agent: &Agent, text: &str, occurrences: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while agent.log().matches(text).count() < occurrences {
+        assert!(
+            Instant::now() < deadline,
+            "the agent never logged {text:?}:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_reload_upgrades_in_place_and_refuses_a_binary_of_another_format() {
+    let bin = tempfile::tempdir().unwrap();
+    let installed = bin.path().join("hotmount");
+    let built = std::fs::read(env!("CARGO_BIN_EXE_hotmount")).unwrap();
+    install(&installed, &built);
+    let survival = Survival::start_binary(Some(&installed), &[]);
+    let supervisor = survival.supervisor();
+    let stop = Arc::new(AtomicBool::new(false));
+    let workloads = start_workloads(&survival.node, &stop);
+    let before = worker_of(supervisor, None);
+
+    // A new binary at the same path, then `systemctl reload` (SIGHUP).
+    install(&installed, &built);
+    signal(supervisor, nix::sys::signal::Signal::SIGHUP);
+    wait_for_log(
+        &survival.node.agent,
+        "took the node over from the binary before this one",
+        1,
+    );
+    let after = worker_of(supervisor, Some(before));
+    assert_eq!(
+        survival.supervisor(),
+        supervisor,
+        "same pid: systemd's main process"
+    );
+
+    // A binary that reads another table format is refused.
+    let script = format!(
+        "#!/bin/sh\nHOTMOUNT_HANDOVER_FORMAT=999 exec {} \"$@\"\n",
+        env!("CARGO_BIN_EXE_hotmount")
+    );
+    install(&installed, script.as_bytes());
+    signal(supervisor, nix::sys::signal::Signal::SIGHUP);
+    wait_for_log(&survival.node.agent, "upgrade refused", 1);
+    assert!(survival.node.agent.log().contains("reads format 999"));
+    assert_eq!(worker_of(supervisor, None), after, "the worker serves on");
+
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::Relaxed);
+    assert_unharmed(&finish(workloads));
+    survival.assert_one_mount();
+    assert_eq!(metric(&survival.metrics(), "hotmount_takeovers_total"), 1.0);
 }
 
 #[test]

@@ -20,6 +20,7 @@
 
 pub mod channel;
 pub mod handover;
+pub mod reexec;
 pub mod takeover;
 
 use std::collections::VecDeque;
@@ -102,6 +103,9 @@ enum Ended {
     Terminate,
     /// A newer supervisor takes the node over.
     Takeover(Channel),
+    /// SIGHUP: become the binary now installed at our path (systemd's
+    /// `reload`), if it reads our table format.
+    Upgrade,
 }
 
 /// A running worker.
@@ -115,7 +119,13 @@ struct Worker {
 /// SIGTERM came).
 pub async fn supervise(config: Config) -> Result<(), SupervisorError> {
     std::fs::create_dir_all(&config.state_dir).map_err(io_error("create the state directory"))?;
-    let (mut held, mut report) = match takeover::request(&config)? {
+    let binary = reexec::own_binary();
+    let inherited = reexec::inherited().map_err(io_error("take over from the previous binary"))?;
+    let acquired = match inherited {
+        Some(inherited) => Some(inherited),
+        None => takeover::request(&config)?,
+    };
+    let (mut held, mut report) = match acquired {
         Some((mut held, report)) => {
             held.bind_missing(&config)?;
             tracing::info!(
@@ -133,6 +143,8 @@ pub async fn supervise(config: Config) -> Result<(), SupervisorError> {
     .map_err(io_error("listen for takeovers"))?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(io_error("install a SIGTERM handler"))?;
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(io_error("install a SIGHUP handler"))?;
     let mut restarts: VecDeque<Instant> = VecDeque::new();
     let mut standby: Option<Worker> = None;
     loop {
@@ -158,11 +170,13 @@ pub async fn supervise(config: Config) -> Result<(), SupervisorError> {
             .ok();
         let ended = watch_worker(
             &config,
+            binary.as_deref(),
             &mut worker,
             &mut held,
             &mut report,
             &takeover_listener,
             &mut term,
+            &mut hangup,
         )
         .await;
         match ended {
@@ -204,6 +218,19 @@ pub async fn supervise(config: Config) -> Result<(), SupervisorError> {
                         continue;
                     }
                 }
+            }
+            Ended::Upgrade => {
+                if let Some(mut standby) = standby.take() {
+                    let _ = standby.child.start_kill();
+                }
+                let handed = stop_for_handover(&config, worker, &mut held, &mut report).await;
+                let binary = binary
+                    .as_deref()
+                    .expect("an upgrade needs the binary's path");
+                let failed = reexec::exec(binary, &held, &handed);
+                // Still here: the exec failed; serve on with a new worker.
+                tracing::error!(error = %failed, binary = %binary.display(), "cannot start the new binary; serving on");
+                report.stalled_since_ns = handed.stalled_since_ns;
             }
             Ended::Hung | Ended::Died(..) => {
                 let reason = match &ended {
@@ -257,6 +284,7 @@ fn launch_worker() -> std::io::Result<Worker> {
     let mut command = std::process::Command::new("/proc/self/exe");
     command
         .args(std::env::args_os().skip(1))
+        .env_remove(reexec::STATE_ENV)
         .env(crate::worker::CHANNEL_ENV, fd.to_string());
     // SAFETY: between fork and exec only async-signal-safe calls (fcntl,
     // prctl) on values captured by copy.
@@ -309,13 +337,16 @@ impl Worker {
 }
 
 /// Watches a worker until it ends, holding the connections it reports.
+#[allow(clippy::too_many_arguments)]
 async fn watch_worker(
     config: &Config,
+    binary: Option<&std::path::Path>,
     worker: &mut Worker,
     held: &mut Handover,
     report: &mut StartReport,
     takeover_listener: &AsyncFd<std::os::fd::OwnedFd>,
     term: &mut tokio::signal::unix::Signal,
+    hangup: &mut tokio::signal::unix::Signal,
 ) -> Ended {
     let timeout = config.supervision.heartbeat_timeout;
     let mut last_sign = Instant::now();
@@ -347,6 +378,16 @@ async fn watch_worker(
             }
             _ = term.recv() => return Ended::Terminate,
             _ = tokio::signal::ctrl_c() => return Ended::Terminate,
+            _ = hangup.recv() => {
+                if let Some(binary) = binary {
+                    match reexec::check_format(binary, config.supervision.handover_format).await {
+                        Ok(()) => return Ended::Upgrade,
+                        Err(reason) => tracing::error!(%reason, binary = %binary.display(), "upgrade refused; serving on"),
+                    }
+                } else {
+                    tracing::error!("SIGHUP: this process does not know its binary's path; no upgrade");
+                }
+            }
             accepted = takeover_listener.readable() => {
                 if let Ok(mut guard) = accepted {
                     guard.clear_ready();
@@ -436,11 +477,23 @@ async fn stop_worker(worker: &mut Worker) {
 /// send everything to `peer`. On failure the caller starts a worker again.
 async fn hand_over(
     config: &Config,
-    mut worker: Worker,
+    worker: Worker,
     held: &mut Handover,
     report: &mut StartReport,
     peer: &Channel,
 ) -> std::io::Result<()> {
+    let handed = stop_for_handover(config, worker, held, report).await;
+    held.send(peer, &handed)
+}
+
+/// Quiesces the worker (open writers finish, bounded), stops it, and gives
+/// the report the next supervisor starts from.
+async fn stop_for_handover(
+    config: &Config,
+    mut worker: Worker,
+    held: &mut Handover,
+    report: &mut StartReport,
+) -> StartReport {
     let wait = config.supervision.takeover_write_wait;
     let quiesce = Message::Quiesce {
         write_wait_ms: wait.as_millis() as u64,
@@ -471,5 +524,5 @@ async fn hand_over(
     handed.takeovers += 1;
     handed.stalled_since_ns = Some(stalled_since);
     handed.crash_loop = None;
-    held.send(peer, &handed)
+    handed
 }

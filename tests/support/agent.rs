@@ -29,6 +29,9 @@ pub struct AgentOptions {
     pub credentials_dir: PathBuf,
     /// Appended after the standard flags, e.g. `["--allow-file-endpoint", "/srv"]`.
     pub extra_args: Vec<String>,
+    /// The binary to run instead of the one cargo built (an installed copy
+    /// that a test replaces, as a package upgrade does).
+    pub binary: Option<PathBuf>,
 }
 
 impl AgentOptions {
@@ -41,6 +44,7 @@ impl AgentOptions {
             socket: dir.join("api.sock"),
             credentials_dir: dir.join("creds"),
             extra_args: Vec::new(),
+            binary: None,
         }
     }
 }
@@ -58,7 +62,10 @@ impl Agent {
     /// credentials directory and the socket's parent. Output goes to
     /// `<state_dir>/../agent-<pid>.log` (see [`Agent::log`]).
     pub fn start(options: AgentOptions) -> Agent {
-        let binary = env!("CARGO_BIN_EXE_hotmount");
+        let binary = options
+            .binary
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_hotmount")));
         let mut command = Command::new(binary);
         command
             .arg("serve")

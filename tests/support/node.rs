@@ -25,6 +25,12 @@ impl Node {
     /// Starts a node; `extra_args` go to `hotmount serve` (probes every
     /// 200 ms unless they set `--probe-interval`).
     pub fn start(extra_args: &[&str]) -> Node {
+        Node::start_binary(None, extra_args)
+    }
+
+    /// [`Node::start`] running `binary` (an installed copy) instead of the
+    /// one cargo built.
+    pub fn start_binary(binary: Option<&Path>, extra_args: &[&str]) -> Node {
         super::require_root();
         super::require_fuse();
         let dir = tempfile::tempdir().unwrap();
@@ -44,6 +50,7 @@ impl Node {
             .chain(extra_args)
             .map(|s| s.to_string())
             .collect();
+        options.binary = binary.map(Path::to_path_buf);
         let mut agent = Agent::start(options);
         agent.wait_ready(Duration::from_secs(30));
         let pod = Pod::start(&agent.options().root);
