@@ -1022,3 +1022,35 @@ async fn an_endpoint_allowed_by_name_passes_the_egress_check() {
     let (status, body) = f.send(Method::PUT, "/v1/mounts/allowed", Some(nfs)).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
 }
+
+#[tokio::test]
+async fn before_the_start_finished_a_name_not_restored_yet_is_not_ready_not_missing() {
+    // A new worker answers while it restores datasets: a name it has not
+    // restored yet may well be in the state, so "not found" would be a lie
+    // (a client would think its DELETE done).
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("creds")).unwrap();
+    let fake = Arc::new(RecordingMounter::new());
+    let store = StateStore::open(&dir.path().join("state")).unwrap();
+    let manager = Manager::new(
+        config_for(dir.path()),
+        fake.clone(),
+        store,
+        Arc::new(Metrics::new()),
+    );
+    let app = router(manager.clone());
+    let f = Fixture {
+        dir,
+        fake,
+        manager,
+        app,
+    };
+    for method in [Method::GET, Method::DELETE] {
+        let (status, body) = f.send(method.clone(), "/v1/mounts/images", None).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{method} {body}");
+        assert_eq!(error_code(&body), "NotReady");
+    }
+    f.manager.start().await.unwrap();
+    let (status, body) = f.send(Method::GET, "/v1/mounts/images", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+}

@@ -597,3 +597,200 @@ fn a_write_in_flight_at_a_crash_fails_cleanly_and_leaves_no_object() {
     std::fs::write(survival.node.root().join("scratch/after.txt"), b"fresh").unwrap();
     assert_eq!(survival.garage.get_object("data", "after.txt"), b"fresh");
 }
+
+/// Whether `pid` has exited (gone, or a zombie waiting to be reaped).
+fn has_exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat[stat.rfind(')').map_or(0, |i| i + 2)..].starts_with('Z'),
+    }
+}
+
+#[test]
+fn killing_the_worker_under_parallel_puts_and_deletes_loses_nothing_acknowledged() {
+    const NAMES: usize = 40;
+    const ROUNDS: usize = 20;
+    let node = Node::start(&[]);
+    std::fs::create_dir_all(node.buckets().join("data")).unwrap();
+    let spec = node.file_spec("data").to_string();
+    let socket = node.agent.socket().to_path_buf();
+    let supervisor = node.agent.pid().unwrap();
+    // What the agent acknowledged last for each name: mounted or not.
+    let mut acknowledged: BTreeMap<String, bool> = BTreeMap::new();
+    let mut slowest_exit = Duration::ZERO;
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    for round in 0..ROUNDS {
+        let worker = worker_of(supervisor, None);
+        let calls: Vec<_> = (0..NAMES)
+            .map(|i| {
+                let name = format!("d{i:02}");
+                let delete = acknowledged.get(&name) == Some(&true);
+                let (socket, spec) = (socket.clone(), spec.clone());
+                std::thread::spawn(move || {
+                    let path = format!("/v1/mounts/{name}");
+                    let (method, body) = if delete {
+                        ("DELETE", None)
+                    } else {
+                        ("PUT", Some(spec.as_str()))
+                    };
+                    let answer = support::http_with_timeout(
+                        &socket,
+                        method,
+                        &path,
+                        body,
+                        Duration::from_secs(20),
+                    );
+                    (name, delete, answer.ok().map(|(status, _)| status))
+                })
+            })
+            .collect();
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        std::thread::sleep(Duration::from_millis(5 + rng % 60));
+        let killed = Instant::now();
+        signal(worker, nix::sys::signal::Signal::SIGKILL);
+        while !has_exited(worker) {
+            assert!(
+                killed.elapsed() < Duration::from_secs(1),
+                "round {round}: the worker was not gone 1s after SIGKILL"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        slowest_exit = slowest_exit.max(killed.elapsed());
+        for call in calls {
+            let (name, deleted, status) = call.join().unwrap();
+            match (deleted, status) {
+                (false, Some(200 | 201)) => {
+                    acknowledged.insert(name, true);
+                }
+                (true, Some(200 | 202 | 204 | 404)) => {
+                    acknowledged.insert(name, false);
+                }
+                // Cut off by the kill: either outcome is allowed.
+                _ => {
+                    acknowledged.remove(&name);
+                }
+            }
+        }
+        api_answers(&socket, Duration::from_secs(20));
+        wait_until_settled(&node);
+        let (status, listing) = node.call("GET", "/v1/mounts", None);
+        assert_eq!(status, 200);
+        let listed: BTreeMap<String, String> = listing["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|item| {
+                (
+                    item["name"].as_str().unwrap().to_string(),
+                    item["state"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        for (name, mounted) in &acknowledged {
+            assert_eq!(
+                listed.contains_key(name),
+                *mounted,
+                "round {round}: {name} was acknowledged {}, the agent lists {listed:?}",
+                if *mounted { "mounted" } else { "deleted" }
+            );
+        }
+        for i in 0..NAMES {
+            let name = format!("d{i:02}");
+            let mounts = node.mounts_at(&node.root().join(&name));
+            match listed.get(&name) {
+                Some(state) => {
+                    assert_eq!(state, "Mounted", "round {round}: {name}");
+                    assert_eq!(mounts, 1, "round {round}: {name} listed, {mounts} mounts");
+                    acknowledged.insert(name, true);
+                }
+                None => {
+                    assert_eq!(
+                        mounts, 0,
+                        "round {round}: {name} not listed, {mounts} mounts"
+                    );
+                    acknowledged.insert(name, false);
+                }
+            }
+        }
+    }
+    eprintln!(
+        "figure: a worker killed under 40 parallel PUTs and DELETEs was gone within {slowest_exit:?} (slowest of {ROUNDS})"
+    );
+}
+
+/// Waits until the agent is ready and no dataset is between states (a new
+/// worker restores them).
+fn wait_until_settled(node: &Node) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = support::http_with_timeout(
+            node.agent.socket(),
+            "GET",
+            "/readyz",
+            None,
+            Duration::from_secs(5),
+        );
+        if matches!(ready, Ok((200, _))) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the agent never got ready");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    loop {
+        let (_, listing) = node.call("GET", "/v1/mounts", None);
+        let settled = listing["items"]
+            .as_array()
+            .is_some_and(|items| items.iter().all(|item| item["state"] == "Mounted"));
+        if settled {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "datasets never settled: {listing}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn at_an_upgrade_open_writers_finish_in_the_old_worker() {
+    let mut survival = Survival::start(&[]);
+    let mut spec = survival.garage.spec(
+        "data",
+        json!({"file": survival.node.credentials_dir().join("credentials")}),
+    );
+    spec["readOnly"] = json!(false);
+    let (status, body) = survival.node.call("PUT", "/v1/mounts/scratch", Some(&spec));
+    assert_eq!(status, 201, "{body}");
+    let old_supervisor = survival.supervisor();
+    let path = survival.node.root().join("scratch/during.bin");
+    let mut file = std::fs::File::create(&path).unwrap();
+    file.write_all(&object_bytes(21, 1 << 20)).unwrap();
+    // The upgrade starts while the file is open for writing...
+    let mut newer = Agent::start(survival.node.agent.options().clone());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !children_of(old_supervisor).is_empty(),
+        "the old worker waits for the open writer"
+    );
+    // ...and the writer finishes in the old worker.
+    file.write_all(&object_bytes(22, 1 << 20)).unwrap();
+    let closed = nix::unistd::close(std::os::fd::IntoRawFd::into_raw_fd(file));
+    assert_eq!(closed, Ok(()), "close completes the upload");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !children_of(old_supervisor).is_empty() {
+        assert!(Instant::now() < deadline, "the takeover never finished");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut expected = object_bytes(21, 1 << 20);
+    expected.extend(object_bytes(22, 1 << 20));
+    assert!(
+        survival.garage.get_object("data", "during.bin") == expected,
+        "the object is whole"
+    );
+    std::mem::swap(&mut survival.node.agent, &mut newer);
+    assert!(newer.stop().success());
+    survival.assert_one_mount();
+}

@@ -487,10 +487,20 @@ impl Manager {
 
     /// One dataset.
     pub fn get(&self, name: &DatasetName) -> Result<MountView, ManagerError> {
-        let slot = self.slot(name).ok_or_else(|| ManagerError::NotFound {
-            name: name.to_string(),
-        })?;
+        let slot = self.known_slot(name)?;
         Ok(self.view(name, &slot.record()))
+    }
+
+    /// The slot of `name`; while starting, a name not restored yet may still
+    /// be in the state: NotReady, not NotFound.
+    fn known_slot(&self, name: &str) -> Result<Arc<Slot>, ManagerError> {
+        match self.slot(name) {
+            Some(slot) => Ok(slot),
+            None if !self.inner.ready.load(Ordering::SeqCst) => Err(ManagerError::NotReady),
+            None => Err(ManagerError::NotFound {
+                name: name.to_string(),
+            }),
+        }
     }
 
     /// Waits until the dataset reaches `state`, or `timeout` passes.
@@ -661,7 +671,7 @@ impl Manager {
         let not_found = || ManagerError::NotFound {
             name: name.to_string(),
         };
-        let slot = self.slot(name).ok_or_else(not_found)?;
+        let slot = self.known_slot(name)?;
         let _op = slot.op.lock().await;
         if !self.is_current(name, &slot) {
             return Err(not_found());
