@@ -23,7 +23,7 @@ use support::{ExternalMount, Footprint, Garage, Node, footprint, status_field, w
 
 /// The agent's threads, counted by name (`comm`), most first.
 fn thread_names(node: &Node) -> String {
-    let pid = node.agent.pid().expect("the agent runs");
+    let pid = node.agent.worker_pid().expect("the agent runs");
     let mut counts = std::collections::BTreeMap::<String, usize>::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))
         .into_iter()
@@ -113,6 +113,48 @@ fn main() {
     );
     let idle = settled(&node);
     row("idle agent, no dataset", idle);
+    // Beside the worker (what the rows measure): the supervisor and the
+    // spare worker waiting to take over, a constant whatever the datasets.
+    let supervisor = node.agent.pid().expect("the agent runs");
+    let spare = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                stat.contains("(hotmount-spare)")
+                    && stat
+                        .split(") ")
+                        .nth(1)
+                        .and_then(|rest| rest.split(' ').nth(1))
+                        == Some(supervisor.to_string().as_str())
+            })
+        });
+    for (what, pid) in [("supervisor", Some(supervisor)), ("spare worker", spare)] {
+        if let Some(pid) = pid {
+            // Much of their RSS is the binary's text, shared with the
+            // worker: PSS says what each really adds.
+            let pss_kib: u64 = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("Pss:")?
+                        .trim()
+                        .strip_suffix("kB")?
+                        .trim()
+                        .parse()
+                        .ok()
+                })
+                .unwrap_or(0);
+            println!(
+                "{:<40} {:>9.1} {:>8}   (PSS {:.1} MiB)",
+                what,
+                status_field(pid, "VmRSS:") as f64 / 1024.0,
+                status_field(pid, "Threads:"),
+                pss_kib as f64 / 1024.0
+            );
+        }
+    }
     let took = attach_all(&node, &spec, count);
     wait_readable(&node.pod, "ds-0/README.txt", Duration::from_secs(10)).unwrap();
     let attached = settled(&node);

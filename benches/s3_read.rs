@@ -546,7 +546,7 @@ impl MountTool for Hotmount<'_> {
             "hotmount mount: {body}\n{}",
             self.node.agent.log()
         );
-        let pid = self.node.agent.pid().expect("agent pid");
+        let pid = self.node.agent.worker_pid().expect("agent pid");
         (self.node.root().join("bench"), pid)
     }
     fn unmount(&mut self) {

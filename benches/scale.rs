@@ -81,7 +81,7 @@ fn measure(count: usize) -> Row {
 
     // A probe round: CPU per interval over 5 intervals, and the slowest
     // probe latency the datasets report.
-    let pid = node.agent.pid().expect("agent runs");
+    let pid = node.agent.worker_pid().expect("agent runs");
     std::thread::sleep(Duration::from_secs(2));
     let cpu_before = cpu_seconds(pid);
     std::thread::sleep(Duration::from_secs(5));

@@ -162,7 +162,7 @@ fn a_hundred_attach_detach_cycles_leave_nothing_behind() {
                 .collect()
         });
     assert!(leaked.is_empty(), "FUSE connections leaked: {leaked:?}");
-    let threads = std::fs::read_dir(format!("/proc/{}/task", node.agent.pid().unwrap()))
+    let threads = std::fs::read_dir(format!("/proc/{}/task", node.agent.worker_pid().unwrap()))
         .unwrap()
         .count();
     assert!(
@@ -583,7 +583,7 @@ fn an_endless_listing_fails_instead_of_growing_memory() {
         "it stopped at the limit ({} pages)",
         server.pages_sent()
     );
-    let rss = support::status_field(node.agent.pid().unwrap(), "VmRSS:");
+    let rss = support::status_field(node.agent.worker_pid().unwrap(), "VmRSS:");
     assert!(rss < 100 * 1024, "RSS {rss} KiB");
     let (status, _) = node.call("GET", "/healthz", None);
     assert_eq!(status, 200);

@@ -185,6 +185,13 @@ impl Agent {
         self.child.as_ref().map(Child::id)
     }
 
+    /// The pid of the agent's serving worker (the supervisor's child that
+    /// does the work: what memory, threads and CPU are measured on).
+    pub fn worker_pid(&self) -> Option<u32> {
+        self.pid()
+            .map(|supervisor| super::worker_of(supervisor, None))
+    }
+
     /// Everything the agent wrote to stdout and stderr so far.
     pub fn log(&self) -> String {
         super::read_log(&self.log_path)

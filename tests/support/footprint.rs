@@ -51,9 +51,10 @@ pub struct Footprint {
     pub series: usize,
 }
 
-/// The agent's footprint now.
+/// The agent's footprint now: its worker's (the supervisor and the spare
+/// worker beside it are a constant, printed by `benches/dataset_cost.rs`).
 pub fn footprint(node: &Node) -> Footprint {
-    let pid = node.agent.pid().expect("the agent runs");
+    let pid = node.agent.worker_pid().expect("the agent runs");
     Footprint {
         rss_kib: status_field(pid, "VmRSS:"),
         threads: status_field(pid, "Threads:"),
