@@ -1,7 +1,8 @@
 //! The start-up reconcile: desired state against the mount table. Adopt NFS
-//! mounts that match, and FUSE connections a dead worker served (resumed); re-create missing or broken ones at the same path (a
-//! dead FUSE mount from a previous run is detached lazily first); remove
-//! orphans under the root. Never stack two mounts on one path.
+//! mounts that match, and the FUSE connections a dead worker served (already
+//! resumed); re-create missing or broken ones at the same path (a dead FUSE
+//! mount from a previous run is detached lazily first); remove orphans under
+//! the root. Never stack two mounts on one path.
 
 use crate::manager::{Attached, Health, Manager, ManagerError, MountState, Record, Slot, lock};
 use crate::spec::SourceSpec;
