@@ -59,7 +59,14 @@ impl WorkerLink {
         ) else {
             return;
         };
+        static OPENED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        // Unique among the connections a supervisor holds: this process's
+        // pid, and a count.
+        let id = (u64::from(std::process::id()) << 32)
+            | OPENED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        session.held_id = Some(id);
         let held = HeldConnection {
+            id,
             name: name.to_string(),
             connection,
             negotiated: negotiated.into(),
@@ -75,9 +82,9 @@ impl WorkerLink {
         );
     }
 
-    /// Tells the supervisor that connection `connection` ended.
-    pub fn connection_ended(&self, connection: u32) {
-        self.send(&Message::FuseEnded { connection }, &[]);
+    /// Tells the supervisor that connection `connection` (held as `id`) ended.
+    pub fn connection_ended(&self, connection: u32, id: u64) {
+        self.send(&Message::FuseEnded { connection, id }, &[]);
     }
 }
 

@@ -623,12 +623,12 @@ pub(crate) fn finish_session(session: FuseSession, link: Option<Arc<WorkerLink>>
     std::thread::Builder::new()
         .name("fuse-join".to_string())
         .spawn(move || {
-            let connection = session.connection;
+            let (connection, held_id) = (session.connection, session.held_id);
             if let Err(e) = session.join() {
                 tracing::debug!(error = %e, "fuse session ended with an error");
             }
-            if let (Some(link), Some(connection)) = (link, connection) {
-                link.connection_ended(connection);
+            if let (Some(link), Some(connection), Some(id)) = (link, connection, held_id) {
+                link.connection_ended(connection, id);
             }
             crate::memory::return_freed_memory();
         })

@@ -39,6 +39,7 @@ impl Manager {
         let resumes = resumables.into_iter().map(|resumable| async move {
             let name = resumable.held.name.clone();
             let connection = resumable.held.connection;
+            let id = resumable.held.id;
             match self.resume_one(resumable).await {
                 Ok(fuse) => {
                     tracing::info!(dataset = name, connection, "fuse connection resumed");
@@ -56,7 +57,7 @@ impl Manager {
                     );
                     self.abort_connection(connection).await;
                     if let Some(link) = self.inner.link.get() {
-                        link.connection_ended(connection);
+                        link.connection_ended(connection, id);
                     }
                 }
             }
@@ -103,8 +104,9 @@ impl Manager {
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
-        // The supervisor still holds its copy of the fd.
+        // The supervisor still holds its copy of the fd, under this id.
         session.device = None;
+        session.held_id = Some(held.id);
         Ok(FuseAttachment {
             session,
             filesystem,

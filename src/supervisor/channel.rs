@@ -88,6 +88,9 @@ impl From<NegotiatedRecord> for fuser::Negotiated {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HeldConnection {
+    /// Which opening of the connection this is (the kernel reuses a
+    /// connection number once its connection ended).
+    pub id: u64,
     /// The dataset.
     pub name: String,
     /// The connection number (`/sys/fs/fuse/connections/N`).
@@ -132,6 +135,8 @@ pub enum Message {
     FuseEnded {
         /// The connection number.
         connection: u32,
+        /// Its [`HeldConnection::id`].
+        id: u64,
     },
     /// Worker: every held connection is served again, `stall_seconds` after
     /// the worker before stopped.
@@ -375,7 +380,10 @@ mod tests {
         std::io::Write::write_all(&mut &file, b"held").unwrap();
         a.send(&Message::Heartbeat, &[]).unwrap();
         a.send(
-            &Message::FuseEnded { connection: 7 },
+            &Message::FuseEnded {
+                connection: 7,
+                id: 1,
+            },
             &[file.as_fd(), file.as_fd()],
         )
         .unwrap();
@@ -384,7 +392,13 @@ mod tests {
         assert_eq!(first, Message::Heartbeat);
         assert!(fds.is_empty());
         let (second, fds) = b.recv().unwrap().unwrap();
-        assert_eq!(second, Message::FuseEnded { connection: 7 });
+        assert_eq!(
+            second,
+            Message::FuseEnded {
+                connection: 7,
+                id: 1
+            }
+        );
         assert_eq!(fds.len(), 2);
         let mut text = String::new();
         let mut received = std::fs::File::from(fds.into_iter().next().unwrap());

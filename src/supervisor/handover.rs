@@ -187,9 +187,16 @@ impl Handover {
         Ok(())
     }
 
-    /// Lets go of a connection that ended.
-    pub fn release(&mut self, connection: u32) {
-        self.connections.remove(&connection);
+    /// Lets go of a connection that ended (if its number was not reused
+    /// meanwhile by a connection opened since).
+    pub fn release(&mut self, connection: u32, id: u64) {
+        if self
+            .connections
+            .get(&connection)
+            .is_some_and(|held| held.held.id == id)
+        {
+            self.connections.remove(&connection);
+        }
     }
 
     /// The worker's side: the listeners to serve and the connections to
@@ -226,5 +233,61 @@ impl Handover {
             })
             .collect();
         Ok((listeners, resumables))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::supervisor::channel::NegotiatedRecord;
+
+    fn held(connection: u32, id: u64) -> (HeldConnection, Vec<OwnedFd>) {
+        let spec: crate::spec::MountSpec = serde_json::from_value(serde_json::json!(
+            {"source": {"s3": {"bucket": "b", "endpoint": "file:///srv"}}}
+        ))
+        .unwrap();
+        let fds = (0..3)
+            .map(|_| OwnedFd::from(tempfile::tempfile().unwrap()))
+            .collect();
+        let record = HeldConnection {
+            id,
+            name: "data".to_string(),
+            connection,
+            negotiated: NegotiatedRecord {
+                major: 7,
+                minor: 45,
+                flags: 0,
+                max_write: 1 << 20,
+                max_readahead: 1 << 20,
+                max_pages: 256,
+                max_background: 64,
+            },
+            spec,
+        };
+        (record, fds)
+    }
+
+    #[test]
+    fn the_end_of_a_connection_never_releases_a_newer_one_with_its_number() {
+        let mut handover = Handover::default();
+        let (old, fds) = held(41, 1);
+        handover.hold(old, fds).unwrap();
+        // The kernel reused number 41 for a new mount before the old
+        // connection's end was reported.
+        let (new, fds) = held(41, 2);
+        handover.hold(new, fds).unwrap();
+        handover.release(41, 1);
+        assert_eq!(handover.connections[&41].held.id, 2, "the new one is kept");
+        handover.release(41, 2);
+        assert!(handover.connections.is_empty());
+    }
+
+    #[test]
+    fn a_held_connection_needs_its_three_fds() {
+        let mut handover = Handover::default();
+        let (record, mut fds) = held(7, 1);
+        fds.pop();
+        assert!(handover.hold(record, fds).is_err());
+        assert!(handover.connections.is_empty());
     }
 }

@@ -431,7 +431,7 @@ fn apply(
                 tracing::warn!(error = %err, "cannot hold a fuse connection");
             }
         }
-        Message::FuseEnded { connection } => held.release(connection),
+        Message::FuseEnded { connection, id } => held.release(connection, id),
         Message::Resumed { stall_seconds } => {
             tracing::info!(
                 stall_ms = stall_seconds * 1e3,

@@ -97,6 +97,7 @@ impl Mounter for LinuxMounter {
                 connection,
                 negotiated: Some(negotiated),
                 device: Some(device),
+                held_id: None,
             }),
             Err(source) => {
                 // Nothing half-done: the mount without a server goes again.
@@ -343,6 +344,7 @@ pub fn resume_fuse(
         connection: Some(connection),
         negotiated: Some(negotiated),
         device: Some(duplicate),
+        held_id: None,
     })
 }
 

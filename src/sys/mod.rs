@@ -138,6 +138,8 @@ pub struct FuseSession {
     /// A duplicate of the connection's `/dev/fuse` fd, for the supervisor
     /// to hold (taken when it is handed over).
     pub device: Option<std::os::fd::OwnedFd>,
+    /// The id under which the supervisor holds it.
+    pub held_id: Option<u64>,
 }
 
 impl FuseSession {
@@ -148,6 +150,7 @@ impl FuseSession {
             connection: None,
             negotiated: None,
             device: None,
+            held_id: None,
         }
     }
 
