@@ -138,6 +138,7 @@ fn attach_and_detach_cycles_return_to_the_baseline() {
         // One fd may be the API connection of the call that measures.
         (now.threads <= baseline.threads + 2
             && now.fds <= baseline.fds + 1
+            && now.supervisor_fds == baseline.supervisor_fds
             && now.fuse_connections == baseline.fuse_connections
             && series_names(&node).is_subset(&baseline_series)
             && now.rss_kib <= baseline.rss_kib + RSS_SLACK_KIB)

@@ -44,6 +44,8 @@ pub struct Footprint {
     pub threads: u64,
     /// Open fds.
     pub fds: usize,
+    /// Open fds of the supervisor (three per FUSE connection it holds).
+    pub supervisor_fds: usize,
     /// FUSE connections in the node's /sys/fs/fuse/connections (fusectl
     /// mounted with [`Node::mount_fusectl`]).
     pub fuse_connections: usize,
@@ -55,12 +57,16 @@ pub struct Footprint {
 /// worker beside it are a constant, printed by `benches/dataset_cost.rs`).
 pub fn footprint(node: &Node) -> Footprint {
     let pid = node.agent.worker_pid().expect("the agent runs");
+    let fds_of = |pid: u32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|dir| dir.count())
+            .unwrap_or(0)
+    };
     Footprint {
         rss_kib: status_field(pid, "VmRSS:"),
         threads: status_field(pid, "Threads:"),
-        fds: std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .map(|dir| dir.count())
-            .unwrap_or(0),
+        fds: fds_of(pid),
+        supervisor_fds: fds_of(node.agent.pid().expect("the agent runs")),
         fuse_connections: std::fs::read_dir("/sys/fs/fuse/connections")
             .map(|dir| dir.count())
             .unwrap_or(0),
