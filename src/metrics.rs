@@ -66,7 +66,24 @@ pub struct Metrics {
     /// `hotmount_worker_crash_loop`: 1 while the supervisor backs off a
     /// worker that keeps dying.
     pub worker_crash_loop: IntGauge,
+    /// Resent requests counted by workers before this one (the pool's own
+    /// count starts at zero in each).
+    resent_before: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Where the carried counters are written (a supervised worker's).
+    counter_sink: std::sync::Arc<std::sync::OnceLock<std::sync::Mutex<std::fs::File>>>,
 }
+
+/// The counters a worker hands to the next one (through a memfd the
+/// supervisor holds), so that no counter ever goes down across a worker
+/// restart: what Prometheus scraped is always in it.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CounterSnapshot {
+    /// Every counter series.
+    pub series: Vec<CounterSeries>,
+}
+
+/// One counter series: metric name, labels (name, value), value.
+pub type CounterSeries = (String, Vec<(String, String)>, u64);
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -211,6 +228,8 @@ impl Metrics {
                 "1 while the supervisor backs off a worker that keeps dying.",
             ))
             .expect("valid metric"),
+            resent_before: Default::default(),
+            counter_sink: Default::default(),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -290,17 +309,151 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        let resent = crate::sys::FusePool::global().resent_requests();
+        let resent = crate::sys::FusePool::global().resent_requests()
+            + self
+                .resent_before
+                .load(std::sync::atomic::Ordering::Relaxed);
         let counted = self.fuse_requests_resent.get();
         if resent > counted {
             self.fuse_requests_resent.inc_by(resent - counted);
         }
+        // What a scrape shows is always in the snapshot the next worker
+        // starts from.
+        self.save_counters();
         let mut buffer = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut buffer)
             .expect("text encoding into a Vec cannot fail");
         String::from_utf8(buffer).expect("prometheus text is UTF-8")
     }
+}
+
+impl Metrics {
+    /// The counters carried from one worker to the next (the supervisor's
+    /// own counts, restarts and takeovers, travel in its start report).
+    fn carried(&self) -> Vec<(&'static str, Carried<'_>)> {
+        vec![
+            (
+                "hotmount_mount_operations_total",
+                Carried::Vec(&self.mount_operations),
+            ),
+            ("hotmount_recoveries_total", Carried::Vec(&self.recoveries)),
+            (
+                "hotmount_fuse_requests_total",
+                Carried::Vec(&self.fuse_requests),
+            ),
+            (
+                "hotmount_s3_requests_total",
+                Carried::Vec(&self.s3_requests),
+            ),
+            (
+                "hotmount_s3_bytes_read_total",
+                Carried::Vec(&self.s3_bytes_read),
+            ),
+            (
+                "hotmount_s3_keys_skipped_total",
+                Carried::Vec(&self.s3_keys_skipped),
+            ),
+            (
+                "hotmount_http_requests_total",
+                Carried::Vec(&self.http_requests),
+            ),
+            ("hotmount_fuse_requests_resent_total", Carried::Resent),
+        ]
+    }
+
+    /// Every carried counter series now.
+    pub fn counter_snapshot(&self) -> CounterSnapshot {
+        use prometheus::core::Collector;
+        let mut series = Vec::new();
+        for (name, carried) in self.carried() {
+            let families = match carried {
+                Carried::Vec(vec) => vec.collect(),
+                Carried::Resent => self.fuse_requests_resent.collect(),
+            };
+            for family in families {
+                for metric in family.get_metric() {
+                    let labels = metric
+                        .get_label()
+                        .iter()
+                        .map(|pair| (pair.name().to_string(), pair.value().to_string()))
+                        .collect();
+                    let value = metric.get_counter().get_value() as u64;
+                    series.push((name.to_string(), labels, value));
+                }
+            }
+        }
+        CounterSnapshot { series }
+    }
+
+    /// Carried counters go to `file` from now on ([`Self::save_counters`]);
+    /// returns what it held (the worker before this one's), to restore.
+    pub fn carry_counters_in(&self, file: std::fs::File) -> CounterSnapshot {
+        use std::os::unix::fs::FileExt;
+        // At offset 0: the offset is shared with every process holding it.
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let mut text = vec![0u8; len as usize];
+        if file.read_exact_at(&mut text, 0).is_err() {
+            text.clear();
+        }
+        // A write cut short leaves the old tail after a complete value.
+        let previous = serde_json::Deserializer::from_slice(&text)
+            .into_iter::<CounterSnapshot>()
+            .next()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        let _ = self.counter_sink.set(std::sync::Mutex::new(file));
+        previous
+    }
+
+    /// Writes the carried counters to the file given to
+    /// [`Self::carry_counters_in`], if any.
+    pub fn save_counters(&self) {
+        use std::os::unix::fs::FileExt;
+        let Some(sink) = self.counter_sink.get() else {
+            return;
+        };
+        let Ok(text) = serde_json::to_vec(&self.counter_snapshot()) else {
+            return;
+        };
+        let file = sink.lock().unwrap_or_else(|p| p.into_inner());
+        if file.write_all_at(&text, 0).is_ok() {
+            let _ = file.set_len(text.len() as u64);
+        }
+    }
+
+    /// Starts every carried counter from `snapshot` (a fresh registry).
+    pub fn restore_counters(&self, snapshot: &CounterSnapshot) {
+        let carried = self.carried();
+        for (name, labels, value) in &snapshot.series {
+            let Some((_, target)) = carried.iter().find(|(known, _)| known == name) else {
+                continue;
+            };
+            match target {
+                Carried::Vec(vec) => {
+                    let labels: std::collections::HashMap<&str, &str> = labels
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str()))
+                        .collect();
+                    if let Ok(counter) = vec.get_metric_with(&labels) {
+                        counter.inc_by(*value);
+                    }
+                }
+                Carried::Resent => {
+                    self.resent_before
+                        .fetch_add(*value, std::sync::atomic::Ordering::Relaxed);
+                    self.fuse_requests_resent.inc_by(*value);
+                }
+            }
+        }
+    }
+}
+
+/// Where a carried counter lives.
+enum Carried<'a> {
+    Vec(&'a IntCounterVec),
+    /// `fuse_requests_resent_total`, kept in step with the FUSE pool.
+    Resent,
 }
 
 /// Removes every series of `vec` whose `name` label is `dataset` (the other
@@ -384,5 +537,36 @@ mod tests {
             ),
             "another dataset's series stay:\n{text}"
         );
+    }
+
+    #[test]
+    fn carried_counters_start_the_next_worker_where_the_last_one_was() {
+        let memfd = tempfile::tempfile().unwrap();
+        let first = Metrics::new();
+        assert_eq!(
+            first.carry_counters_in(memfd.try_clone().unwrap()),
+            CounterSnapshot::default()
+        );
+        first.count_fuse_request("data", "read");
+        first.count_fuse_request("data", "read");
+        first.observe_s3_request("data", "get", false);
+        first
+            .s3_bytes_read
+            .with_label_values(&["data"])
+            .inc_by(4096);
+        let scraped = first.render();
+        // The next worker, in a fresh process.
+        let next = Metrics::new();
+        let previous = next.carry_counters_in(memfd);
+        next.restore_counters(&previous);
+        let shown = next.render();
+        for series in [
+            "hotmount_fuse_requests_total{name=\"data\",op=\"read\"} 2",
+            "hotmount_s3_requests_total{name=\"data\",op=\"get\",result=\"error\"} 1",
+            "hotmount_s3_bytes_read_total{name=\"data\"} 4096",
+        ] {
+            assert!(scraped.contains(series), "{scraped}");
+            assert!(shown.contains(series), "{series} carried over:\n{shown}");
+        }
     }
 }

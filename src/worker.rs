@@ -27,6 +27,8 @@ pub const WORKER_NAME: &str = "hotmount-worker";
 pub const STANDBY_NAME: &str = "hotmount-spare";
 /// How often the worker says it is alive.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+/// Heartbeats between two saves of the counters (each scrape saves them too).
+const COUNTERS_SAVED_EVERY_BEATS: u64 = 5;
 /// How often a quiescing worker looks whether open writers are done.
 const WRITERS_POLL: Duration = Duration::from_millis(50);
 
@@ -94,6 +96,7 @@ pub struct Supervision {
     link: Arc<WorkerLink>,
     resumables: Vec<Resumable>,
     report: StartReport,
+    counters: Option<std::os::fd::OwnedFd>,
     quiesce: tokio::sync::watch::Receiver<Option<Duration>>,
 }
 
@@ -113,10 +116,15 @@ impl Supervision {
             link,
             resumables,
             report,
+            counters,
             quiesce,
         } = self;
         manager.set_link(Arc::clone(&link));
         let metrics = manager.metrics();
+        if let Some(counters) = counters {
+            let previous = metrics.carry_counters_in(std::fs::File::from(counters));
+            metrics.restore_counters(&previous);
+        }
         for (reason, count) in &report.restarts {
             metrics
                 .worker_restarts
@@ -128,11 +136,15 @@ impl Supervision {
             .worker_restart_stall
             .set(report.longest_stall_seconds);
         let heartbeat = Arc::clone(&link);
+        let saved = Arc::clone(metrics);
         tokio::spawn(async move {
             let mut every = tokio::time::interval(HEARTBEAT_EVERY);
-            loop {
+            for beat in 0u64.. {
                 every.tick().await;
                 heartbeat.send(&Message::Heartbeat, &[]);
+                if beat % COUNTERS_SAVED_EVERY_BEATS == 0 {
+                    saved.save_counters();
+                }
             }
         });
         if let Some(problem) = &report.crash_loop {
@@ -222,7 +234,7 @@ pub async fn run_worker(config: Config, channel: Channel) -> Result<(), RunError
     name_process(STANDBY_NAME);
     let (handover, report) = Handover::receive(&channel).map_err(handover_failed)?;
     name_process(WORKER_NAME);
-    let (listeners, resumables) = handover.into_worker_parts()?;
+    let (listeners, resumables, counters) = handover.into_worker_parts()?;
     let readiness = channel.readiness().map_err(handover_failed)?;
     let link = Arc::new(WorkerLink { channel });
     let (quiesce_tx, quiesce_rx) = tokio::sync::watch::channel(None);
@@ -260,6 +272,7 @@ pub async fn run_worker(config: Config, channel: Channel) -> Result<(), RunError
         link,
         resumables,
         report,
+        counters,
         quiesce: quiesce_rx,
     };
     run_with(

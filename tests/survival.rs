@@ -278,6 +278,15 @@ fn pods_read_on_through_worker_kills_and_upgrades() {
     let workloads = start_workloads(&survival.node, &stop);
     let mut worker = worker_of(survival.supervisor(), None);
     let mut api_gaps = Vec::new();
+    // Counters never go down across a worker restart: what a scrape showed
+    // is where the next worker starts.
+    let reads_counted = |survival: &Survival| {
+        metric(
+            &survival.metrics(),
+            "hotmount_fuse_requests_total{name=\"train\",op=\"read\"}",
+        )
+    };
+    let mut last_scraped = reads_counted(&survival);
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
     for _ in 0..kills() {
         // Random moments: mid-read, mid-readdir, between calls.
@@ -291,6 +300,12 @@ fn pods_read_on_through_worker_kills_and_upgrades() {
             survival.node.agent.socket(),
             Duration::from_secs(10),
         ));
+        let scraped = reads_counted(&survival);
+        assert!(
+            scraped >= last_scraped,
+            "read requests counted went down across a restart: {last_scraped} -> {scraped}"
+        );
+        last_scraped = scraped;
     }
     for upgrade in 0..UPGRADES {
         std::thread::sleep(Duration::from_millis(200));

@@ -127,6 +127,8 @@ pub enum Message {
     Listener(ListenerKind),
     /// A FUSE connection (three fds). Handover, from the supervisor.
     Connection(HeldConnection),
+    /// The memfd the workers keep their counters in (one fd). Handover.
+    Counters,
     /// The end of a handover.
     Start(StartReport),
     /// Worker: a new FUSE connection to hold (three fds).

@@ -61,6 +61,9 @@ pub struct Handover {
     pub listeners: Vec<(ListenerKind, OwnedFd)>,
     /// The FUSE connections, by connection number.
     pub connections: BTreeMap<u32, HeldFds>,
+    /// The memfd each worker keeps its counters in, for the next one
+    /// ([`crate::metrics::CounterSnapshot`]).
+    pub counters: Option<OwnedFd>,
 }
 
 impl Handover {
@@ -69,6 +72,19 @@ impl Handover {
         let mut handover = Handover::default();
         handover.bind_missing(config)?;
         Ok(handover)
+    }
+
+    /// Makes the counters memfd if none was handed over (a first start, or
+    /// an older supervisor that had none).
+    pub fn ensure_counters(&mut self) -> io::Result<()> {
+        if self.counters.is_none() {
+            let fd = nix::sys::memfd::memfd_create(
+                "hotmount-counters",
+                nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+            )?;
+            self.counters = Some(fd);
+        }
+        Ok(())
     }
 
     /// Makes the held listeners those `config` asks for: binds the missing
@@ -144,6 +160,9 @@ impl Handover {
         for held in self.connections.values() {
             channel.send(&Message::Connection(held.held.clone()), &held.fds())?;
         }
+        if let Some(counters) = &self.counters {
+            channel.send(&Message::Counters, &[counters.as_fd()])?;
+        }
         channel.send(&Message::Start(report.clone()), &[])
     }
 
@@ -166,6 +185,7 @@ impl Handover {
                     handover.listeners.push((kind, fd));
                 }
                 Message::Connection(held) => handover.hold(held, fds)?,
+                Message::Counters => handover.counters = fds.pop(),
                 Message::Start(report) => return Ok((handover, report)),
                 Message::TakeoverRefused { reason } => {
                     return Err(io::Error::new(io::ErrorKind::PermissionDenied, reason));
@@ -199,9 +219,11 @@ impl Handover {
         }
     }
 
-    /// The worker's side: the listeners to serve and the connections to
-    /// resume.
-    pub fn into_worker_parts(self) -> Result<(Listeners, Vec<Resumable>), RunError> {
+    /// The worker's side: the listeners to serve, the connections to
+    /// resume, and the counters memfd.
+    pub fn into_worker_parts(
+        self,
+    ) -> Result<(Listeners, Vec<Resumable>, Option<OwnedFd>), RunError> {
         let missing = || RunError::Listen {
             what: "the supervisor's unix socket".to_string(),
             source: io::Error::new(io::ErrorKind::NotFound, "not handed over"),
@@ -232,7 +254,7 @@ impl Handover {
                 },
             })
             .collect();
-        Ok((listeners, resumables))
+        Ok((listeners, resumables, self.counters))
     }
 }
 

@@ -136,6 +136,8 @@ pub async fn supervise(config: Config) -> Result<(), SupervisorError> {
         }
         None => (Handover::bind(&config)?, StartReport::default()),
     };
+    held.ensure_counters()
+        .map_err(io_error("make the counters memfd"))?;
     let takeover_listener = channel::watch_readable(
         Channel::listen(&config.supervision.takeover_socket)
             .map_err(io_error("listen for takeovers"))?,

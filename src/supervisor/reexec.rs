@@ -27,6 +27,7 @@ const FORMAT_QUERY_WAIT: Duration = Duration::from_secs(10);
 struct Inherited {
     listeners: Vec<(ListenerKind, RawFd)>,
     connections: Vec<(HeldConnection, [RawFd; 3])>,
+    counters: Option<RawFd>,
     report: StartReport,
 }
 
@@ -98,19 +99,21 @@ pub fn exec(binary: &Path, held: &Handover, report: &StartReport) -> std::io::Er
                 )
             })
             .collect(),
+        counters: held.counters.as_ref().map(AsRawFd::as_raw_fd),
         report: report.clone(),
     };
-    let fds =
-        held.listeners
-            .iter()
-            .map(|(_, fd)| fd.as_fd())
-            .chain(held.connections.values().flat_map(|held| {
-                [
-                    held.device.as_fd(),
-                    held.inodes.as_fd(),
-                    held.handles.as_fd(),
-                ]
-            }));
+    let fds = held
+        .listeners
+        .iter()
+        .map(|(_, fd)| fd.as_fd())
+        .chain(held.connections.values().flat_map(|held| {
+            [
+                held.device.as_fd(),
+                held.inodes.as_fd(),
+                held.handles.as_fd(),
+            ]
+        }))
+        .chain(held.counters.as_ref().map(AsFd::as_fd));
     for fd in fds {
         if let Err(err) = set_cloexec(fd, false) {
             return err;
@@ -154,6 +157,9 @@ pub fn inherited() -> std::io::Result<Option<(Handover, StartReport)>> {
             handles: take(handles)?,
         };
         handover.connections.insert(held.held.connection, held);
+    }
+    if let Some(fd) = inherited.counters {
+        handover.counters = Some(take(fd)?);
     }
     tracing::info!(
         connections = handover.connections.len(),
