@@ -20,7 +20,8 @@ VENV="$CACHE_ROOT/venv"
 
 APT_PACKAGES=(
   fuse3            # fusermount3, /dev/fuse userspace side (s3 tier)
-  prometheus       # promtool check metrics
+  prometheus       # promtool check metrics / check rules / test rules
+  python3-yaml     # check-observability.sh reads the rule files
   util-linux       # unshare, nsenter (mount tier)
   s3fs rclone      # reference S3 clients used in comparisons
   rsync            # conformance: rsync -a into a read-write dataset

@@ -44,6 +44,10 @@ scripts/check-manifests.sh
 echo "test.sh: manifests ok ($(elapsed "$t"))"
 
 t=$(date +%s)
+scripts/check-observability.sh
+echo "test.sh: alerts and dashboard ok ($(elapsed "$t"))"
+
+t=$(date +%s)
 cargo test --all-targets --locked -- --test-threads "$TEST_THREADS"
 echo "test.sh: cargo test ok ($(elapsed "$t"))"
 
