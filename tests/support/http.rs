@@ -33,7 +33,7 @@ pub fn http_with_timeout(
 }
 
 /// One request over loopback TCP, with extra `headers` (e.g. an admin bearer token).
-pub(crate) fn http_tcp(
+pub fn http_tcp(
     addr: SocketAddr,
     method: &str,
     path: &str,
