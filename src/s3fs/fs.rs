@@ -358,7 +358,16 @@ impl S3Filesystem {
                 expected: SNAPSHOT_FORMAT,
             });
         }
-        let inodes = InodeTable::restore(snapshot.inodes);
+        let mut inodes = InodeTable::restore(snapshot.inodes);
+        // What the snapshot says of each object is checked again at the
+        // next request (it may have changed while no one served).
+        if let Some(expired) =
+            Instant::now().checked_sub(options.metadata_ttl + Duration::from_secs(1))
+        {
+            for inode in inodes.inodes.values_mut() {
+                inode.validated_at = expired;
+            }
+        }
         let keys: HashMap<u64, ObjectPath> = inodes
             .inodes
             .iter()
@@ -692,6 +701,7 @@ impl S3Filesystem {
                 key: inode.key.to_string(),
             })?;
         let mut table = self.table();
+        table.mark(ino);
         let inode = table
             .inodes
             .get_mut(&ino)
@@ -788,9 +798,16 @@ impl S3Filesystem {
         };
         let keep_cache = {
             let mut table = self.table();
+            let changed = table
+                .inodes
+                .get(&ino)
+                .is_some_and(|cached| cached.stat != stat);
+            if changed {
+                table.mark(ino);
+            }
             match table.inodes.get_mut(&ino) {
                 Some(cached) => {
-                    if cached.stat != stat {
+                    if changed {
                         cached.stat = stat.clone();
                         cached.validated_at = Instant::now();
                     }
@@ -975,7 +992,9 @@ impl S3Filesystem {
             // Unlinked while open: nothing was uploaded, the name is gone.
             Ok(None) => Ok(()),
             Ok(Some(stat)) => {
-                if let Some(inode) = self.table().inodes.get_mut(&writer.ino) {
+                let mut table = self.table();
+                table.mark(writer.ino);
+                if let Some(inode) = table.inodes.get_mut(&writer.ino) {
                     inode.stat = stat;
                     inode.validated_at = Instant::now();
                     inode.local = false;
@@ -1303,19 +1322,39 @@ mod tests {
                     prefix: self.prefix.to_string(),
                     display: "test-bucket".to_string(),
                 },
-                FsOptions {
-                    dataset: "test".to_string(),
-                    read_only: self.read_only,
-                    metadata_ttl: self.ttl,
-                    negative_ttl: self.ttl,
-                    immutable: self.immutable,
-                    ownership: Ownership::defaults(self.read_only),
-                    prefetch_budget: PrefetchBudget::new(self.prefetch_memory),
-                    write_budget: WriteBudget::new(WriteBudget::DEFAULT_BYTES),
-                },
+                self.options(),
                 tokio::runtime::Handle::current(),
                 Arc::new(Metrics::new()),
             )
+        }
+
+        /// What a new worker serves from `journals` (the old one is gone).
+        fn resume(self, store: Arc<dyn ObjectStore>, journals: FsJournals) -> S3Filesystem {
+            S3Filesystem::resume(
+                Bucket {
+                    store,
+                    prefix: self.prefix.to_string(),
+                    display: "test-bucket".to_string(),
+                },
+                self.options(),
+                tokio::runtime::Handle::current(),
+                Arc::new(Metrics::new()),
+                journals,
+            )
+            .unwrap()
+        }
+
+        fn options(&self) -> FsOptions {
+            FsOptions {
+                dataset: "test".to_string(),
+                read_only: self.read_only,
+                metadata_ttl: self.ttl,
+                negative_ttl: self.ttl,
+                immutable: self.immutable,
+                ownership: Ownership::defaults(self.read_only),
+                prefetch_budget: PrefetchBudget::new(self.prefetch_memory),
+                write_budget: WriteBudget::new(WriteBudget::DEFAULT_BYTES),
+            }
         }
     }
 
@@ -2490,6 +2529,60 @@ mod tests {
         restored.forget(a.ino.0, 2);
         restored.release(opened.fh);
         assert_eq!(errno_of(restored.getattr(a.ino.0).await), libc::ENOENT);
+    }
+
+    #[tokio::test]
+    async fn a_file_written_and_closed_before_a_crash_is_whole_in_the_next_worker() {
+        let store = Arc::new(InMemory::new());
+        let fs = writable().build(store.clone());
+        let journals = fs.start_journals().unwrap();
+        let (created, fh) = fs
+            .create(ROOT_INODE, OsStr::new("out.txt"), Some(7))
+            .await
+            .unwrap();
+        fs.write(fh, 0, b"hello world").await.unwrap();
+        fs.flush(fh, Some(7)).await.unwrap();
+        fs.release_writer(fh).await;
+        // The kernel still holds the node id when the worker dies.
+        drop(fs);
+        let next = writable().resume(store, journals);
+        let attr = next.getattr(created.ino.0).await.unwrap();
+        assert_eq!(attr.size, 11, "the completed object's size");
+        let opened = next.open(created.ino.0, libc::O_RDONLY).await.unwrap();
+        assert_eq!(
+            &next.read(opened.fh, 0, 100).await.unwrap()[..],
+            b"hello world"
+        );
+        let again = next
+            .lookup(ROOT_INODE, OsStr::new("out.txt"))
+            .await
+            .unwrap();
+        assert_eq!(again.ino, created.ino, "the same node id by name");
+    }
+
+    #[tokio::test]
+    async fn a_rename_over_a_looked_up_name_is_what_the_next_worker_knows() {
+        let store = Arc::new(InMemory::new());
+        put(&*store, "a", "twelve bytes").await;
+        put(&*store, "b", "old").await;
+        let fs = writable().build(store.clone());
+        let journals = fs.start_journals().unwrap();
+        let a = fs.lookup(ROOT_INODE, OsStr::new("a")).await.unwrap();
+        let b = fs.lookup(ROOT_INODE, OsStr::new("b")).await.unwrap();
+        fs.rename(
+            ROOT_INODE,
+            OsStr::new("a"),
+            ROOT_INODE,
+            OsStr::new("b"),
+            false,
+        )
+        .await
+        .unwrap();
+        drop(fs);
+        let next = writable().resume(store, journals);
+        let now_b = next.lookup(ROOT_INODE, OsStr::new("b")).await.unwrap();
+        assert_eq!(now_b.ino, a.ino, "b is the renamed file, not {:?}", b.ino);
+        assert_eq!(now_b.size, 12);
     }
 
     #[tokio::test]

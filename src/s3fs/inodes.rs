@@ -130,7 +130,10 @@ impl InodeTable {
                 local,
             },
         );
-        self.children.insert(slot, ino);
+        if let Some(unnamed) = self.children.insert(slot, ino) {
+            // The name now belongs to the new node id.
+            self.mark(unnamed);
+        }
         self.mark(ino);
         ino
     }
@@ -171,6 +174,8 @@ impl InodeTable {
         let (old_parent, old_name) = (inode.parent, inode.name.clone());
         if let Some(replaced) = self.children.insert((parent, name.to_string()), ino) {
             if replaced != ino {
+                // It lost its name (the kernel may still hold it).
+                self.mark(replaced);
                 self.drop_if_unreferenced(replaced);
             }
         }

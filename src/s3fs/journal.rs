@@ -41,6 +41,9 @@ pub struct Journal {
     entries_bytes: u64,
     /// Whether a failed write was already logged.
     failed: bool,
+    /// A write failed since the last checkpoint: what follows it cannot be
+    /// trusted, so the next flush writes a whole checkpoint.
+    broken: bool,
 }
 
 impl Journal {
@@ -58,6 +61,7 @@ impl Journal {
             checkpoint_bytes: 0,
             entries_bytes: 0,
             failed: false,
+            broken: false,
         })
     }
 
@@ -73,6 +77,7 @@ impl Journal {
             checkpoint_bytes: 0,
             entries_bytes: 0,
             failed: false,
+            broken: false,
         })
     }
 
@@ -115,10 +120,12 @@ impl Journal {
         }
     }
 
-    /// Whether the entries since the last checkpoint outgrew it.
+    /// Whether the entries since the last checkpoint outgrew it, or a
+    /// write failed since.
     pub fn wants_checkpoint(&self) -> bool {
-        self.entries_bytes > MIN_ENTRIES_BYTES_BEFORE_CHECKPOINT
-            && self.entries_bytes > 2 * self.checkpoint_bytes
+        self.broken
+            || (self.entries_bytes > MIN_ENTRIES_BYTES_BEFORE_CHECKPOINT
+                && self.entries_bytes > 2 * self.checkpoint_bytes)
     }
 
     /// Writes `entries` (a whole table) as the new starting point and frees
@@ -149,6 +156,7 @@ impl Journal {
         self.end = start + text.len() as u64;
         self.checkpoint_bytes = text.len() as u64;
         self.entries_bytes = 0;
+        self.broken = false;
     }
 
     /// Logs the first failed write: a worker started later would answer
@@ -157,6 +165,10 @@ impl Journal {
         match result {
             Ok(()) => true,
             Err(err) => {
+                // A partial write must not be followed by newer entries
+                // that a replay would read before older ones: cut it off.
+                let _ = self.file.set_len(self.end);
+                self.broken = true;
                 if !self.failed {
                     tracing::warn!(error = %err, "cannot write a table journal; a worker restart would lose track of open files");
                     self.failed = true;
@@ -243,6 +255,8 @@ impl TableJournal {
 
 #[cfg(test)]
 mod tests {
+    use std::os::fd::AsRawFd;
+
     use super::*;
 
     #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -315,5 +329,32 @@ mod tests {
         assert!(resident < 512 * 1024, "journal keeps {resident} bytes");
         let (entries, _) = reopen(&journal).replay::<Entry>().unwrap();
         assert!(entries.len() < 1_000, "{} entries replayed", entries.len());
+    }
+
+    #[test]
+    fn a_failed_write_is_cut_off_and_the_next_flush_writes_a_whole_checkpoint() {
+        let mut journal = Journal::create("test").unwrap();
+        journal.checkpoint(&[entry(1)]);
+        journal.append(&[entry(2)]);
+        assert!(!journal.wants_checkpoint());
+        let length = journal.file.metadata().unwrap().len();
+        // The same memfd, read-only: every write fails.
+        let read_only = File::open(format!("/proc/self/fd/{}", journal.fd().as_raw_fd())).unwrap();
+        let writable = std::mem::replace(&mut journal.file, read_only);
+        journal.append(&[entry(3)]);
+        assert!(
+            journal.wants_checkpoint(),
+            "the next flush rewrites the table"
+        );
+        journal.file = writable;
+        assert_eq!(
+            journal.file.metadata().unwrap().len(),
+            length,
+            "nothing half-written"
+        );
+        journal.checkpoint(&[entry(1), entry(2), entry(3)]);
+        assert!(!journal.wants_checkpoint());
+        let (entries, unreadable) = reopen(&journal).replay::<Entry>().unwrap();
+        assert_eq!((entries.len(), unreadable), (3, 0));
     }
 }
