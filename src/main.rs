@@ -15,6 +15,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
+            // SIGHUP asks the supervisor to upgrade; until its handler is in
+            // place (and in a worker, always) it must not end the process.
+            // SAFETY: setting a signal disposition to SIG_IGN, before any
+            // thread runs.
+            let _ = unsafe {
+                nix::sys::signal::signal(
+                    nix::sys::signal::Signal::SIGHUP,
+                    nix::sys::signal::SigHandler::SigIgn,
+                )
+            };
             let config = match Config::from_args(args).context("configuration") {
                 Ok(config) => config,
                 Err(e) => {

@@ -317,13 +317,13 @@ impl Metrics {
         if resent > counted {
             self.fuse_requests_resent.inc_by(resent - counted);
         }
-        // What a scrape shows is always in the snapshot the next worker
-        // starts from.
-        self.save_counters();
         let mut buffer = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut buffer)
             .expect("text encoding into a Vec cannot fail");
+        // What a scrape shows is always in the snapshot the next worker
+        // starts from: taken after the values shown (counters only grow).
+        self.save_counters();
         String::from_utf8(buffer).expect("prometheus text is UTF-8")
     }
 }

@@ -49,13 +49,15 @@ impl Manager {
                         .push(fuse);
                 }
                 Err(reason) => {
+                    // Its fds close here and in the supervisor: the kernel
+                    // then ends the connection (no abort by number, which
+                    // may by now name another connection).
                     tracing::warn!(
                         dataset = name,
                         connection,
                         reason,
-                        "cannot resume a fuse connection; aborting it (the dataset is mounted again)"
+                        "cannot resume a fuse connection; letting it go (the dataset is mounted again)"
                     );
-                    self.abort_connection(connection).await;
                     if let Some(link) = self.inner.link.get() {
                         link.connection_ended(connection, id);
                     }

@@ -20,6 +20,8 @@ use crate::spec::MountSpec;
 const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 /// The most fds one message carries.
 const MAX_FDS: usize = 8;
+/// The longest a send waits for the peer to make room.
+pub const SEND_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What a listening socket the supervisor holds is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -167,6 +169,9 @@ pub enum Message {
         /// The new build's version.
         version: String,
     },
+    /// New supervisor: everything arrived and its listeners are in place;
+    /// the old one may let go (until then it can still serve on).
+    TakenOver,
     /// Old supervisor: no (the reason says why); it keeps serving.
     TakeoverRefused {
         /// Why.
@@ -247,8 +252,11 @@ impl Channel {
         self.fd.as_fd()
     }
 
-    /// Sends `message` with `fds` (blocking until the peer has room).
+    /// Sends `message` with `fds`, waiting for room at most
+    /// [`SEND_DEADLINE`] (a peer alive but not reading never freezes the
+    /// sender: it fails with `TimedOut`).
     pub fn send(&self, message: &Message, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        let deadline = std::time::Instant::now() + SEND_DEADLINE;
         let text = serde_json::to_vec(message).map_err(io::Error::other)?;
         let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
         let rights = [ControlMessage::ScmRights(&raw)];
@@ -259,13 +267,20 @@ impl Channel {
                 self.fd.as_raw_fd(),
                 &iov,
                 control,
-                MsgFlags::MSG_NOSIGNAL,
+                MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
                 None,
             ) {
                 Ok(_) => return Ok(()),
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(nix::errno::Errno::EAGAIN) => {
-                    wait_for(self.fd.as_fd(), nix::poll::PollFlags::POLLOUT)?
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "the peer takes no message",
+                        ));
+                    }
+                    wait_ready(self.fd.as_fd(), nix::poll::PollFlags::POLLOUT, Some(left))?
                 }
                 Err(err) => return Err(err.into()),
             }
@@ -277,7 +292,7 @@ impl Channel {
         loop {
             match self.try_recv() {
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                    wait_for(self.fd.as_fd(), nix::poll::PollFlags::POLLIN)?
+                    wait_ready(self.fd.as_fd(), nix::poll::PollFlags::POLLIN, None)?
                 }
                 other => return other,
             }
@@ -363,9 +378,19 @@ pub fn watch_readable(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedF
         .map_err(io::Error::from)
 }
 
-fn wait_for(fd: BorrowedFd<'_>, events: nix::poll::PollFlags) -> io::Result<()> {
+/// Waits until `fd` has `events` (or `limit` passed, or a signal came).
+fn wait_ready(
+    fd: BorrowedFd<'_>,
+    events: nix::poll::PollFlags,
+    limit: Option<std::time::Duration>,
+) -> io::Result<()> {
     let mut poll = [nix::poll::PollFd::new(fd, events)];
-    match nix::poll::poll(&mut poll, nix::poll::PollTimeout::NONE) {
+    let timeout = match limit {
+        None => nix::poll::PollTimeout::NONE,
+        Some(limit) => nix::poll::PollTimeout::try_from(limit.as_millis().min(60_000) as i32)
+            .unwrap_or(nix::poll::PollTimeout::MAX),
+    };
+    match nix::poll::poll(&mut poll, timeout) {
         Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
         Err(err) => Err(err.into()),
     }

@@ -34,6 +34,7 @@ use crate::RunError;
 use crate::config::Config;
 use channel::{Channel, Message, StartReport};
 use handover::Handover;
+use takeover::SupervisorLock;
 
 /// The window in which restarts count towards a crash loop.
 pub const CRASH_LOOP_WINDOW: Duration = Duration::from_secs(60);
@@ -121,20 +122,33 @@ pub async fn supervise(config: Config) -> Result<(), SupervisorError> {
     std::fs::create_dir_all(&config.state_dir).map_err(io_error("create the state directory"))?;
     let binary = reexec::own_binary();
     let inherited = reexec::inherited().map_err(io_error("take over from the previous binary"))?;
-    let acquired = match inherited {
-        Some(inherited) => Some(inherited),
-        None => takeover::request(&config)?,
-    };
-    let (mut held, mut report) = match acquired {
-        Some((mut held, report)) => {
+    let (mut held, mut report, lock) = match inherited {
+        // An in-place upgrade: this pid already held everything.
+        Some((mut held, report, lock)) => {
             held.bind_missing(&config)?;
-            tracing::info!(
-                connections = held.connections.len(),
-                "took the node over from the running agent"
-            );
-            (held, report)
+            let lock = match lock {
+                Some(lock) => lock,
+                None => SupervisorLock::wait(&config)?,
+            };
+            (held, report, lock)
         }
-        None => (Handover::bind(&config)?, StartReport::default()),
+        None => match SupervisorLock::try_acquire(&config)
+            .map_err(io_error("take the supervisor lock"))?
+        {
+            Some(lock) => (Handover::bind(&config)?, StartReport::default(), lock),
+            // Another supervisor serves this state directory: take over.
+            None => {
+                let (mut held, report, channel) = takeover::request(&config)?;
+                held.bind_missing(&config)?;
+                takeover::confirm(&channel)?;
+                let lock = SupervisorLock::wait(&config)?;
+                tracing::info!(
+                    connections = held.connections.len(),
+                    "took the node over from the running agent"
+                );
+                (held, report, lock)
+            }
+        },
     };
     held.ensure_counters()
         .map_err(io_error("make the counters memfd"))?;
@@ -202,6 +216,8 @@ pub async fn supervise(config: Config) -> Result<(), SupervisorError> {
             Ended::Takeover(peer) => {
                 match hand_over(&config, worker, &mut held, &mut report, &peer).await {
                     Ok(()) => {
+                        // The new supervisor has everything: let go.
+                        drop(lock);
                         if let Some(mut standby) = standby.take() {
                             let _ = standby.child.start_kill();
                         }
@@ -223,13 +239,16 @@ pub async fn supervise(config: Config) -> Result<(), SupervisorError> {
             }
             Ended::Upgrade => {
                 if let Some(mut standby) = standby.take() {
+                    // Reaped before the exec: the next binary knows no
+                    // child of ours.
                     let _ = standby.child.start_kill();
+                    let _ = tokio::time::timeout(KILLED_EXIT_WAIT, standby.child.wait()).await;
                 }
                 let handed = stop_for_handover(&config, worker, &mut held, &mut report).await;
                 let binary = binary
                     .as_deref()
                     .expect("an upgrade needs the binary's path");
-                let failed = reexec::exec(binary, &held, &handed);
+                let failed = reexec::exec(binary, &held, &handed, &lock);
                 // Still here: the exec failed; serve on with a new worker.
                 tracing::error!(error = %failed, binary = %binary.display(), "cannot start the new binary; serving on");
                 report.stalled_since_ns = handed.stalled_since_ns;
@@ -382,7 +401,10 @@ async fn watch_worker(
             _ = tokio::signal::ctrl_c() => return Ended::Terminate,
             _ = hangup.recv() => {
                 if let Some(binary) = binary {
-                    match reexec::check_format(binary, config.supervision.handover_format).await {
+                    let checked = reexec::check_format(binary, config.supervision.handover_format).await;
+                    // The worker's heartbeats queued meanwhile are read next.
+                    last_sign = Instant::now();
+                    match checked {
                         Ok(()) => return Ended::Upgrade,
                         Err(reason) => tracing::error!(%reason, binary = %binary.display(), "upgrade refused; serving on"),
                     }
@@ -485,7 +507,20 @@ async fn hand_over(
     peer: &Channel,
 ) -> std::io::Result<()> {
     let handed = stop_for_handover(config, worker, held, report).await;
-    held.send(peer, &handed)
+    held.send(peer, &handed)?;
+    // Until the new one confirms, this one can still serve on.
+    let ready = peer.readiness()?;
+    match tokio::time::timeout(takeover::CONFIRM_WAIT, peer.recv_async(&ready)).await {
+        Ok(Ok(Some((Message::TakenOver, _)))) => Ok(()),
+        Ok(Ok(other)) => Err(std::io::Error::other(format!(
+            "the new agent did not confirm the takeover: {other:?}"
+        ))),
+        Ok(Err(err)) => Err(err),
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the new agent did not confirm the takeover",
+        )),
+    }
 }
 
 /// Quiesces the worker (open writers finish, bounded), stops it, and gives
