@@ -358,16 +358,10 @@ impl S3Filesystem {
                 expected: SNAPSHOT_FORMAT,
             });
         }
-        let mut inodes = InodeTable::restore(snapshot.inodes);
-        // What the snapshot says of each object is checked again at the
-        // next request (it may have changed while no one served).
-        if let Some(expired) =
-            Instant::now().checked_sub(options.metadata_ttl + Duration::from_secs(1))
-        {
-            for inode in inodes.inodes.values_mut() {
-                inode.validated_at = expired;
-            }
-        }
+        // The journal holds each object's last known stat: it serves until
+        // its TTL runs out again, without a request to the store (a resumed
+        // worker answers at once, even with the backend down).
+        let inodes = InodeTable::restore(snapshot.inodes);
         let keys: HashMap<u64, ObjectPath> = inodes
             .inodes
             .iter()
