@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-#! Checks the deployment files: daemonset.yaml with kubernetes-validate
+#! Checks the deployment files: daemonset.yaml and deploy/examples/*.yaml
+#! with kubernetes-validate
 #! --strict against two Kubernetes versions, and the systemd unit with
 #! systemd-analyze verify against the binary just built. Installs nothing:
 #! scripts/setup-test-env.sh installs kubernetes-validate into the cache.
@@ -14,9 +15,12 @@ fail() { echo "check-manifests: error: $*" >&2; exit 1; }
 [ -x "$validate" ] || fail "$validate is missing: run scripts/setup-test-env.sh"
 command -v systemd-analyze >/dev/null || fail "systemd-analyze is missing: install package systemd (scripts/setup-test-env.sh)"
 
+manifests=(daemonset.yaml deploy/examples/*.yaml)
 for version in "${KUBERNETES_VERSIONS[@]}"; do
-  "$validate" --strict --quiet -k "$version" daemonset.yaml \
-    || fail "daemonset.yaml is not valid for Kubernetes $version"
+  for manifest in "${manifests[@]}"; do
+    "$validate" --strict --quiet -k "$version" "$manifest" \
+      || fail "$manifest is not valid for Kubernetes $version"
+  done
 done
 
 cargo build --quiet --locked --bin hotmount
@@ -28,4 +32,4 @@ sed "s|/usr/local/bin/hotmount|$PWD/target/debug/hotmount|" systemd/hotmount.ser
 complaints=$(systemd-analyze verify "$unit_dir/hotmount.service" 2>&1) \
   || fail "systemd/hotmount.service does not verify: $complaints"
 [ -z "$complaints" ] || fail "systemd/hotmount.service: $complaints"
-echo "check-manifests: daemonset.yaml valid for Kubernetes ${KUBERNETES_VERSIONS[*]}; systemd unit verified"
+echo "check-manifests: ${manifests[*]} valid for Kubernetes ${KUBERNETES_VERSIONS[*]}; systemd unit verified"

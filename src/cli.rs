@@ -117,6 +117,10 @@ pub struct AttachArgs {
     /// How long --wait waits.
     #[arg(long, default_value = "60s")]
     pub timeout: String,
+    /// Stay running while the dataset is used (a pod's sidecar): after the
+    /// attach, wait for SIGTERM or SIGINT, then detach the dataset and exit.
+    #[arg(long)]
+    pub hold: bool,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -157,6 +161,9 @@ pub struct StatusArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// Exit non-zero unless the dataset is Mounted (for a startup probe).
+    #[arg(long)]
+    pub mounted: bool,
     /// Connection.
     #[command(flatten)]
     pub connect: ConnectArgs,
@@ -335,21 +342,33 @@ pub async fn run_client(command: Command) -> Result<String, CommandError> {
                 let reply = request(&args.connect, Method::GET, &wait_path, None).await?;
                 view = decode(&reply)?;
             }
-            if args.json {
-                Ok(serde_json::to_string_pretty(&view).expect("views serialise"))
+            let attached = if args.json {
+                serde_json::to_string_pretty(&view).expect("views serialise")
             } else {
                 let verb = if reply.status == StatusCode::CREATED {
                     "mounted"
                 } else {
                     "already mounted"
                 };
-                Ok(format!(
+                format!(
                     "{} {verb} at {} ({})",
                     view.name,
                     view.path.display(),
                     view.state.as_str()
-                ))
+                )
+            };
+            if !args.hold {
+                return Ok(attached);
             }
+            println!("{attached}");
+            hold_until_stopped().await;
+            let reply = request(&args.connect, Method::DELETE, &path, None).await?;
+            let view: MountView = decode(&reply)?;
+            Ok(format!(
+                "{} unmounted from {}",
+                view.name,
+                view.path.display()
+            ))
         }
         Command::Detach(args) => {
             let path = format!(
@@ -395,11 +414,30 @@ pub async fn run_client(command: Command) -> Result<String, CommandError> {
             )
             .await?;
             let view: MountView = decode(&reply)?;
+            if args.mounted && view.state != crate::manager::MountState::Mounted {
+                return Err(CommandError::new(format!(
+                    "{} is {}, not Mounted",
+                    view.name,
+                    view.state.as_str()
+                )));
+            }
             if args.json {
                 return Ok(serde_json::to_string_pretty(&view).expect("views serialise"));
             }
             Ok(render_status(&view))
         }
+    }
+}
+
+/// Waits for SIGTERM (a pod ending) or SIGINT.
+async fn hold_until_stopped() {
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    else {
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
     }
 }
 

@@ -621,3 +621,62 @@ fn the_metrics_listener_serves_metrics_alone_without_a_token() {
         assert_eq!(status, 404, "{method} {path}");
     }
 }
+
+#[test]
+fn a_sidecar_holds_its_dataset_until_it_is_stopped() {
+    let node = Node::start(&[]);
+    std::fs::create_dir_all(node.buckets().join("data")).unwrap();
+    std::fs::write(node.buckets().join("data/x.txt"), b"held\n").unwrap();
+    let hotmount = env!("CARGO_BIN_EXE_hotmount");
+    let socket = node.agent.socket().to_str().unwrap().to_string();
+    let endpoint = format!("file://{}", node.buckets().display());
+    // As the sidecar of deploy/examples/sidecar.yaml runs it.
+    let mut sidecar = std::process::Command::new(hotmount)
+        .args([
+            "attach",
+            "held",
+            "--s3",
+            "s3://data",
+            "--endpoint",
+            &endpoint,
+        ])
+        .args(["--wait", "--hold", "--socket", &socket])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_readable(&node.pod, "held/x.txt", Duration::from_secs(20)).unwrap();
+    let probe = std::process::Command::new(hotmount)
+        .args(["status", "held", "--mounted", "--socket", &socket])
+        .output()
+        .unwrap();
+    assert!(probe.status.success(), "{probe:?}");
+    let missing = std::process::Command::new(hotmount)
+        .args(["status", "other", "--mounted", "--socket", &socket])
+        .output()
+        .unwrap();
+    assert!(
+        !missing.status.success(),
+        "no such dataset: the probe fails"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        sidecar.try_wait().unwrap().is_none(),
+        "the sidecar holds on"
+    );
+    // The pod ends: SIGTERM.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(sidecar.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let output = sidecar.wait_with_output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains("held mounted at") && text.contains("held unmounted from"),
+        "{text}"
+    );
+    let (status, _) = node.call("GET", "/v1/mounts/held", None);
+    assert_eq!(status, 404);
+    node.assert_nothing_left("held");
+}
