@@ -48,6 +48,11 @@ scripts/check-observability.sh
 echo "test.sh: alerts and dashboard ok ($(elapsed "$t"))"
 
 t=$(date +%s)
+scripts/build-image.sh
+scripts/test-image.sh
+echo "test.sh: image built and run ok ($(elapsed "$t"))"
+
+t=$(date +%s)
 cargo test --all-targets --locked -- --test-threads "$TEST_THREADS"
 echo "test.sh: cargo test ok ($(elapsed "$t"))"
 
