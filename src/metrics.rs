@@ -66,6 +66,9 @@ pub struct Metrics {
     /// `hotmount_worker_crash_loop`: 1 while the supervisor backs off a
     /// worker that keeps dying.
     pub worker_crash_loop: IntGauge,
+    /// `hotmount_ready`: 1 when `/readyz` answers 200 (started, nothing an
+    /// operator must see to first).
+    pub ready: IntGauge,
     /// Resent requests counted by workers before this one (the pool's own
     /// count starts at zero in each).
     resent_before: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -228,6 +231,11 @@ impl Metrics {
                 "1 while the supervisor backs off a worker that keeps dying.",
             ))
             .expect("valid metric"),
+            ready: IntGauge::with_opts(opts(
+                "ready",
+                "1 when the agent is ready (GET /readyz answers 200), else 0.",
+            ))
+            .expect("valid metric"),
             resent_before: Default::default(),
             counter_sink: Default::default(),
             registry,
@@ -251,6 +259,7 @@ impl Metrics {
             Box::new(metrics.fuse_requests_resent.clone()),
             Box::new(metrics.worker_restart_stall.clone()),
             Box::new(metrics.worker_crash_loop.clone()),
+            Box::new(metrics.ready.clone()),
         ];
         for collector in collectors {
             metrics

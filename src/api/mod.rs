@@ -311,6 +311,7 @@ async fn readyz(State(manager): State<Manager>) -> Response {
 }
 
 async fn metrics(State(manager): State<Manager>) -> Response {
+    manager.metrics().ready.set(i64::from(manager.is_ready()));
     let mut response = Response::new(Body::from(manager.metrics().render()));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
