@@ -129,6 +129,9 @@ fn prometheus_sees_datasets_come_and_go_and_no_counter_reset_across_a_worker_res
     prometheus.wait_for("up{job=\"hotmount\"} == 1", "the agent is scraped", |r| {
         r.len() == 1
     });
+    prometheus.wait_for("hotmount_ready == 1", "the agent says it is ready", |r| {
+        r.len() == 1
+    });
 
     let (status, body) = node.call("PUT", "/v1/mounts/prom", Some(&node.file_spec("data")));
     assert_eq!(status, 201, "{body}");
