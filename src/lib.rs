@@ -103,11 +103,14 @@ pub async fn run_with(
     config: Config,
     mounter: Arc<dyn Mounter>,
     listeners: Listeners,
-    supervision: Option<worker::Supervision>,
+    mut supervision: Option<worker::Supervision>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     object_store::list::set_max_list_entries(config.max_directory_entries);
     let metrics = Arc::new(Metrics::new());
+    if let Some(supervision) = &mut supervision {
+        supervision.carry_counters(&metrics);
+    }
     let store = StateStore::open(&config.state_dir)?;
     let manager = Manager::new(config.manager.clone(), mounter, store, metrics);
     let serve_error = |source: std::io::Error| RunError::Listen {

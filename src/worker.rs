@@ -108,6 +108,27 @@ pub struct Quiesce {
 }
 
 impl Supervision {
+    /// Starts `metrics` from the counters the worker before saved, and
+    /// saves them there from now on. Before anything is served: no scrape
+    /// may see a counter below what an earlier one saw.
+    pub fn carry_counters(&mut self, metrics: &crate::metrics::Metrics) {
+        if let Some(counters) = self.counters.take() {
+            let previous = metrics.carry_counters_in(std::fs::File::from(counters));
+            metrics.restore_counters(&previous);
+        }
+        // The supervisor's own counts.
+        for (reason, count) in &self.report.restarts {
+            metrics
+                .worker_restarts
+                .with_label_values(&[reason])
+                .inc_by(*count);
+        }
+        metrics.takeovers.inc_by(self.report.takeovers);
+        metrics
+            .worker_restart_stall
+            .set(self.report.longest_stall_seconds);
+    }
+
     /// Serves again the connections of the worker before (before the
     /// manager starts, so pods wait as little as possible), reports the
     /// supervisor's figures, and starts the heartbeat.
@@ -119,22 +140,9 @@ impl Supervision {
             counters,
             quiesce,
         } = self;
+        debug_assert!(counters.is_none(), "carry_counters comes first");
         manager.set_link(Arc::clone(&link));
         let metrics = manager.metrics();
-        if let Some(counters) = counters {
-            let previous = metrics.carry_counters_in(std::fs::File::from(counters));
-            metrics.restore_counters(&previous);
-        }
-        for (reason, count) in &report.restarts {
-            metrics
-                .worker_restarts
-                .with_label_values(&[reason])
-                .inc_by(*count);
-        }
-        metrics.takeovers.inc_by(report.takeovers);
-        metrics
-            .worker_restart_stall
-            .set(report.longest_stall_seconds);
         let heartbeat = Arc::clone(&link);
         let saved = Arc::clone(metrics);
         tokio::spawn(async move {
