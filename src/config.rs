@@ -142,6 +142,10 @@ pub struct ServeArgs {
     /// fails (EIO) instead of growing memory without bound [default: 1000000].
     #[arg(long, env = "HOTMOUNT_MAX_DIRECTORY_ENTRIES")]
     pub max_directory_entries: Option<usize>,
+    /// How long one S3 request may take before it is tried again (and, after
+    /// the retries, fails: a pod's read gets EIO) [default: 60s].
+    #[arg(long, env = "HOTMOUNT_S3_REQUEST_TIMEOUT", value_parser = parse_duration)]
+    pub s3_request_timeout: Option<Duration>,
     /// A worker that sends no heartbeat for this long is killed and replaced
     /// (its FUSE connections are served on by the next) [default: 10s].
     #[arg(long, env = "HOTMOUNT_WORKER_HEARTBEAT_TIMEOUT", value_parser = parse_duration)]
@@ -258,6 +262,8 @@ pub struct Config {
     pub max_directory_entries: usize,
     /// How the supervisor runs its worker.
     pub supervision: SupervisionConfig,
+    /// How long one S3 request may take.
+    pub s3_request_timeout: Duration,
 }
 
 /// The variable behind `--handover-format` (tests only).
@@ -475,6 +481,11 @@ impl Config {
             listener_limits,
             max_directory_entries,
             metrics_listen: args.metrics_listen.or(file.metrics_listen),
+            s3_request_timeout: positive(
+                "--s3-request-timeout",
+                args.s3_request_timeout,
+                crate::s3fs::store::DEFAULT_REQUEST_TIMEOUT,
+            )?,
             supervision: SupervisionConfig {
                 heartbeat_timeout: positive(
                     "--worker-heartbeat-timeout",

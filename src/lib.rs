@@ -107,6 +107,7 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     object_store::list::set_max_list_entries(config.max_directory_entries);
+    s3fs::store::set_request_timeout(config.s3_request_timeout);
     let metrics = Arc::new(Metrics::new());
     if let Some(supervision) = &mut supervision {
         supervision.carry_counters(&metrics);

@@ -750,3 +750,68 @@ fn a_forced_detach_frees_readers_blocked_on_a_hanging_backend() {
         "the kernel's side of the connection is gone"
     );
 }
+
+#[test]
+fn a_stopped_s3_server_fails_reads_with_eio_never_enoent_and_the_same_handles_read_again() {
+    use std::os::unix::fs::FileExt;
+    use std::sync::mpsc;
+    let s3 = S3Node::start(&["--probe-timeout", "1s", "--s3-request-timeout", "2s"]);
+    let big = object_bytes(12, 24 << 20);
+    s3.garage.put_object("data", "big.bin", &big);
+    let (status, body) = s3.put("outage", &s3.spec("data"));
+    assert_eq!(status, 201, "{body}");
+    let (to_pod, in_pod) = mpsc::channel::<&'static str>();
+    let (from_pod, seen) = mpsc::channel::<String>();
+    let expected = big.clone();
+    let pod = s3.node.pod.spawn(move |view: &std::path::Path| {
+        let file = std::fs::File::open(view.join("outage/big.bin")).unwrap();
+        let mut buffer = vec![0u8; 1 << 20];
+        file.read_at(&mut buffer, 0).unwrap();
+        from_pod.send("holding".to_string()).unwrap();
+        // The server stops: a read that needs it, and a name never seen.
+        assert_eq!(in_pod.recv().unwrap(), "stopped");
+        let started = Instant::now();
+        let read = file.read_at(&mut buffer, 20 << 20);
+        let stat = std::fs::metadata(view.join("outage/never-seen.txt"));
+        from_pod
+            .send(format!(
+                "read {:?} stat {:?} after {:?}",
+                read.map_err(|e| e.raw_os_error()),
+                stat.map(|_| ()).map_err(|e| e.raw_os_error()),
+                started.elapsed()
+            ))
+            .unwrap();
+        // The server is back: the same handle reads every byte.
+        assert_eq!(in_pod.recv().unwrap(), "back");
+        let mut all = vec![0u8; expected.len()];
+        let mut offset = 0;
+        while offset < all.len() {
+            let n = file.read_at(&mut all[offset..], offset as u64).unwrap();
+            assert!(n > 0, "short read at {offset}");
+            offset += n;
+        }
+        assert!(all == expected, "every byte right through the held handle");
+        "read again".to_string()
+    });
+    assert_eq!(seen.recv().unwrap(), "holding");
+    s3.garage.freeze();
+    to_pod.send("stopped").unwrap();
+    let during = seen
+        .recv_timeout(Duration::from_secs(60))
+        .expect("calls during the outage return (bounded)");
+    eprintln!("figure: S3 stopped: {during}");
+    assert!(
+        during.starts_with(&format!(
+            "read Err(Some({})) stat Err(Some({}))",
+            libc::EIO,
+            libc::EIO
+        )),
+        "EIO, never ENOENT: {during}"
+    );
+    assert_eq!(s3.node.pod.mount_count("outage"), 1, "the mount stays");
+    s3.garage.thaw();
+    to_pod.send("back").unwrap();
+    assert_eq!(pod.join().unwrap(), "read again");
+    let (_, body) = s3.node.call("GET", "/v1/mounts/outage", None);
+    assert_eq!(body["generation"], 1, "never re-mounted: {body}");
+}

@@ -17,10 +17,29 @@ use crate::spec::{S3Credentials, S3Source};
 
 /// How long a connection attempt to an S3 endpoint may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long one S3 request may take end to end (a 1 GiB GET at 50 MB/s fits).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long one S3 request may take end to end by default (a 1 GiB GET at
+/// 50 MB/s fits); `--s3-request-timeout` sets another ([`set_request_timeout`]).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the client keeps retrying one request.
 const RETRY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The request timeout of S3 clients made from now on, in milliseconds.
+static REQUEST_TIMEOUT_MS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(DEFAULT_REQUEST_TIMEOUT.as_millis() as u64);
+
+/// Sets how long one S3 request may take (process-wide, for the clients made
+/// after): a read from a server that stopped answering fails (EIO) after
+/// about this long, and its retries, never hangs for good.
+pub fn set_request_timeout(timeout: Duration) {
+    REQUEST_TIMEOUT_MS.store(
+        timeout.as_millis() as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
+fn request_timeout() -> Duration {
+    Duration::from_millis(REQUEST_TIMEOUT_MS.load(std::sync::atomic::Ordering::Relaxed))
+}
 
 /// Which local directories `file://` endpoints may name.
 #[derive(Debug, Clone, Default)]
@@ -257,7 +276,7 @@ fn s3_builder(
         .with_client_options(
             ClientOptions::new()
                 .with_connect_timeout(CONNECT_TIMEOUT)
-                .with_timeout(REQUEST_TIMEOUT)
+                .with_timeout(request_timeout())
                 .with_pool_max_idle_per_host(64)
                 .with_allow_http(true),
         )
