@@ -142,6 +142,16 @@ pub struct ServeArgs {
     /// fails (EIO) instead of growing memory without bound [default: 1000000].
     #[arg(long, env = "HOTMOUNT_MAX_DIRECTORY_ENTRIES")]
     pub max_directory_entries: Option<usize>,
+    /// The unix socket's permission bits, octal [default: 0660]; with
+    /// --socket-group, who may connect at all (what they may do is the
+    /// policy's).
+    #[arg(long, env = "HOTMOUNT_SOCKET_MODE", value_parser = parse_socket_mode)]
+    pub socket_mode: Option<u32>,
+    /// The policy file (TOML): what callers other than uid 0 and admin
+    /// tokens may do; read again when it changes [default: none, only
+    /// admins act].
+    #[arg(long, env = "HOTMOUNT_POLICY")]
+    pub policy: Option<PathBuf>,
     /// How long one S3 request may take before it is tried again (and, after
     /// the retries, fails: a pod's read gets EIO) [default: 60s].
     #[arg(long, env = "HOTMOUNT_S3_REQUEST_TIMEOUT", value_parser = parse_duration)]
@@ -264,6 +274,8 @@ pub struct Config {
     pub supervision: SupervisionConfig,
     /// How long one S3 request may take.
     pub s3_request_timeout: Duration,
+    /// The unix socket's permission bits.
+    pub socket_mode: u32,
 }
 
 /// The variable behind `--handover-format` (tests only).
@@ -470,6 +482,12 @@ impl Config {
             }
             manager.write_budget = crate::s3fs::write::WriteBudget::new(bytes);
         }
+        if let Some(path) = &args.policy {
+            manager.access = std::sync::Arc::new(
+                crate::api::access::Access::new(Some(path.clone()))
+                    .map_err(|reason| invalid("--policy", reason))?,
+            );
+        }
         manager.unmount_fuse_on_stop =
             args.unmount_fuse_on_stop || file.unmount_fuse_on_stop.unwrap_or(false);
         Ok(Config {
@@ -481,6 +499,7 @@ impl Config {
             listener_limits,
             max_directory_entries,
             metrics_listen: args.metrics_listen.or(file.metrics_listen),
+            socket_mode: args.socket_mode.unwrap_or(0o660),
             s3_request_timeout: positive(
                 "--s3-request-timeout",
                 args.s3_request_timeout,
@@ -501,6 +520,18 @@ impl Config {
             state_dir,
         })
     }
+}
+
+/// Octal permission bits for the socket (`0660`, `666`).
+fn parse_socket_mode(text: &str) -> Result<u32, String> {
+    let mode = u32::from_str_radix(text.trim_start_matches("0o"), 8)
+        .map_err(|_| format!("{text:?} is not an octal mode such as 0660"))?;
+    if mode > 0o777 {
+        return Err(format!(
+            "{text:?} is more than permission bits (at most 0777)"
+        ));
+    }
+    Ok(mode)
 }
 
 /// `value` (or `default`), refused when zero.

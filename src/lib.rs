@@ -209,7 +209,8 @@ fn bind_socket(config: &Config) -> Result<std::os::unix::net::UnixListener, RunE
         Err(e) => return Err(fail(e)),
     }
     let listener = std::os::unix::net::UnixListener::bind(path).map_err(fail)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(fail)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(config.socket_mode))
+        .map_err(fail)?;
     if let Some(group) = &config.socket_group {
         let gid = nix::unistd::Group::from_name(group)
             .map_err(|e| fail(std::io::Error::from(e)))?

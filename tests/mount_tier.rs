@@ -680,3 +680,97 @@ fn a_sidecar_holds_its_dataset_until_it_is_stopped() {
     assert_eq!(status, 404);
     node.assert_nothing_left("held");
 }
+
+#[test]
+fn a_caller_on_the_socket_may_do_what_the_policy_allows_and_nothing_else() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let policy_dir = tempfile::tempdir().unwrap();
+    let policy = policy_dir.path().join("policy.toml");
+    // The buckets' directory is known only once the node runs: write the
+    // rule with a placeholder glob first, then the real one (read again
+    // when it changes).
+    std::fs::write(&policy, "").unwrap();
+    let node = Node::start(&[
+        "--socket-mode",
+        "0666",
+        "--policy",
+        policy.to_str().unwrap(),
+    ]);
+    std::fs::create_dir_all(node.buckets().join("data")).unwrap();
+    std::fs::write(node.buckets().join("data/x.txt"), b"team a\n").unwrap();
+    let socket_dir = node.agent.socket().parent().unwrap().to_path_buf();
+    std::fs::set_permissions(&socket_dir, std::fs::Permissions::from_mode(0o711)).unwrap();
+    let endpoint = format!("file://{}", node.buckets().display());
+    std::fs::write(
+        &policy,
+        format!(
+            "[[rule]]\ncallers = [\"uid:1000\"]\nverbs = [\"get\", \"list\", \"put\", \"delete\"]\n\
+             names = [\"team-a-*\"]\ns3 = [\"{endpoint}/data/*\"]\n"
+        ),
+    )
+    .unwrap();
+    let later = std::time::SystemTime::now() + Duration::from_secs(2);
+    std::fs::File::options()
+        .write(true)
+        .open(&policy)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    let socket = node.agent.socket().to_str().unwrap().to_string();
+    let as_user = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_hotmount"))
+            .args(args)
+            .args(["--socket", &socket])
+            .uid(1000)
+            .gid(1000)
+            .output()
+            .unwrap()
+    };
+    // Root (uid 0) may do everything: a dataset of its own.
+    let (status, body) = node.call("PUT", "/v1/mounts/root-only", Some(&node.file_spec("data")));
+    assert_eq!(status, 201, "{body}");
+
+    let mine = as_user(&[
+        "attach",
+        "team-a-x",
+        "--s3",
+        "s3://data",
+        "--endpoint",
+        &endpoint,
+    ]);
+    assert!(mine.status.success(), "{mine:?}");
+    let named_wrong = as_user(&[
+        "attach",
+        "other",
+        "--s3",
+        "s3://data",
+        "--endpoint",
+        &endpoint,
+    ]);
+    let text = String::from_utf8_lossy(&named_wrong.stderr);
+    assert!(
+        !named_wrong.status.success() && text.contains("names"),
+        "{text}"
+    );
+    let listed = as_user(&["ls", "--json"]);
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let names: Vec<&str> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| item["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["team-a-x"], "only what uid 1000 may get");
+    let theirs = as_user(&["detach", "root-only"]);
+    assert!(!theirs.status.success(), "{theirs:?}");
+    let (status, _) = node.call("GET", "/v1/mounts/root-only", None);
+    assert_eq!(status, 200, "refused, and nothing touched");
+    assert!(as_user(&["detach", "team-a-x"]).status.success());
+    let log = node.agent.log();
+    assert!(
+        log.contains("hotmount::audit") && log.contains("uid:1000") && log.contains("team-a-x"),
+        "mutating calls are audited:\n{log}"
+    );
+    node.assert_nothing_left("team-a-x");
+}

@@ -42,6 +42,8 @@ pub enum ErrorCode {
     InvalidCredentials,
     /// No valid bearer token (TCP listener).
     Unauthorized,
+    /// The caller may not do this (see the policy).
+    Forbidden,
     /// The endpoint or server is one the agent does not connect to.
     EndpointNotAllowed,
     /// The credentials file is outside the credentials directory.
@@ -94,6 +96,7 @@ impl ErrorCode {
             ErrorCode::InvalidBody => StatusCode::BAD_REQUEST,
             ErrorCode::InvalidCredentials => StatusCode::BAD_REQUEST,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             ErrorCode::EndpointNotAllowed => StatusCode::FORBIDDEN,
             ErrorCode::CredentialsNotAllowed => StatusCode::FORBIDDEN,
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
@@ -126,6 +129,7 @@ impl ErrorCode {
             ErrorCode::InvalidBody => "InvalidBody",
             ErrorCode::InvalidCredentials => "InvalidCredentials",
             ErrorCode::Unauthorized => "Unauthorized",
+            ErrorCode::Forbidden => "Forbidden",
             ErrorCode::EndpointNotAllowed => "EndpointNotAllowed",
             ErrorCode::CredentialsNotAllowed => "CredentialsNotAllowed",
             ErrorCode::NotFound => "NotFound",
@@ -274,6 +278,7 @@ mod tests {
         ErrorCode::InvalidBody,
         ErrorCode::InvalidCredentials,
         ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
         ErrorCode::EndpointNotAllowed,
         ErrorCode::CredentialsNotAllowed,
         ErrorCode::NotFound,

@@ -152,7 +152,11 @@ pub async fn serve<L: Listener>(
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
-            .serve_connection(TokioIo::new(io), TowerToHyperService::new(router.clone()));
+            .serve_connection(
+                TokioIo::new(io),
+                // Handlers learn who is calling from the peer.
+                TowerToHyperService::new(router.clone().layer(axum::Extension(peer.clone()))),
+            );
         let connection = graceful.watch(connection);
         let peers = Arc::clone(&peers);
         tokio::spawn(async move {

@@ -2,6 +2,7 @@
 //! `oneshot` and no socket. Handlers parse a request into a typed command for
 //! the manager; they never touch the kernel.
 
+pub mod access;
 mod error;
 pub mod listener;
 
@@ -15,11 +16,12 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 
 pub use error::{ApiError, ErrorBody, ErrorCode, ErrorDetail};
 
+use crate::api::access::{Caller, Verb};
 use crate::manager::{Manager, MountState, MountView};
 use crate::spec::{DatasetName, MountSpec};
 
@@ -28,10 +30,11 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Longest `?timeout=` a waiting GET may ask for.
 pub const MAX_WAIT: Duration = Duration::from_secs(600);
 
-/// Bearer tokens accepted on the TCP listener.
+/// Bearer tokens accepted on the TCP listener, each with its name (if the
+/// file gives one) and role.
 #[derive(Clone, Default)]
 pub struct TokenSet {
-    tokens: Vec<String>,
+    tokens: Vec<(String, Option<String>, access::Role)>,
 }
 
 impl std::fmt::Debug for TokenSet {
@@ -51,16 +54,29 @@ pub fn token_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
 }
 
 impl TokenSet {
-    /// Parses a token file (see [`token_lines`]).
+    /// Parses a token file (see [`token_lines`]): `NAME ROLE TOKEN` per
+    /// line, or a bare `TOKEN` (an unnamed admin).
     pub fn parse(text: &str) -> Result<Self, String> {
         let mut tokens = Vec::new();
-        for (line, token) in token_lines(text) {
+        for (line, entry) in token_lines(text) {
+            let words: Vec<&str> = entry.split_whitespace().collect();
+            let (name, role, token) = match words[..] {
+                [token] => (None, access::Role::Admin, token),
+                [name, role, token] => (
+                    Some(name.to_string()),
+                    role.parse().map_err(|e| format!("line {line}: {e}"))?,
+                    token,
+                ),
+                _ => {
+                    return Err(format!("line {line} is neither TOKEN nor NAME ROLE TOKEN"));
+                }
+            };
             if token.len() < 16 {
                 return Err(format!(
                     "token on line {line} is shorter than 16 characters"
                 ));
             }
-            tokens.push(token.to_string());
+            tokens.push((token.to_string(), name, role));
         }
         if tokens.is_empty() {
             return Err("holds no token".to_string());
@@ -68,16 +84,24 @@ impl TokenSet {
         Ok(TokenSet { tokens })
     }
 
-    fn accepts(&self, presented: &[u8]) -> bool {
+    /// The caller a presented token is, if it is one of ours.
+    fn caller(&self, presented: &[u8]) -> Option<access::Caller> {
         // Constant time per token: no early exit on the first differing byte.
-        self.tokens.iter().fold(false, |found, token| {
+        self.tokens.iter().fold(None, |found, (token, name, role)| {
             let token = token.as_bytes();
             let same_len = token.len() == presented.len();
             let diff = token
                 .iter()
                 .zip(presented.iter().chain(std::iter::repeat(&0)))
                 .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-            found | (same_len && diff == 0)
+            if same_len && diff == 0 {
+                Some(access::Caller::Token {
+                    name: name.clone(),
+                    role: *role,
+                })
+            } else {
+                found
+            }
         })
     }
 }
@@ -112,7 +136,8 @@ struct DeleteQuery {
     force: Option<bool>,
 }
 
-/// The router of the unix-socket listener (access is the socket's mode).
+/// The router of the unix-socket listener: callers are known by their uid
+/// (uid 0 may do everything, others what the policy allows).
 pub fn router(manager: Manager) -> Router {
     Router::new()
         .route(
@@ -125,6 +150,7 @@ pub fn router(manager: Manager) -> Router {
         .route("/metrics", get(metrics))
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(identify))
         .layer(middleware::from_fn_with_state(
             manager.clone(),
             count_requests,
@@ -164,9 +190,13 @@ async fn require_token(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    match presented {
-        Some(token) if tokens.accepts(token.as_bytes()) => next.run(request).await,
-        _ => {
+    match presented.and_then(|token| tokens.caller(token.as_bytes())) {
+        Some(caller) => {
+            let mut request = request;
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        None => {
             let mut response = ApiError::new(
                 ErrorCode::Unauthorized,
                 "a valid bearer token is required (Authorization: Bearer TOKEN)",
@@ -206,21 +236,67 @@ async fn no_route(method: Method, uri: axum::http::Uri) -> ApiError {
     )
 }
 
+/// Makes sure every request knows its caller: a token's (set by
+/// [`require_token`]), else the connection peer's (set by the listener);
+/// a request with neither is nobody's.
+async fn identify(mut request: Request, next: Next) -> Response {
+    if request.extensions().get::<Caller>().is_none() {
+        let caller = Caller::of_peer(request.extensions().get::<listener::Peer>());
+        request.extensions_mut().insert(caller);
+    }
+    next.run(request).await
+}
+
+/// The names of every dataset (for per-rule limits).
+fn dataset_names(manager: &Manager) -> Vec<String> {
+    manager.list().into_iter().map(|view| view.name).collect()
+}
+
 async fn put_mount(
     State(manager): State<Manager>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let name = dataset_name(&name)?;
     let body = body?;
     let spec = parse_spec(&body)?;
-    let outcome = manager.put(&name, spec).await?;
-    let status = if outcome.created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
+    let allowed = manager.access().authorize(
+        &caller,
+        Verb::Put,
+        name.as_str(),
+        Some(&spec),
+        &dataset_names(&manager),
+    );
+    let result = match allowed {
+        Ok(()) => manager
+            .put(&name, spec.clone())
+            .await
+            .map_err(ApiError::from),
+        Err(refused) => Err(refused),
     };
-    Ok((status, Json(outcome.mount)).into_response())
+    let (status, response) = match result {
+        Ok(outcome) => {
+            let status = if outcome.created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            (status, (status, Json(outcome.mount)).into_response())
+        }
+        Err(err) => {
+            let response = err.into_response();
+            (response.status(), response)
+        }
+    };
+    access::audit(
+        &caller,
+        Verb::Put,
+        name.as_str(),
+        Some(&spec),
+        status.as_u16(),
+    );
+    Ok(response)
 }
 
 /// Parses a mount spec; the error names the JSON path of the bad field.
@@ -243,11 +319,15 @@ pub fn parse_spec(body: &[u8]) -> Result<MountSpec, ApiError> {
 
 async fn get_mount(
     State(manager): State<Manager>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     query: Result<Query<GetQuery>, QueryRejection>,
 ) -> Result<Json<MountView>, ApiError> {
     let Query(query) = query?;
     let name = dataset_name(&name)?;
+    manager
+        .access()
+        .authorize(&caller, Verb::Get, name.as_str(), None, &[])?;
     let Some(wait) = query.wait else {
         if query.timeout.is_some() {
             return Err(ApiError::new(
@@ -277,20 +357,47 @@ async fn get_mount(
 
 async fn delete_mount(
     State(manager): State<Manager>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     query: Result<Query<DeleteQuery>, QueryRejection>,
 ) -> Result<Json<MountView>, ApiError> {
     let Query(query) = query?;
     let name = dataset_name(&name)?;
-    Ok(Json(
-        manager.delete(&name, query.force.unwrap_or(false)).await?,
-    ))
+    let result = match manager
+        .access()
+        .authorize(&caller, Verb::Delete, name.as_str(), None, &[])
+    {
+        Ok(()) => manager
+            .delete(&name, query.force.unwrap_or(false))
+            .await
+            .map_err(ApiError::from),
+        Err(refused) => Err(refused),
+    };
+    let status = match &result {
+        Ok(_) => StatusCode::OK,
+        Err(err) => err.status(),
+    };
+    access::audit(&caller, Verb::Delete, name.as_str(), None, status.as_u16());
+    Ok(Json(result?))
 }
 
-async fn list_mounts(State(manager): State<Manager>) -> Json<MountList> {
-    Json(MountList {
-        items: manager.list(),
-    })
+async fn list_mounts(
+    State(manager): State<Manager>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<MountList>, ApiError> {
+    let access = manager.access();
+    access.authorize(&caller, Verb::List, "", None, &[])?;
+    // Only what the caller may get.
+    let items = manager
+        .list()
+        .into_iter()
+        .filter(|view| {
+            access
+                .authorize(&caller, Verb::Get, &view.name, None, &[])
+                .is_ok()
+        })
+        .collect();
+    Ok(Json(MountList { items }))
 }
 
 async fn healthz() -> Json<serde_json::Value> {
@@ -327,14 +434,42 @@ mod tests {
     #[test]
     fn token_files_need_long_tokens() {
         let set = TokenSet::parse("# operators\nabcdefghijklmnopqrstuvwxyz\n").unwrap();
-        assert!(set.accepts(b"abcdefghijklmnopqrstuvwxyz"));
-        assert!(!set.accepts(b"abcdefghijklmnopqrstuvwxy"));
-        assert!(!set.accepts(b""));
+        assert_eq!(
+            set.caller(b"abcdefghijklmnopqrstuvwxyz"),
+            Some(Caller::Token {
+                name: None,
+                role: access::Role::Admin
+            }),
+            "a bare token is an unnamed admin"
+        );
+        assert!(set.caller(b"abcdefghijklmnopqrstuvwxy").is_none());
+        assert!(set.caller(b"").is_none());
         assert!(TokenSet::parse("\n# none\n").is_err());
         assert!(TokenSet::parse("short").unwrap_err().contains("line 1"));
         // Line numbers count the file's lines, comments and blanks included.
         let error = TokenSet::parse("# ops\n\nabcdefghijklmnopqrstuvwxyz\nshort\n").unwrap_err();
         assert!(error.contains("line 4"), "{error}");
+    }
+
+    #[test]
+    fn named_tokens_carry_their_role() {
+        let set = TokenSet::parse(
+            "team-a operator aaaaaaaaaaaaaaaaaaaa\nwatch viewer bbbbbbbbbbbbbbbbbbbb\n",
+        )
+        .unwrap();
+        assert_eq!(
+            set.caller(b"bbbbbbbbbbbbbbbbbbbb"),
+            Some(Caller::Token {
+                name: Some("watch".to_string()),
+                role: access::Role::Viewer
+            })
+        );
+        assert!(
+            TokenSet::parse("a god cccccccccccccccccccc")
+                .unwrap_err()
+                .contains("unknown role")
+        );
+        assert!(TokenSet::parse("a b").unwrap_err().contains("line 1"));
     }
 
     #[test]

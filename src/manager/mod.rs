@@ -158,6 +158,8 @@ pub struct ManagerConfig {
     pub credentials_dir: CredentialsDir,
     /// Unmount FUSE mounts on a graceful stop (NFS mounts always stay).
     pub unmount_fuse_on_stop: bool,
+    /// Who may do what through the API (`--policy`).
+    pub access: std::sync::Arc<crate::api::access::Access>,
 }
 
 impl ManagerConfig {
@@ -183,6 +185,9 @@ impl ManagerConfig {
             file_policy: FileEndpointPolicy::default(),
             credentials_dir: CredentialsDir::default(),
             unmount_fuse_on_stop: false,
+            access: std::sync::Arc::new(
+                crate::api::access::Access::new(None).expect("no policy file to read"),
+            ),
         }
     }
 }
@@ -364,6 +369,7 @@ impl Manager {
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = lock(&self.inner.warnings).clone();
         warnings.extend(lock(&self.inner.supervision_problem).clone());
+        warnings.extend(self.inner.config.access.problem());
         warnings
     }
 
@@ -376,6 +382,11 @@ impl Manager {
     /// opens is handed to the supervisor, with its table journals.
     pub fn set_link(&self, link: Arc<crate::worker::WorkerLink>) {
         let _ = self.inner.link.set(link);
+    }
+
+    /// Who may do what through the API.
+    pub fn access(&self) -> &crate::api::access::Access {
+        &self.inner.config.access
     }
 
     /// Files open for writing in every FUSE dataset.
