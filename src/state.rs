@@ -50,6 +50,15 @@ pub struct AuditEvent {
     /// The error, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Who asked (API calls: `uid:N`, `token:NAME`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<String>,
+    /// The source asked for, without secrets (API calls).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The HTTP status the call got (API calls, refusals included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -281,13 +290,42 @@ impl StateStore {
     /// Appends one event to the audit log (best effort: a full disk must not
     /// fail a mount, so a failure is logged, not returned).
     pub fn audit(&self, op: &str, name: &str, error: Option<String>) {
-        let event = AuditEvent {
+        self.append_audit(AuditEvent {
             time: Utc::now(),
             op: op.to_string(),
             name: name.to_string(),
             result: if error.is_some() { "error" } else { "success" }.to_string(),
             error,
-        };
+            caller: None,
+            source: None,
+            status: None,
+        });
+    }
+
+    /// Appends one API call to the audit log: who, what, on which source,
+    /// and the status it got (refusals included).
+    pub fn audit_call(
+        &self,
+        caller: &str,
+        op: &str,
+        name: &str,
+        source: Option<String>,
+        status: u16,
+    ) {
+        let result = if status < 400 { "success" } else { "error" };
+        self.append_audit(AuditEvent {
+            time: Utc::now(),
+            op: op.to_string(),
+            name: name.to_string(),
+            result: result.to_string(),
+            error: None,
+            caller: Some(caller.to_string()),
+            source,
+            status: Some(status),
+        });
+    }
+
+    fn append_audit(&self, event: AuditEvent) {
         let path = self.dir.join(AUDIT_FILE);
         let written = serde_json::to_vec(&event)
             .map_err(std::io::Error::other)

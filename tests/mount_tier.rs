@@ -772,5 +772,32 @@ fn a_caller_on_the_socket_may_do_what_the_policy_allows_and_nothing_else() {
         log.contains("hotmount::audit") && log.contains("uid:1000") && log.contains("team-a-x"),
         "mutating calls are audited:\n{log}"
     );
+    // And in the state directory's audit log, refusals included.
+    let audit = std::fs::read_to_string(node.agent.options().state_dir.join("audit.log")).unwrap();
+    let calls: Vec<Value> = audit
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .filter(|event: &Value| event["caller"] == "uid:1000")
+        .collect();
+    let seen: Vec<(String, String, u64)> = calls
+        .iter()
+        .map(|event| {
+            (
+                event["op"].as_str().unwrap().to_string(),
+                event["name"].as_str().unwrap().to_string(),
+                event["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("api:put".to_string(), "team-a-x".to_string(), 201),
+            ("api:put".to_string(), "other".to_string(), 403),
+            ("api:delete".to_string(), "root-only".to_string(), 403),
+            ("api:delete".to_string(), "team-a-x".to_string(), 200),
+        ],
+        "{audit}"
+    );
     node.assert_nothing_left("team-a-x");
 }

@@ -429,9 +429,24 @@ fn forbidden(caller: &Caller, verb: Verb, name: &str, field: &str) -> ApiError {
     )
 }
 
-/// Writes the audit line of a mutating call.
-pub fn audit(caller: &Caller, verb: Verb, name: &str, spec: Option<&MountSpec>, status: u16) {
+/// Writes the audit line of a mutating call: to the log, and to the state
+/// directory's `audit.log`.
+pub fn audit(
+    store: &crate::state::StateStore,
+    caller: &Caller,
+    verb: Verb,
+    name: &str,
+    spec: Option<&MountSpec>,
+    status: u16,
+) {
     let source = spec.map(|spec| crate::cli::describe_source(&spec.source));
+    store.audit_call(
+        &caller.to_string(),
+        &format!("api:{}", verb.as_str()),
+        name,
+        source.clone(),
+        status,
+    );
     tracing::info!(
         target: "hotmount::audit",
         caller = %caller,

@@ -290,6 +290,7 @@ async fn put_mount(
         }
     };
     access::audit(
+        manager.store(),
         &caller,
         Verb::Put,
         name.as_str(),
@@ -377,7 +378,14 @@ async fn delete_mount(
         Ok(_) => StatusCode::OK,
         Err(err) => err.status(),
     };
-    access::audit(&caller, Verb::Delete, name.as_str(), None, status.as_u16());
+    access::audit(
+        manager.store(),
+        &caller,
+        Verb::Delete,
+        name.as_str(),
+        None,
+        status.as_u16(),
+    );
     Ok(Json(result?))
 }
 

@@ -384,6 +384,11 @@ impl Manager {
         let _ = self.inner.link.set(link);
     }
 
+    /// The state store (the API appends its audit lines there).
+    pub fn store(&self) -> &StateStore {
+        &self.inner.store
+    }
+
     /// Who may do what through the API.
     pub fn access(&self) -> &crate::api::access::Access {
         &self.inner.config.access
