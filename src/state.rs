@@ -32,6 +32,9 @@ pub struct StoredMount {
     pub created_at: DateTime<Utc>,
     /// Bumped on every re-mount.
     pub generation: u64,
+    /// Who asked for it (`uid:N`, `token:NAME`), when it came through the API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
 }
 
 /// One line of the audit log (`audit.log`, JSON lines, 0600): who changed
@@ -410,6 +413,7 @@ mod tests {
                 spec: spec(),
                 created_at: Utc::now(),
                 generation: 3,
+                created_by: Some("uid:1000".to_string()),
             },
         );
         store.save(&mounts).unwrap();
@@ -458,6 +462,7 @@ mod tests {
             spec: spec(),
             created_at: Utc::now(),
             generation: 1,
+            created_by: None,
         }
     }
 

@@ -740,6 +740,11 @@ fn a_caller_on_the_socket_may_do_what_the_policy_allows_and_nothing_else() {
         &endpoint,
     ]);
     assert!(mine.status.success(), "{mine:?}");
+    let (_, view) = node.call("GET", "/v1/mounts/team-a-x", None);
+    assert_eq!(
+        view["createdBy"], "uid:1000",
+        "who asked is recorded: {view}"
+    );
     let named_wrong = as_user(&[
         "attach",
         "other",

@@ -270,7 +270,7 @@ async fn put_mount(
     );
     let result = match allowed {
         Ok(()) => manager
-            .put(&name, spec.clone())
+            .put_by(&name, spec.clone(), Some(caller.to_string()))
             .await
             .map_err(ApiError::from),
         Err(refused) => Err(refused),

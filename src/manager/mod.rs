@@ -121,6 +121,9 @@ pub struct MountView {
     pub health: Health,
     /// When the dataset was first requested.
     pub created_at: DateTime<Utc>,
+    /// Who asked for it (`uid:N`, `token:NAME`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
     /// Bumped on every re-mount.
     pub generation: u64,
 }
@@ -209,6 +212,7 @@ struct Record {
     last_error: Option<String>,
     health: Health,
     created_at: DateTime<Utc>,
+    created_by: Option<String>,
     generation: u64,
 }
 
@@ -432,6 +436,7 @@ impl Manager {
             last_error: record.last_error.clone(),
             health: record.health.clone(),
             created_at: record.created_at,
+            created_by: record.created_by.clone(),
             generation: record.generation,
         }
     }
@@ -554,6 +559,17 @@ impl Manager {
         name: &DatasetName,
         spec: MountSpec,
     ) -> Result<PutOutcome, ManagerError> {
+        self.put_by(name, spec, None).await
+    }
+
+    /// [`Manager::put`] on behalf of `caller` (recorded as the creator of a
+    /// new dataset).
+    pub async fn put_by(
+        &self,
+        name: &DatasetName,
+        spec: MountSpec,
+        caller: Option<String>,
+    ) -> Result<PutOutcome, ManagerError> {
         let name = name.as_str();
         spec.validate().map_err(ManagerError::InvalidSpec)?;
         // A credentials file outside the credentials directory is refused
@@ -576,7 +592,7 @@ impl Manager {
             return Err(ManagerError::NotReady);
         }
         loop {
-            let (slot, is_new) = self.slot_or_insert(name, &spec);
+            let (slot, is_new) = self.slot_or_insert(name, &spec, caller.clone());
             if is_new {
                 self.refresh_state_gauge();
                 return self.put_new(name, spec, slot).await;
@@ -601,7 +617,12 @@ impl Manager {
     }
 
     /// The slot of `name`, or a new Pending one (true) registered for it.
-    fn slot_or_insert(&self, name: &str, spec: &MountSpec) -> (Arc<Slot>, bool) {
+    fn slot_or_insert(
+        &self,
+        name: &str,
+        spec: &MountSpec,
+        caller: Option<String>,
+    ) -> (Arc<Slot>, bool) {
         let mut slots = lock(&self.inner.slots);
         if let Some(slot) = slots.get(name) {
             return (slot.clone(), false);
@@ -612,6 +633,7 @@ impl Manager {
             last_error: None,
             health: Health::default(),
             created_at: Utc::now(),
+            created_by: caller,
             generation: 1,
         });
         slots.insert(name.to_string(), slot.clone());
@@ -650,6 +672,7 @@ impl Manager {
             spec: spec.clone(),
             created_at: record.created_at,
             generation: record.generation,
+            created_by: record.created_by.clone(),
         };
         if let Err(err) = self
             .persist(|desired| {

@@ -108,6 +108,7 @@ impl Manager {
             last_error: None,
             health: Health::default(),
             created_at: stored.created_at,
+            created_by: stored.created_by.clone(),
             generation: stored.generation,
         });
         lock(&self.inner.slots).insert(name.clone(), slot.clone());
