@@ -23,6 +23,7 @@ APT_PACKAGES=(
   prometheus       # promtool check metrics / check rules / test rules
   python3-yaml     # check-observability.sh reads the rule files
   buildah podman runc binutils                   # the image: build-image.sh, test-image.sh
+  curl openssl     # TLS listener test: a client and a certificate
   util-linux       # unshare, nsenter (mount tier)
   s3fs rclone      # reference S3 clients used in comparisons
   rsync            # conformance: rsync -a into a read-write dataset

@@ -25,6 +25,7 @@ pub struct Cli {
 }
 
 /// The subcommands.
+#[allow(clippy::large_enum_variant)] // parsed once, at start
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
     /// Run the agent.

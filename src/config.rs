@@ -147,6 +147,13 @@ pub struct ServeArgs {
     /// policy's).
     #[arg(long, env = "HOTMOUNT_SOCKET_MODE", value_parser = parse_socket_mode)]
     pub socket_mode: Option<u32>,
+    /// A PEM certificate chain for the TCP API (with --tls-key): it is then
+    /// served over TLS; both files are read again when they change.
+    #[arg(long, env = "HOTMOUNT_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "HOTMOUNT_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// The policy file (TOML): what callers other than uid 0 and admin
     /// tokens may do; read again when it changes [default: none, only
     /// admins act].
@@ -276,6 +283,8 @@ pub struct Config {
     pub s3_request_timeout: Duration,
     /// The unix socket's permission bits.
     pub socket_mode: u32,
+    /// TLS for the TCP API.
+    pub tls: Option<crate::api::tls::TlsFiles>,
 }
 
 /// The variable behind `--handover-format` (tests only).
@@ -378,6 +387,12 @@ impl Config {
                 Some((addr, tokens))
             }
         };
+        if listen.is_none() && args.tls_cert.is_some() {
+            return Err(invalid(
+                "--tls-cert",
+                "TLS is for the TCP API: it needs --listen",
+            ));
+        }
         let mut allowed = args.allow_file_endpoint;
         allowed.extend(file.allow_file_endpoint);
         for dir in &allowed {
@@ -500,6 +515,14 @@ impl Config {
             max_directory_entries,
             metrics_listen: args.metrics_listen.or(file.metrics_listen),
             socket_mode: args.socket_mode.unwrap_or(0o660),
+            tls: match (args.tls_cert, args.tls_key) {
+                (Some(cert), Some(key)) => {
+                    let files = crate::api::tls::TlsFiles { cert, key };
+                    crate::api::tls::acceptor(&files).map_err(|e| invalid("--tls-cert", e))?;
+                    Some(files)
+                }
+                _ => None,
+            },
             s3_request_timeout: positive(
                 "--s3-request-timeout",
                 args.s3_request_timeout,

@@ -130,25 +130,42 @@ pub async fn run_with(
         unix,
         api::router(manager.clone()),
         limits,
+        None,
         stopped(stop_rx.clone()),
     ));
+    // TLS, for the API on TCP only (the metrics listener stays plain).
+    let tls = match &config.tls {
+        Some(files) => Some(
+            api::tls::acceptor(files).map_err(|reason| RunError::Listen {
+                what: "TLS".to_string(),
+                source: std::io::Error::other(reason),
+            })?,
+        ),
+        None => None,
+    };
     let tcp = [
         listeners
             .api
             .zip(config.listen.as_ref())
             .map(|(listener, (_, tokens))| {
                 let router = api::router_with_tokens(manager.clone(), tokens.clone());
-                (listener, router, "the API (bearer tokens required)")
+                (
+                    listener,
+                    router,
+                    "the API (bearer tokens required)",
+                    tls.clone(),
+                )
             }),
         listeners.metrics.map(|listener| {
             (
                 listener,
                 api::metrics_router(manager.clone()),
                 "/metrics (no token)",
+                None,
             )
         }),
     ];
-    for (listener, router, what) in tcp.into_iter().flatten() {
+    for (listener, router, what, tls) in tcp.into_iter().flatten() {
         listener.set_nonblocking(true).map_err(serve_error)?;
         let listener = tokio::net::TcpListener::from_std(listener).map_err(serve_error)?;
         if let Ok(addr) = listener.local_addr() {
@@ -158,6 +175,7 @@ pub async fn run_with(
             listener,
             router,
             limits,
+            tls,
             stopped(stop_rx.clone()),
         ));
     }

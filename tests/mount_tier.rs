@@ -806,3 +806,115 @@ fn a_caller_on_the_socket_may_do_what_the_policy_allows_and_nothing_else() {
     );
     node.assert_nothing_left("team-a-x");
 }
+
+/// A self-signed certificate for 127.0.0.1 in `dir` (cert.pem, key.pem).
+fn self_signed(dir: &Path, name: &str) {
+    support::require_tool("openssl", "openssl");
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", &format!("/CN={name}")])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(dir.join("key.pem.new"))
+        .arg("-out")
+        .arg(dir.join("cert.pem.new"))
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    // Replaced as a certificate manager does: rename over.
+    std::fs::rename(dir.join("key.pem.new"), dir.join("key.pem")).unwrap();
+    std::fs::rename(dir.join("cert.pem.new"), dir.join("cert.pem")).unwrap();
+}
+
+#[test]
+fn the_tcp_api_speaks_tls_and_follows_a_renewed_certificate() {
+    support::require_tool("curl", "curl");
+    let tls = tempfile::tempdir().unwrap();
+    self_signed(tls.path(), "first");
+    let tokens = tls.path().join("tokens");
+    support::write_private_file(&tokens, b"ops operator aaaaaaaaaaaaaaaaaaaaaaaa\n");
+    let [port] = support::free_loopback_ports::<1>();
+    let addr = format!("127.0.0.1:{port}");
+    let node = Node::start(&[
+        "--listen",
+        &addr,
+        "--token-file",
+        tokens.to_str().unwrap(),
+        "--tls-cert",
+        tls.path().join("cert.pem").to_str().unwrap(),
+        "--tls-key",
+        tls.path().join("key.pem").to_str().unwrap(),
+    ]);
+    let ca = tls.path().join("ca.pem");
+    let curl = |url: &str| {
+        std::process::Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "5",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+            ])
+            .arg("--cacert")
+            .arg(&ca)
+            .args(["-H", "Authorization: Bearer aaaaaaaaaaaaaaaaaaaaaaaa", url])
+            .output()
+            .unwrap()
+    };
+    std::fs::copy(tls.path().join("cert.pem"), &ca).unwrap();
+    let https = format!("https://{addr}/readyz");
+    let answered = curl(&https);
+    assert_eq!(
+        String::from_utf8_lossy(&answered.stdout),
+        "200",
+        "{answered:?}"
+    );
+    // In the clear: no answer.
+    let plain = curl(&format!("http://{addr}/readyz"));
+    assert_ne!(String::from_utf8_lossy(&plain.stdout), "200", "{plain:?}");
+    // An operator token without a policy may not mount.
+    let spec = node.file_spec("data").to_string();
+    let refused = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "5", "--cacert"])
+        .arg(&ca)
+        .args([
+            "-H",
+            "Authorization: Bearer aaaaaaaaaaaaaaaaaaaaaaaa",
+            "-X",
+            "PUT",
+            "-d",
+            &spec,
+        ])
+        .arg(format!("https://{addr}/v1/mounts/nope"))
+        .output()
+        .unwrap();
+    let body = String::from_utf8_lossy(&refused.stdout);
+    assert!(
+        body.contains("Forbidden") && body.contains("token:ops"),
+        "{body}"
+    );
+    // A renewed certificate is served without a restart.
+    self_signed(tls.path(), "second");
+    std::fs::copy(tls.path().join("cert.pem"), &ca).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answered = curl(&https);
+        if String::from_utf8_lossy(&answered.stdout) == "200" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the renewed certificate was never served: {answered:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -18,6 +18,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::api::tls::MaybeTls;
+
 /// How long a graceful stop waits for the connections still open.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -113,6 +115,7 @@ pub async fn serve<L: Listener>(
     listener: L,
     router: Router,
     limits: ListenerLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
@@ -149,19 +152,40 @@ pub async fn serve<L: Listener>(
             );
             continue;
         };
-        let connection = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
-            .serve_connection(
-                TokioIo::new(io),
-                // Handlers learn who is calling from the peer.
-                TowerToHyperService::new(router.clone().layer(axum::Extension(peer.clone()))),
-            );
-        let connection = graceful.watch(connection);
+        // Handlers learn who is calling from the peer.
+        let service = TowerToHyperService::new(router.clone().layer(axum::Extension(peer.clone())));
+        let watcher = graceful.watcher();
         let peers = Arc::clone(&peers);
+        let tls = tls.clone();
         tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(error = %err, "connection ended with an error");
+            // The TLS handshake, in this connection's task and within the
+            // header-read timeout (a stalled one costs this slot only).
+            let io = match tls {
+                None => Some(MaybeTls::Plain(io)),
+                Some(acceptor) => {
+                    match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(io))
+                        .await
+                    {
+                        Ok(Ok(stream)) => Some(MaybeTls::Tls(Box::new(stream))),
+                        Ok(Err(err)) => {
+                            tracing::debug!(error = %err, "tls handshake failed");
+                            None
+                        }
+                        Err(_) => {
+                            tracing::debug!("tls handshake timed out");
+                            None
+                        }
+                    }
+                }
+            };
+            if let Some(io) = io {
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(limits.header_read_timeout)
+                    .serve_connection(TokioIo::new(io), service);
+                if let Err(err) = watcher.watch(connection).await {
+                    tracing::debug!(error = %err, "connection ended with an error");
+                }
             }
             peers.remove(&peer);
             drop(slot);

@@ -5,6 +5,7 @@
 pub mod access;
 mod error;
 pub mod listener;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
