@@ -29,26 +29,34 @@ use crate::metrics::Metrics;
 use crate::state::{StateError, StateStore};
 use crate::sys::Mounter;
 
-/// Why the agent stopped with an error.
+/// Why the agent stopped with an error. Each message carries its causes
+/// itself (none is chained as a `source`), so a report prints each cause
+/// once.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// The state directory is unusable.
     #[error(transparent)]
     State(#[from] StateError),
     /// A listener could not be set up.
-    #[error("listen on {what}: {source}")]
+    #[error("listen on {what}: {error}")]
     Listen {
         /// The socket path or address.
         what: String,
         /// The error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Start-up (root, reconcile) failed.
     #[error("start: {0}")]
-    Start(#[from] ManagerError),
+    Start(ManagerError),
     /// A server failed.
     #[error("serve: {0}")]
     Serve(std::io::Error),
+}
+
+impl From<ManagerError> for RunError {
+    fn from(error: ManagerError) -> Self {
+        RunError::Start(error)
+    }
 }
 
 /// The listening sockets of the API: bound by the agent itself, or by the
@@ -68,7 +76,7 @@ pub fn bind_listeners(config: &Config) -> Result<Listeners, RunError> {
     let tcp = |addr: std::net::SocketAddr| {
         std::net::TcpListener::bind(addr).map_err(|source| RunError::Listen {
             what: addr.to_string(),
-            source,
+            error: source,
         })
     };
     Ok(Listeners {
@@ -116,7 +124,7 @@ pub async fn run_with(
     let manager = Manager::new(config.manager.clone(), mounter, store, metrics);
     let serve_error = |source: std::io::Error| RunError::Listen {
         what: "a listener".to_string(),
-        source,
+        error: source,
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -138,7 +146,7 @@ pub async fn run_with(
         Some(files) => Some(
             api::tls::acceptor(files).map_err(|reason| RunError::Listen {
                 what: "TLS".to_string(),
-                source: std::io::Error::other(reason),
+                error: std::io::Error::other(reason),
             })?,
         ),
         None => None,
@@ -216,7 +224,7 @@ fn bind_socket(config: &Config) -> Result<std::os::unix::net::UnixListener, RunE
     let path: &PathBuf = &config.socket;
     let fail = |source| RunError::Listen {
         what: path.display().to_string(),
-        source,
+        error: source,
     };
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(fail)?;

@@ -236,7 +236,7 @@ pub fn channel_from_env() -> Option<Channel> {
 pub async fn run_worker(config: Config, channel: Channel) -> Result<(), RunError> {
     let handover_failed = |source| RunError::Listen {
         what: "the supervisor's handover".to_string(),
-        source,
+        error: source,
     };
     // A standby until the handover comes (`ps` tells them apart).
     name_process(STANDBY_NAME);

@@ -358,6 +358,10 @@ fn an_agent_whose_root_cannot_propagate_refuses_to_start() {
         log.contains("not shared") && log.contains("MountFlags"),
         "{log}"
     );
+    // Each cause printed once per line (an error chain used to repeat it).
+    for line in log.lines() {
+        assert!(line.matches("not shared").count() <= 1, "{line}");
+    }
 }
 
 /// Bind-mounts `dir` read-only over itself (in the test's node namespace).

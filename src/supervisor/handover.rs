@@ -130,7 +130,7 @@ impl Handover {
             let tcp = |addr: std::net::SocketAddr| {
                 std::net::TcpListener::bind(addr).map_err(|source| RunError::Listen {
                     what: addr.to_string(),
-                    source,
+                    error: source,
                 })
             };
             let api = partial.listen.as_ref().map(|(a, _)| tcp(*a)).transpose()?;
@@ -226,7 +226,7 @@ impl Handover {
     ) -> Result<(Listeners, Vec<Resumable>, Option<OwnedFd>), RunError> {
         let missing = || RunError::Listen {
             what: "the supervisor's unix socket".to_string(),
-            source: io::Error::new(io::ErrorKind::NotFound, "not handed over"),
+            error: io::Error::new(io::ErrorKind::NotFound, "not handed over"),
         };
         let mut unix = None;
         let (mut api, mut metrics) = (None, None);

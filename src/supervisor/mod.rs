@@ -72,17 +72,17 @@ pub enum SupervisorError {
     #[error("the worker stopped with an error (see above); not starting it again")]
     WorkerFailed,
     /// A system call failed.
-    #[error("{what}: {source}")]
+    #[error("{what}: {error}")]
     Io {
         /// What was being done.
         what: &'static str,
-        /// The error.
-        source: std::io::Error,
+        /// The error (in the message, not chained: printed once).
+        error: std::io::Error,
     },
 }
 
 fn io_error(what: &'static str) -> impl Fn(std::io::Error) -> SupervisorError {
-    move |source| SupervisorError::Io { what, source }
+    move |error| SupervisorError::Io { what, error }
 }
 
 /// CLOCK_MONOTONIC in nanoseconds (the same clock in every process).

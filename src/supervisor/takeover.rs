@@ -71,7 +71,7 @@ impl SupervisorLock {
             if Instant::now() >= deadline {
                 return Err(SupervisorError::Io {
                     what: "take the supervisor lock (the previous agent kept it)",
-                    source: std::io::Error::from(std::io::ErrorKind::TimedOut),
+                    error: std::io::Error::from(std::io::ErrorKind::TimedOut),
                 });
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -103,10 +103,10 @@ fn connect_to_holder(path: &Path) -> Result<Channel, SupervisorError> {
             {
                 std::thread::sleep(Duration::from_millis(20));
             }
-            Err(source) => {
+            Err(error) => {
                 return Err(SupervisorError::Io {
                     what: "reach the running agent (it holds the supervisor lock) at its takeover socket",
-                    source,
+                    error,
                 });
             }
         }
@@ -133,9 +133,9 @@ pub fn request(config: &Config) -> Result<(Handover, StartReport, Channel), Supe
         Err(err) if err.kind() == std::io::ErrorKind::PermissionDenied => {
             Err(SupervisorError::Refused(err.to_string()))
         }
-        Err(source) => Err(SupervisorError::Io {
+        Err(error) => Err(SupervisorError::Io {
             what: "take the node over",
-            source,
+            error,
         }),
     }
 }
