@@ -109,6 +109,15 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub allow_endpoint: Vec<String>,
+    /// The only places the agent connects to for datasets: HOST[:PORT],
+    /// CIDR[:PORT] or [IPv6-CIDR]:PORT (repeatable); without any, anywhere
+    /// but link-local addresses.
+    #[arg(
+        long = "egress-allow",
+        env = "HOTMOUNT_EGRESS_ALLOW",
+        value_delimiter = ','
+    )]
+    pub egress_allow: Vec<String>,
     /// The only directory S3 credentials files are read from: `{"secret":
     /// NAME}` is `DIR/NAME`, `{"file": PATH}` must resolve beneath it
     /// [default: /etc/hotmount/creds].
@@ -409,7 +418,18 @@ impl Config {
         };
         let mut allowed_hosts = args.allow_endpoint;
         allowed_hosts.extend(file.allow_endpoint);
-        manager.egress = crate::egress::EgressPolicy { allowed_hosts };
+        let only = args
+            .egress_allow
+            .iter()
+            .map(|rule| {
+                rule.parse()
+                    .map_err(|e: String| invalid("--egress-allow", e))
+            })
+            .collect::<Result<_, _>>()?;
+        manager.egress = crate::egress::EgressPolicy {
+            allowed_hosts,
+            only,
+        };
         // Need not exist yet: a Secret volume may come later, and until
         // then credentials files are refused with a clear error.
         manager.credentials_dir = CredentialsDir::new(credentials_dir);

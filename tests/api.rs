@@ -1016,6 +1016,7 @@ async fn an_endpoint_allowed_by_name_passes_the_egress_check() {
         |config| {
             config.egress = hotmount::egress::EgressPolicy {
                 allowed_hosts: vec!["169.254.169.254".to_string()],
+                only: Vec::new(),
             };
         },
     )
@@ -1024,6 +1025,42 @@ async fn an_endpoint_allowed_by_name_passes_the_egress_check() {
     let nfs = json!({"source": {"nfs": {"server": "169.254.169.254", "export": "/x"}}});
     let (status, body) = f.send(Method::PUT, "/v1/mounts/allowed", Some(nfs)).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
+}
+
+#[tokio::test]
+async fn with_egress_rules_only_their_servers_are_reached() {
+    let f = start(
+        tempfile::tempdir().unwrap(),
+        Arc::new(RecordingMounter::new()),
+        |config| {
+            config.egress = hotmount::egress::EgressPolicy {
+                allowed_hosts: Vec::new(),
+                only: vec!["10.0.0.0/8:2049".parse().unwrap()],
+            };
+        },
+    )
+    .await
+    .unwrap();
+    let inside = json!({"source": {"nfs": {"server": "10.0.2.2", "export": "/x"}}});
+    let (status, body) = f.send(Method::PUT, "/v1/mounts/inside", Some(inside)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let outside = json!({"source": {"nfs": {"server": "192.168.7.7", "export": "/x"}}});
+    let (status, body) = f
+        .send(Method::PUT, "/v1/mounts/outside", Some(outside))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(error_code(&body), "EndpointNotAllowed");
+    let other_port =
+        json!({"source": {"nfs": {"server": "10.0.2.2", "export": "/x", "port": 2050}}});
+    let (status, _) = f
+        .send(Method::PUT, "/v1/mounts/port", Some(other_port))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let attempted = f.fake.calls().iter().any(|call| {
+        matches!(call, hotmount::sys::RecordedCall::Mount(request)
+            if request.source.contains("192.168.7.7") || request.data.contains("port=2050"))
+    });
+    assert!(!attempted, "no mount was attempted for a refused server");
 }
 
 #[tokio::test]

@@ -119,7 +119,11 @@ impl Manager {
                 self.inner
                     .config
                     .egress
-                    .check(&nfs.server, &[addr])
+                    .check(
+                        &nfs.server,
+                        nfs.port.unwrap_or(crate::nfs::DEFAULT_PORT),
+                        &[addr],
+                    )
                     .map_err(|source| ManagerError::Egress {
                         name: name.to_string(),
                         source,
@@ -247,14 +251,16 @@ impl Manager {
                     .await
                 {
                     Ok(Ok(found)) => found.map(|a| a.ip()).collect(),
-                    _ => return Ok(()),
+                    // Not resolved: the bucket check will say so, unless
+                    // the egress rules refuse it by name first.
+                    _ => Vec::new(),
                 }
             }
         };
         self.inner
             .config
             .egress
-            .check(&host, &addrs)
+            .check(&host, port, &addrs)
             .map_err(|source| ManagerError::Egress {
                 name: name.to_string(),
                 source,
