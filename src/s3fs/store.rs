@@ -342,10 +342,10 @@ pub fn classify(source: &S3Source, err: object_store::Error) -> StoreError {
         object_store::Error::PermissionDenied { source, .. }
         | object_store::Error::Unauthenticated { source, .. } => StoreError::AccessDenied {
             bucket,
-            reason: error_chain(source.as_ref()),
+            reason: excerpt(&error_chain(source.as_ref())),
         },
         other => {
-            let reason = error_chain(&other);
+            let reason = excerpt(&error_chain(&other));
             if reason.contains("NoSuchBucket") {
                 StoreError::BucketNotFound { bucket, endpoint }
             } else if reason.contains("AccessDenied")
@@ -359,6 +359,36 @@ pub fn classify(source: &S3Source, err: object_store::Error) -> StoreError {
             }
         }
     }
+}
+
+/// The most characters of a backend's words that reach a caller.
+const MAX_EXCERPT_CHARS: usize = 300;
+
+/// A backend's error text as a caller may see it: printable, on one line,
+/// and short (an S3 server chooses its error bodies; a hostile one could
+/// send megabytes or terminal escapes).
+pub fn excerpt(text: &str) -> String {
+    let mut out = String::with_capacity(MAX_EXCERPT_CHARS + 3);
+    let mut chars = 0;
+    let mut last_space = false;
+    for c in text.chars() {
+        let c = if c.is_control() || c.is_whitespace() {
+            ' '
+        } else {
+            c
+        };
+        if c == ' ' && last_space {
+            continue;
+        }
+        last_space = c == ' ';
+        if chars == MAX_EXCERPT_CHARS {
+            out.push('…');
+            break;
+        }
+        out.push(c);
+        chars += 1;
+    }
+    out.trim_end().to_string()
 }
 
 /// The whole `source()` chain of an error on one line.
@@ -473,5 +503,26 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, StoreError::Unreachable { .. }), "{err}");
+    }
+
+    #[test]
+    fn backend_words_reach_a_caller_short_printable_and_on_one_line() {
+        let hostile = format!(
+            "AccessDenied\x1b[31m\r\n<Message>{}</Message>\u{7}",
+            "x".repeat(5_000)
+        );
+        let shown = excerpt(&hostile);
+        assert!(
+            shown.chars().count() <= MAX_EXCERPT_CHARS + 1,
+            "{}",
+            shown.len()
+        );
+        assert!(shown.ends_with('…'));
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert!(
+            shown.starts_with("AccessDenied [31m <Message>"),
+            "{shown:?}"
+        );
+        assert_eq!(excerpt("bucket  gone\n"), "bucket gone");
     }
 }
