@@ -163,6 +163,16 @@ pub struct ServeArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, env = "HOTMOUNT_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// The cluster's service-account signing keys (the JSON of the API
+    /// server's /openid/v1/jwks, read again when it changes): pods may then
+    /// call the TCP API with their projected token (audience `hotmount`),
+    /// as `serviceaccount:NAMESPACE/NAME` in the policy.
+    #[arg(long, env = "HOTMOUNT_SA_JWKS", requires = "sa_issuer")]
+    pub sa_jwks: Option<PathBuf>,
+    /// The issuer of service-account tokens (the API server's
+    /// --service-account-issuer).
+    #[arg(long, env = "HOTMOUNT_SA_ISSUER", requires = "sa_jwks")]
+    pub sa_issuer: Option<String>,
     /// The policy file (TOML): what callers other than uid 0 and admin
     /// tokens may do; read again when it changes [default: none, only
     /// admins act].
@@ -391,11 +401,25 @@ impl Config {
             (Some(addr), Some(path)) => {
                 let text = std::fs::read_to_string(&path)
                     .map_err(|e| invalid("--token-file", format!("{}: {e}", path.display())))?;
-                let tokens = TokenSet::parse(&text)
+                let mut tokens = TokenSet::parse(&text)
                     .map_err(|e| invalid("--token-file", format!("{}: {e}", path.display())))?;
+                if let (Some(jwks), Some(issuer)) = (&args.sa_jwks, &args.sa_issuer) {
+                    let accounts = crate::api::service_account::ServiceAccounts::new(
+                        jwks.clone(),
+                        issuer.clone(),
+                    )
+                    .map_err(|e| invalid("--sa-jwks", e))?;
+                    tokens = tokens.with_service_accounts(accounts);
+                }
                 Some((addr, tokens))
             }
         };
+        if listen.is_none() && args.sa_jwks.is_some() {
+            return Err(invalid(
+                "--sa-jwks",
+                "service-account tokens are for the TCP API: it needs --listen",
+            ));
+        }
         if listen.is_none() && args.tls_cert.is_some() {
             return Err(invalid(
                 "--tls-cert",

@@ -62,6 +62,15 @@ pub enum Caller {
         /// Its role.
         role: Role,
     },
+    /// A Kubernetes service account, by its verified token on TCP.
+    ServiceAccount {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// The pod the token was issued to.
+        pod: Option<String>,
+    },
     /// Nobody known (a socket whose peer credentials could not be read).
     Unknown,
 }
@@ -93,6 +102,9 @@ impl Caller {
             Caller::Token {
                 name: Some(name), ..
             } => Some(format!("token:{name}")),
+            Caller::ServiceAccount {
+                namespace, name, ..
+            } => Some(format!("serviceaccount:{namespace}/{name}")),
             _ => None,
         }
     }
@@ -106,6 +118,14 @@ impl std::fmt::Display for Caller {
                 name: Some(name), ..
             } => write!(f, "token:{name}"),
             Caller::Token { name: None, .. } => write!(f, "token:(unnamed)"),
+            Caller::ServiceAccount {
+                namespace,
+                name,
+                pod,
+            } => match pod {
+                Some(pod) => write!(f, "serviceaccount:{namespace}/{name} (pod {pod})"),
+                None => write!(f, "serviceaccount:{namespace}/{name}"),
+            },
             Caller::Unknown => write!(f, "unknown"),
         }
     }
@@ -185,9 +205,10 @@ impl Policy {
                 }
             }
             for caller in &rule.callers {
-                if !(caller.starts_with("uid:") || caller.starts_with("token:")) {
+                let known = ["uid:", "token:", "serviceaccount:"];
+                if !known.iter().any(|kind| caller.starts_with(kind)) {
                     return Err(format!(
-                        "rule {}: caller {caller:?} is not uid:N or token:NAME",
+                        "rule {}: caller {caller:?} is not uid:N, token:NAME or serviceaccount:NAMESPACE/NAME",
                         index + 1
                     ));
                 }

@@ -5,6 +5,7 @@
 pub mod access;
 mod error;
 pub mod listener;
+pub mod service_account;
 pub mod tls;
 
 use std::sync::Arc;
@@ -36,6 +37,8 @@ pub const MAX_WAIT: Duration = Duration::from_secs(600);
 #[derive(Clone, Default)]
 pub struct TokenSet {
     tokens: Vec<(String, Option<String>, access::Role)>,
+    /// Kubernetes service-account tokens, when the cluster's keys are given.
+    service_accounts: Option<Arc<service_account::ServiceAccounts>>,
 }
 
 impl std::fmt::Debug for TokenSet {
@@ -82,11 +85,29 @@ impl TokenSet {
         if tokens.is_empty() {
             return Err("holds no token".to_string());
         }
-        Ok(TokenSet { tokens })
+        Ok(TokenSet {
+            tokens,
+            service_accounts: None,
+        })
     }
 
-    /// The caller a presented token is, if it is one of ours.
+    /// Also accepts Kubernetes service-account tokens verified by `accounts`.
+    pub fn with_service_accounts(mut self, accounts: service_account::ServiceAccounts) -> Self {
+        self.service_accounts = Some(Arc::new(accounts));
+        self
+    }
+
+    /// The caller a presented token is: one of the file's, else a verified
+    /// service-account token.
     fn caller(&self, presented: &[u8]) -> Option<access::Caller> {
+        self.file_caller(presented).or_else(|| {
+            let accounts = self.service_accounts.as_ref()?;
+            accounts.caller(std::str::from_utf8(presented).ok()?)
+        })
+    }
+
+    /// The caller a token of the file is.
+    fn file_caller(&self, presented: &[u8]) -> Option<access::Caller> {
         // Constant time per token: no early exit on the first differing byte.
         self.tokens.iter().fold(None, |found, (token, name, role)| {
             let token = token.as_bytes();
@@ -479,6 +500,32 @@ mod tests {
                 .contains("unknown role")
         );
         assert!(TokenSet::parse("a b").unwrap_err().contains("line 1"));
+    }
+
+    #[test]
+    fn a_service_account_token_is_a_caller_the_policy_can_name() {
+        use crate::api::service_account::tests::{ISSUER, accounts, token};
+        let (_dir, accounts) = accounts();
+        let set = TokenSet::parse("aaaaaaaaaaaaaaaaaaaa\n")
+            .unwrap()
+            .with_service_accounts(accounts);
+        let jwt = token("cluster-1", ISSUER, service_account::AUDIENCE, 600);
+        let caller = set.caller(jwt.as_bytes()).expect("a verified token");
+        let policy = access::Policy::parse(
+            "[[rule]]\ncallers = [\"serviceaccount:team-a/loader\"]\nverbs = [\"get\"]\nnames = [\"team-a-*\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            policy.allows(&caller, access::Verb::Get, "team-a-x", None, &[]),
+            Ok(())
+        );
+        assert_eq!(
+            caller.to_string(),
+            "serviceaccount:team-a/loader (pod trainer-0)"
+        );
+        // The file's tokens still work beside it.
+        assert!(set.caller(b"aaaaaaaaaaaaaaaaaaaa").is_some());
+        assert!(set.caller(b"bbbbbbbbbbbbbbbbbbbb").is_none());
     }
 
     #[test]
