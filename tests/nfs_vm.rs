@@ -29,10 +29,11 @@ mod support;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use agent::{AgentApi, TOKEN, build_static_agent};
+use agent::{AgentApi, TOKEN};
 use ganesha::{Ganesha, PSEUDO};
 use guest::{Guest, check_assets};
 use serde_json::{Value, json};
+use support::build_static_agent;
 
 /// The agent root in the guest, as `hotmount serve` defaults it.
 const ROOT: &str = "/var/lib/hotmount/mnt";

@@ -18,7 +18,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::{Agent, Garage, Node, children_of, object_bytes, signal, wait_readable, worker_of};
+use support::{
+    Agent, Garage, Node, build_static_agent, children_of, object_bytes, signal, wait_readable,
+    worker_of,
+};
 
 /// Worker kills in the main run (the issue asks for 50;
 /// `HOTMOUNT_SURVIVAL_KILLS` sets another number).
@@ -273,6 +276,9 @@ fn metric(text: &str, series: &str) -> f64 {
 
 #[test]
 fn pods_read_on_through_worker_kills_and_upgrades() {
+    // Upgrades alternate between two different builds of this source: the
+    // debug build cargo made and a release, statically linked one.
+    let other_build = build_static_agent();
     let mut survival = Survival::start(&[]);
     let stop = Arc::new(AtomicBool::new(false));
     let workloads = start_workloads(&survival.node, &stop);
@@ -309,8 +315,9 @@ fn pods_read_on_through_worker_kills_and_upgrades() {
     }
     for upgrade in 0..UPGRADES {
         std::thread::sleep(Duration::from_millis(200));
-        // A second copy of the binary, as a DaemonSet rollout starts one.
-        let options = survival.node.agent.options().clone();
+        // A second agent, as a DaemonSet rollout starts one.
+        let mut options = survival.node.agent.options().clone();
+        options.binary = (upgrade % 2 == 0).then(|| other_build.clone());
         let began = Instant::now();
         let mut newer = Agent::start(options);
         worker_of(newer.pid().unwrap(), None);

@@ -3,8 +3,6 @@
 //! static binary that goes into the guest's initramfs.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -13,36 +11,6 @@ use crate::support::http_tcp;
 
 /// The bearer token the test writes into the guest (`/etc/hotmount/token`).
 pub const TOKEN: &str = "nfs-tier-token-0123456789abcdef";
-
-/// Builds hotmount as a static executable with `scripts/build-static-agent.sh`
-/// (incremental: a second run only checks) and returns its path. The script
-/// picks the target directory (`HOTMOUNT_STATIC_TARGET_DIR`, else `static/` in
-/// `CARGO_TARGET_DIR` or `target/`).
-pub fn build_static_agent() -> PathBuf {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-static-agent.sh");
-    let mut command = Command::new(&script);
-    let started = Instant::now();
-    let output = command
-        .output()
-        .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
-    assert!(
-        output.status.success(),
-        "scripts/build-static-agent.sh failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let path = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
-    assert!(
-        path.is_file(),
-        "build-static-agent.sh named {} which is not a file",
-        path.display()
-    );
-    println!(
-        "nfs-vm: static agent {} ready in {:.1}s",
-        path.display(),
-        started.elapsed().as_secs_f64()
-    );
-    path
-}
 
 /// One API reply.
 #[derive(Debug)]

@@ -2,6 +2,8 @@
 //! supervisor whose child, the worker, does the work; tests kill, stop and
 //! wait for workers by pid.
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// The process name of a serving worker (a standby, started ahead to take
@@ -69,4 +71,36 @@ pub fn signal(pid: u32, signal: nix::sys::signal::Signal) {
     let target = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid fits in i32"));
     nix::sys::signal::kill(target, signal)
         .unwrap_or_else(|e| panic!("signal {signal} to {pid}: {e}"));
+}
+
+/// Builds hotmount as a static executable with `scripts/build-static-agent.sh`
+/// (incremental: a second run only checks) and returns its path. The script
+/// picks the target directory (`HOTMOUNT_STATIC_TARGET_DIR`, else `static/` in
+/// `CARGO_TARGET_DIR` or `target/`).
+/// (Another build of the same source: a release, statically linked binary,
+/// which tests also use as the "new version" in an upgrade.)
+pub fn build_static_agent() -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-static-agent.sh");
+    let mut command = Command::new(&script);
+    let started = Instant::now();
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
+    assert!(
+        output.status.success(),
+        "scripts/build-static-agent.sh failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let path = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+    assert!(
+        path.is_file(),
+        "build-static-agent.sh named {} which is not a file",
+        path.display()
+    );
+    println!(
+        "static agent {} ready in {:.1}s",
+        path.display(),
+        started.elapsed().as_secs_f64()
+    );
+    path
 }
