@@ -43,11 +43,11 @@ mod scan;
 
 pub use crate::s3fs::error::FsError;
 use crate::s3fs::handles::{
-    DirHandle, Handle, HandleEntry, HandleRecord, HandleSnapshot, HandleTable, WriteHandle,
+    DirHandle, Handle, HandleRecord, HandleSnapshot, HandleTable, WriteHandle,
 };
-use crate::s3fs::inodes::{Inode, InodeEntry, InodeSnapshot, InodeTable};
+use crate::s3fs::inodes::{Inode, InodeRecord, InodeSnapshot, InodeTable};
 pub use crate::s3fs::inodes::{NodeKind, ObjectStat, ROOT_INODE};
-use crate::s3fs::journal::{Journal, TableGuard, lock_table};
+use crate::s3fs::journal::{Entry, Journal, JournaledTable, TableGuard, lock_table};
 use crate::s3fs::keys::{MAX_NAME_LEN, SkippedKeys};
 use crate::s3fs::prefetch::{FileReader, PrefetchBudget, RangeReader, ReadStats};
 use crate::s3fs::store::Bucket;
@@ -288,10 +288,10 @@ impl S3Filesystem {
         let inodes = Journal::open(journals.inodes).map_err(|e| replay_error(e.to_string()))?;
         let handles = Journal::open(journals.handles).map_err(|e| replay_error(e.to_string()))?;
         let (inode_entries, torn_inodes) = inodes
-            .replay::<InodeEntry>()
+            .replay::<Entry<InodeRecord>>()
             .map_err(|e| replay_error(e.to_string()))?;
         let (handle_entries, torn_handles) = handles
-            .replay::<HandleEntry>()
+            .replay::<Entry<HandleRecord>>()
             .map_err(|e| replay_error(e.to_string()))?;
         if torn_inodes + torn_handles > 0 {
             tracing::info!(

@@ -9,9 +9,8 @@ use std::sync::{Arc, Mutex};
 use object_store::path::Path as ObjectPath;
 use serde::{Deserialize, Serialize};
 
-use crate::s3fs::fs::SNAPSHOT_FORMAT;
-use crate::s3fs::inodes::{NodeKind, ObjectStat, ReplayError};
-use crate::s3fs::journal::{Journal, JournaledTable, TableJournal};
+use crate::s3fs::inodes::{NodeKind, ObjectStat};
+use crate::s3fs::journal::{Entry, JournaledTable, Keyed, ReplayError, TableJournal, replay};
 use crate::s3fs::prefetch::FileReader;
 use crate::s3fs::write::ObjectWriter;
 
@@ -237,100 +236,36 @@ impl HandleTable {
             },
         })
     }
-
-    /// Starts writing every change to `journal`, beginning with the whole
-    /// table.
-    pub(crate) fn start_journal(&mut self, journal: Journal) {
-        let mut journal = TableJournal {
-            journal,
-            dirty: Vec::new(),
-        };
-        journal.journal.checkpoint(&self.checkpoint_entries());
-        self.journal = Some(journal);
-    }
-
-    fn checkpoint_entries(&self) -> Vec<HandleEntry> {
-        let snapshot = self.snapshot();
-        std::iter::once(HandleEntry::Head {
-            format: SNAPSHOT_FORMAT,
-            next: snapshot.next,
-        })
-        .chain(snapshot.handles.into_iter().map(HandleEntry::Handle))
-        .collect()
-    }
 }
 
-/// One line of a handle journal.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum HandleEntry {
-    /// Starts a checkpoint: the format, and the next handle number.
-    Head {
-        /// [`SNAPSHOT_FORMAT`] of the build that wrote it.
-        format: u32,
-        /// The next handle number.
-        next: u64,
-    },
-    /// A handle as it is now.
-    Handle(HandleRecord),
-    /// A handle the kernel released.
-    Gone(u64),
+impl Keyed for HandleRecord {
+    fn key(&self) -> u64 {
+        self.fh()
+    }
 }
 
 impl HandleSnapshot {
     /// The table a journal describes: its last checkpoint with every entry
     /// after it applied.
-    pub fn replay(entries: Vec<HandleEntry>) -> Result<HandleSnapshot, ReplayError> {
-        let mut entries = entries.into_iter();
-        let mut next = match entries.next() {
-            Some(HandleEntry::Head { format, next }) if format == SNAPSHOT_FORMAT => next,
-            Some(HandleEntry::Head { format, .. }) => {
-                return Err(ReplayError::Format {
-                    found: format,
-                    expected: SNAPSHOT_FORMAT,
-                });
-            }
-            _ => return Err(ReplayError::NoCheckpoint),
-        };
-        let mut handles = std::collections::BTreeMap::new();
-        for entry in entries {
-            match entry {
-                HandleEntry::Head { .. } => {}
-                HandleEntry::Handle(record) => {
-                    next = next.max(record.fh() + 1);
-                    handles.insert(record.fh(), record);
-                }
-                HandleEntry::Gone(fh) => {
-                    next = next.max(fh + 1);
-                    handles.remove(&fh);
-                }
-            }
-        }
-        Ok(HandleSnapshot {
-            next,
-            handles: handles.into_values().collect(),
-        })
+    pub fn replay(entries: Vec<Entry<HandleRecord>>) -> Result<HandleSnapshot, ReplayError> {
+        let (next, handles) = replay(entries)?;
+        Ok(HandleSnapshot { next, handles })
     }
 }
 
 impl JournaledTable for HandleTable {
-    fn flush_journal(&mut self) {
-        let Some(mut journal) = self.journal.take() else {
-            return;
-        };
-        if !journal.dirty.is_empty() {
-            let entries: Vec<HandleEntry> = journal
-                .take_dirty()
-                .into_iter()
-                .map(|fh| match self.record_of(fh) {
-                    Some(record) => HandleEntry::Handle(record),
-                    None => HandleEntry::Gone(fh),
-                })
-                .collect();
-            journal.journal.append(&entries);
-            if journal.journal.wants_checkpoint() {
-                journal.journal.checkpoint(&self.checkpoint_entries());
-            }
-        }
-        self.journal = Some(journal);
+    type Record = HandleRecord;
+
+    fn journal_mut(&mut self) -> &mut Option<TableJournal> {
+        &mut self.journal
+    }
+
+    fn record_of(&self, fh: u64) -> Option<HandleRecord> {
+        HandleTable::record_of(self, fh)
+    }
+
+    fn records(&self) -> (u64, Vec<HandleRecord>) {
+        let snapshot = self.snapshot();
+        (snapshot.next, snapshot.handles)
     }
 }

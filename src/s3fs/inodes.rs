@@ -11,8 +11,7 @@ use object_store::ObjectMeta;
 use object_store::path::Path as ObjectPath;
 use serde::{Deserialize, Serialize};
 
-use crate::s3fs::fs::SNAPSHOT_FORMAT;
-use crate::s3fs::journal::{Journal, JournaledTable, TableJournal};
+use crate::s3fs::journal::{Entry, JournaledTable, Keyed, ReplayError, TableJournal, replay};
 
 /// The inode number of the mount's root (the bucket prefix).
 pub const ROOT_INODE: u64 = 1;
@@ -276,27 +275,6 @@ impl InodeTable {
         })
     }
 
-    /// Starts writing every change to `journal`, beginning with the whole
-    /// table.
-    pub(crate) fn start_journal(&mut self, journal: Journal) {
-        let mut journal = TableJournal {
-            journal,
-            dirty: Vec::new(),
-        };
-        journal.journal.checkpoint(&self.checkpoint_entries());
-        self.journal = Some(journal);
-    }
-
-    fn checkpoint_entries(&self) -> Vec<InodeEntry> {
-        let snapshot = self.snapshot();
-        std::iter::once(InodeEntry::Head {
-            format: SNAPSHOT_FORMAT,
-            next_ino: snapshot.next_ino,
-        })
-        .chain(snapshot.inodes.into_iter().map(InodeEntry::Inode))
-        .collect()
-    }
-
     /// A table from a snapshot: the same node ids, names and lookup counts.
     /// A file that was being written has no object (its upload died with the
     /// process that wrote it): it keeps its node id for the kernel, not its
@@ -339,94 +317,34 @@ impl InodeTable {
     }
 }
 
-/// One line of an inode journal.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum InodeEntry {
-    /// Starts a checkpoint: the format, and the next node id to hand out.
-    Head {
-        /// [`SNAPSHOT_FORMAT`] of the build that wrote it.
-        format: u32,
-        /// The next node id.
-        next_ino: u64,
-    },
-    /// A node id as it is now.
-    Inode(InodeRecord),
-    /// A node id the kernel forgot.
-    Gone(u64),
-}
-
-/// Why a journal cannot be loaded.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ReplayError {
-    /// It was written by a build with another format.
-    #[error("journal format {found}, this build reads {expected}")]
-    Format {
-        /// The journal's format.
-        found: u32,
-        /// This build's.
-        expected: u32,
-    },
-    /// It does not start with a checkpoint.
-    #[error("journal has no checkpoint")]
-    NoCheckpoint,
+impl Keyed for InodeRecord {
+    fn key(&self) -> u64 {
+        self.ino
+    }
 }
 
 impl InodeSnapshot {
     /// The table a journal describes: its last checkpoint with every entry
     /// after it applied.
-    pub fn replay(entries: Vec<InodeEntry>) -> Result<InodeSnapshot, ReplayError> {
-        let mut entries = entries.into_iter();
-        let next_ino = match entries.next() {
-            Some(InodeEntry::Head { format, next_ino }) if format == SNAPSHOT_FORMAT => next_ino,
-            Some(InodeEntry::Head { format, .. }) => {
-                return Err(ReplayError::Format {
-                    found: format,
-                    expected: SNAPSHOT_FORMAT,
-                });
-            }
-            _ => return Err(ReplayError::NoCheckpoint),
-        };
-        let mut next_ino = next_ino;
-        let mut inodes = std::collections::BTreeMap::new();
-        for entry in entries {
-            match entry {
-                InodeEntry::Head { .. } => {}
-                InodeEntry::Inode(record) => {
-                    next_ino = next_ino.max(record.ino + 1);
-                    inodes.insert(record.ino, record);
-                }
-                InodeEntry::Gone(ino) => {
-                    next_ino = next_ino.max(ino + 1);
-                    inodes.remove(&ino);
-                }
-            }
-        }
-        Ok(InodeSnapshot {
-            next_ino,
-            inodes: inodes.into_values().collect(),
-        })
+    pub fn replay(entries: Vec<Entry<InodeRecord>>) -> Result<InodeSnapshot, ReplayError> {
+        let (next_ino, inodes) = replay(entries)?;
+        Ok(InodeSnapshot { next_ino, inodes })
     }
 }
 
 impl JournaledTable for InodeTable {
-    fn flush_journal(&mut self) {
-        let Some(mut journal) = self.journal.take() else {
-            return;
-        };
-        if !journal.dirty.is_empty() {
-            let entries: Vec<InodeEntry> = journal
-                .take_dirty()
-                .into_iter()
-                .map(|ino| match self.record_of(ino) {
-                    Some(record) => InodeEntry::Inode(record),
-                    None => InodeEntry::Gone(ino),
-                })
-                .collect();
-            journal.journal.append(&entries);
-            if journal.journal.wants_checkpoint() {
-                journal.journal.checkpoint(&self.checkpoint_entries());
-            }
-        }
-        self.journal = Some(journal);
+    type Record = InodeRecord;
+
+    fn journal_mut(&mut self) -> &mut Option<TableJournal> {
+        &mut self.journal
+    }
+
+    fn record_of(&self, ino: u64) -> Option<InodeRecord> {
+        InodeTable::record_of(self, ino)
+    }
+
+    fn records(&self) -> (u64, Vec<InodeRecord>) {
+        let snapshot = self.snapshot();
+        (snapshot.next_ino, snapshot.inodes)
     }
 }

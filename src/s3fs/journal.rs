@@ -21,8 +21,10 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::sync::{Mutex, MutexGuard};
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::s3fs::fs::SNAPSHOT_FORMAT;
 
 /// The first page: the checkpoint offset and room to spare.
 const HEADER_BYTES: u64 = 4096;
@@ -196,11 +198,133 @@ fn lines<E: Serialize>(entries: &[E]) -> Vec<u8> {
     text
 }
 
-/// A table kept with a journal: it knows which of its entries changed since
+/// What a journal files a table's record under (a node id, a handle number).
+pub(crate) trait Keyed {
+    /// The record's key.
+    fn key(&self) -> u64;
+}
+
+/// One line of a table journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Entry<R> {
+    /// Starts a checkpoint: the format, and the next key to hand out.
+    Head {
+        /// [`SNAPSHOT_FORMAT`] of the build that wrote it.
+        format: u32,
+        /// The next key (keys are never reused within a mount).
+        next: u64,
+    },
+    /// A record as it is now.
+    Record(R),
+    /// A key the kernel let go of.
+    Gone(u64),
+}
+
+/// Why a journal cannot be loaded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplayError {
+    /// It was written by a build with another format.
+    #[error("journal format {found}, this build reads {expected}")]
+    Format {
+        /// The journal's format.
+        found: u32,
+        /// This build's.
+        expected: u32,
+    },
+    /// It does not start with a checkpoint.
+    #[error("journal has no checkpoint")]
+    NoCheckpoint,
+}
+
+/// The table a journal describes (the next key, the records by key): its
+/// last checkpoint with every entry after it applied.
+pub(crate) fn replay<R: Keyed>(entries: Vec<Entry<R>>) -> Result<(u64, Vec<R>), ReplayError> {
+    let mut entries = entries.into_iter();
+    let mut next = match entries.next() {
+        Some(Entry::Head { format, next }) if format == SNAPSHOT_FORMAT => next,
+        Some(Entry::Head { format, .. }) => {
+            return Err(ReplayError::Format {
+                found: format,
+                expected: SNAPSHOT_FORMAT,
+            });
+        }
+        _ => return Err(ReplayError::NoCheckpoint),
+    };
+    let mut records = std::collections::BTreeMap::new();
+    for entry in entries {
+        match entry {
+            Entry::Head { .. } => {}
+            Entry::Record(record) => {
+                next = next.max(record.key() + 1);
+                records.insert(record.key(), record);
+            }
+            Entry::Gone(key) => {
+                next = next.max(key + 1);
+                records.remove(&key);
+            }
+        }
+    }
+    Ok((next, records.into_values().collect()))
+}
+
+/// A table kept with a journal: it knows which of its records changed since
 /// the last flush, and writes them.
 pub(crate) trait JournaledTable {
+    /// What the journal keeps of one entry of the table.
+    type Record: Serialize + Keyed;
+
+    /// The journal, if the table has one.
+    fn journal_mut(&mut self) -> &mut Option<TableJournal>;
+
+    /// What a new process needs to know of `key` (none: it is gone).
+    fn record_of(&self, key: u64) -> Option<Self::Record>;
+
+    /// The next key and every record, in key order.
+    fn records(&self) -> (u64, Vec<Self::Record>);
+
+    /// Starts writing every change to `journal`, beginning with the whole
+    /// table.
+    fn start_journal(&mut self, journal: Journal) {
+        let mut journal = TableJournal {
+            journal,
+            dirty: Vec::new(),
+        };
+        journal.journal.checkpoint(&checkpoint_entries(self));
+        *self.journal_mut() = Some(journal);
+    }
+
     /// Writes what changed to the journal (nothing without one).
-    fn flush_journal(&mut self);
+    fn flush_journal(&mut self) {
+        let Some(mut journal) = self.journal_mut().take() else {
+            return;
+        };
+        if !journal.dirty.is_empty() {
+            let entries: Vec<Entry<Self::Record>> = journal
+                .take_dirty()
+                .into_iter()
+                .map(|key| match self.record_of(key) {
+                    Some(record) => Entry::Record(record),
+                    None => Entry::Gone(key),
+                })
+                .collect();
+            journal.journal.append(&entries);
+            if journal.journal.wants_checkpoint() {
+                journal.journal.checkpoint(&checkpoint_entries(self));
+            }
+        }
+        *self.journal_mut() = Some(journal);
+    }
+}
+
+/// The whole table as journal lines: a head, then every record.
+fn checkpoint_entries<T: JournaledTable + ?Sized>(table: &T) -> Vec<Entry<T::Record>> {
+    let (next, records) = table.records();
+    std::iter::once(Entry::Head {
+        format: SNAPSHOT_FORMAT,
+        next,
+    })
+    .chain(records.into_iter().map(Entry::Record))
+    .collect()
 }
 
 /// The lock of a journaled table: what changed under it is in the journal
