@@ -363,13 +363,7 @@ pub async fn run_client(command: Command) -> Result<String, CommandError> {
             }
             println!("{attached}");
             hold_until_stopped().await;
-            let reply = request(&args.connect, Method::DELETE, &path, None).await?;
-            let view: MountView = decode(&reply)?;
-            Ok(format!(
-                "{} unmounted from {}",
-                view.name,
-                view.path.display()
-            ))
+            detach(&args.connect, &path).await
         }
         Command::Detach(args) => {
             let path = format!(
@@ -377,13 +371,7 @@ pub async fn run_client(command: Command) -> Result<String, CommandError> {
                 args.name,
                 if args.force { "?force=true" } else { "" }
             );
-            let reply = request(&args.connect, Method::DELETE, &path, None).await?;
-            let view: MountView = decode(&reply)?;
-            Ok(format!(
-                "{} unmounted from {}",
-                view.name,
-                view.path.display()
-            ))
+            detach(&args.connect, &path).await
         }
         Command::Ls(args) => {
             let reply = request(&args.connect, Method::GET, "/v1/mounts", None).await?;
@@ -428,6 +416,17 @@ pub async fn run_client(command: Command) -> Result<String, CommandError> {
             Ok(render_status(&view))
         }
     }
+}
+
+/// DELETEs `path`; what to print.
+async fn detach(connect: &ConnectArgs, path: &str) -> Result<String, CommandError> {
+    let reply = request(connect, Method::DELETE, path, None).await?;
+    let view: MountView = decode(&reply)?;
+    Ok(format!(
+        "{} unmounted from {}",
+        view.name,
+        view.path.display()
+    ))
 }
 
 /// Waits for SIGTERM (a pod ending) or SIGINT.

@@ -73,20 +73,22 @@ pub struct Listeners {
 
 /// Binds every listener `config` asks for.
 pub fn bind_listeners(config: &Config) -> Result<Listeners, RunError> {
-    let tcp = |addr: std::net::SocketAddr| {
-        std::net::TcpListener::bind(addr).map_err(|source| RunError::Listen {
-            what: addr.to_string(),
-            error: source,
-        })
-    };
     Ok(Listeners {
         unix: bind_socket(config)?,
         api: config
             .listen
             .as_ref()
-            .map(|(addr, _)| tcp(*addr))
+            .map(|(addr, _)| bind_tcp(*addr))
             .transpose()?,
-        metrics: config.metrics_listen.map(tcp).transpose()?,
+        metrics: config.metrics_listen.map(bind_tcp).transpose()?,
+    })
+}
+
+/// Binds a TCP listener on `addr`.
+pub(crate) fn bind_tcp(addr: std::net::SocketAddr) -> Result<std::net::TcpListener, RunError> {
+    std::net::TcpListener::bind(addr).map_err(|error| RunError::Listen {
+        what: addr.to_string(),
+        error,
     })
 }
 
@@ -220,7 +222,8 @@ pub async fn run_with(
     }
 }
 
-fn bind_socket(config: &Config) -> Result<std::os::unix::net::UnixListener, RunError> {
+/// Binds the unix socket (a stale one is replaced), with its mode and group.
+pub(crate) fn bind_socket(config: &Config) -> Result<std::os::unix::net::UnixListener, RunError> {
     let path: &PathBuf = &config.socket;
     let fail = |source| RunError::Listen {
         what: path.display().to_string(),

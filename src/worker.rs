@@ -137,10 +137,9 @@ impl Supervision {
             link,
             resumables,
             report,
-            counters,
+            counters: _,
             quiesce,
         } = self;
-        debug_assert!(counters.is_none(), "carry_counters comes first");
         manager.set_link(Arc::clone(&link));
         let metrics = manager.metrics();
         let heartbeat = Arc::clone(&link);

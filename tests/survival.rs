@@ -75,6 +75,18 @@ impl Survival {
         survival
     }
 
+    /// Mounts `scratch`: the same bucket, read-write (written from the node:
+    /// the pods' view is read-only).
+    fn mount_scratch(&self) {
+        let mut spec = self.garage.spec(
+            "data",
+            json!({"file": self.node.credentials_dir().join("credentials")}),
+        );
+        spec["readOnly"] = json!(false);
+        let (status, body) = self.node.call("PUT", "/v1/mounts/scratch", Some(&spec));
+        assert_eq!(status, 201, "{body}");
+    }
+
     fn supervisor(&self) -> u32 {
         self.node.agent.pid().expect("the agent runs")
     }
@@ -572,13 +584,7 @@ fn when_the_supervisor_dies_the_next_start_mounts_again_at_the_same_path() {
 #[test]
 fn a_write_in_flight_at_a_crash_fails_cleanly_and_leaves_no_object() {
     let survival = Survival::start(&[]);
-    let mut spec = survival.garage.spec(
-        "data",
-        json!({"file": survival.node.credentials_dir().join("credentials")}),
-    );
-    spec["readOnly"] = json!(false);
-    let (status, body) = survival.node.call("PUT", "/v1/mounts/scratch", Some(&spec));
-    assert_eq!(status, 201, "{body}");
+    survival.mount_scratch();
     let worker = worker_of(survival.supervisor(), None);
     // A writer on the node (the pods' view is read-only).
     let path = survival.node.root().join("scratch/upload.bin");
@@ -779,13 +785,7 @@ fn wait_until_settled(node: &Node) {
 #[test]
 fn at_an_upgrade_open_writers_finish_in_the_old_worker() {
     let mut survival = Survival::start(&[]);
-    let mut spec = survival.garage.spec(
-        "data",
-        json!({"file": survival.node.credentials_dir().join("credentials")}),
-    );
-    spec["readOnly"] = json!(false);
-    let (status, body) = survival.node.call("PUT", "/v1/mounts/scratch", Some(&spec));
-    assert_eq!(status, 201, "{body}");
+    survival.mount_scratch();
     let old_supervisor = survival.supervisor();
     let path = survival.node.root().join("scratch/during.bin");
     let mut file = std::fs::File::create(&path).unwrap();

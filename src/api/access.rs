@@ -436,6 +436,30 @@ impl Access {
     }
 }
 
+impl Access {
+    /// The `items` (named by `name`) that `caller` may get: the policy is
+    /// looked at once for all of them.
+    pub fn retain_gettable<T>(
+        &self,
+        caller: &Caller,
+        mut items: Vec<T>,
+        name: impl Fn(&T) -> &str,
+    ) -> Vec<T> {
+        if caller.is_admin() {
+            return items;
+        }
+        self.refresh();
+        let loaded = self.lock();
+        items.retain(|item| {
+            loaded
+                .policy
+                .allows(caller, Verb::Get, name(item), None, &[])
+                .is_ok()
+        });
+        items
+    }
+}
+
 fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }

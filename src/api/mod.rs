@@ -269,11 +269,6 @@ async fn identify(mut request: Request, next: Next) -> Response {
     next.run(request).await
 }
 
-/// The names of every dataset (for per-rule limits).
-fn dataset_names(manager: &Manager) -> Vec<String> {
-    manager.list().into_iter().map(|view| view.name).collect()
-}
-
 async fn put_mount(
     State(manager): State<Manager>,
     Extension(caller): Extension<Caller>,
@@ -288,7 +283,7 @@ async fn put_mount(
         Verb::Put,
         name.as_str(),
         Some(&spec),
-        &dataset_names(&manager),
+        &manager.names(),
     );
     let result = match allowed {
         Ok(()) => manager
@@ -418,15 +413,7 @@ async fn list_mounts(
     let access = manager.access();
     access.authorize(&caller, Verb::List, "", None, &[])?;
     // Only what the caller may get.
-    let items = manager
-        .list()
-        .into_iter()
-        .filter(|view| {
-            access
-                .authorize(&caller, Verb::Get, &view.name, None, &[])
-                .is_ok()
-        })
-        .collect();
+    let items = access.retain_gettable(&caller, manager.list(), |view| view.name.as_str());
     Ok(Json(MountList { items }))
 }
 

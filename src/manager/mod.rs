@@ -388,6 +388,11 @@ impl Manager {
         let _ = self.inner.link.set(link);
     }
 
+    /// The names of every dataset (for per-rule limits).
+    pub fn names(&self) -> Vec<String> {
+        lock(&self.inner.slots).keys().cloned().collect()
+    }
+
     /// The state store (the API appends its audit lines there).
     pub fn store(&self) -> &StateStore {
         &self.inner.store

@@ -131,21 +131,21 @@ impl Manager {
             SourceSpec::S3(_) => self.take_resumed(&name, &existing),
             SourceSpec::Nfs(_) => None,
         };
-        if let Some(fuse) = resumed {
-            // The connection a dead worker served, served again.
-            slot.set_attached(Attached::Fuse(fuse));
+        // The connection a dead worker served (served again), or a kernel
+        // mount already in place.
+        let kept = match resumed {
+            Some(fuse) => Some((
+                Attached::Fuse(fuse),
+                "kept the mount, served by this worker",
+            )),
+            None if adoptable => Some((Attached::Kernel, "adopted the mount already in place")),
+            None => None,
+        };
+        if let Some((attached, how)) = kept {
+            slot.set_attached(attached);
             self.set_state(&slot, MountState::Mounted, None);
             self.set_healthy(&name, &spec, true);
-            tracing::info!(dataset = name, "kept the mount, served by this worker");
-            drop(_op);
-            self.spawn_probe(&name, &slot);
-            return None;
-        }
-        if adoptable {
-            slot.set_attached(Attached::Kernel);
-            self.set_state(&slot, MountState::Mounted, None);
-            self.set_healthy(&name, &spec, true);
-            tracing::info!(dataset = name, "adopted the mount already in place");
+            tracing::info!(dataset = name, "{how}");
             drop(_op);
             self.spawn_probe(&name, &slot);
             return None;

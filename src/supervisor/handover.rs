@@ -105,49 +105,16 @@ impl Handover {
                 .and_then(|listener| listener.local_addr())
                 .is_ok_and(|bound| bound == addr),
         });
-        let missing = |kind: ListenerKind| {
-            wanted(kind).is_some() && !self.listeners.iter().any(|(held, _)| *held == kind)
-        };
-        let (unix, api, metrics) = (
-            missing(ListenerKind::Unix),
-            missing(ListenerKind::Api),
-            missing(ListenerKind::Metrics),
-        );
-        if !(unix || api || metrics) {
-            return Ok(());
-        }
-        let mut partial = config.clone();
-        if !api {
-            partial.listen = None;
-        }
-        if !metrics {
-            partial.metrics_listen = None;
-        }
-        let bound = if unix {
-            crate::bind_listeners(&partial)?
-        } else {
-            // Only TCP listeners are missing: the unix socket is held.
-            let tcp = |addr: std::net::SocketAddr| {
-                std::net::TcpListener::bind(addr).map_err(|source| RunError::Listen {
-                    what: addr.to_string(),
-                    error: source,
-                })
-            };
-            let api = partial.listen.as_ref().map(|(a, _)| tcp(*a)).transpose()?;
-            let metrics = partial.metrics_listen.map(tcp).transpose()?;
-            for (kind, listener) in [(ListenerKind::Api, api), (ListenerKind::Metrics, metrics)] {
-                if let Some(listener) = listener {
-                    self.listeners.push((kind, listener.into()));
-                }
+        for kind in [ListenerKind::Unix, ListenerKind::Api, ListenerKind::Metrics] {
+            if self.listeners.iter().any(|(held, _)| *held == kind) {
+                continue;
             }
-            return Ok(());
-        };
-        self.listeners.push((ListenerKind::Unix, bound.unix.into()));
-        if let Some(api) = bound.api {
-            self.listeners.push((ListenerKind::Api, api.into()));
-        }
-        if let Some(metrics) = bound.metrics {
-            self.listeners.push((ListenerKind::Metrics, metrics.into()));
+            let fd: OwnedFd = match wanted(kind) {
+                None => continue,
+                Some(None) => crate::bind_socket(config)?.into(),
+                Some(Some(addr)) => crate::bind_tcp(addr)?.into(),
+            };
+            self.listeners.push((kind, fd));
         }
         Ok(())
     }

@@ -166,7 +166,9 @@ pub async fn supervise(config: Config) -> Result<(), SupervisorError> {
     loop {
         // The standby (started and waiting) takes over at once; a new one
         // is started to wait for the next time.
-        let ready_standby = standby.take().filter(Worker::is_running);
+        let ready_standby = standby
+            .take()
+            .and_then(|mut worker| worker.is_running().then_some(worker));
         let launched = match ready_standby {
             Some(worker) => Ok(worker),
             None => launch_worker(),
@@ -332,18 +334,9 @@ fn launch_worker() -> std::io::Result<Worker> {
 
 impl Worker {
     /// Whether the process still runs (a standby may have been killed).
-    fn is_running(&self) -> bool {
-        let Some(pid) = self.child.id() else {
-            return false;
-        };
-        // Signal 0: does it exist (not yet reaped)?
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
-            && !matches!(
-                std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                    .ok()
-                    .and_then(|stat| stat.rsplit(") ").next().map(|s| s.starts_with('Z'))),
-                Some(true) | None
-            )
+    fn is_running(&mut self) -> bool {
+        // Reaps it if it exited.
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Hands the worker everything it serves. If it cannot take it (it
