@@ -22,7 +22,7 @@ APT_PACKAGES=(
   fuse3            # fusermount3, /dev/fuse userspace side (s3 tier)
   prometheus       # promtool check metrics / check rules / test rules
   python3-yaml     # check-observability.sh reads the rule files
-  buildah podman runc binutils                   # the image: build-image.sh, test-image.sh
+  buildah podman runc binutils skopeo            # the image: build-image.sh, test-image.sh
   curl openssl     # TLS listener test: a client and a certificate
   util-linux       # unshare, nsenter (mount tier)
   s3fs rclone      # reference S3 clients used in comparisons

@@ -23,6 +23,18 @@ image=$("${podman[@]}" load -q -i "$archive" | awk '{print $NF}')
 cleanup() { "${podman[@]}" rmi -f "$image" >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 
+# The README's push command reads the archive with skopeo: it must, and the
+# OCI labels must say what was built.
+command -v skopeo >/dev/null || fail "skopeo is missing: apt-get install skopeo (scripts/setup-test-env.sh installs it)"
+copied=$(mktemp -d)
+skopeo copy -q "oci-archive:$archive" "dir:$copied" || fail "skopeo cannot read $archive"
+rm -rf "$copied"
+labels=$(skopeo inspect "oci-archive:$archive")
+for label in org.opencontainers.image.version org.opencontainers.image.revision \
+  org.opencontainers.image.source org.opencontainers.image.licenses; do
+  grep -q "\"$label\"" <<<"$labels" || fail "the image has no $label label"
+done
+
 version=$("${podman[@]}" run --rm --network none "${limits[@]}" "$image" --version)
 [ "$version" = "hotmount $(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)" ] \
   || fail "--version in the image said: $version"

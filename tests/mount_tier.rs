@@ -809,6 +809,38 @@ fn a_caller_on_the_socket_may_do_what_the_policy_allows_and_nothing_else() {
         "{audit}"
     );
     node.assert_nothing_left("team-a-x");
+    // A broken change keeps the last good policy, and /readyz says so.
+    std::fs::write(
+        &policy,
+        "[[rule]]\ncallers = [\"uid:1000\"]\nverbs = [\"fly\"]\n",
+    )
+    .unwrap();
+    let later = std::time::SystemTime::now() + Duration::from_secs(4);
+    std::fs::File::options()
+        .write(true)
+        .open(&policy)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    let (_, readiness) = node.call("GET", "/readyz", None);
+    assert!(
+        readiness
+            .to_string()
+            .contains("last good one stays in force"),
+        "{readiness}"
+    );
+    let again = as_user(&[
+        "attach",
+        "team-a-y",
+        "--s3",
+        "s3://data",
+        "--endpoint",
+        &endpoint,
+    ]);
+    assert!(
+        again.status.success(),
+        "the last good policy still allows it: {again:?}"
+    );
 }
 
 /// A self-signed certificate for 127.0.0.1 in `dir` (cert.pem, key.pem).
@@ -921,4 +953,13 @@ fn the_tcp_api_speaks_tls_and_follows_a_renewed_certificate() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // A broken pair (a key that is not one) keeps the last good certificate.
+    std::fs::write(tls.path().join("key.pem"), b"not a key\n").unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let answered = curl(&https);
+    assert_eq!(
+        String::from_utf8_lossy(&answered.stdout),
+        "200",
+        "{answered:?}"
+    );
 }
