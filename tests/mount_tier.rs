@@ -714,13 +714,7 @@ fn a_caller_on_the_socket_may_do_what_the_policy_allows_and_nothing_else() {
         ),
     )
     .unwrap();
-    let later = std::time::SystemTime::now() + Duration::from_secs(2);
-    std::fs::File::options()
-        .write(true)
-        .open(&policy)
-        .unwrap()
-        .set_modified(later)
-        .unwrap();
+    support::mark_changed(&policy, Duration::from_secs(2));
     let socket = node.agent.socket().to_str().unwrap().to_string();
     let as_user = |args: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_hotmount"))
@@ -815,13 +809,7 @@ fn a_caller_on_the_socket_may_do_what_the_policy_allows_and_nothing_else() {
         "[[rule]]\ncallers = [\"uid:1000\"]\nverbs = [\"fly\"]\n",
     )
     .unwrap();
-    let later = std::time::SystemTime::now() + Duration::from_secs(4);
-    std::fs::File::options()
-        .write(true)
-        .open(&policy)
-        .unwrap()
-        .set_modified(later)
-        .unwrap();
+    support::mark_changed(&policy, Duration::from_secs(4));
     let (_, readiness) = node.call("GET", "/readyz", None);
     assert!(
         readiness
