@@ -16,6 +16,8 @@ FOREIGN_GARAGE_BUILD_LOG=/tmp/garage-build.log
 FOREIGN_GARAGE_BUILD_WAIT_SECONDS=1800
 # kubernetes-validate (PyPI) checks the manifests; it carries its schemas.
 KUBERNETES_VALIDATE_VERSION="1.37.0"
+# Schemathesis (PyPI) runs api/openapi.yaml against a real agent (check-api-contract.sh).
+SCHEMATHESIS_VERSION="4.32.5"
 VENV="$CACHE_ROOT/venv"
 
 APT_PACKAGES=(
@@ -25,9 +27,11 @@ APT_PACKAGES=(
   buildah podman runc binutils skopeo            # the image: build-image.sh, test-image.sh
   curl openssl     # TLS listener test: a client and a certificate
   util-linux       # unshare, nsenter (mount tier)
+  socat iproute2   # check-api-contract.sh: the unix socket bridged to TCP; lo in a netns
   s3fs rclone      # reference S3 clients used in comparisons
   rsync            # conformance: rsync -a into a read-write dataset
-  systemd          # systemd-analyze verify of the unit (check-manifests.sh)
+  systemd          # systemd-analyze verify of the unit (check-manifests.sh); systemd as
+                   # PID 1 of a test machine running the unit (tests/systemd_unit.rs)
   qemu-system-x86 busybox-static cpio xz-utils   # nfs tier: kernel under qemu
   nfs-ganesha nfs-ganesha-vfs                    # nfs tier: user-space NFS server
 )
@@ -139,6 +143,20 @@ install_kubernetes_validate() {
   echo "installed kubernetes-validate $KUBERNETES_VALIDATE_VERSION in $VENV"
 }
 
+install_schemathesis() {
+  if [ -x "$VENV/bin/schemathesis" ] \
+    && "$VENV/bin/schemathesis" --version 2>&1 | grep -q "$SCHEMATHESIS_VERSION"; then
+    echo "cached in $VENV"
+    return 0
+  fi
+  mkdir -p "$CACHE_ROOT"
+  [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION"
+  "$VENV/bin/schemathesis" --version 2>&1 | grep -q "$SCHEMATHESIS_VERSION" \
+    || { echo "schemathesis $SCHEMATHESIS_VERSION does not run after pip install" >&2; return 1; }
+  echo "installed schemathesis $SCHEMATHESIS_VERSION in $VENV"
+}
+
 check_garage() {
   "$GARAGE_BIN" --version 2>&1 | head -n 1 | grep -q "$GARAGE_VERSION" \
     || { echo "$GARAGE_BIN does not report version $GARAGE_VERSION" >&2; return 1; }
@@ -154,4 +172,5 @@ step "garage $GARAGE_VERSION" install_garage
 step "garage runs" check_garage
 # The nfs tier's guest kernel and modules (Debian's current kernel package).
 step "kubernetes-validate" install_kubernetes_validate
+step "schemathesis" install_schemathesis
 step "nfs guest kernel" bash -c 'scripts/nfs-vm-assets.sh && echo "cached: $(cat "${HOTMOUNT_CACHE:-/var/cache/hotmount}/nfs-vm/kernel-version")"'

@@ -47,6 +47,11 @@ t=$(date +%s)
 scripts/check-observability.sh
 echo "test.sh: alerts and dashboard ok ($(elapsed "$t"))"
 
+# api/openapi.yaml against a real agent, on the unix socket and on TCP+TLS.
+t=$(date +%s)
+scripts/check-api-contract.sh
+echo "test.sh: api contract ok ($(elapsed "$t"))"
+
 t=$(date +%s)
 scripts/build-image.sh
 scripts/test-image.sh

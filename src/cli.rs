@@ -91,6 +91,9 @@ pub struct AttachArgs {
     /// The S3 dataset never changes: cache metadata without expiry.
     #[arg(long, requires = "s3")]
     pub immutable: bool,
+    /// Keep this dataset's bytes out of the node cache.
+    #[arg(long)]
+    pub no_cache: bool,
     /// Owner (uid) of every file and directory of an S3 dataset [default: 0].
     #[arg(long, requires = "s3")]
     pub uid: Option<u32>,
@@ -252,6 +255,7 @@ pub fn spec_from_attach(args: &AttachArgs) -> Result<MountSpec, CommandError> {
                 .map(S3Credentials::Secret)
                 .or_else(|| args.credentials_file.clone().map(S3Credentials::File)),
             immutable: args.immutable,
+            cache: !args.no_cache,
             uid: args.uid,
             gid: args.gid,
             file_mode: args.file_mode,

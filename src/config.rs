@@ -167,11 +167,42 @@ pub struct ServeArgs {
     /// server's /openid/v1/jwks, read again when it changes): pods may then
     /// call the TCP API with their projected token (audience `hotmount`),
     /// as `serviceaccount:NAMESPACE/NAME` in the policy.
-    #[arg(long, env = "HOTMOUNT_SA_JWKS", requires = "sa_issuer")]
+    #[arg(
+        long,
+        env = "HOTMOUNT_SA_JWKS",
+        group = "sa_keys",
+        requires = "sa_issuer"
+    )]
     pub sa_jwks: Option<PathBuf>,
+    /// Instead of --sa-jwks: fetch the signing keys from the API server
+    /// (e.g. https://kubernetes.default.svc/openid/v1/jwks) with the
+    /// agent's own token, again when a token names a new key and every 10
+    /// minutes; a failed fetch keeps the last good keys.
+    #[arg(
+        long,
+        env = "HOTMOUNT_SA_JWKS_URL",
+        group = "sa_keys",
+        requires = "sa_issuer"
+    )]
+    pub sa_jwks_url: Option<String>,
+    /// The bearer token --sa-jwks-url is fetched with.
+    #[arg(
+        long,
+        env = "HOTMOUNT_SA_API_TOKEN",
+        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    )]
+    pub sa_api_token: PathBuf,
+    /// The CA certificates (PEM) --sa-jwks-url is checked against; `system`
+    /// for the system's roots.
+    #[arg(
+        long,
+        env = "HOTMOUNT_SA_API_CA",
+        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+    )]
+    pub sa_api_ca: String,
     /// The issuer of service-account tokens (the API server's
     /// --service-account-issuer).
-    #[arg(long, env = "HOTMOUNT_SA_ISSUER", requires = "sa_jwks")]
+    #[arg(long, env = "HOTMOUNT_SA_ISSUER", requires = "sa_keys")]
     pub sa_issuer: Option<String>,
     /// The policy file (TOML): what callers other than uid 0 and admin
     /// tokens may do; read again when it changes [default: none, only
@@ -211,6 +242,14 @@ pub struct ServeArgs {
     /// past it a write waits, then fails with ENOSPC [default: 256MiB].
     #[arg(long, env = "HOTMOUNT_WRITE_MEMORY", value_parser = parse_size)]
     pub write_memory: Option<u64>,
+    /// A directory on the node's disk for the node cache: blocks of S3
+    /// objects read once, shared by every dataset, kept across restarts
+    /// [default: no cache].
+    #[arg(long, env = "HOTMOUNT_CACHE_DIR", requires = "cache_size")]
+    pub cache_dir: Option<PathBuf>,
+    /// The most the node cache holds (least recently used blocks go first).
+    #[arg(long, env = "HOTMOUNT_CACHE_SIZE", value_parser = parse_size, requires = "cache_dir")]
+    pub cache_size: Option<u64>,
     /// Unmount FUSE mounts on SIGTERM (NFS mounts always stay).
     #[arg(long, env = "HOTMOUNT_UNMOUNT_FUSE_ON_STOP")]
     pub unmount_fuse_on_stop: bool,
@@ -244,7 +283,31 @@ struct FileConfig {
     fuse_threads: Option<usize>,
     prefetch_memory: Option<String>,
     write_memory: Option<String>,
+    cache_dir: Option<PathBuf>,
+    cache_size: Option<String>,
     unmount_fuse_on_stop: Option<bool>,
+}
+
+/// Where the node cache lives, and how much it may hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheSettings {
+    /// Its directory.
+    pub dir: PathBuf,
+    /// Its size limit in bytes.
+    pub size: u64,
+}
+
+/// A size from its flag, else from the config file's text.
+fn size_setting(
+    flag: &'static str,
+    from_flag: Option<u64>,
+    from_file: &Option<String>,
+) -> Result<Option<u64>, ConfigError> {
+    match (from_flag, from_file) {
+        (Some(bytes), _) => Ok(Some(bytes)),
+        (None, Some(text)) => parse_size(text).map(Some).map_err(|e| invalid(flag, e)),
+        (None, None) => Ok(None),
+    }
 }
 
 /// A bad setting: which one, and why.
@@ -275,6 +338,28 @@ fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
+/// The service-account key source the flags name, if any.
+fn service_accounts(
+    args: &ServeArgs,
+) -> Result<Option<crate::api::service_account::ServiceAccounts>, ConfigError> {
+    use crate::api::service_account::ServiceAccounts;
+    let Some(issuer) = args.sa_issuer.clone() else {
+        return Ok(None);
+    };
+    if let Some(jwks) = &args.sa_jwks {
+        return ServiceAccounts::from_file(jwks.clone(), issuer)
+            .map(Some)
+            .map_err(|e| invalid("--sa-jwks", e));
+    }
+    let Some(url) = &args.sa_jwks_url else {
+        return Ok(None);
+    };
+    let ca = (args.sa_api_ca != "system").then(|| PathBuf::from(&args.sa_api_ca));
+    ServiceAccounts::from_api_server(url, args.sa_api_token.clone(), ca, issuer)
+        .map(Some)
+        .map_err(|e| invalid("--sa-jwks-url", e))
+}
+
 /// The validated configuration of `hotmount serve`.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -300,6 +385,8 @@ pub struct Config {
     pub supervision: SupervisionConfig,
     /// How long one S3 request may take.
     pub s3_request_timeout: Duration,
+    /// The node cache (`--cache-dir`, `--cache-size`).
+    pub cache: Option<CacheSettings>,
     /// The unix socket's permission bits.
     pub socket_mode: u32,
     /// TLS for the TCP API.
@@ -334,6 +421,7 @@ pub struct SupervisionConfig {
 impl Config {
     /// Merges flags, variables and the file, and validates the result.
     pub fn from_args(args: ServeArgs) -> Result<Config, ConfigError> {
+        let accounts = service_accounts(&args)?;
         let file = match &args.config {
             None => FileConfig::default(),
             Some(path) => {
@@ -403,18 +491,13 @@ impl Config {
                     .map_err(|e| invalid("--token-file", format!("{}: {e}", path.display())))?;
                 let mut tokens = TokenSet::parse(&text)
                     .map_err(|e| invalid("--token-file", format!("{}: {e}", path.display())))?;
-                if let (Some(jwks), Some(issuer)) = (&args.sa_jwks, &args.sa_issuer) {
-                    let accounts = crate::api::service_account::ServiceAccounts::new(
-                        jwks.clone(),
-                        issuer.clone(),
-                    )
-                    .map_err(|e| invalid("--sa-jwks", e))?;
+                if let Some(accounts) = accounts {
                     tokens = tokens.with_service_accounts(accounts);
                 }
                 Some((addr, tokens))
             }
         };
-        if listen.is_none() && args.sa_jwks.is_some() {
+        if listen.is_none() && (args.sa_jwks.is_some() || args.sa_jwks_url.is_some()) {
             return Err(invalid(
                 "--sa-jwks",
                 "service-account tokens are for the TCP API: it needs --listen",
@@ -517,21 +600,31 @@ impl Config {
             }
             manager.fuse_threads = threads;
         }
-        let prefetch_memory = match (args.prefetch_memory, &file.prefetch_memory) {
-            (Some(bytes), _) => Some(bytes),
-            (None, Some(text)) => {
-                Some(parse_size(text).map_err(|e| invalid("--prefetch-memory", e))?)
-            }
-            (None, None) => None,
-        };
+        let prefetch_memory = size_setting(
+            "--prefetch-memory",
+            args.prefetch_memory,
+            &file.prefetch_memory,
+        )?;
         if let Some(bytes) = prefetch_memory {
             manager.prefetch_budget = crate::s3fs::PrefetchBudget::new(bytes);
         }
-        let write_memory = match (args.write_memory, &file.write_memory) {
-            (Some(bytes), _) => Some(bytes),
-            (None, Some(text)) => Some(parse_size(text).map_err(|e| invalid("--write-memory", e))?),
+        let cache_dir = args.cache_dir.or(file.cache_dir);
+        let cache_size = size_setting("--cache-size", args.cache_size, &file.cache_size)?;
+        let cache = match (cache_dir, cache_size) {
             (None, None) => None,
+            (Some(dir), Some(size)) => {
+                if dir.starts_with(&manager.root) || manager.root.starts_with(&dir) {
+                    return Err(invalid(
+                        "--cache-dir",
+                        "must not contain or sit inside --root (pods would see it)",
+                    ));
+                }
+                Some(CacheSettings { dir, size })
+            }
+            (Some(_), None) => return Err(invalid("--cache-dir", "needs --cache-size")),
+            (None, Some(_)) => return Err(invalid("--cache-size", "needs --cache-dir")),
         };
+        let write_memory = size_setting("--write-memory", args.write_memory, &file.write_memory)?;
         if let Some(bytes) = write_memory {
             if bytes < crate::s3fs::write::WriteBudget::MIN_BYTES {
                 return Err(invalid(
@@ -550,6 +643,7 @@ impl Config {
         manager.unmount_fuse_on_stop =
             args.unmount_fuse_on_stop || file.unmount_fuse_on_stop.unwrap_or(false);
         Ok(Config {
+            cache,
             socket,
             socket_group: args.socket_group.or(file.socket_group),
             listen,

@@ -11,6 +11,7 @@ pub mod manager;
 pub mod memory;
 pub mod metrics;
 pub mod nfs;
+pub mod operation;
 pub mod s3fs;
 pub mod spec;
 pub mod state;
@@ -51,6 +52,14 @@ pub enum RunError {
     /// A server failed.
     #[error("serve: {0}")]
     Serve(std::io::Error),
+    /// The node cache directory cannot be used.
+    #[error("node cache {dir}: {error}")]
+    Cache {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// The error.
+        error: std::io::Error,
+    },
 }
 
 impl From<ManagerError> for RunError {
@@ -86,10 +95,22 @@ pub fn bind_listeners(config: &Config) -> Result<Listeners, RunError> {
 
 /// Binds a TCP listener on `addr`.
 pub(crate) fn bind_tcp(addr: std::net::SocketAddr) -> Result<std::net::TcpListener, RunError> {
-    std::net::TcpListener::bind(addr).map_err(|error| RunError::Listen {
+    let fail = |error| RunError::Listen {
         what: addr.to_string(),
         error,
-    })
+    };
+    let listener = std::net::TcpListener::bind(addr).map_err(fail)?;
+    deepen_backlog(&listener).map_err(fail)?;
+    Ok(listener)
+}
+
+/// Gives a listener the system's longest accept queue (std's is 128): a
+/// burst of connections (an attacker's, closed at once by the per-peer
+/// limit) must not overflow it, or a legitimate client's SYN is dropped
+/// and retried only a second later.
+fn deepen_backlog(listener: &impl std::os::fd::AsFd) -> std::io::Result<()> {
+    nix::sys::socket::listen(listener, nix::sys::socket::Backlog::MAXCONN)
+        .map_err(std::io::Error::from)
 }
 
 /// Runs the agent until `shutdown` completes: serves the API (answering
@@ -123,7 +144,17 @@ pub async fn run_with(
         supervision.carry_counters(&metrics);
     }
     let store = StateStore::open(&config.state_dir)?;
-    let manager = Manager::new(config.manager.clone(), mounter, store, metrics);
+    let mut manager_config = config.manager.clone();
+    if let Some(cache) = &config.cache {
+        let opened =
+            s3fs::node_cache::NodeCache::open(&cache.dir, cache.size, Arc::clone(&metrics))
+                .map_err(|error| RunError::Cache {
+                    dir: cache.dir.clone(),
+                    error,
+                })?;
+        manager_config.node_cache = Some(opened);
+    }
+    let manager = Manager::new(manager_config, mounter, store, metrics);
     let serve_error = |source: std::io::Error| RunError::Listen {
         what: "a listener".to_string(),
         error: source,
@@ -238,6 +269,7 @@ pub(crate) fn bind_socket(config: &Config) -> Result<std::os::unix::net::UnixLis
         Err(e) => return Err(fail(e)),
     }
     let listener = std::os::unix::net::UnixListener::bind(path).map_err(fail)?;
+    deepen_backlog(&listener).map_err(fail)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(config.socket_mode))
         .map_err(fail)?;
     if let Some(group) = &config.socket_group {

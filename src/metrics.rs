@@ -1,6 +1,7 @@
 //! Every metric hotmount exports, defined in one place (DESIGN.md §6), on a
 //! registry of its own so tests can create as many agents as they like.
 
+use crate::operation::{MountOperation, StoreRequest};
 use std::time::Duration;
 
 use prometheus::{
@@ -49,6 +50,20 @@ pub struct Metrics {
     pub s3_keys_skipped: IntCounterVec,
     /// `hotmount_http_requests_total{route,method,code}`.
     pub http_requests: IntCounterVec,
+    /// `hotmount_cache_requests_total{result}`: reads the node cache
+    /// served whole (`hit`) or not (`miss`).
+    pub cache_requests: IntCounterVec,
+    /// `hotmount_cache_bytes_total{direction}`: bytes `read` from and
+    /// `written` to the node cache.
+    pub cache_bytes: IntCounterVec,
+    /// `hotmount_cache_blocks_total{event}`: blocks `evicted`, found
+    /// `corrupt` (dropped, never served), or `skipped` (not written: disk
+    /// full or too many writes waiting).
+    pub cache_blocks: IntCounterVec,
+    /// `hotmount_cache_size_bytes`: bytes in the node cache.
+    pub cache_size_bytes: IntGauge,
+    /// `hotmount_cache_capacity_bytes`: its size limit (`--cache-size`).
+    pub cache_capacity_bytes: IntGauge,
     /// `hotmount_build_info{version}`: always 1.
     pub build_info: IntGaugeVec,
     /// `hotmount_worker_restarts_total{reason}`: workers the supervisor
@@ -174,6 +189,40 @@ impl Metrics {
                 &["name", "op", "result"],
             )
             .expect("valid metric"),
+            cache_requests: IntCounterVec::new(
+                opts(
+                    "cache_requests_total",
+                    "Reads the node cache served whole (hit) or not (miss).",
+                ),
+                &["result"],
+            )
+            .expect("valid metric"),
+            cache_bytes: IntCounterVec::new(
+                opts(
+                    "cache_bytes_total",
+                    "Bytes read from and written to the node cache.",
+                ),
+                &["direction"],
+            )
+            .expect("valid metric"),
+            cache_blocks: IntCounterVec::new(
+                opts(
+                    "cache_blocks_total",
+                    "Node cache blocks evicted, found corrupt (never served), or not written (skipped).",
+                ),
+                &["event"],
+            )
+            .expect("valid metric"),
+            cache_size_bytes: IntGauge::with_opts(opts(
+                "cache_size_bytes",
+                "Bytes in the node cache.",
+            ))
+            .expect("valid metric"),
+            cache_capacity_bytes: IntGauge::with_opts(opts(
+                "cache_capacity_bytes",
+                "The node cache's size limit (0: no cache).",
+            ))
+            .expect("valid metric"),
             s3_bytes_read: IntCounterVec::new(
                 opts("s3_bytes_read_total", "Bytes read from the object store."),
                 &["name"],
@@ -253,6 +302,11 @@ impl Metrics {
             Box::new(metrics.s3_bytes_read.clone()),
             Box::new(metrics.s3_keys_skipped.clone()),
             Box::new(metrics.http_requests.clone()),
+            Box::new(metrics.cache_requests.clone()),
+            Box::new(metrics.cache_bytes.clone()),
+            Box::new(metrics.cache_blocks.clone()),
+            Box::new(metrics.cache_size_bytes.clone()),
+            Box::new(metrics.cache_capacity_bytes.clone()),
             Box::new(metrics.build_info.clone()),
             Box::new(metrics.worker_restarts.clone()),
             Box::new(metrics.takeovers.clone()),
@@ -275,7 +329,8 @@ impl Metrics {
     }
 
     /// Counts one mount operation and its duration.
-    pub fn observe_operation(&self, backend: &str, op: &str, ok: bool, took: Duration) {
+    pub fn observe_operation(&self, backend: &str, op: MountOperation, ok: bool, took: Duration) {
+        let op = op.as_str();
         let result = if ok { "success" } else { "error" };
         self.mount_operations
             .with_label_values(&[backend, op, result])
@@ -286,7 +341,8 @@ impl Metrics {
     }
 
     /// Counts one object-store request for dataset `name`.
-    pub fn observe_s3_request(&self, name: &str, op: &str, ok: bool) {
+    pub fn observe_s3_request(&self, name: &str, op: StoreRequest, ok: bool) {
+        let op = op.as_str();
         let result = if ok { "success" } else { "error" };
         self.s3_requests
             .with_label_values(&[name, op, result])
@@ -366,6 +422,18 @@ impl Metrics {
             (
                 "hotmount_http_requests_total",
                 Carried::Vec(&self.http_requests),
+            ),
+            (
+                "hotmount_cache_requests_total",
+                Carried::Vec(&self.cache_requests),
+            ),
+            (
+                "hotmount_cache_bytes_total",
+                Carried::Vec(&self.cache_bytes),
+            ),
+            (
+                "hotmount_cache_blocks_total",
+                Carried::Vec(&self.cache_blocks),
             ),
             ("hotmount_fuse_requests_resent_total", Carried::Resent),
         ]
@@ -490,8 +558,8 @@ mod tests {
     #[test]
     fn every_family_is_rendered_with_the_prefix() {
         let metrics = Metrics::new();
-        metrics.observe_operation("s3", "mount", true, Duration::from_millis(3));
-        metrics.observe_s3_request("ds", "get", true);
+        metrics.observe_operation("s3", MountOperation::Mount, true, Duration::from_millis(3));
+        metrics.observe_s3_request("ds", StoreRequest::Get, true);
         metrics.count_fuse_request("ds", "read");
         metrics.observe_fuse_duration("read", Duration::from_micros(50));
         metrics
@@ -534,7 +602,7 @@ mod tests {
                 "{family} missing:\n{text}"
             );
         }
-        metrics.observe_s3_request("other", "get", true);
+        metrics.observe_s3_request("other", StoreRequest::Get, true);
         metrics.forget_dataset("ds", "s3");
         let text = metrics.render();
         for gone in ["hotmount_mount_healthy{", r#"name="ds""#] {
@@ -558,7 +626,7 @@ mod tests {
         );
         first.count_fuse_request("data", "read");
         first.count_fuse_request("data", "read");
-        first.observe_s3_request("data", "get", false);
+        first.observe_s3_request("data", StoreRequest::Get, false);
         first
             .s3_bytes_read
             .with_label_values(&["data"])

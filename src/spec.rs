@@ -168,6 +168,10 @@ pub struct S3Source {
     /// Cache metadata without expiry: for datasets that never change.
     #[serde(default)]
     pub immutable: bool,
+    /// Read through the node cache (`--cache-dir`) when the agent has one;
+    /// `false` keeps this dataset's bytes out of it.
+    #[serde(default = "cached_by_default", skip_serializing_if = "Clone::clone")]
+    pub cache: bool,
     /// Owner (uid) of every file and directory; 0 when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uid: Option<u32>,
@@ -184,6 +188,10 @@ pub struct S3Source {
     pub dir_mode: Option<FileMode>,
 }
 
+fn cached_by_default() -> bool {
+    true
+}
+
 /// Permission bits (at most `0o777`), written as octal text in JSON.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileMode(pub u32);
@@ -192,9 +200,11 @@ impl FileMode {
     /// Parses octal text (`"644"`, `"0644"` or `"0o644"`) of at most `0777`.
     pub fn parse(text: &str) -> Result<FileMode, String> {
         let digits = text.strip_prefix("0o").unwrap_or(text);
+        // Octal digits only: from_str_radix alone would take a leading `+`.
         let bits = u32::from_str_radix(digits, 8)
             .ok()
-            .filter(|_| !digits.is_empty() && digits.len() <= 4)
+            .filter(|_| (1..=4).contains(&digits.len()))
+            .filter(|_| digits.bytes().all(|b| matches!(b, b'0'..=b'7')))
             .ok_or_else(|| format!("{text:?} is not an octal mode like \"0644\""))?;
         if bits > 0o777 {
             return Err(format!(
@@ -787,6 +797,10 @@ mod tests {
                 "dirMode",
             ),
             (
+                r#"{"source":{"s3":{"bucket":"abc","fileMode":"+644"}}}"#,
+                "fileMode",
+            ),
+            (
                 r#"{"source":{"s3":{"bucket":"abc","fileMode":644}}}"#,
                 "fileMode",
             ),
@@ -814,6 +828,7 @@ mod tests {
             path_style: false,
             credentials: None,
             immutable: false,
+            cache: true,
             uid: None,
             gid: None,
             file_mode: None,

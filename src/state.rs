@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::operation::MountOperation;
 use crate::spec::MountSpec;
 
 const STATE_FILE: &str = "mounts.json";
@@ -292,7 +293,7 @@ impl StateStore {
 
     /// Appends one event to the audit log (best effort: a full disk must not
     /// fail a mount, so a failure is logged, not returned).
-    pub fn audit(&self, op: &str, name: &str, error: Option<String>) {
+    pub fn audit(&self, op: MountOperation, name: &str, error: Option<String>) {
         self.append_audit(AuditEvent {
             time: Utc::now(),
             op: op.to_string(),
@@ -425,8 +426,8 @@ mod tests {
         // No temporary file is left behind.
         let names: Vec<_> = fs::read_dir(dir.path().join("state")).unwrap().collect();
         assert_eq!(names.len(), 1);
-        store.audit("mount", "ds", None);
-        store.audit("unmount", "ds", Some("busy".into()));
+        store.audit(MountOperation::Mount, "ds", None);
+        store.audit(MountOperation::Unmount, "ds", Some("busy".into()));
         let log = fs::read_to_string(dir.path().join("state/audit.log")).unwrap();
         let events: Vec<AuditEvent> = log
             .lines()

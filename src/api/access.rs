@@ -10,10 +10,14 @@
 //!   more than get and list.
 //! - **Refusals.** A refused call gets 403 `Forbidden`, naming the rule field
 //!   that refused it, and touches nothing.
+//! - **Load.** A caller that is not an admin may have at most
+//!   [`MAX_PUTS_IN_FLIGHT`] PUTs in flight; one more gets 429
+//!   `TooManyRequests` at once.
 //! - **Audit.** Every mutating call leaves one audit line (target
 //!   `hotmount::audit`): the caller, the verb, the dataset, the source
 //!   without secrets, and the status.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
@@ -337,6 +341,35 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 pub struct Access {
     path: Option<PathBuf>,
     loaded: Mutex<Loaded>,
+    /// PUTs in flight by caller (admins are not counted).
+    puts_in_flight: Mutex<HashMap<String, usize>>,
+}
+
+/// How many PUTs one caller that is not an admin may have in flight: a PUT
+/// may wait for a slow server for the whole mount deadline, and a tenant
+/// must not keep the agent's mount machinery to itself.
+pub const MAX_PUTS_IN_FLIGHT: usize = 8;
+
+/// One PUT counted against its caller until dropped.
+#[derive(Debug)]
+pub struct PutInFlight<'a> {
+    access: &'a Access,
+    caller: Option<String>,
+}
+
+impl Drop for PutInFlight<'_> {
+    fn drop(&mut self) {
+        let Some(caller) = self.caller.take() else {
+            return;
+        };
+        let mut counts = self.access.in_flight();
+        if let Some(count) = counts.get_mut(&caller) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&caller);
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -352,6 +385,7 @@ impl Access {
         let access = Access {
             path,
             loaded: Mutex::new(Loaded::default()),
+            puts_in_flight: Mutex::new(HashMap::new()),
         };
         if let Some(path) = &access.path {
             let text = std::fs::read_to_string(path)
@@ -367,6 +401,40 @@ impl Access {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Loaded> {
         self.loaded.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.puts_in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts a PUT of `caller` until the returned guard is dropped; refuses
+    /// it with 429 `TooManyRequests` if the caller already has
+    /// [`MAX_PUTS_IN_FLIGHT`] (admins are never refused).
+    pub fn begin_put(&self, caller: &Caller) -> Result<PutInFlight<'_>, ApiError> {
+        if caller.is_admin() {
+            return Ok(PutInFlight {
+                access: self,
+                caller: None,
+            });
+        }
+        let key = caller.to_string();
+        let mut counts = self.in_flight();
+        let count = counts.entry(key.clone()).or_insert(0);
+        if *count >= MAX_PUTS_IN_FLIGHT {
+            return Err(ApiError::new(
+                ErrorCode::TooManyRequests,
+                format!(
+                    "{key} already has {MAX_PUTS_IN_FLIGHT} mount requests in flight; retry when one has finished"
+                ),
+            ));
+        }
+        *count += 1;
+        Ok(PutInFlight {
+            access: self,
+            caller: Some(key),
+        })
     }
 
     /// What an operator should know of the policy file (a broken change).
@@ -525,6 +593,34 @@ mod tests {
             "#,
         )
         .unwrap()
+    }
+
+    #[test]
+    fn a_caller_past_its_puts_in_flight_is_refused_until_one_finishes() {
+        let access = Access::new(None).unwrap();
+        let tenant = Caller::Uid(1000);
+        let held: Vec<_> = (0..MAX_PUTS_IN_FLIGHT)
+            .map(|_| access.begin_put(&tenant).unwrap())
+            .collect();
+        let refused = access.begin_put(&tenant).unwrap_err();
+        assert_eq!(refused.code(), ErrorCode::TooManyRequests);
+        assert!(
+            refused.message().contains("uid:1000"),
+            "{}",
+            refused.message()
+        );
+        // Another caller, and an admin, are not held up by this one.
+        assert!(access.begin_put(&Caller::Uid(1001)).is_ok());
+        let admins: Vec<_> = (0..3 * MAX_PUTS_IN_FLIGHT)
+            .map(|_| access.begin_put(&Caller::Uid(0)).unwrap())
+            .collect();
+        drop(admins);
+        drop(held);
+        assert!(
+            access.in_flight().is_empty(),
+            "nothing counted once all ended"
+        );
+        assert!(access.begin_put(&tenant).is_ok());
     }
 
     #[test]

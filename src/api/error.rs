@@ -58,8 +58,14 @@ pub enum ErrorCode {
     Busy,
     /// Something not the agent's is mounted at the path.
     AlreadyMounted,
+    /// Something that is not a directory (a symlink, a file) is at the path.
+    PathOccupied,
     /// An earlier mount call for the name is still inside the kernel.
     MountInProgress,
+    /// Too many mount calls (of any dataset) are stuck inside the kernel.
+    TooManyHungMounts,
+    /// The caller has too many PUTs in flight.
+    TooManyRequests,
     /// The request body is over the limit.
     PayloadTooLarge,
     /// The mount failed inside the agent.
@@ -87,6 +93,41 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in the order of their declaration (the `contract` test
+    /// checks that none is missing, and that api/openapi.yaml lists each).
+    pub const ALL: &[ErrorCode] = &[
+        ErrorCode::InvalidName,
+        ErrorCode::InvalidSpec,
+        ErrorCode::InvalidQuery,
+        ErrorCode::InvalidBody,
+        ErrorCode::InvalidCredentials,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
+        ErrorCode::EndpointNotAllowed,
+        ErrorCode::CredentialsNotAllowed,
+        ErrorCode::NotFound,
+        ErrorCode::WaitTimeout,
+        ErrorCode::SpecConflict,
+        ErrorCode::Busy,
+        ErrorCode::AlreadyMounted,
+        ErrorCode::PathOccupied,
+        ErrorCode::MountInProgress,
+        ErrorCode::TooManyHungMounts,
+        ErrorCode::TooManyRequests,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::MountFailed,
+        ErrorCode::StateWriteFailed,
+        ErrorCode::Internal,
+        ErrorCode::BucketNotFound,
+        ErrorCode::BackendAccessDenied,
+        ErrorCode::BackendUnreachable,
+        ErrorCode::MountRefused,
+        ErrorCode::NotReady,
+        ErrorCode::RootNotShared,
+        ErrorCode::BackendTimeout,
+        ErrorCode::MountTimeout,
+    ];
+
     /// The HTTP status of this code.
     pub fn status(self) -> StatusCode {
         match self {
@@ -103,8 +144,10 @@ impl ErrorCode {
             ErrorCode::WaitTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorCode::SpecConflict => StatusCode::CONFLICT,
             ErrorCode::Busy => StatusCode::CONFLICT,
-            ErrorCode::AlreadyMounted => StatusCode::CONFLICT,
+            ErrorCode::AlreadyMounted | ErrorCode::PathOccupied => StatusCode::CONFLICT,
             ErrorCode::MountInProgress => StatusCode::CONFLICT,
+            ErrorCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::TooManyHungMounts => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::MountFailed => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::StateWriteFailed => StatusCode::INTERNAL_SERVER_ERROR,
@@ -137,7 +180,10 @@ impl ErrorCode {
             ErrorCode::SpecConflict => "SpecConflict",
             ErrorCode::Busy => "Busy",
             ErrorCode::AlreadyMounted => "AlreadyMounted",
+            ErrorCode::PathOccupied => "PathOccupied",
             ErrorCode::MountInProgress => "MountInProgress",
+            ErrorCode::TooManyHungMounts => "TooManyHungMounts",
+            ErrorCode::TooManyRequests => "TooManyRequests",
             ErrorCode::PayloadTooLarge => "PayloadTooLarge",
             ErrorCode::MountFailed => "MountFailed",
             ErrorCode::StateWriteFailed => "StateWriteFailed",
@@ -175,6 +221,11 @@ impl ApiError {
         self.code.status()
     }
 
+    /// The code.
+    pub fn code(&self) -> ErrorCode {
+        self.code
+    }
+
     /// The message sent to the client.
     pub fn message(&self) -> &str {
         &self.message
@@ -193,9 +244,22 @@ impl IntoResponse for ApiError {
                 message: self.message,
             },
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if matches!(
+            self.code,
+            ErrorCode::TooManyRequests | ErrorCode::TooManyHungMounts | ErrorCode::NotReady
+        ) {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static(RETRY_AFTER_SECONDS),
+            );
+        }
+        response
     }
 }
+
+/// The `Retry-After` of answers that say "later" (429, 503).
+const RETRY_AFTER_SECONDS: &str = "1";
 
 impl From<ManagerError> for ApiError {
     fn from(err: ManagerError) -> Self {
@@ -230,7 +294,9 @@ impl From<ManagerError> for ApiError {
             },
             ManagerError::Timeout { .. } => ErrorCode::MountTimeout,
             ManagerError::AlreadyMounted { .. } => ErrorCode::AlreadyMounted,
+            ManagerError::PathOccupied { .. } => ErrorCode::PathOccupied,
             ManagerError::MountInProgress { .. } => ErrorCode::MountInProgress,
+            ManagerError::TooManyHungMounts { .. } => ErrorCode::TooManyHungMounts,
             ManagerError::Sys { source, .. } => match source {
                 // The kernel refused the backend's mount (server said no,
                 // export missing, connection refused): the backend's reason.
@@ -271,35 +337,7 @@ impl From<QueryRejection> for ApiError {
 mod tests {
     use super::*;
 
-    const ALL: &[ErrorCode] = &[
-        ErrorCode::InvalidName,
-        ErrorCode::InvalidSpec,
-        ErrorCode::InvalidQuery,
-        ErrorCode::InvalidBody,
-        ErrorCode::InvalidCredentials,
-        ErrorCode::Unauthorized,
-        ErrorCode::Forbidden,
-        ErrorCode::EndpointNotAllowed,
-        ErrorCode::CredentialsNotAllowed,
-        ErrorCode::NotFound,
-        ErrorCode::WaitTimeout,
-        ErrorCode::SpecConflict,
-        ErrorCode::Busy,
-        ErrorCode::AlreadyMounted,
-        ErrorCode::MountInProgress,
-        ErrorCode::PayloadTooLarge,
-        ErrorCode::MountFailed,
-        ErrorCode::StateWriteFailed,
-        ErrorCode::Internal,
-        ErrorCode::BucketNotFound,
-        ErrorCode::BackendAccessDenied,
-        ErrorCode::BackendUnreachable,
-        ErrorCode::MountRefused,
-        ErrorCode::NotReady,
-        ErrorCode::RootNotShared,
-        ErrorCode::BackendTimeout,
-        ErrorCode::MountTimeout,
-    ];
+    const ALL: &[ErrorCode] = ErrorCode::ALL;
 
     #[test]
     fn every_code_is_an_error_status_and_spelled_once() {

@@ -3,6 +3,8 @@
 //! the manager; they never touch the kernel.
 
 pub mod access;
+#[cfg(test)]
+mod contract;
 mod error;
 pub mod listener;
 pub mod service_account;
@@ -12,12 +14,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{MethodFilter, MethodRouter, get, on};
 use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 
@@ -99,11 +101,12 @@ impl TokenSet {
 
     /// The caller a presented token is: one of the file's, else a verified
     /// service-account token.
-    fn caller(&self, presented: &[u8]) -> Option<access::Caller> {
-        self.file_caller(presented).or_else(|| {
-            let accounts = self.service_accounts.as_ref()?;
-            accounts.caller(std::str::from_utf8(presented).ok()?)
-        })
+    async fn caller(&self, presented: &[u8]) -> Option<access::Caller> {
+        if let Some(caller) = self.file_caller(presented) {
+            return Some(caller);
+        }
+        let accounts = self.service_accounts.as_ref()?;
+        accounts.caller(std::str::from_utf8(presented).ok()?).await
     }
 
     /// The caller a token of the file is.
@@ -158,18 +161,46 @@ struct DeleteQuery {
     force: Option<bool>,
 }
 
+/// A route: its path and, for each method it serves, its handler (made for
+/// that method's filter, so a method cannot get another method's handler).
+type Route = (
+    &'static str,
+    &'static [(Method, fn(MethodFilter) -> MethodRouter<Manager>)],
+);
+
+/// Every route [`router`] serves, with its methods: the one list of them
+/// (`api/openapi.yaml` documents each; the `contract` test holds the two
+/// together). A GET route also answers HEAD.
+const ROUTES: &[Route] = &[
+    ("/v1/mounts", &[(Method::GET, |f| on(f, list_mounts))]),
+    (
+        "/v1/mounts/{name}",
+        &[
+            (Method::GET, |f| on(f, get_mount)),
+            (Method::PUT, |f| on(f, put_mount)),
+            (Method::DELETE, |f| on(f, delete_mount)),
+        ],
+    ),
+    ("/healthz", &[(Method::GET, |f| on(f, healthz))]),
+    ("/readyz", &[(Method::GET, |f| on(f, readyz))]),
+    ("/metrics", &[(Method::GET, |f| on(f, metrics))]),
+];
+
 /// The router of the unix-socket listener: callers are known by their uid
 /// (uid 0 may do everything, others what the policy allows).
 pub fn router(manager: Manager) -> Router {
-    Router::new()
-        .route(
-            "/v1/mounts/{name}",
-            get(get_mount).put(put_mount).delete(delete_mount),
-        )
-        .route("/v1/mounts", get(list_mounts))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+    ROUTES
+        .iter()
+        .fold(Router::new(), |router, (path, methods)| {
+            let handlers = methods
+                .iter()
+                .fold(MethodRouter::new(), |all, (method, handler)| {
+                    let filter = MethodFilter::try_from(method.clone())
+                        .unwrap_or_else(|e| panic!("ROUTES: {method} {path}: {e}"));
+                    all.merge(handler(filter))
+                });
+            router.route(path, handlers)
+        })
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(identify))
@@ -212,7 +243,11 @@ async fn require_token(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    match presented.and_then(|token| tokens.caller(token.as_bytes())) {
+    let caller = match presented {
+        Some(token) => tokens.caller(token.as_bytes()).await,
+        None => None,
+    };
+    match caller {
         Some(caller) => {
             let mut request = request;
             request.extensions_mut().insert(caller);
@@ -246,9 +281,11 @@ async fn count_requests(State(manager): State<Manager>, request: Request, next: 
     response
 }
 
-/// The dataset name of a request path, checked once here.
-fn dataset_name(name: &str) -> Result<DatasetName, ApiError> {
-    DatasetName::parse(name).map_err(|e| ApiError::new(ErrorCode::InvalidName, e.to_string()))
+/// The dataset name of a request path, checked once here (a segment that
+/// does not even decode, such as `%FF`, is no name either).
+fn dataset_name(path: Result<Path<String>, PathRejection>) -> Result<DatasetName, ApiError> {
+    let Path(name) = path.map_err(|e| ApiError::new(ErrorCode::InvalidName, e.body_text()))?;
+    DatasetName::parse(&name).map_err(|e| ApiError::new(ErrorCode::InvalidName, e.to_string()))
 }
 
 async fn no_route(method: Method, uri: axum::http::Uri) -> ApiError {
@@ -272,10 +309,10 @@ async fn identify(mut request: Request, next: Next) -> Response {
 async fn put_mount(
     State(manager): State<Manager>,
     Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
+    name: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let name = dataset_name(&name)?;
+    let name = dataset_name(name)?;
     let body = body?;
     let spec = parse_spec(&body)?;
     let allowed = manager.access().authorize(
@@ -285,8 +322,8 @@ async fn put_mount(
         Some(&spec),
         &manager.names(),
     );
-    let result = match allowed {
-        Ok(()) => manager
+    let result = match allowed.and_then(|()| manager.access().begin_put(&caller)) {
+        Ok(_in_flight) => manager
             .put_by(&name, spec.clone(), Some(caller.to_string()))
             .await
             .map_err(ApiError::from),
@@ -338,11 +375,11 @@ pub fn parse_spec(body: &[u8]) -> Result<MountSpec, ApiError> {
 async fn get_mount(
     State(manager): State<Manager>,
     Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
+    name: Result<Path<String>, PathRejection>,
     query: Result<Query<GetQuery>, QueryRejection>,
 ) -> Result<Json<MountView>, ApiError> {
     let Query(query) = query?;
-    let name = dataset_name(&name)?;
+    let name = dataset_name(name)?;
     manager
         .access()
         .authorize(&caller, Verb::Get, name.as_str(), None, &[])?;
@@ -376,11 +413,11 @@ async fn get_mount(
 async fn delete_mount(
     State(manager): State<Manager>,
     Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
+    name: Result<Path<String>, PathRejection>,
     query: Result<Query<DeleteQuery>, QueryRejection>,
 ) -> Result<Json<MountView>, ApiError> {
     let Query(query) = query?;
-    let name = dataset_name(&name)?;
+    let name = dataset_name(name)?;
     let result = match manager
         .access()
         .authorize(&caller, Verb::Delete, name.as_str(), None, &[])
@@ -452,15 +489,15 @@ mod tests {
     fn token_files_need_long_tokens() {
         let set = TokenSet::parse("# operators\nabcdefghijklmnopqrstuvwxyz\n").unwrap();
         assert_eq!(
-            set.caller(b"abcdefghijklmnopqrstuvwxyz"),
+            set.file_caller(b"abcdefghijklmnopqrstuvwxyz"),
             Some(Caller::Token {
                 name: None,
                 role: access::Role::Admin
             }),
             "a bare token is an unnamed admin"
         );
-        assert!(set.caller(b"abcdefghijklmnopqrstuvwxy").is_none());
-        assert!(set.caller(b"").is_none());
+        assert!(set.file_caller(b"abcdefghijklmnopqrstuvwxy").is_none());
+        assert!(set.file_caller(b"").is_none());
         assert!(TokenSet::parse("\n# none\n").is_err());
         assert!(TokenSet::parse("short").unwrap_err().contains("line 1"));
         // Line numbers count the file's lines, comments and blanks included.
@@ -475,7 +512,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            set.caller(b"bbbbbbbbbbbbbbbbbbbb"),
+            set.file_caller(b"bbbbbbbbbbbbbbbbbbbb"),
             Some(Caller::Token {
                 name: Some("watch".to_string()),
                 role: access::Role::Viewer
@@ -489,15 +526,15 @@ mod tests {
         assert!(TokenSet::parse("a b").unwrap_err().contains("line 1"));
     }
 
-    #[test]
-    fn a_service_account_token_is_a_caller_the_policy_can_name() {
+    #[tokio::test]
+    async fn a_service_account_token_is_a_caller_the_policy_can_name() {
         use crate::api::service_account::tests::{ISSUER, accounts, token};
         let (_dir, accounts) = accounts();
         let set = TokenSet::parse("aaaaaaaaaaaaaaaaaaaa\n")
             .unwrap()
             .with_service_accounts(accounts);
         let jwt = token("cluster-1", ISSUER, service_account::AUDIENCE, 600);
-        let caller = set.caller(jwt.as_bytes()).expect("a verified token");
+        let caller = set.caller(jwt.as_bytes()).await.expect("a verified token");
         let policy = access::Policy::parse(
             "[[rule]]\ncallers = [\"serviceaccount:team-a/loader\"]\nverbs = [\"get\"]\nnames = [\"team-a-*\"]\n",
         )
@@ -511,8 +548,8 @@ mod tests {
             "serviceaccount:team-a/loader (pod trainer-0)"
         );
         // The file's tokens still work beside it.
-        assert!(set.caller(b"aaaaaaaaaaaaaaaaaaaa").is_some());
-        assert!(set.caller(b"bbbbbbbbbbbbbbbbbbbb").is_none());
+        assert!(set.caller(b"aaaaaaaaaaaaaaaaaaaa").await.is_some());
+        assert!(set.caller(b"bbbbbbbbbbbbbbbbbbbb").await.is_none());
     }
 
     #[test]

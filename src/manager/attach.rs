@@ -57,6 +57,9 @@ pub(crate) struct DetachFailure {
     pub(crate) attached: Option<Attached>,
 }
 
+/// How many mount calls may outlive their deadline and still wait in the
+/// kernel (for servers that do not answer) before new mounts are refused.
+pub(crate) const MAX_MOUNTS_IN_KERNEL: usize = 32;
 /// How many mounts may be stacked on one path before we stop peeling them.
 const MAX_STACKED: usize = 16;
 /// Pauses between retries of a normal unmount that met EBUSY, before the
@@ -81,7 +84,20 @@ impl Manager {
         }
         let created = match std::fs::create_dir(&path) {
             Ok(()) => true,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => false,
+            // An existing directory is reused; a symlink is never followed
+            // (the mount itself goes through a descriptor opened O_NOFOLLOW).
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AlreadyExists
+                    && std::fs::symlink_metadata(&path).is_ok_and(|meta| meta.is_dir()) =>
+            {
+                false
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(ManagerError::PathOccupied {
+                    name: name.to_string(),
+                    path,
+                });
+            }
             Err(source) => {
                 return Err(ManagerError::Directory {
                     name: name.to_string(),
@@ -224,7 +240,22 @@ impl Manager {
             ownership: ownership_of(s3, spec.read_only),
             prefetch_budget: self.inner.config.prefetch_budget.clone(),
             write_budget: self.inner.config.write_budget.clone(),
+            cache: self.cache_scope(s3),
         }
+    }
+
+    /// The node cache as dataset `s3` uses it: none without a cache, when
+    /// the spec turns it off, or for `file://` buckets (already local).
+    fn cache_scope(&self, s3: &S3Source) -> Option<crate::s3fs::node_cache::CacheScope> {
+        let cache = self.inner.config.node_cache.as_ref()?;
+        let endpoint = s3.endpoint.as_deref().unwrap_or("aws");
+        if !s3.cache || endpoint.starts_with("file://") {
+            return None;
+        }
+        Some(crate::s3fs::node_cache::CacheScope {
+            cache: std::sync::Arc::clone(cache),
+            origin: format!("{}/{}", endpoint.trim_end_matches('/'), s3.bucket),
+        })
     }
 
     /// Refuses an S3 endpoint the agent does not connect to (see
@@ -299,10 +330,21 @@ impl Manager {
     ) -> Result<Attached, ManagerError> {
         let mounter = self.inner.mounter.clone();
         let target = self.path_of(name);
-        if lock(&self.inner.mounts_in_kernel).contains(name) {
-            return Err(ManagerError::MountInProgress {
-                name: name.to_string(),
-            });
+        {
+            let waiting = lock(&self.inner.mounts_in_kernel);
+            if waiting.contains(name) {
+                return Err(ManagerError::MountInProgress {
+                    name: name.to_string(),
+                });
+            }
+            // Each call stuck in the kernel holds a blocking thread: servers
+            // that never answer must not take them all.
+            if waiting.len() >= MAX_MOUNTS_IN_KERNEL {
+                return Err(ManagerError::TooManyHungMounts {
+                    name: name.to_string(),
+                    waiting: waiting.len(),
+                });
+            }
         }
         let changes = Arc::clone(&self.inner.mount_changes);
         let mut handle = tokio::task::spawn_blocking(move || {

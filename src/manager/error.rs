@@ -93,9 +93,29 @@ pub enum ManagerError {
         /// The name.
         name: String,
     },
+    /// Too many earlier mount calls (of any dataset) still wait in the kernel.
+    #[error(
+        "mount {name}: {waiting} earlier mount calls still wait in the kernel for servers that do not answer: retry later"
+    )]
+    TooManyHungMounts {
+        /// The name.
+        name: String,
+        /// How many wait.
+        waiting: usize,
+    },
     /// The path is already a mount point hotmount did not make.
     #[error("mount {name}: {path} is already a mount point")]
     AlreadyMounted {
+        /// The name.
+        name: String,
+        /// The path.
+        path: std::path::PathBuf,
+    },
+    /// Something that is not a directory (a symlink, a file) is at the path.
+    #[error(
+        "mount {name}: {path} is not a directory (a symlink there is never followed); remove it"
+    )]
+    PathOccupied {
         /// The name.
         name: String,
         /// The path.

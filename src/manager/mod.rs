@@ -24,6 +24,7 @@ pub use error::ManagerError;
 pub use resume::Resumable;
 
 use crate::metrics::Metrics;
+use crate::operation::MountOperation;
 use crate::s3fs::{CredentialsDir, FileEndpointPolicy};
 use crate::spec::{DatasetName, MountSpec, S3Source, SourceSpec};
 use crate::state::{StateStore, StoredMount};
@@ -153,6 +154,8 @@ pub struct ManagerConfig {
     pub prefetch_budget: std::sync::Arc<crate::s3fs::PrefetchBudget>,
     /// The memory budget for S3 data being written, shared by all mounts.
     pub write_budget: std::sync::Arc<crate::s3fs::write::WriteBudget>,
+    /// The node cache shared by all S3 mounts (`--cache-dir`; none: off).
+    pub node_cache: Option<std::sync::Arc<crate::s3fs::node_cache::NodeCache>>,
     /// Endpoints allowed despite the egress rules (`--allow-endpoint`).
     pub egress: crate::egress::EgressPolicy,
     /// Which `file://` endpoints are allowed.
@@ -184,6 +187,7 @@ impl ManagerConfig {
             write_budget: crate::s3fs::write::WriteBudget::new(
                 crate::s3fs::write::WriteBudget::DEFAULT_BYTES,
             ),
+            node_cache: None,
             egress: crate::egress::EgressPolicy::default(),
             file_policy: FileEndpointPolicy::default(),
             credentials_dir: CredentialsDir::default(),
@@ -657,18 +661,25 @@ impl Manager {
         // Nothing changes unless the intent can be made durable.
         if let Err(err) = self.check_state_writable().await {
             self.remove_slot(name, &slot);
-            self.inner.store.audit("mount", name, Some(err.to_string()));
+            self.inner
+                .store
+                .audit(MountOperation::Mount, name, Some(err.to_string()));
             return Err(err);
         }
         let attached = match self.attach_fresh(name, &spec).await {
             Ok(attached) => attached,
             Err(err) => {
-                self.inner
-                    .metrics
-                    .observe_operation(backend, "mount", false, started.elapsed());
+                self.inner.metrics.observe_operation(
+                    backend,
+                    MountOperation::Mount,
+                    false,
+                    started.elapsed(),
+                );
                 self.remove_slot(name, &slot);
                 tracing::warn!(dataset = name, error = %err, "mount failed; nothing left behind");
-                self.inner.store.audit("mount", name, Some(err.to_string()));
+                self.inner
+                    .store
+                    .audit(MountOperation::Mount, name, Some(err.to_string()));
                 return Err(err);
             }
         };
@@ -688,19 +699,25 @@ impl Manager {
             self.detach_quietly(name, Some(attached)).await;
             self.remove_dir(name);
             self.remove_slot(name, &slot);
-            self.inner
-                .metrics
-                .observe_operation(backend, "mount", false, started.elapsed());
+            self.inner.metrics.observe_operation(
+                backend,
+                MountOperation::Mount,
+                false,
+                started.elapsed(),
+            );
             return Err(err);
         }
         slot.set_attached(attached);
         self.set_state(&slot, MountState::Mounted, None);
         self.set_healthy(name, &spec, true);
-        self.inner
-            .metrics
-            .observe_operation(backend, "mount", true, started.elapsed());
+        self.inner.metrics.observe_operation(
+            backend,
+            MountOperation::Mount,
+            true,
+            started.elapsed(),
+        );
         self.spawn_probe(name, &slot);
-        self.inner.store.audit("mount", name, None);
+        self.inner.store.audit(MountOperation::Mount, name, None);
         tracing::info!(dataset = name, path = %self.path_of(name).display(), took_ms = started.elapsed().as_millis() as u64, "mounted");
         Ok(PutOutcome {
             mount: self.view(name, &slot.record()),
@@ -735,9 +752,12 @@ impl Manager {
         self.set_state(&slot, MountState::Unmounting, None);
         let attached = slot.take_attached();
         if let Err(failure) = self.detach(name, attached, force, degraded).await {
-            self.inner
-                .metrics
-                .observe_operation(backend, "unmount", false, started.elapsed());
+            self.inner.metrics.observe_operation(
+                backend,
+                MountOperation::Unmount,
+                false,
+                started.elapsed(),
+            );
             // Still mounted: put the dataset back as it was.
             if let Some(attached) = failure.attached {
                 slot.set_attached(attached);
@@ -760,12 +780,12 @@ impl Manager {
             .forget_dataset(name, before.spec.source.backend().as_str());
         self.inner.metrics.observe_operation(
             backend,
-            "unmount",
+            MountOperation::Unmount,
             persisted.is_ok(),
             started.elapsed(),
         );
         self.inner.store.audit(
-            "unmount",
+            MountOperation::Unmount,
             name,
             persisted.as_ref().err().map(ToString::to_string),
         );

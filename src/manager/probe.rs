@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 
 use crate::manager::{Attached, Manager, ManagerError, MountState, Slot, lock};
+use crate::operation::MountOperation;
 use crate::s3fs::S3Filesystem;
 use crate::spec::MountSpec;
 use crate::sys::mounts_at;
@@ -346,23 +347,29 @@ impl Manager {
                     .recoveries
                     .with_label_values(&[name, reason])
                     .inc();
-                self.inner
-                    .metrics
-                    .observe_operation(backend, "recover", true, started.elapsed());
-                self.inner.store.audit("recover", name, None);
+                self.inner.metrics.observe_operation(
+                    backend,
+                    MountOperation::Recover,
+                    true,
+                    started.elapsed(),
+                );
+                self.inner.store.audit(MountOperation::Recover, name, None);
                 self.persist_generations(&[(name.to_string(), generation)])
                     .await;
                 self.mounted_again(name, slot, &record.spec);
                 tracing::info!(dataset = name, reason, generation, "re-mounted");
             }
             Err(err) => {
-                self.inner
-                    .metrics
-                    .observe_operation(backend, "recover", false, started.elapsed());
+                self.inner.metrics.observe_operation(
+                    backend,
+                    MountOperation::Recover,
+                    false,
+                    started.elapsed(),
+                );
                 tracing::warn!(dataset = name, reason, error = %err, "re-mount failed; will retry");
                 self.inner
                     .store
-                    .audit("recover", name, Some(err.to_string()));
+                    .audit(MountOperation::Recover, name, Some(err.to_string()));
                 self.set_state(slot, MountState::Failed, Some(err.to_string()));
             }
         }

@@ -19,6 +19,9 @@ impl Manager {
     }
 }
 
+/// Set by systemd for every service it runs.
+const SYSTEMD_SERVICE_ENV: &str = "INVOCATION_ID";
+
 fn prepare_root(mounter: &dyn Mounter, root: &Path) -> Result<(), ManagerError> {
     let fail = |reason: String| ManagerError::Root {
         path: root.to_path_buf(),
@@ -54,6 +57,30 @@ fn prepare_root(mounter: &dyn Mounter, root: &Path) -> Result<(), ManagerError> 
         return Err(fail(format!(
             "is not a shared mount after MS_SHARED (mountinfo: {}); {HOW_TO_FIX}",
             top.optional_fields.join(" ")
+        )));
+    }
+    // The mount the datasets propagate through: the root's parent if the
+    // tmpfs is ours, else the root itself.
+    let carrier = if mounted_here {
+        table.iter().find(|m| m.mount_id == top.parent_id)
+    } else {
+        Some(top)
+    };
+    if let Some(carrier) = carrier
+        && carrier.is_slave()
+        && std::env::var_os(SYSTEMD_SERVICE_ENV).is_some()
+    {
+        // A systemd service given a mount namespace of its own (PrivateTmp=,
+        // ProtectSystem=, ...): its mounts are slaves of the host's, made
+        // shared again, so the canary below would propagate inside that
+        // namespace while no dataset ever reaches the host or a pod.
+        if mounted_here {
+            let _ = mounter.unmount(root, crate::sys::UnmountMode::Lazy);
+        }
+        return Err(fail(format!(
+            "this systemd service runs in a mount namespace of its own ({} is a slave: {}), so its mounts never reach the host; remove the unit's PrivateTmp=, PrivateMounts=, MountFlags=, ProtectSystem=, ProtectHome=, *Paths= and the other options that give it one",
+            carrier.mount_point.display(),
+            carrier.optional_fields.join(" ")
         )));
     }
     if mounted_here {

@@ -2,6 +2,7 @@
 //! the errno the kernel gets ([`FsError::errno`]; doc/SEMANTICS.md lists
 //! them).
 
+use crate::operation::StoreRequest;
 use std::sync::Arc;
 
 /// Why a filesystem operation failed; [`FsError::errno`] is what the kernel gets.
@@ -124,8 +125,8 @@ pub enum FsError {
     /// The object store refused or failed a request.
     #[error("{op} {key}: {source}")]
     Store {
-        /// The request (`head`, `list`, `get`).
-        op: &'static str,
+        /// The request.
+        op: StoreRequest,
         /// The key or prefix.
         key: String,
         /// The store's error.

@@ -37,6 +37,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectMeta, ObjectStoreExt};
 
 use crate::metrics::Metrics;
+use crate::operation::StoreRequest;
 
 mod readdir;
 mod scan;
@@ -109,6 +110,8 @@ pub struct FsOptions {
     pub prefetch_budget: Arc<PrefetchBudget>,
     /// The agent-wide memory budget for data being written.
     pub write_budget: Arc<WriteBudget>,
+    /// The node cache, and the bucket's name in it (none: not cached).
+    pub cache: Option<crate::s3fs::node_cache::CacheScope>,
 }
 
 /// The owner and permission bits of every file and directory of a mount
@@ -240,6 +243,7 @@ impl S3Filesystem {
             Arc::clone(&bucket.store),
             Arc::clone(&metrics),
             options.dataset.clone(),
+            options.cache.clone(),
         ));
         let filesystem = S3Filesystem {
             reader,
@@ -512,7 +516,7 @@ impl S3Filesystem {
         }
     }
 
-    fn observe(&self, op: &str, ok: bool) {
+    fn observe(&self, op: StoreRequest, ok: bool) {
         self.metrics
             .observe_s3_request(&self.options.dataset, op, ok);
     }
@@ -521,18 +525,18 @@ impl S3Filesystem {
     async fn head(&self, key: &ObjectPath) -> Result<Option<ObjectMeta>, FsError> {
         match self.bucket.store.head(key).await {
             Ok(meta) => {
-                self.observe("head", true);
+                self.observe(StoreRequest::Head, true);
                 Ok(Some(meta))
             }
             Err(object_store::Error::NotFound { .. }) => {
                 // A missing key is an answer, not a failed request.
-                self.observe("head", true);
+                self.observe(StoreRequest::Head, true);
                 Ok(None)
             }
             Err(source) => {
-                self.observe("head", false);
+                self.observe(StoreRequest::Head, false);
                 Err(FsError::Store {
-                    op: "head",
+                    op: StoreRequest::Head,
                     key: key.to_string(),
                     source,
                 })
@@ -549,22 +553,22 @@ impl S3Filesystem {
             match item {
                 // Stores may return the prefix itself when it is an object.
                 Ok(meta) if meta.location.parts().count() > depth => {
-                    self.observe("list", true);
+                    self.observe(StoreRequest::List, true);
                     return Ok(true);
                 }
                 Ok(_) => continue,
                 Err(object_store::Error::NotFound { .. }) => break,
                 Err(source) => {
-                    self.observe("list", false);
+                    self.observe(StoreRequest::List, false);
                     return Err(FsError::Store {
-                        op: "list",
+                        op: StoreRequest::List,
                         key: format!("{prefix}/"),
                         source,
                     });
                 }
             }
         }
-        self.observe("list", true);
+        self.observe(StoreRequest::List, true);
         Ok(false)
     }
 
@@ -972,14 +976,14 @@ impl S3Filesystem {
         let finished = writer.finish().await;
         match completion {
             None => {}
-            Some(Completion::Put) => self.observe("put", finished.is_ok()),
+            Some(Completion::Put) => self.observe(StoreRequest::Put, finished.is_ok()),
             Some(Completion::Multipart { parts }) => {
                 if finished.is_ok() {
                     for _ in 0..parts {
-                        self.observe("put_part", true);
+                        self.observe(StoreRequest::PutPart, true);
                     }
                 }
-                self.observe("complete_multipart", finished.is_ok());
+                self.observe(StoreRequest::CompleteMultipart, finished.is_ok());
             }
         }
         match finished {
@@ -1092,14 +1096,14 @@ impl S3Filesystem {
             return Ok(());
         }
         let copied = self.bucket.store.copy(&inode.key, &new_key).await;
-        self.observe("copy", copied.is_ok());
+        self.observe(StoreRequest::Copy, copied.is_ok());
         copied.map_err(|source| FsError::Store {
-            op: "copy",
+            op: StoreRequest::Copy,
             key: inode.key.to_string(),
             source,
         })?;
         let deleted = self.bucket.store.delete(&inode.key).await;
-        self.observe("delete", deleted.is_ok());
+        self.observe(StoreRequest::Delete, deleted.is_ok());
         if let Err(err) = deleted {
             // The copy is in place; the old name stays visible too.
             tracing::warn!(key = %inode.key, error = %err, "rename: delete of the original");
@@ -1159,11 +1163,13 @@ impl S3Filesystem {
         }
         let deleted = self.bucket.store.delete(&inode.key).await;
         match deleted {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => self.observe("delete", true),
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                self.observe(StoreRequest::Delete, true)
+            }
             Err(source) => {
-                self.observe("delete", false);
+                self.observe(StoreRequest::Delete, false);
                 return Err(FsError::Store {
-                    op: "delete",
+                    op: StoreRequest::Delete,
                     key: inode.key.to_string(),
                     source,
                 });
@@ -1247,10 +1253,10 @@ impl S3Filesystem {
         let prefix = (!prefix.as_ref().is_empty()).then_some(&prefix);
         let first = self.bucket.store.list(prefix).next().await;
         let ok = !matches!(first, Some(Err(_)));
-        self.observe("list", ok);
+        self.observe(StoreRequest::List, ok);
         match first {
             Some(Err(source)) => Err(FsError::Store {
-                op: "list",
+                op: StoreRequest::List,
                 key: format!("{}/", self.bucket.root_path()),
                 source,
             }),
@@ -1348,6 +1354,7 @@ mod tests {
                 ownership: Ownership::defaults(self.read_only),
                 prefetch_budget: PrefetchBudget::new(self.prefetch_memory),
                 write_budget: WriteBudget::new(WriteBudget::DEFAULT_BYTES),
+                cache: None,
             }
         }
     }
@@ -2463,6 +2470,7 @@ mod tests {
             ownership: Ownership::defaults(false),
             prefetch_budget: PrefetchBudget::new(setup.prefetch_memory),
             write_budget: WriteBudget::new(WriteBudget::DEFAULT_BYTES),
+            cache: None,
         };
         let runtime = tokio::runtime::Handle::current();
         let restored = match journals {

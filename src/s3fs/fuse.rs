@@ -347,9 +347,16 @@ impl fuser::Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        // The copy waits here until the writer takes it: bounded.
+        let Some(admitted) = self.fs.options().write_budget.admit(data.len()) else {
+            reply.error(Errno::ENOSPC);
+            return;
+        };
         let data = data.to_vec();
         self.spawn("write", move |fs| async move {
-            match fs.write(fh.0, offset, &data).await {
+            let written = fs.write(fh.0, offset, &data).await;
+            drop(admitted);
+            match written {
                 Ok(written) => reply.written(written),
                 Err(err) => reply.error(errno("write", &err)),
             }
@@ -850,6 +857,7 @@ mod tests {
                 write_budget: crate::s3fs::write::WriteBudget::new(
                     crate::s3fs::write::WriteBudget::DEFAULT_BYTES,
                 ),
+                cache: None,
             },
             runtime.handle().clone(),
             Arc::clone(&metrics),

@@ -16,6 +16,7 @@ pub mod inodes;
 pub mod journal;
 pub mod keys;
 pub mod local;
+pub mod node_cache;
 pub mod prefetch;
 pub mod store;
 #[cfg(test)]

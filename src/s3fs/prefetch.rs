@@ -35,8 +35,10 @@ use object_store::{GetOptions, GetRange, GetResult, ObjectStore};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::metrics::Metrics;
+use crate::operation::StoreRequest;
 use crate::s3fs::error::FsError;
 use crate::s3fs::inodes::ObjectStat;
+use crate::s3fs::node_cache::{CacheScope, ObjectId};
 
 /// The default agent-wide budget for prefetched data (`--prefetch-memory`).
 pub const DEFAULT_PREFETCH_MEMORY: u64 = 512 * 1024 * 1024;
@@ -90,27 +92,58 @@ impl PrefetchBudget {
     }
 }
 
-/// Fetches byte ranges of objects, pinned to the version a handle opened.
+/// Fetches byte ranges of objects, pinned to the version a handle opened:
+/// from the node cache when it holds them, else from the store (and then
+/// into the cache).
 #[derive(Debug)]
 pub struct RangeReader {
     store: Arc<dyn ObjectStore>,
     metrics: Arc<Metrics>,
     dataset: String,
+    cache: Option<CacheScope>,
 }
 
 impl RangeReader {
-    /// A reader over `store`, counting requests and bytes for `dataset`.
-    pub fn new(store: Arc<dyn ObjectStore>, metrics: Arc<Metrics>, dataset: String) -> Self {
+    /// A reader over `store`, counting requests and bytes for `dataset`,
+    /// through `cache` if any.
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        metrics: Arc<Metrics>,
+        dataset: String,
+        cache: Option<CacheScope>,
+    ) -> Self {
         RangeReader {
             store,
             metrics,
             dataset,
+            cache,
         }
     }
 
-    /// One ranged GET of `range` (inside the object) of `key` as it was at
-    /// open (`stat`).
+    /// The bytes `range` (inside the object) of `key` as it was at open
+    /// (`stat`).
     pub async fn get(
+        &self,
+        key: &ObjectPath,
+        stat: &ObjectStat,
+        range: Range<u64>,
+    ) -> Result<Bytes, FsError> {
+        let (Some(scope), Some(etag)) = (&self.cache, &stat.etag) else {
+            return self.fetch(key, stat, range).await;
+        };
+        let id = ObjectId::new(&scope.origin, key.as_ref(), etag);
+        if let Some(cached) = scope.cache.read(id, range.clone(), stat.size).await {
+            return Ok(cached);
+        }
+        let fetched = self.fetch(key, stat, range.clone()).await?;
+        scope
+            .cache
+            .store(id, range.start, fetched.clone(), stat.size);
+        Ok(fetched)
+    }
+
+    /// One ranged GET of `range` of `key` as it was at open (`stat`).
+    async fn fetch(
         &self,
         key: &ObjectPath,
         stat: &ObjectStat,
@@ -132,7 +165,7 @@ impl RangeReader {
         }
         .await;
         self.metrics
-            .observe_s3_request(&self.dataset, "get", fetched.is_ok());
+            .observe_s3_request(&self.dataset, StoreRequest::Get, fetched.is_ok());
         let (meta, served, data) = fetched.map_err(|source| match source {
             object_store::Error::Precondition { .. } => FsError::ObjectChanged {
                 key: key.to_string(),
@@ -144,7 +177,7 @@ impl RangeReader {
                 detail: "object deleted".to_string(),
             },
             source => FsError::Store {
-                op: "get",
+                op: StoreRequest::Get,
                 key: key.to_string(),
                 source,
             },
@@ -526,7 +559,7 @@ mod tests {
             .await
             .unwrap();
         let meta = store.head(&key).await.unwrap();
-        let reader = RangeReader::new(store, Arc::new(Metrics::new()), "test".to_string());
+        let reader = RangeReader::new(store, Arc::new(Metrics::new()), "test".to_string(), None);
         let got = reader
             .get(&key, &ObjectStat::from_meta(&meta), 0..4096)
             .await;

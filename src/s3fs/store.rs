@@ -48,11 +48,55 @@ pub struct FileEndpointPolicy {
     pub allowed_dirs: Vec<PathBuf>,
 }
 
+/// Why a `file://` bucket directory cannot be used.
+#[derive(Debug, PartialEq, Eq)]
+enum FileBucketRefusal {
+    /// Not beneath an allowed directory, or reached through a symlink.
+    NotAllowed,
+    /// No such directory.
+    Missing,
+}
+
 impl FileEndpointPolicy {
-    fn allows(&self, dir: &Path) -> bool {
-        self.allowed_dirs
-            .iter()
-            .any(|allowed| dir.starts_with(allowed))
+    /// The real path of bucket `bucket` of the endpoint directory `dir`,
+    /// resolved beneath an allowed directory with no symlink and no `..`
+    /// on the way (openat2 `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`): a link
+    /// planted inside an allowed directory never leads out of it.
+    fn resolve_bucket(&self, dir: &Path, bucket: &str) -> Result<PathBuf, FileBucketRefusal> {
+        use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+        let mut refusal = FileBucketRefusal::NotAllowed;
+        for allowed in self.allowed_dirs.iter().filter(|a| dir.starts_with(a)) {
+            let Ok(relative) = dir.strip_prefix(allowed) else {
+                continue;
+            };
+            let Ok(allowed_fd) = nix::fcntl::open(
+                allowed,
+                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            ) else {
+                continue;
+            };
+            let how = OpenHow::new()
+                .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+                .resolve(
+                    ResolveFlag::RESOLVE_BENEATH
+                        | ResolveFlag::RESOLVE_NO_SYMLINKS
+                        | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+                );
+            match openat2(&allowed_fd, &relative.join(bucket), how) {
+                Ok(bucket_fd) => {
+                    use std::os::fd::AsRawFd;
+                    let real =
+                        std::fs::read_link(format!("/proc/self/fd/{}", bucket_fd.as_raw_fd()));
+                    return real.map_err(|_| FileBucketRefusal::Missing);
+                }
+                Err(nix::errno::Errno::ENOENT | nix::errno::Errno::ENOTDIR) => {
+                    refusal = FileBucketRefusal::Missing;
+                }
+                Err(_) => {}
+            }
+        }
+        Err(refusal)
     }
 }
 
@@ -239,16 +283,18 @@ pub fn open_bucket(
         .to_string();
     let store: Arc<dyn ObjectStore> = match source.file_endpoint_dir() {
         Some(dir) => {
-            if !policy.allows(&dir) {
-                return Err(StoreError::EndpointNotAllowed { dir });
-            }
-            let bucket_dir = dir.join(&source.bucket);
-            if !bucket_dir.is_dir() {
-                return Err(StoreError::BucketNotFound {
-                    bucket: source.bucket.clone(),
-                    endpoint: endpoint_label(source),
-                });
-            }
+            let bucket_dir = match policy.resolve_bucket(&dir, &source.bucket) {
+                Ok(bucket_dir) => bucket_dir,
+                Err(FileBucketRefusal::NotAllowed) => {
+                    return Err(StoreError::EndpointNotAllowed { dir });
+                }
+                Err(FileBucketRefusal::Missing) => {
+                    return Err(StoreError::BucketNotFound {
+                        bucket: source.bucket.clone(),
+                        endpoint: endpoint_label(source),
+                    });
+                }
+            };
             Arc::new(
                 ConfinedLocalStore::new(&bucket_dir).map_err(|e| StoreError::Config {
                     bucket: source.bucket.clone(),
@@ -410,6 +456,47 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn file_buckets_resolve_only_beneath_an_allowed_directory_without_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let allowed = dir.path().join("buckets");
+        std::fs::create_dir_all(allowed.join("data")).unwrap();
+        std::fs::create_dir_all(allowed.join("nested/inner")).unwrap();
+        std::fs::create_dir_all(dir.path().join("elsewhere/etc")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("elsewhere"), allowed.join("escape")).unwrap();
+        std::os::unix::fs::symlink("data", allowed.join("alias")).unwrap();
+        let policy = FileEndpointPolicy {
+            allowed_dirs: vec![allowed.clone()],
+        };
+        let real = |p: &Path| p.canonicalize().unwrap();
+        assert_eq!(
+            policy.resolve_bucket(&allowed, "data"),
+            Ok(real(&allowed.join("data")))
+        );
+        assert_eq!(
+            policy.resolve_bucket(&allowed.join("nested"), "inner"),
+            Ok(real(&allowed.join("nested/inner")))
+        );
+        let refused = [
+            (allowed.join("escape"), "etc"),
+            (allowed.clone(), "alias"),
+            (allowed.join(".."), "elsewhere"),
+            (dir.path().join("elsewhere"), "etc"),
+        ];
+        for (endpoint, bucket) in refused {
+            assert_eq!(
+                policy.resolve_bucket(&endpoint, bucket),
+                Err(FileBucketRefusal::NotAllowed),
+                "{} {bucket}",
+                endpoint.display()
+            );
+        }
+        assert_eq!(
+            policy.resolve_bucket(&allowed, "missing"),
+            Err(FileBucketRefusal::Missing)
+        );
+    }
+
     fn source(endpoint: &str, bucket: &str) -> S3Source {
         S3Source {
             bucket: bucket.into(),
@@ -419,6 +506,7 @@ mod tests {
             path_style: true,
             credentials: None,
             immutable: false,
+            cache: true,
             uid: None,
             gid: None,
             file_mode: None,

@@ -27,6 +27,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::operation::StoreRequest;
 use crate::s3fs::error::FsError;
 use crate::s3fs::inodes::ObjectStat;
 
@@ -35,12 +36,22 @@ use crate::s3fs::inodes::ObjectStat;
 /// steps) and, once its upload is multipart, room for the parts in flight.
 /// Past the budget a write waits a moment, then fails with ENOSPC, so pods
 /// opening writers by the hundred cannot grow the agent's memory.
+///
+/// The data of write requests not yet taken into a writer's buffer (a write
+/// waiting for budget holds its bytes) is bounded too: at most
+/// [`WRITES_IN_FLIGHT_BYTES`] of it; a write past that fails with ENOSPC at
+/// once, so the agent holds at most the budget plus that much.
 #[derive(Debug)]
 pub struct WriteBudget {
     capacity: u64,
     semaphore: Arc<Semaphore>,
     wait: Duration,
+    in_flight: Arc<Semaphore>,
 }
+
+/// The most bytes of write requests held before their writer takes them
+/// (128 writes of 128 KiB, or 16 of the largest, 1 MiB).
+pub const WRITES_IN_FLIGHT_BYTES: usize = 16 * 1024 * 1024;
 
 /// Steps in which a writer's buffer is reserved.
 const RESERVE_STEP: u64 = 1024 * 1024;
@@ -67,7 +78,18 @@ impl WriteBudget {
             capacity: permits as u64 * RESERVE_STEP,
             semaphore: Arc::new(Semaphore::new(permits)),
             wait,
+            in_flight: Arc::new(Semaphore::new(WRITES_IN_FLIGHT_BYTES)),
         })
+    }
+
+    /// Room for a write request of `bytes` to be held until its writer takes
+    /// it; `None` when [`WRITES_IN_FLIGHT_BYTES`] are held already (the
+    /// write then fails with ENOSPC).
+    pub fn admit(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
+        let bytes = u32::try_from(bytes).ok()?;
+        Arc::clone(&self.in_flight)
+            .try_acquire_many_owned(bytes)
+            .ok()
     }
 
     /// The whole budget in bytes.
@@ -278,7 +300,7 @@ impl ObjectWriter {
 
     fn failed(&self, reason: &str) -> FsError {
         FsError::Store {
-            op: "put",
+            op: StoreRequest::Put,
             key: self.key.to_string(),
             source: object_store::Error::Generic {
                 store: "hotmount",
@@ -368,7 +390,7 @@ impl ObjectWriter {
             }
         }
         FsError::Store {
-            op: "put",
+            op: StoreRequest::Put,
             key: self.key.to_string(),
             source,
         }
@@ -444,7 +466,7 @@ impl ObjectWriter {
                 self.held = None;
                 self.state = WriterState::Failed(source.to_string());
                 Err(FsError::Store {
-                    op: "put",
+                    op: StoreRequest::Put,
                     key: self.key.to_string(),
                     source,
                 })

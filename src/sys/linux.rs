@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use nix::errno::Errno;
+use nix::fcntl::OFlag;
 use nix::mount::{MntFlags, MsFlags};
+use nix::sys::stat::Mode;
 
 use super::{
     FuseMountRequest, FuseSession, MountEntry, MountFlags, MountRequest, Mounter, SysError,
@@ -39,11 +41,40 @@ fn io_errno(err: &std::io::Error) -> Errno {
         .unwrap_or(Errno::EIO)
 }
 
+/// Opens a mount point as an `O_PATH` descriptor without following a symlink
+/// in its last component: the directory the caller checked is the one that
+/// gets mounted on, even if a symlink is planted there in between.
+fn open_mount_point(target: &Path) -> Result<OwnedFd, SysError> {
+    let fail = |errno| SysError::MountPoint {
+        target: target.to_path_buf(),
+        errno,
+    };
+    let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    match (target.parent(), target.file_name()) {
+        (Some(parent), Some(name)) => {
+            let parent = nix::fcntl::open(
+                parent,
+                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(fail)?;
+            nix::fcntl::openat(&parent, name, flags, Mode::empty()).map_err(fail)
+        }
+        _ => nix::fcntl::open(target, flags, Mode::empty()).map_err(fail),
+    }
+}
+
+/// The path through which the kernel reaches exactly the directory `fd` holds.
+fn descriptor_path(fd: &OwnedFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
 impl Mounter for LinuxMounter {
     fn mount(&self, request: &MountRequest) -> Result<(), SysError> {
+        let mount_point = open_mount_point(&request.target)?;
         nix::mount::mount(
             Some(request.source.as_str()),
-            &request.target,
+            &descriptor_path(&mount_point),
             Some(request.fstype.as_str()),
             ms_flags(request.flags),
             Some(request.data.as_str()),
@@ -115,7 +146,7 @@ impl Mounter for LinuxMounter {
             UnmountMode::Normal => MntFlags::empty(),
             UnmountMode::Lazy => MntFlags::MNT_DETACH,
             UnmountMode::Force => MntFlags::MNT_FORCE | MntFlags::MNT_DETACH,
-        };
+        } | MntFlags::UMOUNT_NOFOLLOW;
         nix::mount::umount2(target, flags).map_err(|errno| SysError::Unmount {
             target: target.to_path_buf(),
             errno,

@@ -112,6 +112,13 @@ impl MountEntry {
             .any(|f| f.starts_with("shared:"))
     }
 
+    /// Whether this mount receives propagation from a master (`master:N`).
+    pub fn is_slave(&self) -> bool {
+        self.optional_fields
+            .iter()
+            .any(|f| f.starts_with("master:"))
+    }
+
     /// Whether this mount is read-only.
     pub fn is_read_only(&self) -> bool {
         self.mount_options.iter().any(|o| o == "ro")
@@ -186,6 +193,15 @@ pub enum SysError {
         /// The error.
         errno: nix::errno::Errno,
     },
+    /// The mount point is not a plain directory: a symlink there is never
+    /// followed, so a planted link cannot redirect a mount.
+    #[error("mount point {target} is not a plain directory (symlinks are never followed): {errno}")]
+    MountPoint {
+        /// Mount point.
+        target: PathBuf,
+        /// The error.
+        errno: nix::errno::Errno,
+    },
     /// umount2(2) failed.
     #[error("unmount {target}: {errno}")]
     Unmount {
@@ -231,6 +247,7 @@ impl SysError {
     pub fn errno(&self) -> Option<nix::errno::Errno> {
         match self {
             SysError::Mount { errno, .. }
+            | SysError::MountPoint { errno, .. }
             | SysError::Unmount { errno, .. }
             | SysError::Propagation { errno, .. }
             | SysError::FuseDevice(errno) => Some(*errno),

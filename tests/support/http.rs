@@ -42,6 +42,20 @@ pub fn http_tcp(
     timeout: Duration,
 ) -> std::io::Result<(u16, String)> {
     let stream = TcpStream::connect_timeout(&addr, timeout)?;
+    http_on_tcp_stream(stream, addr, method, path, headers, body, timeout)
+}
+
+/// [`http_tcp`] on a stream already connected to `addr` (e.g. from a chosen
+/// local address).
+pub fn http_on_tcp_stream(
+    stream: TcpStream,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+    timeout: Duration,
+) -> std::io::Result<(u16, String)> {
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
     exchange(stream, &addr.to_string(), method, path, headers, body)

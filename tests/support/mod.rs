@@ -33,6 +33,14 @@
 //! `garage.put_object(..)` and `garage.write_credentials_file(path)` (call
 //! `support::require_fuse()` first); metrics tests pass the `/metrics` body to
 //! `support::promtool_check_metrics`.
+//!
+//! Attack-tier tests (`attack.rs`) run each attack between
+//! `support::HealthProbe::start` and `finish`, and assert the report with
+//! `assert_healthy` (every `/healthz` probe 200 in under 100 ms, enough
+//! probes made); hostile servers are `HostileS3` and `CountingEndpoint`,
+//! service-account tokens come from `TokenClaims`, a private network
+//! (for link-local addresses) from `PrivateNetwork`, and `OpenWatch` proves
+//! a file was never opened.
 // Each test file uses a different part of the harness.
 #![allow(dead_code, unused_imports)]
 
@@ -40,13 +48,17 @@ mod agent;
 mod external;
 mod footprint;
 mod garage;
+mod health;
 mod hostile_s3;
 mod http;
 mod namespace;
+mod network;
 mod node;
+mod opens;
 mod pod;
 mod promtool;
 mod raw_s3;
+mod service_account;
 mod workers;
 
 use std::path::Path;
@@ -56,15 +68,19 @@ pub use agent::{Agent, AgentOptions};
 pub use external::ExternalMount;
 pub use footprint::{Footprint, cpu_seconds, footprint, series_names, status_field};
 pub use garage::Garage;
-pub use hostile_s3::EndlessListing;
+pub use health::{HEALTHZ_BOUND, HealthProbe, HealthReport, peak_rss_kib, repeat_for};
+pub use hostile_s3::{CountingEndpoint, HostileS3, Hostility, OBJECT_SIZE};
 /// One request over loopback TCP with extra headers (the nfs tier's forwarded API port).
 pub(crate) use http::http_tcp;
 pub use http::{http, http_with_timeout};
 pub use namespace::{NodeNamespace, current_mount_namespace, thread_mountinfo};
+pub use network::PrivateNetwork;
 pub use node::{Node, percentile, wait_readable};
+pub use opens::OpenWatch;
 pub use pod::Pod;
 pub use promtool::{promtool_check, promtool_check_metrics};
 pub use raw_s3::RawS3;
+pub use service_account::{TEST_ISSUER, TEST_JWKS, TokenClaims, splice, write_test_jwks};
 pub use workers::{build_static_agent, children_of, signal, worker_of};
 
 /// The script that installs everything these tests need.

@@ -99,6 +99,29 @@ impl Node {
             .count()
     }
 
+    /// Mount points strictly below `dir` in the node's namespace (read on
+    /// the test thread, which is in it), sorted.
+    pub fn mounts_below(&self, dir: &Path) -> Vec<PathBuf> {
+        let mut points: Vec<PathBuf> = super::namespace::mount_points(&super::thread_mountinfo())
+            .into_iter()
+            .filter(|point| point.starts_with(dir) && point != dir)
+            .collect();
+        points.sort();
+        points.dedup();
+        points
+    }
+
+    /// The names of the datasets mounted under the root in the node's
+    /// namespace (the kernel's mount table, not the agent's word), sorted.
+    pub fn mounted_datasets(&self) -> Vec<String> {
+        let root = self.root();
+        self.mounts_below(&root)
+            .iter()
+            .filter_map(|point| point.strip_prefix(&root).ok())
+            .map(|rel| rel.to_string_lossy().into_owned())
+            .collect()
+    }
+
     /// The FUSE connection number (device minor) of the mount at `path`.
     pub fn fuse_connection(&self, path: &Path) -> Option<u32> {
         super::thread_mountinfo()

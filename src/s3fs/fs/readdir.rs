@@ -9,6 +9,7 @@ use fuser::FileAttr;
 use object_store::path::Path as ObjectPath;
 
 use super::S3Filesystem;
+use crate::operation::StoreRequest;
 use crate::s3fs::error::FsError;
 use crate::s3fs::handles::ListedEntry;
 use crate::s3fs::inodes::{NodeKind, ObjectStat};
@@ -38,9 +39,9 @@ impl S3Filesystem {
         } else {
             self.bucket.store.list_with_delimiter(Some(prefix)).await
         };
-        self.observe("list", listed.is_ok());
+        self.observe(StoreRequest::List, listed.is_ok());
         let listed = listed.map_err(|source| FsError::Store {
-            op: "list",
+            op: StoreRequest::List,
             key: format!("{prefix}/"),
             source,
         })?;

@@ -410,7 +410,12 @@ impl RetryableRequest {
                                 || status == StatusCode::REQUEST_TIMEOUT
                                 || (self.retry_on_conflict && status == StatusCode::CONFLICT))
                         {
-                            let source = match r.into_body().text().await {
+                            // hotmount patch: an excerpt, never the whole body.
+                            let source = match r
+                                .into_body()
+                                .text_excerpt(crate::client::http::MAX_ERROR_BODY)
+                                .await
+                            {
                                 Ok(body) => RequestError::Status {
                                     status,
                                     body: Some(body),

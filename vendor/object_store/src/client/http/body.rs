@@ -167,6 +167,21 @@ pub type HttpResponse = http::Response<HttpResponseBody>;
 #[derive(Debug)]
 pub struct HttpResponseBody(BoxBody<Bytes, HttpError>);
 
+/// hotmount patch: the longest response body collected whole (list pages,
+/// multipart replies); object bodies are streamed and bounded by the caller.
+pub const MAX_COLLECTED_BODY: usize = 16 * 1024 * 1024;
+
+/// hotmount patch: the longest error body kept (an excerpt of it reaches
+/// the caller).
+pub(crate) const MAX_ERROR_BODY: usize = 64 * 1024;
+
+fn body_too_long() -> HttpError {
+    HttpError::new_boxed(
+        HttpErrorKind::Decode,
+        format!("response body over {MAX_COLLECTED_BODY} bytes").into(),
+    )
+}
+
 impl HttpResponseBody {
     /// Create an [`HttpResponseBody`] from the provided [`Body`]
     ///
@@ -179,10 +194,41 @@ impl HttpResponseBody {
     }
 
     /// Collects this response into a [`Bytes`]
+    ///
+    /// hotmount patch: at most [`MAX_COLLECTED_BODY`] bytes; a longer body
+    /// (a hostile server's endless listing page) fails instead of growing
+    /// memory without bound. Object bodies are streamed, never collected here.
     pub async fn bytes(self) -> Result<Bytes, HttpError> {
         let size_hint = self.0.size_hint().lower();
-        let s = self.0.into_data_stream();
+        if size_hint > MAX_COLLECTED_BODY as u64 {
+            return Err(body_too_long());
+        }
+        let mut seen = 0usize;
+        let s = self.0.into_data_stream().map(move |chunk| {
+            let chunk = chunk?;
+            seen += chunk.len();
+            if seen > MAX_COLLECTED_BODY {
+                return Err(body_too_long());
+            }
+            Ok(chunk)
+        });
         collect_bytes(s, Some(size_hint)).await
+    }
+
+    /// hotmount patch: the first `limit` bytes of the body as text (lossy),
+    /// the rest left unread: an error body cannot grow memory.
+    pub(crate) async fn text_excerpt(self, limit: usize) -> Result<String, HttpError> {
+        let mut stream = self.0.into_data_stream();
+        let mut kept = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            let room = limit - kept.len();
+            kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            if kept.len() >= limit {
+                break;
+            }
+        }
+        Ok(String::from_utf8_lossy(&kept).into_owned())
     }
 
     /// Returns a stream of this response data
