@@ -2,19 +2,33 @@
 //! ceiling), a hotmount agent, s3fs and rclone mount, side by side, each from
 //! a cold cache (a fresh mount and dropped page caches per workload).
 //!
+//! The cache columns (`hotmount+cache`: the agent with `--cache-dir`,
+//! `s3fs+cache`: `-o use_cache`, `rclone+cache`: `--vfs-cache-mode full`)
+//! read the small files and the sequential file twice in one mount: epoch 1
+//! from a fresh mount with an empty cache directory and dropped page caches,
+//! epoch 2 after dropping the page caches again (the tool's own disk cache
+//! warm). Their cache directories are made fresh per workload in
+//! `BENCH_CACHE_ROOT` (default /var/tmp; a disk, never a tmpfs).
+//!
 //! `cargo bench --bench s3_read` (or `scripts/bench-s3.sh`) runs the full
 //! benchmark against a local Garage: 1 GiB sequential, 2000 x 64 KiB files,
 //! `ls -l` of a 10,000-key prefix, 1 MiB random reads, four parallel readers.
 //! Sizes can be changed with `BENCH_SEQ_MIB`, `BENCH_SMALL_FILES`,
 //! `BENCH_LS_KEYS`, `BENCH_RANDOM_READS`, `BENCH_PARALLEL_MIB` (per reader)
-//! the columns with `BENCH_TOOLS` (e.g. `ceiling,hotmount`), the workloads
-//! with `BENCH_WORKLOADS` (e.g. `seq,small`), the agent's flags with
-//! `BENCH_AGENT_ARGS` (e.g. `--prefetch-memory 64MiB`), and `BENCH_WARM=1` keeps the
-//! page caches (for profiling the FUSE path without the server's disk).
+//! the columns with `BENCH_TOOLS` (e.g. `ceiling,hotmount`, or
+//! `hotmount+cache,s3fs+cache,rclone+cache` for the epochs only), the
+//! workloads with `BENCH_WORKLOADS` (e.g. `seq,small`; the cache columns run
+//! only those two), the agent's flags with `BENCH_AGENT_ARGS` (e.g.
+//! `--prefetch-memory 64MiB`), and `BENCH_WARM=1` keeps the page caches (for
+//! profiling the FUSE path without the server's disk).
+//!
+//! Every line also shows what the S3 server counted meanwhile (Garage's
+//! admin `/metrics`: requests by operation, MiB read from its disk), so a
+//! second epoch that still reads the bucket shows.
 //!
 //! Without `--bench` (as `cargo test --all-targets` runs it) it does a smoke
-//! run of a few seconds: tiny sizes, a `file://` bucket, ceiling and hotmount
-//! only, so the benchmark code itself stays working.
+//! run of a few seconds: tiny sizes, a `file://` bucket, ceiling, hotmount
+//! and hotmount+cache only, so the benchmark code itself stays working.
 //!
 //! Everything mounts inside a private mount namespace of this process (never
 //! the host's table); every process started here is stopped at the end.
@@ -514,19 +528,182 @@ fn stop_fuse_process(path: &Path, mut child: Child) {
     }
 }
 
-/// A bucket served by a mounted FUSE client for the length of one workload.
-trait MountTool {
-    fn name(&self) -> &'static str;
-    /// Mounts the bucket fresh (writable unless `read_only`); returns the
-    /// mount point and the server's pid.
-    fn mount(&mut self, read_only: bool) -> (PathBuf, u32);
-    fn unmount(&mut self);
-    /// What the server says about its requests (hotmount: its S3 requests).
-    fn requests(&self) -> String {
-        String::new()
+/// Named counters from a server's metrics (hotmount's `/metrics`, Garage's
+/// admin `/metrics`); byte counters are kept in MiB.
+type Counters = BTreeMap<String, f64>;
+
+/// The samples of a Prometheus text exposition: name, labels, value.
+fn prometheus_samples(text: &str) -> Vec<(&str, Vec<(&str, &str)>, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let value = value.parse().ok()?;
+            let (name, labels) = match series.split_once('{') {
+                Some((name, rest)) => (name, rest.strip_suffix('}')?),
+                None => (series, ""),
+            };
+            // Label values here never hold quotes or commas.
+            let labels = labels
+                .split(',')
+                .filter_map(|pair| {
+                    let (key, value) = pair.split_once('=')?;
+                    Some((key, value.trim_matches('"')))
+                })
+                .collect();
+            Some((name, labels, value))
+        })
+        .collect()
+}
+
+/// `after - before` of every counter that moved, as `key=value` text.
+fn counter_delta(before: &Counters, after: &Counters) -> Counters {
+    after
+        .iter()
+        .map(|(key, value)| (key.clone(), value - before.get(key).unwrap_or(&0.0)))
+        .filter(|(_, delta)| *delta != 0.0)
+        .collect()
+}
+
+fn show_counters(counters: &Counters) -> String {
+    counters
+        .iter()
+        .map(|(key, value)| format!("{key}={value:.0}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The S3 server's own count of what it served (Garage's admin `/metrics`:
+/// requests by S3 operation, bytes read from its disk): the same yardstick
+/// for every column, e.g. whether a second epoch still reads the bucket.
+struct ServerStats {
+    admin: std::net::SocketAddr,
+}
+
+impl ServerStats {
+    /// From the running Garage's configuration file (its admin address).
+    fn of(garage: &support::Garage) -> ServerStats {
+        let config =
+            std::fs::read_to_string(garage.dir().join("garage.toml")).expect("read garage.toml");
+        let admin = config
+            .split("[admin]")
+            .nth(1)
+            .and_then(|section| {
+                section
+                    .lines()
+                    .find_map(|l| l.strip_prefix("api_bind_addr"))
+            })
+            .and_then(|v| {
+                v.trim()
+                    .trim_start_matches('=')
+                    .trim()
+                    .trim_matches('"')
+                    .parse()
+                    .ok()
+            })
+            .expect("garage.toml: [admin] api_bind_addr");
+        ServerStats { admin }
+    }
+
+    fn snapshot(&self) -> Counters {
+        let (status, text) = support::http_tcp(
+            self.admin,
+            "GET",
+            "/metrics",
+            &[],
+            None,
+            Duration::from_secs(10),
+        )
+        .unwrap_or_else(|e| panic!("GET garage /metrics: {e}"));
+        assert_eq!(status, 200, "garage /metrics: {text}");
+        let mut counters = Counters::new();
+        for (name, labels, value) in prometheus_samples(&text) {
+            let key = match name {
+                "api_s3_request_counter" => labels
+                    .iter()
+                    .find(|(k, _)| *k == "api_endpoint")
+                    .map(|(_, v)| v.to_string()),
+                "block_bytes_read" => Some("MiB read".into()),
+                _ => None,
+            };
+            if let Some(key) = key {
+                let value = if name == "block_bytes_read" {
+                    value / MIB as f64
+                } else {
+                    value
+                };
+                *counters.entry(key).or_default() += value;
+            }
+        }
+        counters
     }
 }
 
+/// A bucket served by a mounted FUSE client for the length of one workload.
+trait MountTool {
+    fn name(&self) -> &'static str;
+    /// Mounts the bucket fresh (writable unless `read_only`; with an empty
+    /// cache directory for the cache columns); returns the mount point and
+    /// the server's pid.
+    fn mount(&mut self, read_only: bool) -> (PathBuf, u32);
+    fn unmount(&mut self);
+    /// What the server counts (hotmount: its S3 and FUSE requests and its
+    /// node cache).
+    fn counters(&self) -> Counters {
+        Counters::new()
+    }
+    /// The cache directory of the current mount (the cache columns).
+    fn cache_dir(&self) -> Option<&Path> {
+        None
+    }
+}
+
+/// Mounts the dataset `bench` of `spec` on `node`'s agent.
+fn hotmount_mount(node: &support::Node, spec: &Value, read_only: bool) -> (PathBuf, u32) {
+    let mut spec = spec.clone();
+    spec["readOnly"] = json!(read_only);
+    let (status, body) = node.call("PUT", "/v1/mounts/bench", Some(&spec));
+    assert_eq!(status, 201, "hotmount mount: {body}\n{}", node.agent.log());
+    let pid = node.agent.worker_pid().expect("agent pid");
+    (node.root().join("bench"), pid)
+}
+
+fn hotmount_unmount(node: &support::Node) {
+    let (status, body) = node.call("DELETE", "/v1/mounts/bench?force=true", None);
+    assert_eq!(status, 200, "hotmount unmount: {body}");
+}
+
+/// The agent's S3 and FUSE requests for `bench` and its node cache.
+fn hotmount_counters(node: &support::Node) -> Counters {
+    let (_, body) = node.call("GET", "/metrics", None);
+    let mut counters = Counters::new();
+    for (name, labels, value) in prometheus_samples(body.as_str().unwrap_or_default()) {
+        let label = |key: &str| {
+            labels
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map_or("", |(_, v)| *v)
+        };
+        let dataset = label("name") == "bench";
+        let (key, value) = match name {
+            "hotmount_s3_requests_total" if dataset => {
+                (format!("s3 {} {}", label("result"), label("op")), value)
+            }
+            "hotmount_fuse_requests_total" if dataset => (format!("fuse {}", label("op")), value),
+            "hotmount_cache_requests_total" => (format!("cache {}", label("result")), value),
+            "hotmount_cache_bytes_total" => (
+                format!("cache MiB {}", label("direction")),
+                value / MIB as f64,
+            ),
+            "hotmount_cache_blocks_total" => (format!("cache blocks {}", label("event")), value),
+            _ => continue,
+        };
+        counters.insert(key, value);
+    }
+    counters
+}
+
+/// The agent of the benchmark's node (no node cache).
 struct Hotmount<'a> {
     node: &'a support::Node,
     spec: Value,
@@ -537,45 +714,65 @@ impl MountTool for Hotmount<'_> {
         "hotmount"
     }
     fn mount(&mut self, read_only: bool) -> (PathBuf, u32) {
-        let mut spec = self.spec.clone();
-        spec["readOnly"] = json!(read_only);
-        let (status, body) = self.node.call("PUT", "/v1/mounts/bench", Some(&spec));
-        assert_eq!(
-            status,
-            201,
-            "hotmount mount: {body}\n{}",
-            self.node.agent.log()
-        );
-        let pid = self.node.agent.worker_pid().expect("agent pid");
-        (self.node.root().join("bench"), pid)
+        hotmount_mount(self.node, &self.spec, read_only)
     }
     fn unmount(&mut self) {
-        let (status, body) = self
-            .node
-            .call("DELETE", "/v1/mounts/bench?force=true", None);
-        assert_eq!(status, 200, "hotmount unmount: {body}");
+        hotmount_unmount(self.node);
     }
-    fn requests(&self) -> String {
-        let (_, body) = self.node.call("GET", "/metrics", None);
-        let text = body.as_str().unwrap_or_default();
-        text.lines()
-            .filter(|l| {
-                (l.starts_with("hotmount_s3_requests_total{")
-                    || l.starts_with("hotmount_fuse_requests_total{"))
-                    && l.contains("\"bench\"")
-            })
-            .filter_map(|l| {
-                let op = l.split("op=\"").nth(1)?.split('"').next()?;
-                let result = l
-                    .split("result=\"")
-                    .nth(1)
-                    .and_then(|r| r.split('"').next())
-                    .map_or("fuse".to_string(), |r| format!("s3 {r}"));
-                let count = l.rsplit(' ').next()?;
-                Some(format!("{result} {op}={count}"))
-            })
-            .collect::<Vec<_>>()
-            .join(" ")
+    fn counters(&self) -> Counters {
+        hotmount_counters(self.node)
+    }
+}
+
+/// The node cache's size for the cache column: room for every object the
+/// epoch workloads read.
+const CACHE_SIZE: &str = "4GiB";
+
+/// The agent with a node cache: a node of its own per mount (a fresh agent
+/// with `--cache-dir` on an empty directory), so each workload's first epoch
+/// starts cold.
+struct CachedHotmount<'a> {
+    /// `hotmount serve` flags besides the cache's.
+    args: Vec<String>,
+    /// Where the fresh cache directories go.
+    cache_root: PathBuf,
+    /// Gives a node its S3 credentials; the dataset's spec.
+    prepare: Box<dyn Fn(&support::Node) -> Value + 'a>,
+    running: Option<(support::Node, tempfile::TempDir)>,
+}
+
+impl MountTool for CachedHotmount<'_> {
+    fn name(&self) -> &'static str {
+        "hotmount+cache"
+    }
+    fn mount(&mut self, read_only: bool) -> (PathBuf, u32) {
+        let cache = fresh_cache_dir(&self.cache_root, "hotmount");
+        let cache_arg = cache.path().display().to_string();
+        let mut args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        args.extend(["--cache-dir", &cache_arg, "--cache-size", CACHE_SIZE]);
+        let node = support::Node::start(&args);
+        let spec = (self.prepare)(&node);
+        let mounted = hotmount_mount(&node, &spec, read_only);
+        self.running = Some((node, cache));
+        mounted
+    }
+    fn unmount(&mut self) {
+        if let Some((mut node, cache)) = self.running.take() {
+            hotmount_unmount(&node);
+            node.agent.stop();
+            // The node (its namespace) before its cache directory.
+            drop(node);
+            drop(cache);
+        }
+    }
+    fn counters(&self) -> Counters {
+        self.running
+            .as_ref()
+            .map(|(node, _)| hotmount_counters(node))
+            .unwrap_or_default()
+    }
+    fn cache_dir(&self) -> Option<&Path> {
+        self.running.as_ref().map(|(_, cache)| cache.path())
     }
 }
 
@@ -592,11 +789,19 @@ struct S3fs<'a> {
     server: &'a S3Server,
     dir: PathBuf,
     child: Option<Child>,
+    /// The cache column (`-o use_cache`): where its fresh cache directories
+    /// go, and the current one.
+    cache_root: Option<PathBuf>,
+    cache: Option<tempfile::TempDir>,
 }
 
 impl MountTool for S3fs<'_> {
     fn name(&self) -> &'static str {
-        "s3fs"
+        if self.cache_root.is_some() {
+            "s3fs+cache"
+        } else {
+            "s3fs"
+        }
     }
     fn mount(&mut self, read_only: bool) -> (PathBuf, u32) {
         let target = self.dir.join("s3fs-mnt");
@@ -606,13 +811,18 @@ impl MountTool for S3fs<'_> {
             &passwd,
             format!("{}:{}\n", self.server.key_id, self.server.secret).as_bytes(),
         );
-        let options = format!(
+        let mut options = format!(
             "url={},endpoint={},use_path_request_style,passwd_file={}{}",
             self.server.endpoint,
             self.server.region,
             passwd.display(),
             if read_only { ",ro" } else { "" }
         );
+        if let Some(root) = &self.cache_root {
+            let cache = fresh_cache_dir(root, "s3fs");
+            options.push_str(&format!(",use_cache={}", cache.path().display()));
+            self.cache = Some(cache);
+        }
         let mut child = Command::new("s3fs")
             .arg(&self.server.bucket)
             .arg(&target)
@@ -633,10 +843,15 @@ impl MountTool for S3fs<'_> {
         if let Some(child) = self.child.take() {
             stop_fuse_process(&self.dir.join("s3fs-mnt"), child);
         }
+        self.cache = None;
+    }
+    fn cache_dir(&self) -> Option<&Path> {
+        self.cache.as_ref().map(|cache| cache.path())
     }
 }
 
-/// A panicking workload must not leave an s3fs or rclone process behind.
+/// A panicking workload must not leave an s3fs, rclone or agent process
+/// behind.
 impl Drop for S3fs<'_> {
     fn drop(&mut self) {
         self.unmount();
@@ -649,24 +864,65 @@ impl Drop for Rclone<'_> {
     }
 }
 
+impl Drop for CachedHotmount<'_> {
+    fn drop(&mut self) {
+        // Dropping the node stops its agent; no API call (this may run
+        // while a panic unwinds).
+        self.running = None;
+    }
+}
+
 struct Rclone<'a> {
     server: &'a S3Server,
     dir: PathBuf,
     child: Option<Child>,
+    /// The cache column (`--vfs-cache-mode full`): where its fresh cache
+    /// directories go, and the current one.
+    cache_root: Option<PathBuf>,
+    cache: Option<tempfile::TempDir>,
 }
 
 impl MountTool for Rclone<'_> {
     fn name(&self) -> &'static str {
-        "rclone"
+        if self.cache_root.is_some() {
+            "rclone+cache"
+        } else {
+            "rclone"
+        }
     }
     fn mount(&mut self, read_only: bool) -> (PathBuf, u32) {
         let target = self.dir.join("rclone-mnt");
         std::fs::create_dir_all(&target).unwrap();
+        let mut cache_args: Vec<String> = Vec::new();
+        if let Some(root) = &self.cache_root {
+            let cache = fresh_cache_dir(root, "rclone");
+            // Every byte read goes to the cache's sparse file; items live
+            // far longer than the run (the default max age is 1h, the
+            // directory cache 5m: a slow machine could reach the latter),
+            // and the size limit matches the agent's.
+            cache_args.extend(
+                [
+                    "--vfs-cache-mode",
+                    "full",
+                    "--vfs-cache-max-age",
+                    "24h",
+                    "--vfs-cache-max-size",
+                    "4G",
+                    "--dir-cache-time",
+                    "24h",
+                    "--cache-dir",
+                ]
+                .map(String::from),
+            );
+            cache_args.push(cache.path().display().to_string());
+            self.cache = Some(cache);
+        }
         let mut child = Command::new("rclone")
             .arg("mount")
             .arg(format!(":s3:{}", self.server.bucket))
             .arg(&target)
             .args(read_only.then_some("--read-only"))
+            .args(&cache_args)
             .env_remove("AWS_CA_BUNDLE")
             .env("RCLONE_S3_PROVIDER", "Other")
             .env("RCLONE_S3_ENDPOINT", &self.server.endpoint)
@@ -688,10 +944,136 @@ impl MountTool for Rclone<'_> {
         if let Some(child) = self.child.take() {
             stop_fuse_process(&self.dir.join("rclone-mnt"), child);
         }
+        self.cache = None;
+    }
+    fn cache_dir(&self) -> Option<&Path> {
+        self.cache.as_ref().map(|cache| cache.path())
     }
 }
 
+/// Where the cache columns make their fresh cache directories
+/// (`BENCH_CACHE_ROOT`, /var/tmp by default): the machine's disk, never a
+/// tmpfs (that would be the page cache again).
+fn cache_root() -> PathBuf {
+    let root = PathBuf::from(std::env::var("BENCH_CACHE_ROOT").unwrap_or("/var/tmp".into()));
+    std::fs::create_dir_all(&root)
+        .unwrap_or_else(|e| panic!("create BENCH_CACHE_ROOT {}: {e}", root.display()));
+    let fs = nix::sys::statfs::statfs(&root)
+        .unwrap_or_else(|e| panic!("statfs {}: {e}", root.display()));
+    assert!(
+        fs.filesystem_type() != nix::sys::statfs::TMPFS_MAGIC,
+        "BENCH_CACHE_ROOT {} is a tmpfs: the caches must be on a disk",
+        root.display()
+    );
+    root
+}
+
+fn fresh_cache_dir(root: &Path, tool: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("bench-{tool}-cache-"))
+        .tempdir_in(root)
+        .unwrap_or_else(|e| panic!("create a cache directory in {}: {e}", root.display()))
+}
+
+/// Disk space the files below `dir` take (allocated blocks: rclone's cache
+/// files are sparse), in MiB.
+fn disk_usage_mib(dir: &Path) -> f64 {
+    fn walk(dir: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .map(|entry| match entry.metadata() {
+                Ok(meta) if meta.is_dir() => walk(&entry.path()),
+                Ok(meta) => meta.blocks() * 512,
+                Err(_) => 0,
+            })
+            .sum()
+    }
+    walk(dir) as f64 / MIB as f64
+}
+
+/// Waits until the cache directory stops growing (writes behind the reads
+/// land), at most 30 s; its size in MiB.
+fn settle(dir: &Path) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = disk_usage_mib(dir);
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = disk_usage_mib(dir);
+        if now == last || Instant::now() > deadline {
+            return now;
+        }
+        last = now;
+    }
+}
+
+/// One workload through one mount, measured.
+#[derive(Debug, Clone)]
+struct Run {
+    figure: Figure,
+    /// Peak RSS of the FUSE server during the workload, MiB.
+    rss_mib: f64,
+    /// CPU seconds (user + system) of the FUSE server.
+    cpu_seconds: f64,
+    /// What the server counted meanwhile ([`MountTool::counters`]).
+    client: Counters,
+    /// What the S3 server counted meanwhile (none: not measured).
+    server: Option<Counters>,
+}
+
+/// Runs `workload` through `mount` (served by `pid`) from dropped page
+/// caches.
+fn measure(
+    tool: &dyn MountTool,
+    mount: &Path,
+    pid: u32,
+    workload: &str,
+    sizes: &Sizes,
+    server: Option<&ServerStats>,
+) -> Run {
+    drop_caches();
+    reset_peak_rss(pid);
+    let client_before = tool.counters();
+    let server_before = server.map(ServerStats::snapshot);
+    let cpu_before = cpu_seconds(pid);
+    let figure = through_mount(mount, workload, sizes);
+    let cpu = cpu_seconds(pid) - cpu_before;
+    let rss = peak_rss_mib(pid);
+    let server_counted = server
+        .zip(server_before)
+        .map(|(server, before)| counter_delta(&before, &server.snapshot()));
+    Run {
+        figure,
+        rss_mib: rss,
+        cpu_seconds: cpu,
+        client: counter_delta(&client_before, &tool.counters()),
+        server: server_counted,
+    }
+}
+
+fn report(tool: &str, label: &str, workload: &str, run: &Run) {
+    let server = match &run.server {
+        Some(counted) if counted.is_empty() => " | S3 server: no requests".to_string(),
+        Some(counted) => format!(" | S3 server: {}", show_counters(counted)),
+        None => String::new(),
+    };
+    eprintln!(
+        "{tool:>14} {label:<34} {}  (peak RSS {:.0} MiB, cpu {:.2}s) {}{server}",
+        render(workload, &run.figure),
+        run.rss_mib,
+        run.cpu_seconds,
+        show_counters(&run.client)
+    );
+}
+
 type Results = BTreeMap<(&'static str, &'static str), (Figure, Option<f64>)>;
+
+/// Both epochs of a workload through a cache column, and the cache's size
+/// on disk after the first.
+type EpochResults = BTreeMap<(&'static str, &'static str), ([Run; 2], f64)>;
 
 /// The workloads to run (`BENCH_WORKLOADS`, e.g. `seq,small`; all by default).
 fn selected_workloads() -> Vec<&'static str> {
@@ -702,24 +1084,60 @@ fn selected_workloads() -> Vec<&'static str> {
         .collect()
 }
 
-fn run_tool(tool: &mut dyn MountTool, sizes: &Sizes, results: &mut Results) {
+/// The workloads of the cache columns: read twice in one mount.
+const EPOCH_WORKLOADS: [&str; 2] = ["small", "seq"];
+
+fn run_tool(
+    tool: &mut dyn MountTool,
+    sizes: &Sizes,
+    server: Option<&ServerStats>,
+    results: &mut Results,
+) {
     for workload in selected_workloads() {
         let (mount, pid) = tool.mount(workload != "write");
-        drop_caches();
-        reset_peak_rss(pid);
-        let cpu_before = cpu_seconds(pid);
-        let figure = through_mount(&mount, workload, sizes);
-        let cpu = cpu_seconds(pid) - cpu_before;
-        let rss = peak_rss_mib(pid);
-        let requests = tool.requests();
+        let run = measure(&*tool, &mount, pid, workload, sizes, server);
+        tool.unmount();
+        report(tool.name(), &describe(workload, sizes), workload, &run);
+        results.insert((tool.name(), workload), (run.figure, Some(run.rss_mib)));
+    }
+}
+
+/// The epoch workloads through a cache column: epoch 1 from a fresh mount
+/// with an empty cache, epoch 2 in the same mount after dropping the page
+/// cache again (the tool's own disk cache warm).
+fn run_epochs(
+    tool: &mut dyn MountTool,
+    sizes: &Sizes,
+    server: Option<&ServerStats>,
+    results: &mut EpochResults,
+) {
+    for workload in selected_workloads() {
+        if !EPOCH_WORKLOADS.contains(&workload) {
+            continue;
+        }
+        let (mount, pid) = tool.mount(true);
+        let first = measure(&*tool, &mount, pid, workload, sizes, server);
+        report(
+            tool.name(),
+            &format!("{}, epoch 1", describe(workload, sizes)),
+            workload,
+            &first,
+        );
+        let cached = tool.cache_dir().map_or(f64::NAN, settle);
+        let second = measure(&*tool, &mount, pid, workload, sizes, server);
+        report(
+            tool.name(),
+            &format!("{}, epoch 2", describe(workload, sizes)),
+            workload,
+            &second,
+        );
         tool.unmount();
         eprintln!(
-            "{:>9} {:<34} {}  (peak RSS {rss:.0} MiB, cpu {cpu:.2}s) {requests}",
+            "{:>14} cache on disk after epoch 1: {cached:.0} MiB; epoch 2 / epoch 1: {:.2}x",
             tool.name(),
-            describe(workload, sizes),
-            render(workload, &figure)
+            merit(workload, &second.figure) / merit(workload, &first.figure)
         );
-        results.insert((tool.name(), workload), (figure, Some(rss)));
+        results.insert((tool.name(), workload), ([first, second], cached));
     }
 }
 
@@ -769,6 +1187,67 @@ fn print_table(results: &Results, sizes: &Sizes, tools: &[&'static str]) {
     println!(" | | |");
 }
 
+/// The second-epoch table, and how hotmount+cache stands against the goal
+/// (epoch 2 at least 5x epoch 1 for the small files, at least the best
+/// peer's epoch 2 for both workloads).
+fn print_epoch_table(results: &EpochResults, sizes: &Sizes, tools: &[&'static str]) {
+    let server = |run: &Run, key: &str| match &run.server {
+        Some(counted) => format!("{:.0}", counted.get(key).unwrap_or(&0.0)),
+        None => "-".to_string(),
+    };
+    println!();
+    println!(
+        "| workload | column | epoch 1 | epoch 2 | epoch 2 / epoch 1 | peak RSS e1 / e2 | CPU-s e1 / e2 | S3 GETs e1 / e2 | S3 server MiB read e1 / e2 | cache on disk |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for workload in EPOCH_WORKLOADS {
+        for tool in tools {
+            let Some(([first, second], cached)) = results.get(&(*tool, workload)) else {
+                continue;
+            };
+            println!(
+                "| {} | {tool} | {} | {} | {:.2}x | {:.0} / {:.0} MiB | {:.2} / {:.2} | {} / {} | {} / {} | {cached:.0} MiB |",
+                describe(workload, sizes),
+                render(workload, &first.figure),
+                render(workload, &second.figure),
+                merit(workload, &second.figure) / merit(workload, &first.figure),
+                first.rss_mib,
+                second.rss_mib,
+                first.cpu_seconds,
+                second.cpu_seconds,
+                server(first, "GetObject"),
+                server(second, "GetObject"),
+                server(first, "MiB read"),
+                server(second, "MiB read"),
+            );
+        }
+    }
+    for workload in EPOCH_WORKLOADS {
+        let Some(([first, second], _)) = results.get(&("hotmount+cache", workload)) else {
+            continue;
+        };
+        let ratio = merit(workload, &second.figure) / merit(workload, &first.figure);
+        let best_peer = ["s3fs+cache", "rclone+cache"]
+            .iter()
+            .filter_map(|peer| {
+                let ([_, peer_second], _) = results.get(&(*peer, workload))?;
+                Some((*peer, merit(workload, &peer_second.figure)))
+            })
+            .max_by(|a, b| a.1.total_cmp(&b.1));
+        let against_peer = match best_peer {
+            Some((peer, figure)) => format!(
+                "{:.2}x the best peer's epoch 2 ({peer})",
+                merit(workload, &second.figure) / figure
+            ),
+            None => "no peer column ran".into(),
+        };
+        println!(
+            "hotmount+cache, {}: epoch 2 / epoch 1 {ratio:.2}x; {against_peer}",
+            describe(workload, sizes)
+        );
+    }
+}
+
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     // Node::start (below) moves this thread into a private mount namespace;
@@ -794,22 +1273,29 @@ fn main() {
     }
     let sizes = Sizes::full();
     let wanted: Vec<String> = std::env::var("BENCH_TOOLS")
-        .unwrap_or_else(|_| "ceiling,hotmount,s3fs,rclone".into())
+        .unwrap_or_else(|_| {
+            "ceiling,hotmount,s3fs,rclone,hotmount+cache,s3fs+cache,rclone+cache".into()
+        })
         .split(',')
         .map(str::to_string)
         .collect();
     for tool in &wanted {
-        if tool == "s3fs" {
+        if tool.starts_with("s3fs") {
             support::require_tool("s3fs", "s3fs");
         }
-        if tool == "rclone" {
+        if tool.starts_with("rclone") {
             support::require_tool("rclone", "rclone");
         }
     }
+    let caches = wanted
+        .iter()
+        .any(|tool| tool.ends_with("+cache"))
+        .then(cache_root);
     let garage = support::Garage::start();
     garage.create_bucket("bench");
     let store = garage.store("bench");
     upload(&store, &runtime, &sizes);
+    let stats = ServerStats::of(&garage);
     let server = S3Server {
         endpoint: garage.endpoint(),
         region: garage.region().to_string(),
@@ -827,13 +1313,29 @@ fn main() {
     let work = tempfile::tempdir().expect("work directory");
     garage.write_credentials_file(&node.credentials_dir().join("garage"));
     let mut tools: Vec<&'static str> = Vec::new();
+    let mut epochs = EpochResults::new();
+    let mut epoch_tools: Vec<&'static str> = Vec::new();
+    let s3fs = |cache_root: Option<PathBuf>| S3fs {
+        server: &server,
+        dir: work.path().to_path_buf(),
+        child: None,
+        cache_root,
+        cache: None,
+    };
+    let rclone = |cache_root: Option<PathBuf>| Rclone {
+        server: &server,
+        dir: work.path().to_path_buf(),
+        child: None,
+        cache_root,
+        cache: None,
+    };
     for tool in &wanted {
         match tool.as_str() {
             "ceiling" => {
                 for workload in selected_workloads() {
                     let figure = ceiling(&store, &runtime, workload, &sizes);
                     eprintln!(
-                        "{:>9} {:<34} {}",
+                        "{:>14} {:<34} {}",
                         "ceiling",
                         describe(workload, &sizes),
                         render(workload, &figure)
@@ -844,34 +1346,59 @@ fn main() {
             }
             "hotmount" => {
                 let spec = garage.spec("bench", json!({"secret": "garage"}));
-                run_tool(&mut Hotmount { node: &node, spec }, &sizes, &mut results);
+                let mut hotmount = Hotmount { node: &node, spec };
+                run_tool(&mut hotmount, &sizes, Some(&stats), &mut results);
                 tools.push("hotmount");
             }
             "s3fs" => {
-                let mut s3fs = S3fs {
-                    server: &server,
-                    dir: work.path().to_path_buf(),
-                    child: None,
-                };
-                run_tool(&mut s3fs, &sizes, &mut results);
+                run_tool(&mut s3fs(None), &sizes, Some(&stats), &mut results);
                 tools.push("s3fs");
             }
             "rclone" => {
-                let mut rclone = Rclone {
-                    server: &server,
-                    dir: work.path().to_path_buf(),
-                    child: None,
-                };
-                run_tool(&mut rclone, &sizes, &mut results);
+                run_tool(&mut rclone(None), &sizes, Some(&stats), &mut results);
                 tools.push("rclone");
             }
-            other => panic!("BENCH_TOOLS: unknown column {other:?} (ceiling,hotmount,s3fs,rclone)"),
+            "hotmount+cache" => {
+                let mut cached = CachedHotmount {
+                    args: agent_args.iter().map(|a| a.to_string()).collect(),
+                    cache_root: caches.clone().expect("cache root"),
+                    prepare: Box::new(|node| {
+                        garage.write_credentials_file(&node.credentials_dir().join("garage"));
+                        garage.spec("bench", json!({"secret": "garage"}))
+                    }),
+                    running: None,
+                };
+                run_epochs(&mut cached, &sizes, Some(&stats), &mut epochs);
+                epoch_tools.push("hotmount+cache");
+            }
+            "s3fs+cache" => {
+                run_epochs(&mut s3fs(caches.clone()), &sizes, Some(&stats), &mut epochs);
+                epoch_tools.push("s3fs+cache");
+            }
+            "rclone+cache" => {
+                run_epochs(
+                    &mut rclone(caches.clone()),
+                    &sizes,
+                    Some(&stats),
+                    &mut epochs,
+                );
+                epoch_tools.push("rclone+cache");
+            }
+            other => panic!(
+                "BENCH_TOOLS: unknown column {other:?} (ceiling,hotmount,s3fs,rclone,hotmount+cache,s3fs+cache,rclone+cache)"
+            ),
         }
     }
-    print_table(&results, &sizes, &tools);
+    if !tools.is_empty() {
+        print_table(&results, &sizes, &tools);
+    }
+    if !epoch_tools.is_empty() {
+        print_epoch_table(&epochs, &sizes, &epoch_tools);
+    }
 }
 
-/// A few seconds: tiny sizes, a `file://` bucket, ceiling and hotmount.
+/// A few seconds: tiny sizes, a `file://` bucket, ceiling, hotmount and
+/// hotmount+cache.
 fn smoke(runtime: &tokio::runtime::Runtime, results: &mut Results) {
     let sizes = Sizes::smoke();
     let node = support::Node::start(&[]);
@@ -888,6 +1415,31 @@ fn smoke(runtime: &tokio::runtime::Runtime, results: &mut Results) {
         );
     }
     let spec = node.file_spec("bench");
-    run_tool(&mut Hotmount { node: &node, spec }, &sizes, results);
+    run_tool(
+        &mut Hotmount {
+            node: &node,
+            spec: spec.clone(),
+        },
+        &sizes,
+        None,
+        results,
+    );
     print_table(results, &sizes, &["ceiling", "hotmount"]);
+    // The cache column's code, on its own node serving the first node's
+    // bucket directory (the agent does not cache `file://` buckets: the
+    // full run against Garage is what measures the cache).
+    let caches = tempfile::tempdir().expect("cache root");
+    let mut epochs = EpochResults::new();
+    let mut cached = CachedHotmount {
+        args: vec![
+            "--allow-file-endpoint".into(),
+            node.buckets().display().to_string(),
+        ],
+        cache_root: caches.path().to_path_buf(),
+        prepare: Box::new(move |_| spec.clone()),
+        running: None,
+    };
+    run_epochs(&mut cached, &sizes, None, &mut epochs);
+    drop(cached);
+    print_epoch_table(&epochs, &sizes, &["hotmount+cache"]);
 }

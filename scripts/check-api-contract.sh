@@ -8,7 +8,8 @@
 #! failures (502 and 504: the generated endpoints are refused or
 #! unreachable); invalid input rejected with 400/401/404/405/413. At the end
 #! the agent must still be the same process, no worker replaced, and it must
-#! stop cleanly. Prints how many requests each listener answered.
+#! stop cleanly (SIGTERM: exit 0, no dataset left mounted). Prints how
+#! many requests were sent on each listener and what the agent answered.
 #!
 #! Where it runs: in its own mount, network and pid namespaces (`unshare
 #! --mount --propagation private --net --pid`): the host's mount table is
@@ -183,10 +184,14 @@ worker_before=$(api http://localhost/metrics | awk '/^hotmount_worker_restarts_t
 
 socat "TCP-LISTEN:$BRIDGE_PORT,bind=127.0.0.1,reuseaddr,fork" "UNIX-CONNECT:$node/api.sock" 2>"$work/socat.log" &
 bridge_pid=$!
+bridged=false
 for _ in $(seq 50); do
-  curl -s -o /dev/null "http://127.0.0.1:$BRIDGE_PORT/healthz" && break
+  if curl -s -o /dev/null "http://127.0.0.1:$BRIDGE_PORT/healthz"; then
+    bridged=true; break
+  fi
   sleep 0.1
 done
+$bridged || fail "the socat bridge to the socket did not answer within 5s: $(cat "$work/socat.log")"
 
 # What the agent answered so far, all routes: "CODE COUNT" lines.
 answered() {

@@ -38,6 +38,9 @@ pub enum Command {
     Ls(ListArgs),
     /// Show one dataset.
     Status(StatusArgs),
+    /// Fetch paths of an S3 dataset into the node cache, showing progress;
+    /// Ctrl-C stops it.
+    Warm(WarmArgs),
     /// Exit 0 when the agent is ready (for probes); `--alive`: when it answers.
     Ready(ReadyArgs),
     /// Print the table format this build hands over and takes over (asked
@@ -172,6 +175,30 @@ pub struct StatusArgs {
     #[command(flatten)]
     pub connect: ConnectArgs,
 }
+
+/// `warm`.
+#[derive(Debug, clap::Args)]
+pub struct WarmArgs {
+    /// The dataset name.
+    pub name: String,
+    /// Files or directories inside the dataset [default: all of it].
+    pub paths: Vec<String>,
+    /// Print the progress as JSON lines (one per update) instead of a bar.
+    #[arg(long)]
+    pub json: bool,
+    /// Start the warm-up and return at once (follow it with `warm --status`).
+    #[arg(long, conflicts_with = "status")]
+    pub detach: bool,
+    /// Follow the warm-up already started instead of starting one.
+    #[arg(long)]
+    pub status: bool,
+    /// Connection.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// How often `warm` asks for progress.
+const WARM_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// `ready`.
 #[derive(Debug, clap::Args)]
@@ -398,6 +425,7 @@ pub async fn run_client(command: Command) -> Result<String, CommandError> {
                 )))
             }
         }
+        Command::Warm(args) => warm(&args).await,
         Command::Status(args) => {
             let reply = request(
                 &args.connect,
@@ -420,6 +448,100 @@ pub async fn run_client(command: Command) -> Result<String, CommandError> {
             Ok(render_status(&view))
         }
     }
+}
+
+/// `warm`: starts a warm-up (unless `--status`), then follows it to its end
+/// with a progress line on a terminal or JSON lines; Ctrl-C or SIGTERM
+/// cancels it. Fails unless it ends `Done` with no failed file.
+async fn warm(args: &WarmArgs) -> Result<String, CommandError> {
+    use crate::s3fs::fs::{WarmupState, WarmupStatus};
+    use std::io::{IsTerminal, Write};
+    let path = format!("/v1/mounts/{}/warm", args.name);
+    if !args.status {
+        let body = serde_json::to_vec(&serde_json::json!({ "paths": args.paths }))
+            .expect("paths serialise");
+        let reply = request(&args.connect, Method::POST, &path, Some(body)).await?;
+        let started: WarmupStatus = decode(&reply)?;
+        if args.detach {
+            return Ok(render_warm(&started));
+        }
+    }
+    let bar = !args.json && std::io::stderr().is_terminal();
+    let stopped = hold_until_stopped();
+    tokio::pin!(stopped);
+    let status = loop {
+        let reply = request(&args.connect, Method::GET, &path, None).await?;
+        let status: WarmupStatus = decode(&reply)?;
+        if args.json {
+            println!(
+                "{}",
+                serde_json::to_string(&status).expect("statuses serialise")
+            );
+        } else if bar {
+            eprint!("\r\x1b[2K{}", render_warm(&status));
+            let _ = std::io::stderr().flush();
+        }
+        if !status.running() {
+            break status;
+        }
+        tokio::select! {
+            () = &mut stopped => {
+                let reply = request(&args.connect, Method::DELETE, &path, None).await?;
+                let cancelled: WarmupStatus = decode(&reply)?;
+                if bar {
+                    eprintln!();
+                }
+                return Err(CommandError::new(format!("cancelled: {}", render_warm(&cancelled))));
+            }
+            () = tokio::time::sleep(WARM_POLL) => {}
+        }
+    };
+    if bar {
+        eprintln!();
+    }
+    let summary = render_warm(&status);
+    match status.state {
+        WarmupState::Done if status.failed_files == 0 => {
+            Ok(if args.json { String::new() } else { summary })
+        }
+        _ => Err(CommandError::new(summary)),
+    }
+}
+
+/// One line of warm-up progress: files, bytes, rate, time left.
+pub fn render_warm(status: &crate::s3fs::fs::WarmupStatus) -> String {
+    let elapsed = (status.finished_at.unwrap_or_else(chrono::Utc::now) - status.started_at)
+        .to_std()
+        .unwrap_or_default()
+        .as_secs_f64()
+        .max(0.001);
+    let rate = status.bytes_fetched as f64 / elapsed;
+    let left = status.bytes_total.saturating_sub(status.bytes_done) as f64;
+    let eta = if status.running() && rate > 0.0 {
+        format!(", {:.0}s left", left / rate)
+    } else {
+        String::new()
+    };
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    let failed = if status.failed_files > 0 {
+        format!(
+            ", {} failed ({})",
+            status.failed_files,
+            status.last_error.as_deref().unwrap_or("")
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "{:?}: {}/{} files, {:.1}/{:.1} MiB ({:.1} MiB fetched) at {:.1} MiB/s{eta}{failed}",
+        status.state,
+        status.files_done,
+        status.files_total,
+        mib(status.bytes_done),
+        mib(status.bytes_total),
+        mib(status.bytes_fetched),
+        rate / (1024.0 * 1024.0),
+    )
 }
 
 /// DELETEs `path`; what to print.

@@ -51,7 +51,8 @@ pub struct Metrics {
     /// `hotmount_http_requests_total{route,method,code}`.
     pub http_requests: IntCounterVec,
     /// `hotmount_cache_requests_total{result}`: reads the node cache
-    /// served whole (`hit`) or not (`miss`).
+    /// served whole (`hit`) or not (`miss`), and opens it handed to the
+    /// kernel to read itself (`passthrough`).
     pub cache_requests: IntCounterVec,
     /// `hotmount_cache_bytes_total{direction}`: bytes `read` from and
     /// `written` to the node cache.
@@ -192,7 +193,7 @@ impl Metrics {
             cache_requests: IntCounterVec::new(
                 opts(
                     "cache_requests_total",
-                    "Reads the node cache served whole (hit) or not (miss).",
+                    "Reads the node cache served whole (hit) or not (miss), and files it handed to the kernel (passthrough).",
                 ),
                 &["result"],
             )

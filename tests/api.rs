@@ -379,6 +379,60 @@ async fn a_hanging_mount_times_out_and_is_undone_when_it_completes() {
 }
 
 #[tokio::test]
+async fn mount_calls_stuck_in_the_kernel_are_capped_and_the_cap_frees_itself() {
+    use hotmount::manager::MAX_MOUNTS_IN_KERNEL;
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(RecordingMounter::new());
+    let f = start(dir, fake, |c| c.mount_timeout = Duration::from_millis(200))
+        .await
+        .unwrap();
+    // NFS servers that never answer: every mount call stays in the kernel.
+    f.fake.delay("mount", Duration::from_secs(3));
+    let spec =
+        |n: usize| json!({"source": {"nfs": {"server": format!("10.0.2.{n}"), "export": "/data"}}});
+    let stuck = futures::future::join_all((0..MAX_MOUNTS_IN_KERNEL).map(|n| {
+        let spec = spec(n);
+        let f = &f;
+        async move {
+            f.send(Method::PUT, &format!("/v1/mounts/hung-{n}"), Some(spec))
+                .await
+        }
+    }))
+    .await;
+    for (status, body) in &stuck {
+        assert_eq!(*status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    }
+    // One more, of any name, is refused at once: no blocking thread is spent.
+    let started = std::time::Instant::now();
+    let (status, body) = f
+        .send(Method::PUT, "/v1/mounts/one-more", Some(spec(200)))
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(error_code(&body), "TooManyHungMounts");
+    assert!(
+        started.elapsed() < Duration::from_millis(150),
+        "refused without waiting"
+    );
+    assert!(!f.root().join("one-more").exists(), "nothing left behind");
+    // The API answers meanwhile.
+    let (status, _) = f.send(Method::GET, "/v1/mounts", None).await;
+    assert_eq!(status, StatusCode::OK);
+    // Once the kernel gives the calls back, mounts work again.
+    f.fake.heal();
+    let mut answer = (StatusCode::SERVICE_UNAVAILABLE, Value::Null);
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        answer = f
+            .send(Method::PUT, "/v1/mounts/one-more", Some(spec(200)))
+            .await;
+        if answer.0 != StatusCode::SERVICE_UNAVAILABLE {
+            break;
+        }
+    }
+    assert_eq!(answer.0, StatusCode::CREATED, "{}", answer.1);
+}
+
+#[tokio::test]
 async fn same_name_calls_are_serialised_and_different_names_run_in_parallel() {
     let f = fixture().await;
     f.fake.delay("mount_fuse", Duration::from_millis(300));
@@ -657,6 +711,13 @@ async fn tcp_router_requires_a_bearer_token() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let (status, _) = send(&app, Method::GET, "/v1/mounts", None, Some(token)).await;
     assert_eq!(status, StatusCode::OK);
+    // Refused calls are counted too (an operator sees a token gone wrong).
+    let (_, metrics) = send(&app, Method::GET, "/metrics", None, Some(token)).await;
+    let refused = r#"hotmount_http_requests_total{code="401",method="GET",route="/v1/mounts"} 2"#;
+    assert!(
+        metrics.as_str().unwrap_or_default().contains(refused),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -939,6 +1000,15 @@ async fn with_egress_rules_only_their_servers_are_reached() {
             if request.source.contains("192.168.7.7") || request.data.contains("port=2050"))
     });
     assert!(!attempted, "no mount was attempted for a refused server");
+    // No endpoint means AWS, which the rules do not name either.
+    let aws = json!({"source": {"s3": {"bucket": "datasets", "region": "eu-west-1"}}});
+    let (status, body) = f.send(Method::PUT, "/v1/mounts/aws", Some(aws)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(error_code(&body), "EndpointNotAllowed");
+    assert!(
+        body.to_string().contains("amazonaws.com"),
+        "the refusal names the host: {body}"
+    );
 }
 
 #[tokio::test]

@@ -417,16 +417,394 @@ fn after_kill_9_a_garage_dataset_comes_back_in_the_pod() {
     assert_eq!(s3.node.pod.mount_count("survivor"), 1);
 }
 
-/// The `hotmount_s3_keys_skipped_total` value of dataset `name` for `reason`.
-fn skipped_keys(node: &Node, name: &str, reason: &str) -> u64 {
+/// The value of one metric series (`name{labels}` as exposed), 0 if absent.
+fn metric(node: &Node, series: &str) -> u64 {
     let (_, metrics) = node.call("GET", "/metrics", None);
-    let series = format!(r#"hotmount_s3_keys_skipped_total{{name="{name}",reason="{reason}"}} "#);
+    let series = format!("{series} ");
     metrics
         .as_str()
         .unwrap_or_default()
         .lines()
         .find_map(|line| line.strip_prefix(series.as_str()))
         .map_or(0, |value| value.trim().parse().unwrap_or(0))
+}
+
+/// The `hotmount_s3_keys_skipped_total` value of dataset `name` for `reason`.
+fn skipped_keys(node: &Node, name: &str, reason: &str) -> u64 {
+    metric(
+        node,
+        &format!(r#"hotmount_s3_keys_skipped_total{{name="{name}",reason="{reason}"}}"#),
+    )
+}
+
+/// GETs dataset `name` sent to the store so far.
+fn object_gets(node: &Node, name: &str) -> u64 {
+    metric(
+        node,
+        &format!(r#"hotmount_s3_requests_total{{name="{name}",op="get",result="success"}}"#),
+    )
+}
+
+/// The block files in a node cache directory.
+fn cache_blocks(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = walkdir(dir)
+        .into_iter()
+        .filter(|p| !p.to_string_lossy().ends_with(".tmp"))
+        .collect();
+    files.sort();
+    files
+}
+
+fn walkdir(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(walkdir(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
+}
+
+#[test]
+fn opens_of_one_file_never_mix_passthrough_with_reads_through_fuse() {
+    let cache = tempfile::tempdir().unwrap();
+    let cache_dir = cache.path().to_str().unwrap().to_string();
+    let s3 = S3Node::start(&["--cache-dir", &cache_dir, "--cache-size", "64MiB"]);
+    let content = object_bytes(7, 300_000);
+    s3.garage.put_object("data", "f.bin", &content);
+    let (status, body) = s3.put("modes", &s3.spec("data"));
+    assert_eq!(status, 201, "{body}");
+    let passthrough = |s3: &S3Node| {
+        metric(
+            &s3.node,
+            r#"hotmount_cache_requests_total{result="passthrough"}"#,
+        )
+    };
+    // The kernel refuses an open in one mode while the file is open in the
+    // other (ETXTBSY, EBUSY): every open below must succeed and read right.
+    let expected = content.clone();
+    let opened_while_cached = s3.node.pod.run(move |view| {
+        use std::io::Read;
+        let path = view.join("modes/f.bin");
+        let mut first = std::fs::File::open(&path)?;
+        let mut bytes = Vec::new();
+        first.read_to_end(&mut bytes)?;
+        assert!(bytes == expected, "first read");
+        // The object is now in the node cache; the first open still reads
+        // through FUSE, so this one must too.
+        std::thread::sleep(Duration::from_millis(300));
+        let mut second = std::fs::File::open(&path)?;
+        bytes.clear();
+        second.read_to_end(&mut bytes)?;
+        Ok::<_, std::io::Error>(bytes == expected)
+    });
+    assert!(
+        opened_while_cached.unwrap(),
+        "second read, beside a cached open"
+    );
+    assert_eq!(passthrough(&s3), 0, "no passthrough beside a cached open");
+    // All closed: the next opens pass through, sharing one backing file.
+    let expected = content.clone();
+    let both = s3.node.pod.run(move |view| {
+        use std::io::Read;
+        let path = view.join("modes/f.bin");
+        let mut one = std::fs::File::open(&path)?;
+        let mut two = std::fs::File::open(&path)?;
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        one.read_to_end(&mut a)?;
+        two.read_to_end(&mut b)?;
+        Ok::<_, std::io::Error>(a == expected && b == expected)
+    });
+    assert!(both.unwrap(), "two passthrough opens read the object");
+    assert!(passthrough(&s3) >= 2, "both opens passed through");
+}
+
+#[test]
+fn a_file_open_in_passthrough_outlives_its_worker_and_the_next_opens_still_read() {
+    use std::os::unix::fs::FileExt;
+    let cache = tempfile::tempdir().unwrap();
+    let cache_dir = cache.path().to_str().unwrap().to_string();
+    let s3 = S3Node::start(&["--cache-dir", &cache_dir, "--cache-size", "64MiB"]);
+    let content = object_bytes(8, 200_000);
+    s3.garage.put_object("data", "f.bin", &content);
+    let (status, body) = s3.put("held", &s3.spec("data"));
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(s3.node.pod.read("held/f.bin").unwrap(), content, "epoch 1");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&s3.node, "hotmount_cache_size_bytes") < content.len() as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "the object never reached the cache"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let passthrough = |s3: &S3Node| {
+        metric(
+            &s3.node,
+            r#"hotmount_cache_requests_total{result="passthrough"}"#,
+        )
+    };
+    // A reader holds the file open in passthrough mode...
+    let held = s3
+        .node
+        .pod
+        .run(|view| std::fs::File::open(view.join("held/f.bin")))
+        .unwrap();
+    assert_eq!(passthrough(&s3), 1);
+    // ...while the worker that opened it dies.
+    let supervisor = s3.node.agent.pid().unwrap();
+    let worker = support::worker_of(supervisor, None);
+    support::signal(worker, nix::sys::signal::Signal::SIGKILL);
+    support::worker_of(supervisor, Some(worker));
+    let mut read = vec![0u8; content.len()];
+    held.read_exact_at(&mut read, 0).unwrap();
+    assert!(
+        read == content,
+        "the held file reads on (the kernel reads the cache file)"
+    );
+    // The kernel accepts no other mode (nor another backing file) for the
+    // file while it is open: the new worker reuses the backing id the
+    // journal recorded, and new opens read right.
+    wait_readable(&s3.node.pod, "held/f.bin", Duration::from_secs(10)).unwrap();
+    let before = passthrough(&s3);
+    assert_eq!(s3.node.pod.read("held/f.bin").unwrap(), content);
+    assert!(passthrough(&s3) > before, "the new opens passed through");
+    // Once every handle is closed the id is closed, and the next opens get
+    // a new one.
+    drop(held);
+    for _ in 0..3 {
+        let before = passthrough(&s3);
+        assert_eq!(s3.node.pod.read("held/f.bin").unwrap(), content);
+        assert!(passthrough(&s3) > before);
+    }
+}
+
+/// Waits for the warm-up of `name` to end; its last status.
+fn warm_done(node: &Node, name: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = node.call("GET", &format!("/v1/mounts/{name}/warm"), None);
+        assert_eq!(status, 200, "{body}");
+        if !matches!(body["state"].as_str(), Some("Listing" | "Fetching")) {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "the warm-up never ended: {body}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_warm_up_fetches_chosen_paths_into_the_node_cache_and_can_be_cancelled() {
+    let cache = tempfile::tempdir().unwrap();
+    let cache_dir = cache.path().to_str().unwrap().to_string();
+    let s3 = S3Node::start(&["--cache-dir", &cache_dir, "--cache-size", "256MiB"]);
+    let train: Vec<(String, Vec<u8>)> = (0..30)
+        .map(|n| {
+            (
+                format!("train/{n:02}.bin"),
+                object_bytes(n, 50_000 + n * 1_001),
+            )
+        })
+        .chain([("train/big.tar".to_string(), object_bytes(77, (9 << 20) + 3))])
+        .collect();
+    let val = vec![("val/0.bin".to_string(), object_bytes(90, 70_000))];
+    s3.garage
+        .put_objects("data", train.iter().chain(&val).cloned().collect());
+    let (status, body) = s3.put("warmed", &s3.spec("data"));
+    assert_eq!(status, 201, "{body}");
+
+    // Bad input, and a dataset never warmed.
+    for bad in [
+        json!({"paths": ["../x"]}),
+        json!({"paths": ["/etc"]}),
+        json!({"pathz": []}),
+    ] {
+        let (status, body) = s3.node.call("POST", "/v1/mounts/warmed/warm", Some(&bad));
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+    let (status, _) = s3.node.call("GET", "/v1/mounts/warmed/warm", None);
+    assert_eq!(status, 404);
+
+    // The CLI warms train/ and follows it to its end (JSON lines).
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_hotmount"))
+        .args(["warm", "warmed", "train", "--json", "--socket"])
+        .arg(s3.node.agent.socket())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let lines: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let last = lines.last().expect("progress lines");
+    let bytes: u64 = train.iter().map(|(_, b)| b.len() as u64).sum();
+    assert_eq!(last["state"], "Done", "{last}");
+    assert_eq!(last["filesTotal"], train.len() as u64);
+    assert_eq!(last["filesDone"], train.len() as u64);
+    assert_eq!(last["bytesTotal"], bytes);
+    assert_eq!(last["bytesFetched"], bytes);
+    assert_eq!(last["failedFiles"], 0);
+
+    // What it fetched is read from the node cache: not one GET.
+    let gets = object_gets(&s3.node, "warmed");
+    for (key, content) in &train {
+        assert!(
+            s3.node.pod.read(format!("warmed/{key}")).unwrap() == *content,
+            "{key}"
+        );
+    }
+    assert_eq!(
+        object_gets(&s3.node, "warmed"),
+        gets,
+        "train/ came from the cache"
+    );
+    assert_eq!(s3.node.pod.read("warmed/val/0.bin").unwrap(), val[0].1);
+    assert!(
+        object_gets(&s3.node, "warmed") > gets,
+        "val/ was not warmed"
+    );
+
+    // Warming it again fetches nothing.
+    let (status, body) = s3.node.call(
+        "POST",
+        "/v1/mounts/warmed/warm",
+        Some(&json!({"paths": ["train/"]})),
+    );
+    assert_eq!(status, 202, "{body}");
+    let again = warm_done(&s3.node, "warmed");
+    assert_eq!(again["state"], "Done");
+    assert_eq!(again["bytesFetched"], 0, "{again}");
+
+    // A warm-up stuck on a server that stopped answering: one at a time,
+    // and DELETE stops it at once.
+    s3.garage
+        .put_object("data", "slow/x.bin", &object_bytes(5, 100_000));
+    s3.garage.freeze();
+    let (status, body) = s3.node.call("POST", "/v1/mounts/warmed/warm", None);
+    assert_eq!(status, 202, "{body}");
+    let (status, body) = s3.node.call("POST", "/v1/mounts/warmed/warm", None);
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "WarmupRunning");
+    let started = Instant::now();
+    let (status, body) = s3.node.call("DELETE", "/v1/mounts/warmed/warm", None);
+    s3.garage.thaw();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["state"], "Cancelled", "{body}");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(warm_done(&s3.node, "warmed")["state"], "Cancelled");
+}
+
+#[test]
+fn a_dataset_without_a_node_cache_has_nothing_to_warm() {
+    let s3 = S3Node::start(&[]);
+    let (status, body) = s3.put("plain", &s3.spec("data"));
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = s3.node.call("POST", "/v1/mounts/plain/warm", None);
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "NoNodeCache");
+    let (status, _) = s3.node.call("POST", "/v1/mounts/nothing/warm", None);
+    assert_eq!(status, 404);
+}
+
+#[test]
+fn the_node_cache_serves_the_next_epoch_across_restarts_and_never_a_corrupt_block() {
+    let cache = tempfile::tempdir().unwrap();
+    let cache_dir = cache.path().to_str().unwrap().to_string();
+    let mut s3 = S3Node::start(&["--cache-dir", &cache_dir, "--cache-size", "256MiB"]);
+    let objects: Vec<(String, Vec<u8>)> = (0..20)
+        .map(|n| {
+            (
+                format!("train/{n:03}.jpg"),
+                object_bytes(n, 40_000 + n * 997),
+            )
+        })
+        .chain([(
+            "shard.tar".to_string(),
+            object_bytes(99, (3 << 20) + 12_345),
+        )])
+        .collect();
+    s3.garage.put_objects("data", objects.clone());
+    let total: u64 = objects.iter().map(|(_, b)| b.len() as u64).sum();
+    let (status, body) = s3.put("epochs", &s3.spec("data"));
+    assert_eq!(status, 201, "{body}");
+    let read_all = |s3: &S3Node| {
+        for (key, bytes) in &objects {
+            let read = s3.node.pod.read(format!("epochs/{key}")).unwrap();
+            assert!(read == *bytes, "{key} read back different bytes");
+        }
+    };
+    // Epoch 1: from Garage, and into the cache.
+    read_all(&s3);
+    let first_gets = object_gets(&s3.node, "epochs");
+    assert!(first_gets >= objects.len() as u64, "{first_gets} GETs");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&s3.node, "hotmount_cache_size_bytes") < total && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        metric(&s3.node, "hotmount_cache_size_bytes"),
+        total,
+        "every byte cached"
+    );
+
+    // Epoch 2, after the agent was killed and started again (a new FUSE
+    // connection: nothing in the kernel's page cache): no GET at all.
+    s3.node.agent.kill9();
+    s3.node.restart();
+    wait_readable(&s3.node.pod, "epochs/shard.tar", Duration::from_secs(10)).unwrap();
+    let gets_before = object_gets(&s3.node, "epochs");
+    read_all(&s3);
+    assert_eq!(
+        object_gets(&s3.node, "epochs"),
+        gets_before,
+        "the second epoch came from the node cache"
+    );
+    assert!(metric(&s3.node, r#"hotmount_cache_requests_total{result="hit"}"#) > 0);
+    // The small files (one block each) were handed to the kernel to read
+    // from the cache file itself (FUSE passthrough).
+    assert!(
+        metric(
+            &s3.node,
+            r#"hotmount_cache_requests_total{result="passthrough"}"#
+        ) >= 20,
+        "small files opened with passthrough"
+    );
+
+    // A block corrupted on disk is detected, dropped and fetched again:
+    // the pod still reads the right bytes.
+    // One block of the shard, and a small file's only block (checked before
+    // its file is handed to the kernel).
+    let mut blocks = cache_blocks(cache.path());
+    blocks.sort_by_key(|p| std::fs::metadata(p).map_or(0, |m| m.len()));
+    for victim in [blocks.first().unwrap(), blocks.last().unwrap()] {
+        let mut bytes = std::fs::read(victim).unwrap();
+        bytes[1000] ^= 0xff;
+        std::fs::write(victim, bytes).unwrap();
+    }
+    s3.node.agent.kill9();
+    s3.node.restart();
+    // (Not 000.jpg, the smallest file, nor the shard: their blocks are bad.)
+    wait_readable(
+        &s3.node.pod,
+        "epochs/train/010.jpg",
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let gets_before = object_gets(&s3.node, "epochs");
+    read_all(&s3);
+    assert_eq!(
+        metric(&s3.node, r#"hotmount_cache_blocks_total{event="corrupt"}"#),
+        2,
+        "both corrupt blocks were found"
+    );
+    let refetched = object_gets(&s3.node, "epochs") - gets_before;
+    assert!(
+        (2..=3).contains(&refetched),
+        "only the corrupt blocks' ranges were fetched again ({refetched} GETs)"
+    );
 }
 
 #[test]

@@ -146,6 +146,8 @@ pub enum Verb {
     Put,
     /// Detach.
     Delete,
+    /// Fetch a dataset's paths into the node cache (or stop doing so).
+    Warm,
 }
 
 impl Verb {
@@ -155,6 +157,7 @@ impl Verb {
             Verb::List => "list",
             Verb::Put => "put",
             Verb::Delete => "delete",
+            Verb::Warm => "warm",
         }
     }
 }
@@ -204,7 +207,7 @@ impl Policy {
         let policy: Policy = toml::from_str(text).map_err(|e| e.to_string())?;
         for (index, rule) in policy.rules.iter().enumerate() {
             for verb in &rule.verbs {
-                if !["get", "list", "put", "delete"].contains(&verb.as_str()) {
+                if !["get", "list", "put", "delete", "warm"].contains(&verb.as_str()) {
                     return Err(format!("rule {}: unknown verb {verb:?}", index + 1));
                 }
             }
@@ -493,7 +496,7 @@ impl Access {
                 ..
             }
         );
-        if viewer && matches!(verb, Verb::Put | Verb::Delete) {
+        if viewer && !matches!(verb, Verb::Get | Verb::List) {
             return Err(forbidden(caller, verb, name, "role"));
         }
         self.refresh();

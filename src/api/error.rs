@@ -60,6 +60,10 @@ pub enum ErrorCode {
     AlreadyMounted,
     /// Something that is not a directory (a symlink, a file) is at the path.
     PathOccupied,
+    /// The dataset does not read through a node cache (nothing to warm).
+    NoNodeCache,
+    /// A warm-up of the dataset is running already.
+    WarmupRunning,
     /// An earlier mount call for the name is still inside the kernel.
     MountInProgress,
     /// Too many mount calls (of any dataset) are stuck inside the kernel.
@@ -111,6 +115,8 @@ impl ErrorCode {
         ErrorCode::Busy,
         ErrorCode::AlreadyMounted,
         ErrorCode::PathOccupied,
+        ErrorCode::NoNodeCache,
+        ErrorCode::WarmupRunning,
         ErrorCode::MountInProgress,
         ErrorCode::TooManyHungMounts,
         ErrorCode::TooManyRequests,
@@ -145,6 +151,7 @@ impl ErrorCode {
             ErrorCode::SpecConflict => StatusCode::CONFLICT,
             ErrorCode::Busy => StatusCode::CONFLICT,
             ErrorCode::AlreadyMounted | ErrorCode::PathOccupied => StatusCode::CONFLICT,
+            ErrorCode::NoNodeCache | ErrorCode::WarmupRunning => StatusCode::CONFLICT,
             ErrorCode::MountInProgress => StatusCode::CONFLICT,
             ErrorCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::TooManyHungMounts => StatusCode::SERVICE_UNAVAILABLE,
@@ -181,6 +188,8 @@ impl ErrorCode {
             ErrorCode::Busy => "Busy",
             ErrorCode::AlreadyMounted => "AlreadyMounted",
             ErrorCode::PathOccupied => "PathOccupied",
+            ErrorCode::NoNodeCache => "NoNodeCache",
+            ErrorCode::WarmupRunning => "WarmupRunning",
             ErrorCode::MountInProgress => "MountInProgress",
             ErrorCode::TooManyHungMounts => "TooManyHungMounts",
             ErrorCode::TooManyRequests => "TooManyRequests",
@@ -295,6 +304,9 @@ impl From<ManagerError> for ApiError {
             ManagerError::Timeout { .. } => ErrorCode::MountTimeout,
             ManagerError::AlreadyMounted { .. } => ErrorCode::AlreadyMounted,
             ManagerError::PathOccupied { .. } => ErrorCode::PathOccupied,
+            ManagerError::NoNodeCache { .. } => ErrorCode::NoNodeCache,
+            ManagerError::WarmupRunning { .. } => ErrorCode::WarmupRunning,
+            ManagerError::NoWarmup { .. } => ErrorCode::NotFound,
             ManagerError::MountInProgress { .. } => ErrorCode::MountInProgress,
             ManagerError::TooManyHungMounts { .. } => ErrorCode::TooManyHungMounts,
             ManagerError::Sys { source, .. } => match source {

@@ -181,6 +181,14 @@ const ROUTES: &[Route] = &[
             (Method::DELETE, |f| on(f, delete_mount)),
         ],
     ),
+    (
+        "/v1/mounts/{name}/warm",
+        &[
+            (Method::POST, |f| on(f, start_warm)),
+            (Method::GET, |f| on(f, get_warm)),
+            (Method::DELETE, |f| on(f, cancel_warm)),
+        ],
+    ),
     ("/healthz", &[(Method::GET, |f| on(f, healthz))]),
     ("/readyz", &[(Method::GET, |f| on(f, readyz))]),
     ("/metrics", &[(Method::GET, |f| on(f, metrics))]),
@@ -189,7 +197,13 @@ const ROUTES: &[Route] = &[
 /// The router of the unix-socket listener: callers are known by their uid
 /// (uid 0 may do everything, others what the policy allows).
 pub fn router(manager: Manager) -> Router {
-    ROUTES
+    routes(manager, None)
+}
+
+/// The routes of [`ROUTES`], behind a token check when `tokens` are given;
+/// every request is counted, refused ones (401) included.
+fn routes(manager: Manager, tokens: Option<TokenSet>) -> Router {
+    let router = ROUTES
         .iter()
         .fold(Router::new(), |router, (path, methods)| {
             let handlers = methods
@@ -203,7 +217,15 @@ pub fn router(manager: Manager) -> Router {
         })
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(middleware::from_fn(identify))
+        .layer(middleware::from_fn(identify));
+    let router = match tokens {
+        Some(tokens) => router.layer(middleware::from_fn_with_state(
+            Arc::new(tokens),
+            require_token,
+        )),
+        None => router,
+    };
+    router
         .layer(middleware::from_fn_with_state(
             manager.clone(),
             count_requests,
@@ -226,10 +248,7 @@ pub fn metrics_router(manager: Manager) -> Router {
 
 /// The router of the TCP listener: every call needs a bearer token.
 pub fn router_with_tokens(manager: Manager, tokens: TokenSet) -> Router {
-    router(manager).layer(middleware::from_fn_with_state(
-        Arc::new(tokens),
-        require_token,
-    ))
+    routes(manager, Some(tokens))
 }
 
 async fn require_token(
@@ -441,6 +460,124 @@ async fn delete_mount(
         status.as_u16(),
     );
     Ok(Json(result?))
+}
+
+/// The body of `POST /v1/mounts/{name}/warm`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WarmRequest {
+    /// Paths relative to the dataset (files or directories); none: all.
+    #[serde(default)]
+    paths: Vec<String>,
+}
+
+/// The most paths one warm-up may name.
+const MAX_WARM_PATHS: usize = 1000;
+
+/// The paths of a warm-up request, checked: relative, no `.` or `..`
+/// segment, no empty segment but a trailing `/`.
+fn warm_paths(body: &[u8]) -> Result<Vec<String>, ApiError> {
+    let request: WarmRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        WarmRequest::default()
+    } else {
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::new(ErrorCode::InvalidBody, format!("request body: {e}")))?
+    };
+    if request.paths.len() > MAX_WARM_PATHS {
+        return Err(ApiError::new(
+            ErrorCode::InvalidBody,
+            format!("paths: at most {MAX_WARM_PATHS}"),
+        ));
+    }
+    for path in &request.paths {
+        let trimmed = path.strip_suffix('/').unwrap_or(path);
+        let bad = path.starts_with('/')
+            || path.len() > 1024
+            || path.chars().any(char::is_control)
+            || (!trimmed.is_empty()
+                && trimmed
+                    .split('/')
+                    .any(|segment| matches!(segment, "" | "." | "..")));
+        if bad {
+            return Err(ApiError::new(
+                ErrorCode::InvalidBody,
+                format!(
+                    "paths: {path:?} is not a path inside the dataset (relative, no . or .. or empty segments, at most 1024 bytes)"
+                ),
+            ));
+        }
+    }
+    Ok(request
+        .paths
+        .into_iter()
+        .map(|p| p.trim_end_matches('/').to_string())
+        .collect())
+}
+
+async fn start_warm(
+    State(manager): State<Manager>,
+    Extension(caller): Extension<Caller>,
+    name: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let name = dataset_name(name)?;
+    let paths = warm_paths(&body?)?;
+    let started = warm_call(&manager, &caller, &name, StatusCode::ACCEPTED, |manager| {
+        manager.warm(&name, paths)
+    })?;
+    Ok((StatusCode::ACCEPTED, Json(started)).into_response())
+}
+
+/// Runs warm-up call `act` if the policy lets `caller` warm `name`, and
+/// writes its audit line (`success`: the status it answers with).
+fn warm_call(
+    manager: &Manager,
+    caller: &Caller,
+    name: &DatasetName,
+    success: StatusCode,
+    act: impl FnOnce(&Manager) -> Result<crate::s3fs::fs::WarmupStatus, crate::manager::ManagerError>,
+) -> Result<crate::s3fs::fs::WarmupStatus, ApiError> {
+    let result = manager
+        .access()
+        .authorize(caller, Verb::Warm, name.as_str(), None, &[])
+        .and_then(|()| act(manager).map_err(ApiError::from));
+    let status = match &result {
+        Ok(_) => success,
+        Err(err) => err.status(),
+    };
+    access::audit(
+        manager.store(),
+        caller,
+        Verb::Warm,
+        name.as_str(),
+        None,
+        status.as_u16(),
+    );
+    result
+}
+
+async fn get_warm(
+    State(manager): State<Manager>,
+    Extension(caller): Extension<Caller>,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Json<crate::s3fs::fs::WarmupStatus>, ApiError> {
+    let name = dataset_name(name)?;
+    manager
+        .access()
+        .authorize(&caller, Verb::Get, name.as_str(), None, &[])?;
+    Ok(Json(manager.warm_status(&name)?))
+}
+
+async fn cancel_warm(
+    State(manager): State<Manager>,
+    Extension(caller): Extension<Caller>,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Json<crate::s3fs::fs::WarmupStatus>, ApiError> {
+    let name = dataset_name(name)?;
+    let cancelled = warm_call(&manager, &caller, &name, StatusCode::OK, |manager| {
+        manager.cancel_warm(&name)
+    })?;
+    Ok(Json(cancelled))
 }
 
 async fn list_mounts(

@@ -59,7 +59,7 @@ pub(crate) struct DetachFailure {
 
 /// How many mount calls may outlive their deadline and still wait in the
 /// kernel (for servers that do not answer) before new mounts are refused.
-pub(crate) const MAX_MOUNTS_IN_KERNEL: usize = 32;
+pub const MAX_MOUNTS_IN_KERNEL: usize = 32;
 /// How many mounts may be stacked on one path before we stop peeling them.
 const MAX_STACKED: usize = 16;
 /// Pauses between retries of a normal unmount that met EBUSY, before the
@@ -268,11 +268,16 @@ impl Manager {
         s3: &S3Source,
         deadline: Duration,
     ) -> Result<(), ManagerError> {
-        let Some((host, port)) = s3
-            .endpoint
-            .as_deref()
-            .and_then(crate::egress::endpoint_host_port)
-        else {
+        // Without an endpoint the client goes to AWS: that name is checked.
+        let endpoint = s3.endpoint.clone().unwrap_or_else(|| {
+            let region = s3.region.as_deref().unwrap_or("us-east-1");
+            if s3.path_style {
+                format!("https://s3.{region}.amazonaws.com")
+            } else {
+                format!("https://{}.s3.{region}.amazonaws.com", s3.bucket)
+            }
+        });
+        let Some((host, port)) = crate::egress::endpoint_host_port(&endpoint) else {
             return Ok(());
         };
         let addrs: Vec<std::net::IpAddr> = match host.parse() {

@@ -23,6 +23,27 @@ pub enum ManagerError {
         /// The name.
         name: String,
     },
+    /// The dataset does not read through a node cache (not S3, `"cache":
+    /// false`, a `file://` bucket, or no `--cache-dir`).
+    #[error("mount {name} does not read through a node cache: nothing to warm ({reason})")]
+    NoNodeCache {
+        /// The name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// A warm-up of the dataset is running already.
+    #[error("mount {name}: a warm-up is running already (DELETE it first)")]
+    WarmupRunning {
+        /// The name.
+        name: String,
+    },
+    /// No warm-up was started for the dataset.
+    #[error("mount {name}: no warm-up was started")]
+    NoWarmup {
+        /// The name.
+        name: String,
+    },
     /// The name is taken by another spec.
     #[error("mount {name} exists with a different spec: delete it first")]
     Conflict {

@@ -8,6 +8,7 @@ mod probe;
 mod reconcile;
 mod resume;
 mod root;
+mod warm;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -19,7 +20,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-pub use attach::{Attached, FuseAttachment};
+pub use attach::{Attached, FuseAttachment, MAX_MOUNTS_IN_KERNEL};
 pub use error::ManagerError;
 pub use resume::Resumable;
 
@@ -235,6 +236,8 @@ struct Slot {
     /// Held by a probe's blocking call while it runs inside the mount (a hung
     /// server holds one thread, and this, until it answers).
     probe_gate: Arc<tokio::sync::Mutex<()>>,
+    /// The latest warm-up of the dataset (dropped, and so stopped, with it).
+    warmup: Mutex<Option<Arc<crate::s3fs::fs::Warmup>>>,
 }
 
 impl Slot {
@@ -245,6 +248,7 @@ impl Slot {
             attached: Mutex::new(None),
             probe: Mutex::new(None),
             probe_gate: Arc::new(tokio::sync::Mutex::new(())),
+            warmup: Mutex::new(None),
         })
     }
 

@@ -41,6 +41,9 @@ use crate::operation::StoreRequest;
 
 mod readdir;
 mod scan;
+mod warm;
+
+pub use warm::{Warmup, WarmupState, WarmupStatus};
 
 pub use crate::s3fs::error::FsError;
 use crate::s3fs::handles::{
@@ -50,6 +53,7 @@ use crate::s3fs::inodes::{Inode, InodeRecord, InodeSnapshot, InodeTable};
 pub use crate::s3fs::inodes::{NodeKind, ObjectStat, ROOT_INODE};
 use crate::s3fs::journal::{Entry, Journal, JournaledTable, TableGuard, lock_table};
 use crate::s3fs::keys::{MAX_NAME_LEN, SkippedKeys};
+use crate::s3fs::node_cache::ObjectId;
 use crate::s3fs::prefetch::{FileReader, PrefetchBudget, RangeReader, ReadStats};
 use crate::s3fs::store::Bucket;
 use crate::s3fs::write::{Completion, ObjectWriter, WriteBudget};
@@ -147,13 +151,16 @@ impl Ownership {
 }
 
 /// What [`S3Filesystem::open`] hands back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct OpenedFile {
     /// The file handle.
     pub fh: u64,
     /// Whether the kernel may keep the pages it cached at an earlier open:
     /// true only when they came from the same ETag.
     pub keep_cache: bool,
+    /// The whole object in the node cache, checked, when the caller asked
+    /// for it: the kernel may read it directly (FUSE passthrough).
+    pub backing: Option<std::fs::File>,
 }
 
 /// Numbers for statfs.
@@ -757,7 +764,14 @@ impl S3Filesystem {
 
     /// Opens file `ino` for reading with the kernel's open `flags`; the handle
     /// is pinned to the object's ETag (from the cache when still fresh).
-    pub async fn open(&self, ino: u64, flags: i32) -> Result<OpenedFile, FsError> {
+    /// With `want_backing`, a small object whole in the node cache comes
+    /// with its cache file.
+    pub async fn open(
+        &self,
+        ino: u64,
+        flags: i32,
+        want_backing: bool,
+    ) -> Result<OpenedFile, FsError> {
         let inode = self.inode(ino)?;
         let writes = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         if writes {
@@ -816,6 +830,13 @@ impl S3Filesystem {
                 None => false,
             }
         };
+        let backing = match (&self.options.cache, &stat.etag) {
+            (Some(scope), Some(etag)) if want_backing => {
+                let id = ObjectId::new(&scope.origin, inode.key.as_ref(), etag);
+                scope.cache.whole_object(id, stat.size).await
+            }
+            _ => None,
+        };
         let ahead = self.note_open(inode.parent, &inode.name);
         let reader = FileReader::new(
             inode.key,
@@ -826,7 +847,40 @@ impl S3Filesystem {
             ahead,
         );
         let fh = self.handles().insert(Handle::Read(Arc::new(reader)));
-        Ok(OpenedFile { fh, keep_cache })
+        Ok(OpenedFile {
+            fh,
+            keep_cache,
+            backing,
+        })
+    }
+
+    /// Whether this mount reads through the node cache.
+    pub fn has_node_cache(&self) -> bool {
+        self.options.cache.is_some()
+    }
+
+    /// The open read handles: their inode and, for those the kernel reads
+    /// itself, their backing id (after a restore: the open files of an
+    /// earlier process).
+    pub fn open_read_handles(&self) -> Vec<(u64, u64, Option<u32>)> {
+        let readers = self.handles().readers();
+        let table = self.table();
+        readers
+            .into_iter()
+            .filter_map(|(fh, key, backing)| {
+                table
+                    .inodes
+                    .iter()
+                    .find(|(_, inode)| inode.kind == NodeKind::File && inode.key == key)
+                    .map(|(ino, _)| (fh, *ino, backing))
+            })
+            .collect()
+    }
+
+    /// Records (journaled, before the kernel hears of it) that the kernel
+    /// reads handle `fh` through backing id `id`.
+    pub fn note_passthrough(&self, fh: u64, id: u32) {
+        self.handles().set_backing(fh, id);
     }
 
     fn file_handle(&self, fh: u64) -> Result<Arc<FileReader>, FsError> {
@@ -1392,7 +1446,11 @@ mod tests {
 
     async fn open_read_all(fs: &S3Filesystem, parent: u64, name: &str) -> Vec<u8> {
         let attr = fs.lookup(parent, OsStr::new(name)).await.expect("lookup");
-        let fh = fs.open(attr.ino.0, libc::O_RDONLY).await.expect("open").fh;
+        let fh = fs
+            .open(attr.ino.0, libc::O_RDONLY, false)
+            .await
+            .expect("open")
+            .fh;
         let data = fs.read(fh, 0, u32::MAX).await.expect("read");
         fs.release(fh);
         data.to_vec()
@@ -1558,7 +1616,7 @@ mod tests {
         let before = store.requests();
         fs.lookup(ROOT_INODE, OsStr::new("a.txt")).await.unwrap();
         fs.getattr(attr.ino.0).await.unwrap();
-        let fh = fs.open(attr.ino.0, libc::O_RDONLY).await.unwrap().fh;
+        let fh = fs.open(attr.ino.0, libc::O_RDONLY, false).await.unwrap().fh;
         assert_eq!(store.requests(), before, "no revalidation when immutable");
         assert_eq!(&fs.read(fh, 0, 100).await.unwrap()[..], b"hello");
     }
@@ -1778,7 +1836,7 @@ mod tests {
         put(&*store, "one", vec![42u8]).await;
         let fs = Setup::default().build(store.clone());
         let attr = fs.lookup(ROOT_INODE, OsStr::new("data")).await.unwrap();
-        let fh = fs.open(attr.ino.0, libc::O_RDONLY).await.unwrap().fh;
+        let fh = fs.open(attr.ino.0, libc::O_RDONLY, false).await.unwrap().fh;
         assert_eq!(fs.read(fh, 0, 4096).await.unwrap(), content[..4096]);
         assert_eq!(fs.read(fh, 5000, 1000).await.unwrap(), content[5000..6000]);
         assert_eq!(fs.read(fh, 9000, 4096).await.unwrap(), content[9000..]);
@@ -1796,7 +1854,7 @@ mod tests {
         assert_eq!(open_read_all(&fs, ROOT_INODE, "zero").await, b"");
         assert_eq!(open_read_all(&fs, ROOT_INODE, "one").await, [42]);
         let one = fs.lookup(ROOT_INODE, OsStr::new("one")).await.unwrap();
-        let fh = fs.open(one.ino.0, libc::O_RDONLY).await.unwrap().fh;
+        let fh = fs.open(one.ino.0, libc::O_RDONLY, false).await.unwrap().fh;
         assert!(fs.read(fh, 1, 10).await.unwrap().is_empty());
     }
 
@@ -1807,7 +1865,7 @@ mod tests {
         put(&*store, "v", first.clone()).await;
         let fs = Setup::default().build(store.clone());
         let attr = fs.lookup(ROOT_INODE, OsStr::new("v")).await.unwrap();
-        let fh = fs.open(attr.ino.0, libc::O_RDONLY).await.unwrap().fh;
+        let fh = fs.open(attr.ino.0, libc::O_RDONLY, false).await.unwrap().fh;
         assert_eq!(fs.read(fh, 0, 7).await.unwrap(), first[..7]);
         // Same size, different content: only the ETag tells them apart.
         let mut second = first.clone();
@@ -1818,7 +1876,7 @@ mod tests {
         // ...anything fetched from now on fails, sequential or not.
         assert_eq!(errno_of(fs.read(fh, 2 * MIB, 4096).await), libc::EIO);
         assert_eq!(errno_of(fs.read(fh, 3 * MIB - 10, 10).await), libc::EIO);
-        let fresh = fs.open(attr.ino.0, libc::O_RDONLY).await.unwrap().fh;
+        let fresh = fs.open(attr.ino.0, libc::O_RDONLY, false).await.unwrap().fh;
         // The cached metadata is still fresh: the new handle is pinned to the
         // old ETag too, and fails rather than mixing versions.
         assert_eq!(errno_of(fs.read(fresh, 0, 4096).await), libc::EIO);
@@ -1834,12 +1892,12 @@ mod tests {
         }
         .build(store.clone());
         let attr = fs.lookup(ROOT_INODE, OsStr::new("f")).await.unwrap();
-        let first = fs.open(attr.ino.0, libc::O_RDONLY).await.unwrap();
+        let first = fs.open(attr.ino.0, libc::O_RDONLY, false).await.unwrap();
         assert!(!first.keep_cache, "nothing cached at the first open");
-        let second = fs.open(attr.ino.0, libc::O_RDONLY).await.unwrap();
+        let second = fs.open(attr.ino.0, libc::O_RDONLY, false).await.unwrap();
         assert!(second.keep_cache, "same ETag: the cached pages are valid");
         put(&*store, "f", "two").await;
-        let third = fs.open(attr.ino.0, libc::O_RDONLY).await.unwrap();
+        let third = fs.open(attr.ino.0, libc::O_RDONLY, false).await.unwrap();
         assert!(
             !third.keep_cache,
             "new ETag: the kernel must drop its pages"
@@ -1878,7 +1936,7 @@ mod tests {
         }
         .build(store.clone());
         let attr = fs.lookup(ROOT_INODE, OsStr::new("big")).await.unwrap();
-        let fh = fs.open(attr.ino.0, libc::O_RDONLY).await.unwrap().fh;
+        let fh = fs.open(attr.ino.0, libc::O_RDONLY, false).await.unwrap().fh;
         // 100_000 is no divisor of any part size: reads straddle parts.
         let data = read_range(&fs, fh, 0, size, 100_000).await;
         assert_eq!(data.len(), content.len());
@@ -1908,7 +1966,7 @@ mod tests {
         put(&*store, "big", content.clone()).await;
         let fs = Setup::default().build(store.clone());
         let attr = fs.lookup(ROOT_INODE, OsStr::new("big")).await.unwrap();
-        let fh = fs.open(attr.ino.0, libc::O_RDONLY).await.unwrap().fh;
+        let fh = fs.open(attr.ino.0, libc::O_RDONLY, false).await.unwrap().fh;
         // Far apart, out of order (never within the sequential slack).
         let offsets = [37, 5, 50, 20, 62, 12, 44, 28].map(|mib| mib * MIB + 4096);
         for offset in offsets {
@@ -1938,7 +1996,7 @@ mod tests {
         put(&*store, "f", content.clone()).await;
         let fs = Setup::default().build(store.clone());
         let attr = fs.lookup(ROOT_INODE, OsStr::new("f")).await.unwrap();
-        let fh = fs.open(attr.ino.0, libc::O_RDONLY).await.unwrap().fh;
+        let fh = fs.open(attr.ino.0, libc::O_RDONLY, false).await.unwrap().fh;
         assert!(fs.read(fh, 0, 4096).await.unwrap() == content[..4096]);
         let gets = store.gets.load(Ordering::SeqCst);
         // Inside the first window: no new GET for the bytes themselves.
@@ -1981,7 +2039,11 @@ mod tests {
         let gets_before = store.gets.load(Ordering::SeqCst);
         let mut served_ahead = 0;
         for (i, entry) in files.iter().enumerate() {
-            let fh = fs.open(entry.attr.ino.0, libc::O_RDONLY).await.unwrap().fh;
+            let fh = fs
+                .open(entry.attr.ino.0, libc::O_RDONLY, false)
+                .await
+                .unwrap()
+                .fh;
             let data = fs.read(fh, 0, 1 << 20).await.unwrap();
             assert!(data == pattern(1000 + i), "content of {}", entry.name);
             if fs.read_stats(fh).unwrap().parts_started == 0 {
@@ -2000,7 +2062,11 @@ mod tests {
         fs.readdirplus(dh, 0, ALL).await.unwrap();
         fs.releasedir(dh);
         for entry in files.iter().rev().step_by(3) {
-            let fh = fs.open(entry.attr.ino.0, libc::O_RDONLY).await.unwrap().fh;
+            let fh = fs
+                .open(entry.attr.ino.0, libc::O_RDONLY, false)
+                .await
+                .unwrap()
+                .fh;
             fs.read(fh, 0, 1 << 20).await.unwrap();
             fs.release(fh);
         }
@@ -2023,7 +2089,7 @@ mod tests {
         }
         .build(store.clone());
         let attr = fs.lookup(ROOT_INODE, OsStr::new("f")).await.unwrap();
-        let fh = fs.open(attr.ino.0, libc::O_RDONLY).await.unwrap().fh;
+        let fh = fs.open(attr.ino.0, libc::O_RDONLY, false).await.unwrap().fh;
         let data = read_range(&fs, fh, 0, size, 256 * 1024).await;
         assert!(data == content);
         // Nothing ahead: one GET per read, each exactly the read.
@@ -2056,7 +2122,7 @@ mod tests {
         }
         .build(store.clone());
         let file = fs.lookup(ROOT_INODE, OsStr::new("a.txt")).await.unwrap();
-        let fh = fs.open(file.ino.0, libc::O_RDONLY).await.unwrap().fh;
+        let fh = fs.open(file.ino.0, libc::O_RDONLY, false).await.unwrap().fh;
         let dir_fh = fs.opendir(ROOT_INODE).unwrap();
 
         store.fail_with(Some(permission_denied));
@@ -2110,15 +2176,18 @@ mod tests {
         let fs = Setup::default().build(sample_store().await);
         let file = fs.lookup(ROOT_INODE, OsStr::new("a.txt")).await.unwrap();
         assert_eq!(
-            errno_of(fs.open(file.ino.0, libc::O_WRONLY).await),
+            errno_of(fs.open(file.ino.0, libc::O_WRONLY, false).await),
             libc::EROFS
         );
         assert_eq!(
-            errno_of(fs.open(file.ino.0, libc::O_RDWR).await),
+            errno_of(fs.open(file.ino.0, libc::O_RDWR, false).await),
             libc::EROFS
         );
         assert_eq!(
-            errno_of(fs.open(file.ino.0, libc::O_RDONLY | libc::O_TRUNC).await),
+            errno_of(
+                fs.open(file.ino.0, libc::O_RDONLY | libc::O_TRUNC, false)
+                    .await
+            ),
             libc::EROFS
         );
         assert_eq!(
@@ -2127,7 +2196,7 @@ mod tests {
         );
         let dir = fs.lookup(ROOT_INODE, OsStr::new("dir")).await.unwrap();
         assert_eq!(
-            errno_of(fs.open(dir.ino.0, libc::O_RDONLY).await),
+            errno_of(fs.open(dir.ino.0, libc::O_RDONLY, false).await),
             libc::EISDIR
         );
 
@@ -2252,7 +2321,7 @@ mod tests {
         assert_eq!(stored(&store, "log").await, None, "completed too early");
         // While it is still open somewhere, it cannot be read yet.
         assert_eq!(
-            errno_of(fs.open(attr.ino.0, libc::O_RDONLY).await),
+            errno_of(fs.open(attr.ino.0, libc::O_RDONLY, false).await),
             libc::EBUSY
         );
         fs.write(fh, 8, b"three").await.unwrap();
@@ -2434,14 +2503,14 @@ mod tests {
         };
         // Lookups and handles the kernel gave back before the handover.
         let gone = fs.lookup(ROOT_INODE, OsStr::new("top.txt")).await.unwrap();
-        let closed = fs.open(gone.ino.0, libc::O_RDONLY).await.unwrap().fh;
+        let closed = fs.open(gone.ino.0, libc::O_RDONLY, false).await.unwrap().fh;
         fs.release(closed);
         fs.forget(gone.ino.0, 1);
         // What the kernel holds: looked-up inodes, a file open for reading
         // (partly read), an open directory (partly listed), a file being written.
         let dir = fs.lookup(ROOT_INODE, OsStr::new("dir")).await.unwrap();
         let a = fs.lookup(dir.ino.0, OsStr::new("a.bin")).await.unwrap();
-        let opened = fs.open(a.ino.0, libc::O_RDONLY).await.unwrap();
+        let opened = fs.open(a.ino.0, libc::O_RDONLY, false).await.unwrap();
         assert_eq!(
             fs.read(opened.fh, 0, 10).await.unwrap()[..],
             pattern(100_000)[..10]
@@ -2525,7 +2594,11 @@ mod tests {
             .await
             .unwrap();
         assert!(top.ino.0 > written.ino.0);
-        let fh = restored.open(top.ino.0, libc::O_RDONLY).await.unwrap().fh;
+        let fh = restored
+            .open(top.ino.0, libc::O_RDONLY, false)
+            .await
+            .unwrap()
+            .fh;
         assert!(fh > wfh && fh != opened.fh && fh != dh);
         // Forgets bring the restored lookup counts down to nothing.
         restored.forget(a.ino.0, 2);
@@ -2550,7 +2623,10 @@ mod tests {
         let next = writable().resume(store, journals);
         let attr = next.getattr(created.ino.0).await.unwrap();
         assert_eq!(attr.size, 11, "the completed object's size");
-        let opened = next.open(created.ino.0, libc::O_RDONLY).await.unwrap();
+        let opened = next
+            .open(created.ino.0, libc::O_RDONLY, false)
+            .await
+            .unwrap();
         assert_eq!(
             &next.read(opened.fh, 0, 100).await.unwrap()[..],
             b"hello world"
@@ -2718,7 +2794,10 @@ mod tests {
         let old = fs.lookup(ROOT_INODE, OsStr::new("old")).await.unwrap();
         // Overwrite in place, truncate, reopen for writing: EPERM.
         for flags in [libc::O_WRONLY, libc::O_RDWR, libc::O_RDONLY | libc::O_TRUNC] {
-            assert_eq!(errno_of(fs.open(old.ino.0, flags).await), libc::EPERM);
+            assert_eq!(
+                errno_of(fs.open(old.ino.0, flags, false).await),
+                libc::EPERM
+            );
         }
         assert_eq!(errno_of(fs.setattr(old.ino.0, Some(0)).await), libc::EPERM);
         // Times, owner and mode are accepted (and ignored), as is the same size.
@@ -2884,7 +2963,7 @@ mod tests {
             FileType::RegularFile
         );
 
-        let fh = fs.open(top.ino.0, libc::O_RDONLY).await.unwrap().fh;
+        let fh = fs.open(top.ino.0, libc::O_RDONLY, false).await.unwrap().fh;
         assert_eq!(fs.read(fh, 4990, 100).await.unwrap(), pattern(5000)[4990..]);
         // Replace the file (new inode, new size): the pinned handle refuses it.
         std::fs::write(root.join("data/top.new"), pattern(6000)).unwrap();

@@ -3,9 +3,10 @@
 //! may touch the store runs on the filesystem's tokio runtime). Errors become
 //! errnos here, and only here.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
@@ -29,21 +30,105 @@ const MAX_DIR_ENTRIES_PER_REPLY: usize = 512;
 /// Background requests after which the kernel considers the mount congested.
 const CONGESTION_THRESHOLD: u16 = 48;
 
+/// How the open files of one inode do their I/O. The kernel wants all of
+/// them read through this filesystem (its page cache) or all passed through
+/// to one backing file: a mix fails the open (`EINVAL`, `ETXTBSY`, `EBUSY`).
+#[derive(Debug)]
+enum InodeIo {
+    /// Opens read through this filesystem.
+    Cached(usize),
+    /// Opens the kernel reads from a node cache file itself, all through
+    /// one backing id (closed when the last of them is released).
+    Passthrough(usize, Backing),
+}
+
+/// A backing id of the connection.
+#[derive(Debug)]
+enum Backing {
+    /// Opened, or taken over, by this process: closed when dropped.
+    Owned(fuser::BackingId),
+    /// Opened by an earlier process serving the connection (from the
+    /// journal): still registered in the kernel, taken over at the next
+    /// open of the file. If none comes, it stays registered until the
+    /// unmount (a process that has no reply to hand cannot close it).
+    Restored(u32),
+}
+
+impl InodeIo {
+    fn count(&mut self) -> &mut usize {
+        match self {
+            InodeIo::Cached(n) | InodeIo::Passthrough(n, _) => n,
+        }
+    }
+}
+
+/// The I/O mode of every inode with open files, and the inode of each
+/// handle counted in it.
+#[derive(Debug, Default)]
+struct IoModes {
+    inodes: HashMap<u64, InodeIo>,
+    handles: HashMap<u64, u64>,
+}
+
+impl IoModes {
+    /// Counts handle `fh` of `ino` in the inode's mode (`mode` if it has
+    /// none yet).
+    fn add(&mut self, fh: u64, ino: u64, mode: impl FnOnce() -> InodeIo) {
+        self.handles.insert(fh, ino);
+        *self.inodes.entry(ino).or_insert_with(mode).count() += 1;
+    }
+
+    /// Forgets handle `fh`; the inode's mode (and backing id) goes with its
+    /// last handle.
+    fn remove(&mut self, fh: u64) {
+        let Some(ino) = self.handles.remove(&fh) else {
+            return;
+        };
+        if let Some(io) = self.inodes.get_mut(&ino) {
+            let count = io.count();
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.inodes.remove(&ino);
+            }
+        }
+    }
+}
+
 /// The `fuser::Filesystem` for one mount.
 #[derive(Debug)]
 pub struct FuseAdapter {
     fs: Arc<S3Filesystem>,
     /// The unsupported requests already logged (each kind once per mount).
     unsupported_seen: Mutex<HashSet<&'static str>>,
+    /// Whether the kernel reads node cache files itself (FUSE passthrough:
+    /// granted at INIT, and no backing file refused so far).
+    passthrough: Arc<AtomicBool>,
+    io_modes: Arc<Mutex<IoModes>>,
 }
 
 impl FuseAdapter {
-    /// Wraps a filesystem.
+    /// Wraps a filesystem. Read handles it already has (restored from an
+    /// earlier process) keep the I/O mode the journal recorded.
     pub fn new(fs: Arc<S3Filesystem>) -> Self {
+        let mut io_modes = IoModes::default();
+        for (fh, ino, backing) in fs.open_read_handles() {
+            io_modes.add(fh, ino, || match backing {
+                Some(id) => InodeIo::Passthrough(0, Backing::Restored(id)),
+                None => InodeIo::Cached(0),
+            });
+        }
         FuseAdapter {
             fs,
             unsupported_seen: Mutex::new(HashSet::new()),
+            passthrough: Arc::new(AtomicBool::new(false)),
+            io_modes: Arc::new(Mutex::new(io_modes)),
         }
+    }
+
+    /// Serves with FUSE passthrough or without (a resumed connection keeps
+    /// what its INIT negotiated).
+    pub fn set_passthrough(&self, enabled: bool) {
+        self.passthrough.store(enabled, Ordering::Relaxed);
     }
 
     /// Answers a request this filesystem does not serve with `errno`,
@@ -101,6 +186,73 @@ impl FuseAdapter {
     }
 }
 
+fn lock_io(io_modes: &Mutex<IoModes>) -> std::sync::MutexGuard<'_, IoModes> {
+    io_modes.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Answers an open in the I/O mode the inode's other open files have:
+/// passthrough to the node cache file when the inode has no other mode and
+/// the file came with one, else through this filesystem. The backing id is
+/// journaled before the reply goes out, and the reply goes out under the
+/// lock, so a release cannot close the id it names in between. True when
+/// the open passes through.
+fn reply_open(
+    fs: &S3Filesystem,
+    io_modes: &Mutex<IoModes>,
+    passthrough: &AtomicBool,
+    ino: u64,
+    opened: crate::s3fs::fs::OpenedFile,
+    reply: ReplyOpen,
+) -> bool {
+    let fh = opened.fh;
+    // Pages cached from the same ETag stay; otherwise the kernel drops them
+    // at this open.
+    let cached_flags = if opened.keep_cache {
+        FopenFlags::FOPEN_KEEP_CACHE
+    } else {
+        FopenFlags::empty()
+    };
+    let mut io = lock_io(io_modes);
+    if !io.inodes.contains_key(&ino)
+        && let Some(file) = &opened.backing
+    {
+        match reply.open_backing(file) {
+            Ok(backing) => {
+                io.inodes
+                    .insert(ino, InodeIo::Passthrough(0, Backing::Owned(backing)));
+            }
+            Err(error) => {
+                // The cache's filesystem cannot back FUSE files (a stacked
+                // one, say): read through this filesystem from now on.
+                passthrough.store(false, Ordering::Relaxed);
+                tracing::warn!(%error, "fuse passthrough refused; node cache files are read through fuse");
+            }
+        }
+    }
+    io.add(fh, ino, || InodeIo::Cached(0));
+    if let Some(InodeIo::Passthrough(_, backing)) = io.inodes.get_mut(&ino)
+        && let Backing::Restored(id) = *backing
+    {
+        // SAFETY: `id` was opened on this connection by an earlier process
+        // (recorded in the journal before its reply); processes that serve
+        // a connection never close ids as they end (they die or are killed
+        // once quiesced), and this value is now the only owner: it closes
+        // the id when the file's last handle is released.
+        *backing = Backing::Owned(unsafe { reply.wrap_backing(id) });
+    }
+    match io.inodes.get(&ino) {
+        Some(InodeIo::Passthrough(_, Backing::Owned(backing))) => {
+            fs.note_passthrough(fh, backing.raw());
+            reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), backing);
+            true
+        }
+        _ => {
+            reply.opened(FileHandle(fh), cached_flags);
+            false
+        }
+    }
+}
+
 /// The errno for `err`, logging the cause once unless it is an expected answer.
 fn errno(op: &str, err: &FsError) -> Errno {
     if err.is_expected() {
@@ -128,10 +280,18 @@ impl fuser::Filesystem for FuseAdapter {
         // Not FUSE_READDIRPLUS_AUTO: attributes come with the listing for
         // free, and in auto mode the kernel falls back to plain READDIR after
         // the first batch, so every later open costs a LOOKUP (HEAD + LIST).
+        // The kernel reads node cache files itself (Linux 6.9 and later);
+        // the cache files must sit on a filesystem that is not stacked.
+        let wanted = if self.fs.has_node_cache() && config.set_max_stack_depth(1).is_ok() {
+            wanted | InitFlags::FUSE_PASSTHROUGH
+        } else {
+            wanted
+        };
         let offered = config.capabilities() & wanted;
         if let Err(unsupported) = config.add_capabilities(offered) {
             tracing::debug!(?unsupported, "kernel refused fuse capabilities");
         }
+        self.set_passthrough(offered.contains(InitFlags::FUSE_PASSTHROUGH));
         tracing::info!(
             bucket = self.fs.bucket_display(),
             capabilities = ?offered,
@@ -299,17 +459,21 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let passthrough = Arc::clone(&self.passthrough);
+        let io_modes = Arc::clone(&self.io_modes);
+        // A file open in another mode cannot pass through: no need to look.
+        let want_backing = passthrough.load(Ordering::Relaxed)
+            && self.fs.has_node_cache()
+            && !lock_io(&self.io_modes).inodes.contains_key(&ino.0);
         self.spawn("open", move |fs| async move {
-            match fs.open(ino.0, flags.0).await {
+            match fs.open(ino.0, flags.0, want_backing).await {
                 Ok(opened) => {
-                    // Pages cached from the same ETag stay; otherwise the
-                    // kernel drops them at this open.
-                    let open_flags = if opened.keep_cache {
-                        FopenFlags::FOPEN_KEEP_CACHE
-                    } else {
-                        FopenFlags::empty()
-                    };
-                    reply.opened(FileHandle(opened.fh), open_flags)
+                    if reply_open(&fs, &io_modes, &passthrough, ino.0, opened, reply) {
+                        fs.metrics()
+                            .cache_requests
+                            .with_label_values(&["passthrough"])
+                            .inc();
+                    }
                 }
                 Err(err) => reply.error(errno("open", &err)),
             }
@@ -399,14 +563,17 @@ impl fuser::Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         if self.fs.is_writer(fh.0) {
+            let io_modes = Arc::clone(&self.io_modes);
             self.spawn("release", move |fs| async move {
                 fs.release_writer(fh.0).await;
+                lock_io(&io_modes).remove(fh.0);
                 reply.ok();
             });
             return;
         }
         let started = Instant::now();
         self.fs.release(fh.0);
+        lock_io(&self.io_modes).remove(fh.0);
         self.observe("release", started);
         reply.ok();
     }
@@ -588,15 +755,20 @@ impl fuser::Filesystem for FuseAdapter {
     ) {
         let name = name.to_owned();
         let created_by = process_of(req.pid());
+        let io_modes = Arc::clone(&self.io_modes);
         self.spawn("create", move |fs| async move {
             match fs.create(parent.0, &name, created_by).await {
-                Ok((attr, fh)) => reply.created(
-                    &fs.kernel_ttl(),
-                    &attr,
-                    GENERATION,
-                    FileHandle(fh),
-                    FopenFlags::empty(),
-                ),
+                Ok((attr, fh)) => {
+                    // A file being written reads through this filesystem.
+                    lock_io(&io_modes).add(fh, attr.ino.0, || InodeIo::Cached(0));
+                    reply.created(
+                        &fs.kernel_ttl(),
+                        &attr,
+                        GENERATION,
+                        FileHandle(fh),
+                        FopenFlags::empty(),
+                    )
+                }
                 Err(err) => reply.error(errno("create", &err)),
             }
         });

@@ -60,6 +60,10 @@ pub(crate) enum Handle {
 pub(crate) struct HandleTable {
     next: u64,
     handles: HashMap<u64, Handle>,
+    /// The FUSE backing id of each read handle the kernel reads itself
+    /// (passthrough): it belongs to the connection, not the process, so
+    /// the next process must reuse it for every open of the same file.
+    backing: HashMap<u64, u32>,
     /// The journal changes go to (a supervised worker's mounts).
     journal: Option<TableJournal>,
 }
@@ -69,6 +73,7 @@ impl Default for HandleTable {
         HandleTable {
             next: 1,
             handles: HashMap::new(),
+            backing: HashMap::new(),
             journal: None,
         }
     }
@@ -119,7 +124,29 @@ impl HandleTable {
     /// Closes `fh`.
     pub(crate) fn remove(&mut self, fh: u64) -> Option<Handle> {
         self.mark(fh);
+        self.backing.remove(&fh);
         self.handles.remove(&fh)
+    }
+
+    /// Records that the kernel reads `fh` through backing id `id`.
+    pub(crate) fn set_backing(&mut self, fh: u64, id: u32) {
+        if self.handles.contains_key(&fh) {
+            self.backing.insert(fh, id);
+            self.mark(fh);
+        }
+    }
+
+    /// Every file open for reading: its handle, object key and backing id.
+    pub(crate) fn readers(&self) -> Vec<(u64, ObjectPath, Option<u32>)> {
+        self.handles
+            .iter()
+            .filter_map(|(fh, handle)| match handle {
+                Handle::Read(reader) => {
+                    Some((*fh, reader.key().clone(), self.backing.get(fh).copied()))
+                }
+                _ => None,
+            })
+            .collect()
     }
 
     /// How many files are open for writing.
@@ -156,6 +183,10 @@ pub enum HandleRecord {
         key: String,
         /// The pinned version.
         stat: ObjectStat,
+        /// The FUSE backing id the kernel reads the file through
+        /// (passthrough), if it does.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        backing: Option<u32>,
     },
     /// A new file that was being written: its upload cannot survive the
     /// process that held it, so the handle fails from then on (EIO).
@@ -200,9 +231,18 @@ impl HandleTable {
         let mut table = HandleTable {
             next: snapshot.next,
             handles: HashMap::new(),
+            backing: HashMap::new(),
             journal: None,
         };
         for record in snapshot.handles {
+            if let HandleRecord::Read {
+                fh,
+                backing: Some(id),
+                ..
+            } = &record
+            {
+                table.backing.insert(*fh, *id);
+            }
             table.handles.insert(record.fh(), restore(record));
         }
         table
@@ -229,6 +269,7 @@ impl HandleTable {
                 fh,
                 key: reader.key().to_string(),
                 stat: reader.stat().clone(),
+                backing: self.backing.get(&fh).copied(),
             },
             Handle::Write(writer) => HandleRecord::Write {
                 fh,

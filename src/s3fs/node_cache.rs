@@ -315,6 +315,51 @@ impl NodeCache {
         read
     }
 
+    /// The cache file holding all of the object `id` (of `size` bytes, at
+    /// most one block), open for reading and checked against its CRC: what
+    /// the kernel may read directly (FUSE passthrough; the caller counts
+    /// `hotmount_cache_requests_total{result="passthrough"}` if it does).
+    pub async fn whole_object(self: &Arc<Self>, id: ObjectId, size: u64) -> Option<std::fs::File> {
+        if size == 0 || size > BLOCK_SIZE {
+            return None;
+        }
+        let key = (id, 0);
+        let entry = self.lock().touch(&key)?;
+        let cache = Arc::clone(self);
+        let file = tokio::task::spawn_blocking(move || {
+            let path = cache.path_of(&key, entry.crc);
+            let mut file = std::fs::File::open(&path).ok()?;
+            let mut data = Vec::with_capacity(size as usize);
+            std::io::Read::read_to_end(&mut file, &mut data).ok()?;
+            if data.len() as u64 != size || crc32c::crc32c(&data) != entry.crc {
+                cache.drop_corrupt(&key, &path);
+                return None;
+            }
+            Some(file)
+        })
+        .await
+        .ok()
+        .flatten();
+        if file.is_none() {
+            self.metrics
+                .cache_requests
+                .with_label_values(&["miss"])
+                .inc();
+        }
+        file
+    }
+
+    /// Deletes a block that failed its check, and counts it.
+    fn drop_corrupt(&self, key: &BlockKey, path: &Path) {
+        tracing::warn!(path = %path.display(), "corrupt cache block dropped");
+        self.metrics
+            .cache_blocks
+            .with_label_values(&["corrupt"])
+            .inc();
+        self.lock().remove(key);
+        let _ = std::fs::remove_file(path);
+    }
+
     /// Reads and checks the blocks of `range`; `None` if one is missing or
     /// corrupt (a corrupt one is deleted).
     fn read_blocks(
@@ -337,13 +382,7 @@ impl NodeCache {
                 }
             };
             if data.len() as u64 != expected || crc32c::crc32c(&data) != entry.crc {
-                tracing::warn!(path = %path.display(), "corrupt cache block dropped");
-                self.metrics
-                    .cache_blocks
-                    .with_label_values(&["corrupt"])
-                    .inc();
-                self.lock().remove(key);
-                let _ = std::fs::remove_file(&path);
+                self.drop_corrupt(key, &path);
                 return None;
             }
             let from = range.start.max(block_start) - block_start;
@@ -357,20 +396,7 @@ impl NodeCache {
     /// `data`, fetched at `start`, covers. In the background; skipped when
     /// too much is waiting to be written.
     pub fn store(self: &Arc<Self>, id: ObjectId, start: u64, data: Bytes, size: u64) {
-        let end = start + data.len() as u64;
-        let mut blocks = Vec::new();
-        for block in block_span(&(start..end)) {
-            let block_start = block * BLOCK_SIZE;
-            let block_end = block_start + block_len(block, size);
-            if block_start < start
-                || block_end > end
-                || self.lock().entries.contains_key(&(id, block))
-            {
-                continue;
-            }
-            let slice = data.slice((block_start - start) as usize..(block_end - start) as usize);
-            blocks.push(((id, block), slice));
-        }
+        let blocks = self.new_whole_blocks(id, start, &data, size);
         let bytes: u64 = blocks.iter().map(|(_, b)| b.len() as u64).sum();
         if bytes == 0 {
             return;
@@ -390,6 +416,59 @@ impl NodeCache {
             }
             drop(permit);
         });
+    }
+
+    /// The blocks of the object `id` (of `size` bytes) that lie whole in
+    /// `data`, fetched at `start`, and are not cached yet.
+    fn new_whole_blocks(
+        &self,
+        id: ObjectId,
+        start: u64,
+        data: &Bytes,
+        size: u64,
+    ) -> Vec<(BlockKey, Bytes)> {
+        let end = start + data.len() as u64;
+        let index = self.lock();
+        block_span(&(start..end))
+            .filter_map(|block| {
+                let block_start = block * BLOCK_SIZE;
+                let block_end = block_start + block_len(block, size);
+                let whole = block_start >= start && block_end <= end;
+                (whole && !index.entries.contains_key(&(id, block))).then(|| {
+                    let slice =
+                        data.slice((block_start - start) as usize..(block_end - start) as usize);
+                    ((id, block), slice)
+                })
+            })
+            .collect()
+    }
+
+    /// Whether every block of the object `id` (of `size` bytes) is cached.
+    pub fn holds(&self, id: ObjectId, size: u64) -> bool {
+        let index = self.lock();
+        block_span(&(0..size)).all(|block| index.entries.contains_key(&(id, block)))
+    }
+
+    /// Like [`NodeCache::store`], but waits for room among the pending
+    /// writes and for the blocks to be written (a warm-up must not skip
+    /// any).
+    pub async fn store_now(self: &Arc<Self>, id: ObjectId, start: u64, data: Bytes, size: u64) {
+        let blocks = self.new_whole_blocks(id, start, &data, size);
+        let bytes: u32 = blocks.iter().map(|(_, b)| b.len() as u32).sum();
+        let Ok(permit) = Arc::clone(&self.pending_writes)
+            .acquire_many_owned(bytes)
+            .await
+        else {
+            return;
+        };
+        let cache = Arc::clone(self);
+        let _ = tokio::task::spawn_blocking(move || {
+            for (key, data) in blocks {
+                cache.write_block(key, &data);
+            }
+            drop(permit);
+        })
+        .await;
     }
 
     /// Writes one block (temporary file, then rename) and evicts to stay

@@ -42,6 +42,8 @@ use crate::s3fs::node_cache::{CacheScope, ObjectId};
 
 /// The default agent-wide budget for prefetched data (`--prefetch-memory`).
 pub const DEFAULT_PREFETCH_MEMORY: u64 = 512 * 1024 * 1024;
+/// The ranged GETs of a warm-up (whole node cache blocks).
+pub const WARM_RANGE: u64 = 8 * crate::s3fs::node_cache::BLOCK_SIZE;
 /// The first prefetch window of a sequential reader.
 pub const INITIAL_WINDOW: u64 = 1024 * 1024;
 /// The largest prefetch window of one handle.
@@ -139,6 +141,30 @@ impl RangeReader {
         scope
             .cache
             .store(id, range.start, fetched.clone(), stat.size);
+        Ok(fetched)
+    }
+
+    /// Fetches what the node cache lacks of `key` (as `stat`) into it, in
+    /// ranges of [`WARM_RANGE`], waiting for every block to be written; the
+    /// bytes fetched (none when it was whole already, or without a cache or
+    /// an ETag).
+    pub async fn warm(&self, key: &ObjectPath, stat: &ObjectStat) -> Result<u64, FsError> {
+        let (Some(scope), Some(etag)) = (&self.cache, &stat.etag) else {
+            return Ok(0);
+        };
+        let id = ObjectId::new(&scope.origin, key.as_ref(), etag);
+        if scope.cache.holds(id, stat.size) {
+            return Ok(0);
+        }
+        let mut fetched = 0;
+        let mut start = 0;
+        while start < stat.size {
+            let end = (start + WARM_RANGE).min(stat.size);
+            let data = self.fetch(key, stat, start..end).await?;
+            fetched += data.len() as u64;
+            scope.cache.store_now(id, start, data, stat.size).await;
+            start = end;
+        }
         Ok(fetched)
     }
 

@@ -75,6 +75,13 @@ impl BackingId {
         }
     }
 
+    /// hotmount patch: the raw `backing_id`, still owned (and closed at drop)
+    /// by this value: to record it for a process that takes the connection
+    /// over, which reuses it with [`ReplyOpen::wrap_backing()`](crate::ReplyOpen::wrap_backing).
+    pub fn raw(&self) -> u32 {
+        self.backing_id
+    }
+
     /// Converts this backing file reference into the raw `backing_id` value as returned by the kernel.
     ///
     /// This method transfers ownership of the backing file to the caller, who must invoke the
