@@ -532,8 +532,11 @@ fn stop_fuse_process(path: &Path, mut child: Child) {
 /// admin `/metrics`); byte counters are kept in MiB.
 type Counters = BTreeMap<String, f64>;
 
-/// The samples of a Prometheus text exposition: name, labels, value.
-fn prometheus_samples(text: &str) -> Vec<(&str, Vec<(&str, &str)>, f64)> {
+/// A Prometheus sample: name, labels, value.
+type Sample<'a> = (&'a str, Vec<(&'a str, &'a str)>, f64);
+
+/// The samples of a Prometheus text exposition.
+fn prometheus_samples(text: &str) -> Vec<Sample<'_>> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|line| {
@@ -995,6 +998,36 @@ fn disk_usage_mib(dir: &Path) -> f64 {
     walk(dir) as f64 / MIB as f64
 }
 
+/// The regular files below `dir` read with 1 MiB reads from dropped page
+/// caches, in file-name order (hotmount's block files are named
+/// OBJECT-INDEX-CRC: each object's blocks in order); `items` is what the
+/// workload counts (files or one file). None when there are none.
+fn read_cache_files(dir: &Path, items: u64) -> Option<Figure> {
+    fn walk(dir: &Path, files: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            match entry.file_type() {
+                Ok(kind) if kind.is_dir() => walk(&entry.path(), files),
+                Ok(kind) if kind.is_file() => files.push(entry.path()),
+                _ => {}
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(dir, &mut files);
+    if files.is_empty() {
+        return None;
+    }
+    files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+    drop_caches();
+    let started = Instant::now();
+    let bytes = files.iter().map(|path| read_file(path)).sum();
+    Some(Figure {
+        seconds: started.elapsed().as_secs_f64(),
+        bytes,
+        items,
+    })
+}
+
 /// Waits until the cache directory stops growing (writes behind the reads
 /// land), at most 30 s; its size in MiB.
 fn settle(dir: &Path) -> f64 {
@@ -1071,9 +1104,19 @@ fn report(tool: &str, label: &str, workload: &str, run: &Run) {
 
 type Results = BTreeMap<(&'static str, &'static str), (Figure, Option<f64>)>;
 
-/// Both epochs of a workload through a cache column, and the cache's size
-/// on disk after the first.
-type EpochResults = BTreeMap<(&'static str, &'static str), ([Run; 2], f64)>;
+/// Both epochs of a workload through a cache column.
+#[derive(Debug)]
+struct Epochs {
+    runs: [Run; 2],
+    /// The cache directory's size on disk after epoch 1, MiB.
+    cached_mib: f64,
+    /// hotmount+cache only (its cache files hold the objects' bytes and
+    /// nothing else): those files read straight from the disk after epoch 2,
+    /// page cache dropped, what epoch 2 would be without FUSE and the agent.
+    direct: Option<Figure>,
+}
+
+type EpochResults = BTreeMap<(&'static str, &'static str), Epochs>;
 
 /// The workloads to run (`BENCH_WORKLOADS`, e.g. `seq,small`; all by default).
 fn selected_workloads() -> Vec<&'static str> {
@@ -1123,7 +1166,7 @@ fn run_epochs(
             workload,
             &first,
         );
-        let cached = tool.cache_dir().map_or(f64::NAN, settle);
+        let cached_mib = tool.cache_dir().map_or(f64::NAN, settle);
         let second = measure(&*tool, &mount, pid, workload, sizes, server);
         report(
             tool.name(),
@@ -1131,13 +1174,28 @@ fn run_epochs(
             workload,
             &second,
         );
+        let direct = match tool.cache_dir() {
+            Some(dir) if tool.name() == "hotmount+cache" => {
+                read_cache_files(dir, second.figure.items)
+            }
+            _ => None,
+        };
         tool.unmount();
         eprintln!(
-            "{:>14} cache on disk after epoch 1: {cached:.0} MiB; epoch 2 / epoch 1: {:.2}x",
+            "{:>14} cache on disk after epoch 1: {cached_mib:.0} MiB; epoch 2 / epoch 1: {:.2}x{}",
             tool.name(),
-            merit(workload, &second.figure) / merit(workload, &first.figure)
+            merit(workload, &second.figure) / merit(workload, &first.figure),
+            direct.as_ref().map_or(String::new(), |figure| format!(
+                "; its cache files read directly: {}",
+                render(workload, figure)
+            ))
         );
-        results.insert((tool.name(), workload), ([first, second], cached));
+        let epochs = Epochs {
+            runs: [first, second],
+            cached_mib,
+            direct,
+        };
+        results.insert((tool.name(), workload), epochs);
     }
 }
 
@@ -1197,16 +1255,21 @@ fn print_epoch_table(results: &EpochResults, sizes: &Sizes, tools: &[&'static st
     };
     println!();
     println!(
-        "| workload | column | epoch 1 | epoch 2 | epoch 2 / epoch 1 | peak RSS e1 / e2 | CPU-s e1 / e2 | S3 GETs e1 / e2 | S3 server MiB read e1 / e2 | cache on disk |"
+        "| workload | column | epoch 1 | epoch 2 | epoch 2 / epoch 1 | peak RSS e1 / e2 | CPU-s e1 / e2 | S3 GETs e1 / e2 | S3 server MiB read e1 / e2 | cache on disk | cache files read directly |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for workload in EPOCH_WORKLOADS {
         for tool in tools {
-            let Some(([first, second], cached)) = results.get(&(*tool, workload)) else {
+            let Some(epochs) = results.get(&(*tool, workload)) else {
                 continue;
             };
+            let [first, second] = &epochs.runs;
+            let direct = epochs
+                .direct
+                .as_ref()
+                .map_or("-".to_string(), |figure| render(workload, figure));
             println!(
-                "| {} | {tool} | {} | {} | {:.2}x | {:.0} / {:.0} MiB | {:.2} / {:.2} | {} / {} | {} / {} | {cached:.0} MiB |",
+                "| {} | {tool} | {} | {} | {:.2}x | {:.0} / {:.0} MiB | {:.2} / {:.2} | {} / {} | {} / {} | {:.0} MiB | {direct} |",
                 describe(workload, sizes),
                 render(workload, &first.figure),
                 render(workload, &second.figure),
@@ -1219,18 +1282,23 @@ fn print_epoch_table(results: &EpochResults, sizes: &Sizes, tools: &[&'static st
                 server(second, "GetObject"),
                 server(first, "MiB read"),
                 server(second, "MiB read"),
+                epochs.cached_mib,
             );
         }
     }
     for workload in EPOCH_WORKLOADS {
-        let Some(([first, second], _)) = results.get(&("hotmount+cache", workload)) else {
+        let Some(Epochs {
+            runs: [first, second],
+            ..
+        }) = results.get(&("hotmount+cache", workload))
+        else {
             continue;
         };
         let ratio = merit(workload, &second.figure) / merit(workload, &first.figure);
         let best_peer = ["s3fs+cache", "rclone+cache"]
             .iter()
             .filter_map(|peer| {
-                let ([_, peer_second], _) = results.get(&(*peer, workload))?;
+                let [_, peer_second] = &results.get(&(*peer, workload))?.runs;
                 Some((*peer, merit(workload, &peer_second.figure)))
             })
             .max_by(|a, b| a.1.total_cmp(&b.1));

@@ -468,6 +468,39 @@ fn walkdir(dir: &std::path::Path) -> Vec<PathBuf> {
     found
 }
 
+/// `hotmount_cache_requests_total{result="passthrough"}`: opens the kernel
+/// was handed a node cache file for.
+fn passthrough_opens(node: &Node) -> u64 {
+    metric(
+        node,
+        r#"hotmount_cache_requests_total{result="passthrough"}"#,
+    )
+}
+
+/// Opens `rel` in the pod once it opens with passthrough: the RELEASE of
+/// an earlier open reaches the agent after close(2) returns, and until it
+/// does the file is still open in the other mode.
+fn open_with_passthrough(node: &Node, rel: &str) -> std::fs::File {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let before = passthrough_opens(node);
+        let path = rel.to_string();
+        let file = node
+            .pod
+            .run(move |view| std::fs::File::open(view.join(path)))
+            .unwrap();
+        if passthrough_opens(node) > before {
+            return file;
+        }
+        drop(file);
+        assert!(
+            Instant::now() < deadline,
+            "{rel} never opened with passthrough"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn opens_of_one_file_never_mix_passthrough_with_reads_through_fuse() {
     let cache = tempfile::tempdir().unwrap();
@@ -477,14 +510,9 @@ fn opens_of_one_file_never_mix_passthrough_with_reads_through_fuse() {
     s3.garage.put_object("data", "f.bin", &content);
     let (status, body) = s3.put("modes", &s3.spec("data"));
     assert_eq!(status, 201, "{body}");
-    let passthrough = |s3: &S3Node| {
-        metric(
-            &s3.node,
-            r#"hotmount_cache_requests_total{result="passthrough"}"#,
-        )
-    };
+    let passthrough = |s3: &S3Node| passthrough_opens(&s3.node);
     // The kernel refuses an open in one mode while the file is open in the
-    // other (ETXTBSY, EBUSY): every open below must succeed and read right.
+    // other (EIO): every open below must succeed and read right.
     let expected = content.clone();
     let opened_while_cached = s3.node.pod.run(move |view| {
         use std::io::Read;
@@ -507,18 +535,18 @@ fn opens_of_one_file_never_mix_passthrough_with_reads_through_fuse() {
     );
     assert_eq!(passthrough(&s3), 0, "no passthrough beside a cached open");
     // All closed: the next opens pass through, sharing one backing file.
-    let expected = content.clone();
-    let both = s3.node.pod.run(move |view| {
-        use std::io::Read;
-        let path = view.join("modes/f.bin");
-        let mut one = std::fs::File::open(&path)?;
-        let mut two = std::fs::File::open(&path)?;
-        let (mut a, mut b) = (Vec::new(), Vec::new());
-        one.read_to_end(&mut a)?;
-        two.read_to_end(&mut b)?;
-        Ok::<_, std::io::Error>(a == expected && b == expected)
-    });
-    assert!(both.unwrap(), "two passthrough opens read the object");
+    let one = open_with_passthrough(&s3.node, "modes/f.bin");
+    let two = s3
+        .node
+        .pod
+        .run(|view| std::fs::File::open(view.join("modes/f.bin")))
+        .unwrap();
+    for file in [one, two] {
+        use std::os::unix::fs::FileExt;
+        let mut read = vec![0u8; content.len()];
+        file.read_exact_at(&mut read, 0).unwrap();
+        assert!(read == content, "a passthrough open reads the object");
+    }
     assert!(passthrough(&s3) >= 2, "both opens passed through");
 }
 
@@ -541,19 +569,9 @@ fn a_file_open_in_passthrough_outlives_its_worker_and_the_next_opens_still_read(
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let passthrough = |s3: &S3Node| {
-        metric(
-            &s3.node,
-            r#"hotmount_cache_requests_total{result="passthrough"}"#,
-        )
-    };
+    let passthrough = |s3: &S3Node| passthrough_opens(&s3.node);
     // A reader holds the file open in passthrough mode...
-    let held = s3
-        .node
-        .pod
-        .run(|view| std::fs::File::open(view.join("held/f.bin")))
-        .unwrap();
-    assert_eq!(passthrough(&s3), 1);
+    let held = open_with_passthrough(&s3.node, "held/f.bin");
     // ...while the worker that opened it dies.
     let supervisor = s3.node.agent.pid().unwrap();
     let worker = support::worker_of(supervisor, None);
@@ -710,6 +728,49 @@ fn a_dataset_without_a_node_cache_has_nothing_to_warm() {
 }
 
 #[test]
+fn an_object_replaced_while_open_with_passthrough_is_never_read_in_its_old_bytes() {
+    let cache = tempfile::tempdir().unwrap();
+    let cache_dir = cache.path().to_str().unwrap().to_string();
+    let s3 = S3Node::start(&[
+        "--cache-dir",
+        &cache_dir,
+        "--cache-size",
+        "64MiB",
+        "--metadata-ttl",
+        "200ms",
+    ]);
+    let old = object_bytes(11, 100_000);
+    s3.garage.put_object("data", "f.bin", &old);
+    let (status, body) = s3.put("replaced", &s3.spec("data"));
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(s3.node.pod.read("replaced/f.bin").unwrap(), old);
+    let written = r#"hotmount_cache_bytes_total{direction="written"}"#;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&s3.node, written) < old.len() as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "the object never reached the cache"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let held = open_with_passthrough(&s3.node, "replaced/f.bin");
+    // The object is replaced; once the metadata expires an open pins the
+    // new version, which the kernel cannot read through the old backing
+    // file, nor in another mode while the held open lasts: EIO, never the
+    // old bytes under the new version's name.
+    let new = object_bytes(12, 120_000);
+    s3.garage.put_object("data", "f.bin", &new);
+    std::thread::sleep(Duration::from_millis(400));
+    match s3.node.pod.read("replaced/f.bin") {
+        Ok(bytes) => panic!("read {} bytes (old: {})", bytes.len(), bytes == old),
+        Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}"),
+    }
+    // Once the old open is closed, the new version reads right.
+    drop(held);
+    assert!(s3.node.pod.read("replaced/f.bin").unwrap() == new);
+}
+
+#[test]
 fn the_node_cache_serves_the_next_epoch_across_restarts_and_never_a_corrupt_block() {
     let cache = tempfile::tempdir().unwrap();
     let cache_dir = cache.path().to_str().unwrap().to_string();
@@ -740,15 +801,17 @@ fn the_node_cache_serves_the_next_epoch_across_restarts_and_never_a_corrupt_bloc
     read_all(&s3);
     let first_gets = object_gets(&s3.node, "epochs");
     assert!(first_gets >= objects.len() as u64, "{first_gets} GETs");
+    let written = |s3: &S3Node| {
+        metric(
+            &s3.node,
+            r#"hotmount_cache_bytes_total{direction="written"}"#,
+        )
+    };
     let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(&s3.node, "hotmount_cache_size_bytes") < total && Instant::now() < deadline {
+    while written(&s3) < total && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(
-        metric(&s3.node, "hotmount_cache_size_bytes"),
-        total,
-        "every byte cached"
-    );
+    assert_eq!(written(&s3), total, "every byte cached");
 
     // Epoch 2, after the agent was killed and started again (a new FUSE
     // connection: nothing in the kernel's page cache): no GET at all.

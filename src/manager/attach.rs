@@ -12,7 +12,7 @@ use crate::s3fs::credentials::FileCredentialProvider;
 use crate::s3fs::fs::Ownership;
 use crate::s3fs::fuse::FuseAdapter;
 use crate::s3fs::{FsOptions, S3Filesystem, StoreError, open_bucket};
-use crate::spec::{FileMode, MountSpec, S3Source, SourceSpec};
+use crate::spec::{FileMode, MountSpec, S3Credentials, S3Source, SourceSpec};
 use crate::sys::{FuseMountRequest, FuseSession, MountFlags, Mounter, UnmountMode, mounts_at};
 use crate::worker::WorkerLink;
 
@@ -252,9 +252,22 @@ impl Manager {
         if !s3.cache || endpoint.starts_with("file://") {
             return None;
         }
+        // Blocks are shared by datasets that read with the same
+        // credentials: another dataset's must not let a reader see bytes
+        // its own credentials could not GET.
+        let principal = match &s3.credentials {
+            None | Some(S3Credentials::Anonymous) => "anonymous".to_string(),
+            Some(S3Credentials::Secret(name)) => format!("secret:{name}"),
+            Some(S3Credentials::File(path)) => format!("file:{}", path.display()),
+            Some(S3Credentials::Inline(keys)) => format!("key:{}", keys.access_key_id),
+        };
         Some(crate::s3fs::node_cache::CacheScope {
             cache: std::sync::Arc::clone(cache),
-            origin: format!("{}/{}", endpoint.trim_end_matches('/'), s3.bucket),
+            origin: format!(
+                "{}/{}#{principal}",
+                endpoint.trim_end_matches('/'),
+                s3.bucket
+            ),
         })
     }
 

@@ -161,6 +161,21 @@ pub struct OpenedFile {
     /// The whole object in the node cache, checked, when the caller asked
     /// for it: the kernel may read it directly (FUSE passthrough).
     pub backing: Option<std::fs::File>,
+    /// The version the handle is pinned to.
+    pub stat: ObjectStat,
+}
+
+/// A file open for reading, as the FUSE adapter needs to know it.
+#[derive(Debug, Clone)]
+pub struct OpenedRead {
+    /// The handle.
+    pub fh: u64,
+    /// The file's inode.
+    pub ino: u64,
+    /// The version the handle is pinned to.
+    pub stat: ObjectStat,
+    /// The backing id the kernel reads it through (passthrough), if any.
+    pub backing: Option<u32>,
 }
 
 /// Numbers for statfs.
@@ -838,6 +853,7 @@ impl S3Filesystem {
             _ => None,
         };
         let ahead = self.note_open(inode.parent, &inode.name);
+        let pinned = stat.clone();
         let reader = FileReader::new(
             inode.key,
             stat,
@@ -846,11 +862,12 @@ impl S3Filesystem {
             self.runtime.clone(),
             ahead,
         );
-        let fh = self.handles().insert(Handle::Read(Arc::new(reader)));
+        let fh = self.handles().insert_read(Arc::new(reader), ino);
         Ok(OpenedFile {
             fh,
             keep_cache,
             backing,
+            stat: pinned,
         })
     }
 
@@ -859,20 +876,28 @@ impl S3Filesystem {
         self.options.cache.is_some()
     }
 
-    /// The open read handles: their inode and, for those the kernel reads
-    /// itself, their backing id (after a restore: the open files of an
-    /// earlier process).
-    pub fn open_read_handles(&self) -> Vec<(u64, u64, Option<u32>)> {
+    /// The open read handles, each with its inode (after a restore: the
+    /// open files of an earlier process; an older journal names no inode,
+    /// and its handles are matched to the file of their key).
+    pub fn open_read_handles(&self) -> Vec<OpenedRead> {
         let readers = self.handles().readers();
         let table = self.table();
         readers
             .into_iter()
-            .filter_map(|(fh, key, backing)| {
-                table
-                    .inodes
-                    .iter()
-                    .find(|(_, inode)| inode.kind == NodeKind::File && inode.key == key)
-                    .map(|(ino, _)| (fh, *ino, backing))
+            .filter_map(|reader| {
+                let ino = reader.ino.or_else(|| {
+                    table
+                        .inodes
+                        .iter()
+                        .find(|(_, inode)| inode.kind == NodeKind::File && inode.key == reader.key)
+                        .map(|(ino, _)| *ino)
+                })?;
+                Some(OpenedRead {
+                    fh: reader.fh,
+                    ino,
+                    stat: reader.stat,
+                    backing: reader.backing,
+                })
             })
             .collect()
     }

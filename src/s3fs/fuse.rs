@@ -32,14 +32,23 @@ const CONGESTION_THRESHOLD: u16 = 48;
 
 /// How the open files of one inode do their I/O. The kernel wants all of
 /// them read through this filesystem (its page cache) or all passed through
-/// to one backing file: a mix fails the open (`EINVAL`, `ETXTBSY`, `EBUSY`).
+/// to one backing file: it fails an open of another mode, or with another
+/// backing file (EIO to the caller).
 #[derive(Debug)]
 enum InodeIo {
     /// Opens read through this filesystem.
     Cached(usize),
     /// Opens the kernel reads from a node cache file itself, all through
-    /// one backing id (closed when the last of them is released).
-    Passthrough(usize, Backing),
+    /// one backing id (closed when the last of them is released), so all of
+    /// one version of the object.
+    Passthrough(usize, Backing, Version),
+}
+
+/// The version of an object a backing file holds.
+type Version = (Option<String>, u64);
+
+fn version_of(stat: &crate::s3fs::fs::ObjectStat) -> Version {
+    (stat.etag.clone(), stat.size)
 }
 
 /// A backing id of the connection.
@@ -57,7 +66,7 @@ enum Backing {
 impl InodeIo {
     fn count(&mut self) -> &mut usize {
         match self {
-            InodeIo::Cached(n) | InodeIo::Passthrough(n, _) => n,
+            InodeIo::Cached(n) | InodeIo::Passthrough(n, ..) => n,
         }
     }
 }
@@ -111,9 +120,15 @@ impl FuseAdapter {
     /// earlier process) keep the I/O mode the journal recorded.
     pub fn new(fs: Arc<S3Filesystem>) -> Self {
         let mut io_modes = IoModes::default();
-        for (fh, ino, backing) in fs.open_read_handles() {
-            io_modes.add(fh, ino, || match backing {
-                Some(id) => InodeIo::Passthrough(0, Backing::Restored(id)),
+        let mut restored = fs.open_read_handles();
+        // Handles with a backing id first: if the handles of one file
+        // disagree (one was never answered), the kernel's mode is the
+        // passthrough one.
+        restored.sort_by_key(|open| open.backing.is_none());
+        for open in restored {
+            let version = version_of(&open.stat);
+            io_modes.add(open.fh, open.ino, || match open.backing {
+                Some(id) => InodeIo::Passthrough(0, Backing::Restored(id), version),
                 None => InodeIo::Cached(0),
             });
         }
@@ -212,25 +227,50 @@ fn reply_open(
     } else {
         FopenFlags::empty()
     };
+    let version = version_of(&opened.stat);
     let mut io = lock_io(io_modes);
     if !io.inodes.contains_key(&ino)
         && let Some(file) = &opened.backing
     {
         match reply.open_backing(file) {
             Ok(backing) => {
-                io.inodes
-                    .insert(ino, InodeIo::Passthrough(0, Backing::Owned(backing)));
+                io.inodes.insert(
+                    ino,
+                    InodeIo::Passthrough(0, Backing::Owned(backing), version.clone()),
+                );
             }
             Err(error) => {
-                // The cache's filesystem cannot back FUSE files (a stacked
-                // one, say): read through this filesystem from now on.
-                passthrough.store(false, Ordering::Relaxed);
-                tracing::warn!(%error, "fuse passthrough refused; node cache files are read through fuse");
+                let lasting = matches!(
+                    error.raw_os_error(),
+                    Some(libc::EPERM | libc::EINVAL | libc::ELOOP | libc::EOPNOTSUPP)
+                );
+                if lasting {
+                    // The cache's filesystem cannot back FUSE files (a
+                    // stacked one, say): read through FUSE from now on.
+                    passthrough.store(false, Ordering::Relaxed);
+                }
+                tracing::warn!(%error, lasting, "fuse passthrough refused; this file is read through fuse");
             }
         }
     }
+    if let Some(InodeIo::Passthrough(_, _, held)) = io.inodes.get(&ino)
+        && *held != version
+    {
+        // The object changed while the kernel reads its old version through
+        // a backing file: it takes no other file and no other mode for the
+        // inode until those opens close, and the old bytes are not this
+        // version's. As with any read of a replaced object: EIO.
+        drop(io);
+        fs.release(fh);
+        tracing::warn!(
+            ino,
+            "an object replaced while open with passthrough cannot be opened in its new version until the old opens close"
+        );
+        reply.error(Errno::EIO);
+        return false;
+    }
     io.add(fh, ino, || InodeIo::Cached(0));
-    if let Some(InodeIo::Passthrough(_, backing)) = io.inodes.get_mut(&ino)
+    if let Some(InodeIo::Passthrough(_, backing, _)) = io.inodes.get_mut(&ino)
         && let Backing::Restored(id) = *backing
     {
         // SAFETY: `id` was opened on this connection by an earlier process
@@ -241,7 +281,7 @@ fn reply_open(
         *backing = Backing::Owned(unsafe { reply.wrap_backing(id) });
     }
     match io.inodes.get(&ino) {
-        Some(InodeIo::Passthrough(_, Backing::Owned(backing))) => {
+        Some(InodeIo::Passthrough(_, Backing::Owned(backing), _)) => {
             fs.note_passthrough(fh, backing.raw());
             reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), backing);
             true

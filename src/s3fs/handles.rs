@@ -44,6 +44,19 @@ pub(crate) struct WriteHandle {
     pub(crate) writer: tokio::sync::Mutex<ObjectWriter>,
 }
 
+/// A file open for reading, as [`HandleTable::readers`] lists it.
+#[derive(Debug, Clone)]
+pub(crate) struct OpenReader {
+    pub(crate) fh: u64,
+    /// Its inode (unknown for handles restored from an older journal).
+    pub(crate) ino: Option<u64>,
+    pub(crate) key: ObjectPath,
+    /// The version it is pinned to.
+    pub(crate) stat: ObjectStat,
+    /// The backing id the kernel reads it through, if it does.
+    pub(crate) backing: Option<u32>,
+}
+
 /// What a handle number stands for.
 #[derive(Debug, Clone)]
 pub(crate) enum Handle {
@@ -64,6 +77,8 @@ pub(crate) struct HandleTable {
     /// (passthrough): it belongs to the connection, not the process, so
     /// the next process must reuse it for every open of the same file.
     backing: HashMap<u64, u32>,
+    /// The inode of each read handle (a key may have had several).
+    read_inodes: HashMap<u64, u64>,
     /// The journal changes go to (a supervised worker's mounts).
     journal: Option<TableJournal>,
 }
@@ -74,6 +89,7 @@ impl Default for HandleTable {
             next: 1,
             handles: HashMap::new(),
             backing: HashMap::new(),
+            read_inodes: HashMap::new(),
             journal: None,
         }
     }
@@ -87,6 +103,13 @@ impl HandleTable {
         self.handles.insert(fh, handle);
         self.mark(fh);
         fh
+    }
+
+    /// Adds file `ino` open for reading through `reader` under a new number.
+    pub(crate) fn insert_read(&mut self, reader: Arc<FileReader>, ino: u64) -> u64 {
+        let fh = self.next;
+        self.read_inodes.insert(fh, ino);
+        self.insert(Handle::Read(reader))
     }
 
     /// The open directory `fh`.
@@ -125,6 +148,7 @@ impl HandleTable {
     pub(crate) fn remove(&mut self, fh: u64) -> Option<Handle> {
         self.mark(fh);
         self.backing.remove(&fh);
+        self.read_inodes.remove(&fh);
         self.handles.remove(&fh)
     }
 
@@ -136,14 +160,18 @@ impl HandleTable {
         }
     }
 
-    /// Every file open for reading: its handle, object key and backing id.
-    pub(crate) fn readers(&self) -> Vec<(u64, ObjectPath, Option<u32>)> {
+    /// Every file open for reading.
+    pub(crate) fn readers(&self) -> Vec<OpenReader> {
         self.handles
             .iter()
             .filter_map(|(fh, handle)| match handle {
-                Handle::Read(reader) => {
-                    Some((*fh, reader.key().clone(), self.backing.get(fh).copied()))
-                }
+                Handle::Read(reader) => Some(OpenReader {
+                    fh: *fh,
+                    ino: self.read_inodes.get(fh).copied(),
+                    key: reader.key().clone(),
+                    stat: reader.stat().clone(),
+                    backing: self.backing.get(fh).copied(),
+                }),
                 _ => None,
             })
             .collect()
@@ -187,6 +215,9 @@ pub enum HandleRecord {
         /// (passthrough), if it does.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         backing: Option<u32>,
+        /// The file's inode (absent in journals of older builds).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ino: Option<u64>,
     },
     /// A new file that was being written: its upload cannot survive the
     /// process that held it, so the handle fails from then on (EIO).
@@ -232,9 +263,16 @@ impl HandleTable {
             next: snapshot.next,
             handles: HashMap::new(),
             backing: HashMap::new(),
+            read_inodes: HashMap::new(),
             journal: None,
         };
         for record in snapshot.handles {
+            if let HandleRecord::Read {
+                fh, ino: Some(ino), ..
+            } = &record
+            {
+                table.read_inodes.insert(*fh, *ino);
+            }
             if let HandleRecord::Read {
                 fh,
                 backing: Some(id),
@@ -270,6 +308,7 @@ impl HandleTable {
                 key: reader.key().to_string(),
                 stat: reader.stat().clone(),
                 backing: self.backing.get(&fh).copied(),
+                ino: self.read_inodes.get(&fh).copied(),
             },
             Handle::Write(writer) => HandleRecord::Write {
                 fh,

@@ -45,6 +45,10 @@ pub const BLOCK_SIZE: u64 = 1024 * 1024;
 pub const MIN_FREE_BYTES: u64 = 256 * 1024 * 1024;
 /// Fetched blocks waiting to be written, at most.
 pub const MAX_PENDING_WRITE_BYTES: u64 = 64 * 1024 * 1024;
+/// What the size accounting rounds every block file up to.
+const DISK_BLOCK: u64 = 4096;
+/// The most fetched bytes all warm-ups together hold at once.
+pub const WARM_MEMORY: u64 = 64 * 1024 * 1024;
 /// A temporary file older than this is left over from a dead process.
 const STALE_TEMPORARY: std::time::Duration = std::time::Duration::from_secs(60);
 /// The layout version: a directory of another layout is left alone.
@@ -113,6 +117,9 @@ struct Index {
 impl Index {
     fn insert(&mut self, key: BlockKey, bytes: u64, crc: u32) {
         self.remove(&key);
+        // What the file takes on disk (whole filesystem blocks), not its
+        // length: small files are what passthrough serves.
+        let bytes = bytes.div_ceil(DISK_BLOCK) * DISK_BLOCK;
         let tick = self.next_tick;
         self.next_tick += 1;
         self.entries.insert(key, Entry { bytes, crc, tick });
@@ -150,6 +157,8 @@ pub struct NodeCache {
     capacity: u64,
     index: Mutex<Index>,
     pending_writes: Arc<Semaphore>,
+    /// Memory for the bytes warm-ups fetch ([`WARM_MEMORY`]).
+    warm_memory: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     temporaries: AtomicU64,
 }
@@ -186,6 +195,7 @@ impl NodeCache {
             capacity,
             index: Mutex::new(Index::default()),
             pending_writes: Arc::new(Semaphore::new(MAX_PENDING_WRITE_BYTES as usize)),
+            warm_memory: Arc::new(Semaphore::new(WARM_MEMORY as usize)),
             metrics,
             temporaries: AtomicU64::new(0),
         }))
@@ -328,14 +338,13 @@ impl NodeCache {
         let cache = Arc::clone(self);
         let file = tokio::task::spawn_blocking(move || {
             let path = cache.path_of(&key, entry.crc);
-            let mut file = std::fs::File::open(&path).ok()?;
-            let mut data = Vec::with_capacity(size as usize);
-            std::io::Read::read_to_end(&mut file, &mut data).ok()?;
-            if data.len() as u64 != size || crc32c::crc32c(&data) != entry.crc {
-                cache.drop_corrupt(&key, &path);
-                return None;
+            match read_checked(&path, size, entry.crc) {
+                Ok((file, _)) => Some(file),
+                Err(fault) => {
+                    cache.drop_block(&key, &path, fault);
+                    None
+                }
             }
-            Some(file)
         })
         .await
         .ok()
@@ -349,15 +358,21 @@ impl NodeCache {
         file
     }
 
-    /// Deletes a block that failed its check, and counts it.
-    fn drop_corrupt(&self, key: &BlockKey, path: &Path) {
-        tracing::warn!(path = %path.display(), "corrupt cache block dropped");
-        self.metrics
-            .cache_blocks
-            .with_label_values(&["corrupt"])
-            .inc();
-        self.lock().remove(key);
+    /// Forgets a block whose file is gone or failed its check (deleted,
+    /// under the index lock so that a block written meanwhile at the same
+    /// path is not lost from the index), and counts a corrupt one.
+    fn drop_block(&self, key: &BlockKey, path: &Path, fault: BlockFault) {
+        if fault == BlockFault::Corrupt {
+            tracing::warn!(path = %path.display(), "corrupt cache block dropped");
+            self.metrics
+                .cache_blocks
+                .with_label_values(&["corrupt"])
+                .inc();
+        }
+        let mut index = self.lock();
+        index.remove(key);
         let _ = std::fs::remove_file(path);
+        self.metrics.cache_size_bytes.set(index.bytes as i64);
     }
 
     /// Reads and checks the blocks of `range`; `None` if one is missing or
@@ -373,18 +388,13 @@ impl NodeCache {
             let block_start = key.1 * BLOCK_SIZE;
             let expected = block_len(key.1, size);
             let path = self.path_of(key, entry.crc);
-            let data = match std::fs::read(&path) {
-                Ok(data) => data,
-                Err(_) => {
-                    // Evicted by another process sharing the directory.
-                    self.lock().remove(key);
+            let data = match read_checked(&path, expected, entry.crc) {
+                Ok((_, data)) => data,
+                Err(fault) => {
+                    self.drop_block(key, &path, fault);
                     return None;
                 }
             };
-            if data.len() as u64 != expected || crc32c::crc32c(&data) != entry.crc {
-                self.drop_corrupt(key, &path);
-                return None;
-            }
             let from = range.start.max(block_start) - block_start;
             let to = range.end.min(block_start + expected) - block_start;
             out.extend_from_slice(&data[from as usize..to as usize]);
@@ -449,24 +459,26 @@ impl NodeCache {
         block_span(&(0..size)).all(|block| index.entries.contains_key(&(id, block)))
     }
 
-    /// Like [`NodeCache::store`], but waits for room among the pending
-    /// writes and for the blocks to be written (a warm-up must not skip
-    /// any).
-    pub async fn store_now(self: &Arc<Self>, id: ObjectId, start: u64, data: Bytes, size: u64) {
-        let blocks = self.new_whole_blocks(id, start, &data, size);
-        let bytes: u32 = blocks.iter().map(|(_, b)| b.len() as u32).sum();
-        let Ok(permit) = Arc::clone(&self.pending_writes)
+    /// Room for a warm-up to fetch `bytes` (all warm-ups of the node share
+    /// [`WARM_MEMORY`]); held until the fetched bytes are written.
+    pub async fn warm_room(&self, bytes: u64) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let bytes = u32::try_from(bytes.min(WARM_MEMORY)).ok()?;
+        Arc::clone(&self.warm_memory)
             .acquire_many_owned(bytes)
             .await
-        else {
-            return;
-        };
+            .ok()
+    }
+
+    /// Like [`NodeCache::store`], but writes the blocks before it returns
+    /// (a warm-up must not skip any; its memory is its own, see
+    /// [`NodeCache::warm_room`]).
+    pub async fn store_now(self: &Arc<Self>, id: ObjectId, start: u64, data: Bytes, size: u64) {
+        let blocks = self.new_whole_blocks(id, start, &data, size);
         let cache = Arc::clone(self);
         let _ = tokio::task::spawn_blocking(move || {
             for (key, data) in blocks {
                 cache.write_block(key, &data);
             }
-            drop(permit);
         })
         .await;
     }
@@ -492,7 +504,14 @@ impl NodeCache {
             .parent()
             .map_or(Ok(()), std::fs::create_dir_all)
             .and_then(|()| std::fs::write(&temporary, data))
-            .and_then(|()| std::fs::rename(&temporary, &path));
+            .and_then(|()| {
+                // In place and in the index at once: an eviction of the
+                // same path cannot fall in between.
+                let mut index = self.lock();
+                std::fs::rename(&temporary, &path)?;
+                index.insert(key, data.len() as u64, crc);
+                Ok(())
+            });
         if let Err(error) = written {
             let _ = std::fs::remove_file(&temporary);
             tracing::debug!(%error, "cache block not written");
@@ -502,7 +521,6 @@ impl NodeCache {
                 .inc();
             return;
         }
-        self.lock().insert(key, data.len() as u64, crc);
         self.metrics
             .cache_bytes
             .with_label_values(&["written"])
@@ -523,19 +541,13 @@ impl NodeCache {
 
     /// Deletes least-recently-used blocks until the cache fits its size.
     fn evict(&self) {
-        loop {
-            let victim = {
-                let mut index = self.lock();
-                self.metrics.cache_size_bytes.set(index.bytes as i64);
-                if index.bytes <= self.capacity {
-                    return;
-                }
-                let Some(key) = index.oldest() else {
-                    return;
-                };
-                index.remove(&key).map(|entry| (key, entry))
+        let mut index = self.lock();
+        while index.bytes > self.capacity {
+            let Some(key) = index.oldest() else {
+                break;
             };
-            if let Some((key, entry)) = victim {
+            if let Some(entry) = index.remove(&key) {
+                // Under the lock: a write of the same path waits for it.
                 let _ = std::fs::remove_file(self.path_of(&key, entry.crc));
                 self.metrics
                     .cache_blocks
@@ -543,7 +555,35 @@ impl NodeCache {
                     .inc();
             }
         }
+        self.metrics.cache_size_bytes.set(index.bytes as i64);
     }
+}
+
+/// Why a block could not be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BlockFault {
+    /// Its file is gone (evicted by another process sharing the directory).
+    Missing,
+    /// Its file has another length or fails its CRC.
+    Corrupt,
+}
+
+/// The block file at `path` read whole, if it is `len` bytes (looked at
+/// before reading: a stray big file costs no memory) with CRC `crc`.
+fn read_checked(path: &Path, len: u64, crc: u32) -> Result<(std::fs::File, Vec<u8>), BlockFault> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(|_| BlockFault::Missing)?;
+    let on_disk = file.metadata().map_err(|_| BlockFault::Missing)?.len();
+    if on_disk != len {
+        return Err(BlockFault::Corrupt);
+    }
+    let mut data = Vec::with_capacity(len as usize);
+    file.read_to_end(&mut data)
+        .map_err(|_| BlockFault::Missing)?;
+    if data.len() as u64 != len || crc32c::crc32c(&data) != crc {
+        return Err(BlockFault::Corrupt);
+    }
+    Ok((file, data))
 }
 
 /// The blocks `range` touches.
@@ -617,7 +657,7 @@ mod tests {
         // the short last one) are kept.
         cache.store(id, 0, data.slice(..(MIB / 2) as usize), size);
         cache.store(id, MIB / 2, data.slice((MIB / 2) as usize..), size);
-        settled(&cache, MIB + 1000).await;
+        settled(&cache, MIB + DISK_BLOCK).await;
         assert_eq!(
             cache.read(id, 0..10, size).await,
             None,
@@ -626,7 +666,7 @@ mod tests {
         let tail = cache.read(id, MIB + 5..size, size).await.unwrap();
         assert_eq!(tail, data.slice((MIB + 5) as usize..));
         cache.store(id, 0, data.slice(..MIB as usize), size);
-        settled(&cache, 2 * MIB + 1000).await;
+        settled(&cache, 2 * MIB + DISK_BLOCK).await;
         let across = cache.read(id, 100..2 * MIB + 10, size).await.unwrap();
         assert_eq!(
             across,
@@ -634,7 +674,11 @@ mod tests {
             "across three blocks"
         );
         assert!(counter(&metrics, &metrics.cache_requests, "hit") >= 2);
-        assert_eq!(metrics.cache_size_bytes.get() as u64, 2 * MIB + 1000);
+        assert_eq!(
+            metrics.cache_size_bytes.get() as u64,
+            2 * MIB + DISK_BLOCK,
+            "sizes count whole filesystem blocks"
+        );
     }
 
     #[tokio::test]
@@ -644,7 +688,7 @@ mod tests {
         let data = object(1000, 2);
         let id = ObjectId::new("http://s3:3900/b", "k", "\"v1\"");
         cache.store(id, 0, data.clone(), 1000);
-        settled(&cache, 1000).await;
+        settled(&cache, DISK_BLOCK).await;
         for other in [
             ObjectId::new("http://s3:3900/b", "k", "\"v2\""),
             ObjectId::new("http://s3:3900/c", "k", "\"v1\""),

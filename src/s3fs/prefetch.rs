@@ -43,7 +43,7 @@ use crate::s3fs::node_cache::{CacheScope, ObjectId};
 /// The default agent-wide budget for prefetched data (`--prefetch-memory`).
 pub const DEFAULT_PREFETCH_MEMORY: u64 = 512 * 1024 * 1024;
 /// The ranged GETs of a warm-up (whole node cache blocks).
-pub const WARM_RANGE: u64 = 8 * crate::s3fs::node_cache::BLOCK_SIZE;
+pub const WARM_RANGE: u64 = 4 * crate::s3fs::node_cache::BLOCK_SIZE;
 /// The first prefetch window of a sequential reader.
 pub const INITIAL_WINDOW: u64 = 1024 * 1024;
 /// The largest prefetch window of one handle.
@@ -160,6 +160,7 @@ impl RangeReader {
         let mut start = 0;
         while start < stat.size {
             let end = (start + WARM_RANGE).min(stat.size);
+            let _room = scope.cache.warm_room(end - start).await;
             let data = self.fetch(key, stat, start..end).await?;
             fetched += data.len() as u64;
             scope.cache.store_now(id, start, data, stat.size).await;
