@@ -58,8 +58,8 @@ enum Backing {
     Owned(fuser::BackingId),
     /// Opened by an earlier process serving the connection (from the
     /// journal): still registered in the kernel, taken over at the next
-    /// open of the file. If none comes, it stays registered until the
-    /// unmount (a process that has no reply to hand cannot close it).
+    /// open of the file, or closed (by number, on the connection's fd) when
+    /// the file's last handle is released.
     Restored(u32),
 }
 
@@ -88,17 +88,18 @@ impl IoModes {
     }
 
     /// Forgets handle `fh`; the inode's mode (and backing id) goes with its
-    /// last handle.
-    fn remove(&mut self, fh: u64) {
-        let Some(ino) = self.handles.remove(&fh) else {
-            return;
-        };
-        if let Some(io) = self.inodes.get_mut(&ino) {
-            let count = io.count();
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                self.inodes.remove(&ino);
-            }
+    /// last handle: a restored id nobody took over is returned, to close.
+    fn remove(&mut self, fh: u64) -> Option<u32> {
+        let ino = self.handles.remove(&fh)?;
+        let io = self.inodes.get_mut(&ino)?;
+        let count = io.count();
+        *count = count.saturating_sub(1);
+        if *count > 0 {
+            return None;
+        }
+        match self.inodes.remove(&ino)? {
+            InodeIo::Passthrough(_, Backing::Restored(id), _) => Some(id),
+            _ => None,
         }
     }
 }
@@ -113,6 +114,9 @@ pub struct FuseAdapter {
     /// granted at INIT, and no backing file refused so far).
     passthrough: Arc<AtomicBool>,
     io_modes: Arc<Mutex<IoModes>>,
+    /// The connection's fd, once resumed: to close backing ids an earlier
+    /// process opened that no open takes over.
+    device: Arc<std::sync::OnceLock<std::os::fd::OwnedFd>>,
 }
 
 impl FuseAdapter {
@@ -137,6 +141,29 @@ impl FuseAdapter {
             unsupported_seen: Mutex::new(HashSet::new()),
             passthrough: Arc::new(AtomicBool::new(false)),
             io_modes: Arc::new(Mutex::new(io_modes)),
+            device: Arc::new(std::sync::OnceLock::new()),
+        }
+    }
+
+    /// The resumed connection's fd (see [`Backing::Restored`]).
+    pub fn set_device(&self, device: std::os::fd::OwnedFd) {
+        let _ = self.device.set(device);
+    }
+
+    /// Forgets handle `fh` in the I/O modes, closing a restored backing id
+    /// that went with it.
+    fn forget_handle(
+        io_modes: &Mutex<IoModes>,
+        device: &std::sync::OnceLock<std::os::fd::OwnedFd>,
+        fh: u64,
+    ) {
+        let Some(id) = lock_io(io_modes).remove(fh) else {
+            return;
+        };
+        if let Some(device) = device.get()
+            && let Err(error) = fuser::BackingId::close_raw(device, id)
+        {
+            tracing::warn!(id, %error, "cannot close a backing id of an earlier worker");
         }
     }
 
@@ -604,16 +631,17 @@ impl fuser::Filesystem for FuseAdapter {
     ) {
         if self.fs.is_writer(fh.0) {
             let io_modes = Arc::clone(&self.io_modes);
+            let device = Arc::clone(&self.device);
             self.spawn("release", move |fs| async move {
                 fs.release_writer(fh.0).await;
-                lock_io(&io_modes).remove(fh.0);
+                Self::forget_handle(&io_modes, &device, fh.0);
                 reply.ok();
             });
             return;
         }
         let started = Instant::now();
         self.fs.release(fh.0);
-        lock_io(&self.io_modes).remove(fh.0);
+        Self::forget_handle(&self.io_modes, &self.device, fh.0);
         self.observe("release", started);
         reply.ok();
     }

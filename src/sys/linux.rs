@@ -366,6 +366,7 @@ pub fn resume_fuse(
     }
     let duplicate = device.try_clone()?;
     adapter.set_passthrough(negotiated.flags & fuser::InitFlags::FUSE_PASSTHROUGH.bits() != 0);
+    adapter.set_device(device.try_clone()?);
     let resumed = fuser::Connection::resume(adapter, device, fuser::SessionACL::All, negotiated);
     resumed.request_resend()?;
     let pool = FusePool::global();

@@ -75,6 +75,16 @@ impl BackingId {
         }
     }
 
+    /// hotmount patch: closes the raw backing id `id` of the connection
+    /// `fuse_dev` (an id [`BackingId::into_raw`] gave up, or one an earlier
+    /// process serving the connection opened and never closed).
+    pub fn close_raw(fuse_dev: impl AsFd, id: u32) -> std::io::Result<()> {
+        // SAFETY: a plain ioctl on an fd we borrow, with a pointer to a live
+        // u32; the kernel checks the id belongs to the connection.
+        unsafe { fuse_dev_ioc_backing_close(fuse_dev.as_fd().as_raw_fd(), &id) }?;
+        Ok(())
+    }
+
     /// hotmount patch: the raw `backing_id`, still owned (and closed at drop)
     /// by this value: to record it for a process that takes the connection
     /// over, which reuses it with [`ReplyOpen::wrap_backing()`](crate::ReplyOpen::wrap_backing).
