@@ -845,14 +845,25 @@ impl S3Filesystem {
                 None => false,
             }
         };
-        let backing = match (&self.options.cache, &stat.etag) {
-            (Some(scope), Some(etag)) if want_backing => {
-                let id = ObjectId::new(&scope.origin, inode.key.as_ref(), etag);
-                scope.cache.whole_object(id, stat.size).await
-            }
-            _ => None,
+        let (fetched, checked) = match self.note_open(inode.parent, &inode.name) {
+            Some(scan::Ahead::Fetched(object)) => (Some(object), None),
+            Some(scan::Ahead::Cached(listed, file)) if listed == stat => (None, Some(file)),
+            _ => (None, None),
         };
-        let ahead = self.note_open(inode.parent, &inode.name);
+        // Bytes already fetched into memory are served from there.
+        let backing = if !want_backing || fetched.is_some() {
+            None
+        } else if let Some(file) = checked {
+            file.await.and_then(|file| file.try_clone().ok())
+        } else {
+            match (&self.options.cache, &stat.etag) {
+                (Some(scope), Some(etag)) => {
+                    let id = ObjectId::new(&scope.origin, inode.key.as_ref(), etag);
+                    scope.cache.whole_object(id, stat.size).await
+                }
+                _ => None,
+            }
+        };
         let pinned = stat.clone();
         let reader = FileReader::new(
             inode.key,
@@ -860,7 +871,7 @@ impl S3Filesystem {
             Arc::clone(&self.reader),
             Arc::clone(&self.options.prefetch_budget),
             self.runtime.clone(),
-            ahead,
+            fetched,
         );
         let fh = self.handles().insert_read(Arc::new(reader), ino);
         Ok(OpenedFile {
@@ -1379,6 +1390,7 @@ mod tests {
         immutable: bool,
         prefix: &'static str,
         prefetch_memory: u64,
+        cache: Option<crate::s3fs::node_cache::CacheScope>,
     }
 
     impl Default for Setup {
@@ -1389,6 +1401,7 @@ mod tests {
                 immutable: false,
                 prefix: "",
                 prefetch_memory: 64 * 1024 * 1024,
+                cache: None,
             }
         }
     }
@@ -1433,7 +1446,7 @@ mod tests {
                 ownership: Ownership::defaults(self.read_only),
                 prefetch_budget: PrefetchBudget::new(self.prefetch_memory),
                 write_budget: WriteBudget::new(WriteBudget::DEFAULT_BYTES),
-                cache: None,
+                cache: self.cache.clone(),
             }
         }
     }
@@ -2045,6 +2058,74 @@ mod tests {
                 data.unwrap() == content[at..at + 128 * 1024],
                 "chunk at {offset}"
             );
+        }
+    }
+
+    #[tokio::test]
+    async fn files_whole_in_the_node_cache_are_checked_ahead_and_handed_over_for_passthrough() {
+        use crate::s3fs::node_cache::{CacheScope, NodeCache};
+        let inner = Arc::new(InMemory::new());
+        for i in 0..12 {
+            put(&*inner, &format!("d/f{i:02}"), pattern(2000 + i)).await;
+        }
+        let store = CountingStore::new(inner);
+        let cache_dir = tempfile::tempdir().unwrap();
+        let cache =
+            NodeCache::open_indexed(cache_dir.path(), 64 << 20, Arc::new(Metrics::new())).unwrap();
+        let fs = Setup {
+            cache: Some(CacheScope {
+                cache: Arc::clone(&cache),
+                origin: "test".to_string(),
+            }),
+            ..Setup::default()
+        }
+        .build(store.clone());
+        let dir = fs.lookup(ROOT_INODE, OsStr::new("d")).await.unwrap();
+        let epoch = |want_backing: bool| {
+            let fs = &fs;
+            async move {
+                let dh = fs.opendir(dir.ino.0).unwrap();
+                let listed = fs.readdirplus(dh, 0, ALL).await.unwrap();
+                fs.releasedir(dh);
+                let mut backings = Vec::new();
+                for (i, entry) in listed
+                    .iter()
+                    .filter(|e| e.name.starts_with('f'))
+                    .enumerate()
+                {
+                    let opened = fs
+                        .open(entry.attr.ino.0, libc::O_RDONLY, want_backing)
+                        .await
+                        .unwrap();
+                    if !want_backing {
+                        let data = fs.read(opened.fh, 0, 1 << 20).await.unwrap();
+                        assert!(data == pattern(2000 + i), "{}", entry.name);
+                    }
+                    backings.push(opened.backing);
+                    fs.release(opened.fh);
+                }
+                backings
+            }
+        };
+        // Epoch 1 reads through FUSE and fills the cache.
+        epoch(false).await;
+        for _ in 0..500 {
+            if cache.size() >= 12 * 4096 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Epoch 2: every file comes with its cache file, checked (most of
+        // them ahead of their open), and nothing is fetched.
+        let gets_before = store.gets.load(Ordering::SeqCst);
+        let backings = epoch(true).await;
+        assert_eq!(store.gets.load(Ordering::SeqCst), gets_before, "no GET");
+        for (i, backing) in backings.into_iter().enumerate() {
+            let mut file = backing.unwrap_or_else(|| panic!("f{i:02} has no cache file"));
+            let mut bytes = Vec::new();
+            std::io::Seek::rewind(&mut file).unwrap();
+            std::io::Read::read_to_end(&mut file, &mut bytes).unwrap();
+            assert!(bytes == pattern(2000 + i), "cache file of f{i:02}");
         }
     }
 

@@ -1,16 +1,38 @@
 //! Directory scan-ahead: a directory whose files are opened one after
 //! another in listing order gets its next small files fetched whole before
 //! they are opened (from the prefetch budget; an idle scan gives it back).
+//! A file already whole in the node cache is not fetched again: its cache
+//! file is opened and checked ahead instead, ready to be handed to the
+//! kernel (passthrough), so the disk reads several files at once while the
+//! reader takes them one by one.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use std::collections::HashMap;
 
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+
 use super::S3Filesystem;
 use crate::s3fs::handles::ListedEntry;
 use crate::s3fs::inodes::NodeKind;
+use crate::s3fs::inodes::ObjectStat;
+use crate::s3fs::node_cache::{BLOCK_SIZE, ObjectId};
 use crate::s3fs::prefetch::PrefetchedObject;
+
+/// A cache file being opened and checked ahead of its open.
+pub(crate) type CheckedFile = Shared<BoxFuture<'static, Option<Arc<std::fs::File>>>>;
+
+/// A file a directory scan got ready before its open.
+#[derive(Debug)]
+pub(crate) enum Ahead {
+    /// Its bytes, fetched.
+    Fetched(PrefetchedObject),
+    /// Whole in the node cache: its cache file, checked (for passthrough),
+    /// of the version listed.
+    Cached(ObjectStat, CheckedFile),
+}
 
 /// Directories whose latest listing is kept for scan detection.
 const MAX_SCANNED_DIRECTORIES: usize = 64;
@@ -30,7 +52,7 @@ pub(super) struct DirectoryScan {
     /// The listing index of the latest open.
     last_open: Option<usize>,
     /// Files fetched ahead, by listing index.
-    ahead: HashMap<usize, PrefetchedObject>,
+    ahead: HashMap<usize, Ahead>,
     /// When the scan last moved.
     last_active: Option<Instant>,
 }
@@ -54,7 +76,7 @@ impl S3Filesystem {
     /// Records an open of `name` in directory `parent`: hands back the object
     /// if it was fetched ahead, and when the opens follow the listing order
     /// (this one right after the previous), fetches the next small files.
-    pub(super) fn note_open(&self, parent: u64, name: &str) -> Option<PrefetchedObject> {
+    pub(super) fn note_open(&self, parent: u64, name: &str) -> Option<Ahead> {
         let mut scans = self.scans.lock().unwrap_or_else(|p| p.into_inner());
         for scan in scans.values_mut() {
             if scan.last_active.is_some_and(|at| at.elapsed() > SCAN_IDLE) {
@@ -88,6 +110,11 @@ impl S3Filesystem {
                 {
                     continue;
                 }
+                if let Some(file) = self.check_ahead(&entry.key, &entry.stat) {
+                    scan.ahead
+                        .insert(i, Ahead::Cached(entry.stat.clone(), file));
+                    continue;
+                }
                 let Some(fetched) = PrefetchedObject::start(
                     &self.reader,
                     &self.options.prefetch_budget,
@@ -97,9 +124,32 @@ impl S3Filesystem {
                 ) else {
                     break;
                 };
-                scan.ahead.insert(i, fetched);
+                scan.ahead.insert(i, Ahead::Fetched(fetched));
             }
         }
         mine
+    }
+
+    /// Starts opening and checking the cache file of `key` (as `stat`) if
+    /// the node cache holds it whole in one block (what passthrough serves).
+    fn check_ahead(
+        &self,
+        key: &object_store::path::Path,
+        stat: &ObjectStat,
+    ) -> Option<CheckedFile> {
+        let scope = self.options.cache.as_ref()?;
+        let etag = stat.etag.as_ref()?;
+        let id = ObjectId::new(&scope.origin, key.as_ref(), etag);
+        if stat.size > BLOCK_SIZE || !scope.cache.holds(id, stat.size) {
+            return None;
+        }
+        let cache = Arc::clone(&scope.cache);
+        let size = stat.size;
+        let file = async move { cache.whole_object(id, size).await.map(Arc::new) }
+            .boxed()
+            .shared();
+        // Started now, not at the open: that is the point.
+        self.runtime.spawn(file.clone());
+        Some(file)
     }
 }
