@@ -4,10 +4,12 @@
 //! the object store.
 //!
 //! - **Keys.** A block is named by the object it belongs to (a SHA-256 of
-//!   the endpoint, bucket, key and ETag: two datasets over one bucket share
-//!   blocks, and a new version of an object never meets the old one's
-//!   bytes) and its index ([`BLOCK_SIZE`] each; the last one of an object
-//!   is shorter). Objects without an ETag are not cached.
+//!   the endpoint, bucket, reading credentials, key and ETag: datasets over
+//!   one bucket with the same credentials share blocks, a dataset never
+//!   reads bytes its own credentials could not GET, and a new version of an
+//!   object never meets the old one's bytes) and its index ([`BLOCK_SIZE`]
+//!   each; the last one of an object is shorter). Objects without an ETag
+//!   are not cached.
 //! - **Files.** One file per block, `DIR/v1/XX/OBJECT-INDEX-CRC`: the raw
 //!   bytes (so a whole small object is a plain file of its content), with
 //!   the CRC-32C of the bytes in the name. It is written to a temporary
@@ -25,7 +27,10 @@
 //!   background: reads meanwhile miss), oldest files first in the LRU.
 //! - **Memory.** Blocks being written wait in at most
 //!   [`MAX_PENDING_WRITE_BYTES`]; past that, a fetched block is simply not
-//!   cached.
+//!   cached. Warm-ups fetch within [`WARM_MEMORY`] for the whole node.
+//! - **Passthrough.** An object of one block is a plain file of its bytes:
+//!   [`NodeCache::whole_object`] checks it and hands it out for the kernel
+//!   to read itself.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
