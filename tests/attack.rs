@@ -63,6 +63,21 @@ fn error_code(body: &Value) -> &str {
         .unwrap_or_else(|| panic!("no error code in {body}"))
 }
 
+/// PUTs dataset `name` with `spec` and asserts it is refused with 403
+/// `code` within [`REFUSED_AT_ONCE`]; the answer.
+fn refused_at_once(node: &Node, name: &str, spec: &Value, code: &str) -> Value {
+    let asked = Instant::now();
+    let (status, body) = node.call("PUT", &format!("/v1/mounts/{name}"), Some(spec));
+    assert!(
+        asked.elapsed() < REFUSED_AT_ONCE,
+        "{name}: took {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(status, 403, "{name}: {body}");
+    assert_eq!(error_code(&body), code, "{name}: {body}");
+    body
+}
+
 fn error_message(body: &Value) -> &str {
     body["error"]["message"]
         .as_str()
@@ -233,15 +248,7 @@ fn credentials_outside_the_credentials_dir_are_refused_unopened_and_sign_nothing
     let mut messages = std::collections::HashMap::new();
     let rounds = support::repeat_for(ATTACK_TIME, |_| {
         for (name, spec, path) in &cases {
-            let asked = Instant::now();
-            let (status, body) = node.call("PUT", &format!("/v1/mounts/{name}"), Some(spec));
-            assert!(
-                asked.elapsed() < REFUSED_AT_ONCE,
-                "{name}: took {:?}",
-                asked.elapsed()
-            );
-            assert_eq!(status, 403, "{name}: {body}");
-            assert_eq!(error_code(&body), "CredentialsNotAllowed", "{name}: {body}");
+            let body = refused_at_once(&node, name, spec, "CredentialsNotAllowed");
             let message = error_message(&body);
             match path {
                 Some(path) => {
@@ -552,15 +559,7 @@ fn link_local_endpoints_are_refused_before_any_connection() {
     let probe = HealthProbe::start(node.agent.socket());
     support::repeat_for(ATTACK_TIME, |_| {
         for (name, spec) in &cases {
-            let asked = Instant::now();
-            let (status, body) = node.call("PUT", &format!("/v1/mounts/{name}"), Some(spec));
-            assert!(
-                asked.elapsed() < REFUSED_AT_ONCE,
-                "{name}: took {:?}",
-                asked.elapsed()
-            );
-            assert_eq!(status, 403, "{name}: {body}");
-            assert_eq!(error_code(&body), "EndpointNotAllowed", "{name}: {body}");
+            let body = refused_at_once(&node, name, spec, "EndpointNotAllowed");
             assert!(
                 error_message(&body).contains("--allow-endpoint"),
                 "the error says how to allow it: {body}"
@@ -1304,20 +1303,35 @@ fn an_oversized_get_body_fails_the_read_with_bounded_memory() {
     assert_eq!(status, 200, "the dataset stays");
 }
 
-/// PUTs dataset `name` served by a hostile S3 server whose answer to the
-/// bucket check never ends (`hostility`), while /healthz is probed for the
-/// whole attack; asserts the PUT fails within its deadline, leaves nothing,
-/// and the agent stayed healthy with its memory bounded. The answer.
-fn a_put_against(hostility: Hostility, name: &str, attack: &str) -> Value {
+/// What [`a_put_against`] leaves for its caller to look at.
+struct HostilePut {
+    node: Node,
+    server: HostileS3,
+    status: u16,
+    body: Value,
+    took: Duration,
+}
+
+/// PUTs dataset `name` (agent flags `args`) served by a hostile S3 server
+/// (`hostility`) while /healthz is probed for the whole attack; asserts the
+/// PUT fails within its deadline, leaves nothing, and the agent stayed
+/// healthy with its memory grown by at most `bound_mib`.
+fn a_put_against(
+    hostility: Hostility,
+    name: &str,
+    attack: &str,
+    args: &[&str],
+    bound_mib: u64,
+) -> HostilePut {
     let server = HostileS3::start(hostility);
-    let node = Node::start(&["--mount-timeout", "20s", "--s3-request-timeout", "10s"]);
+    let node = Node::start(args);
     let before = peak_kib(&node);
     let probe = HealthProbe::start(node.agent.socket());
     let asked = Instant::now();
     let (status, body) = node.call(
         "PUT",
         &format!("/v1/mounts/{name}"),
-        Some(&server.spec("bucket")),
+        Some(&server.spec(name)),
     );
     let took = asked.elapsed();
     std::thread::sleep(ATTACK_TIME.saturating_sub(took));
@@ -1329,9 +1343,18 @@ fn a_put_against(hostility: Hostility, name: &str, attack: &str) -> Value {
     assert!(status >= 400, "{body}");
     assert!(took < Duration::from_secs(10), "the PUT took {took:?}");
     node.assert_nothing_left(name);
-    assert_healthy_and_bounded(&node, &report, attack, before, 64);
-    body
+    assert_healthy_and_bounded(&node, &report, attack, before, bound_mib);
+    HostilePut {
+        node,
+        server,
+        status,
+        body,
+        took,
+    }
 }
+
+/// The flags of the agent under a hostile server's oversized answers.
+const HOSTILE_PUT_ARGS: &[&str] = &["--mount-timeout", "20s", "--s3-request-timeout", "10s"];
 
 #[test]
 fn an_oversized_listing_page_fails_the_put_with_bounded_memory() {
@@ -1339,6 +1362,8 @@ fn an_oversized_listing_page_fails_the_put_with_bounded_memory() {
         Hostility::OversizedListingPage,
         "page",
         "an oversized listing page",
+        HOSTILE_PUT_ARGS,
+        64,
     );
 }
 
@@ -1348,7 +1373,10 @@ fn an_oversized_error_body_fails_the_put_with_bounded_memory() {
         Hostility::OversizedErrorBody,
         "refused",
         "an oversized error body",
-    );
+        HOSTILE_PUT_ARGS,
+        64,
+    )
+    .body;
     assert!(
         body.to_string().len() < 2048,
         "the error reaching the caller is a short excerpt: {} bytes",
@@ -1358,32 +1386,30 @@ fn an_oversized_error_body_fails_the_put_with_bounded_memory() {
 
 #[test]
 fn an_endless_listing_fails_instead_of_growing_memory() {
-    let server = HostileS3::start(Hostility::EndlessListing);
-    let node = Node::start(&["--max-directory-entries", "5000", "--mount-timeout", "20s"]);
-    let before = peak_kib(&node);
-    let probe = HealthProbe::start(node.agent.socket());
-    let asked = Instant::now();
-    let (status, body) = node.call("PUT", "/v1/mounts/endless", Some(&server.spec("endless")));
-    let took = asked.elapsed();
-    std::thread::sleep(ATTACK_TIME.saturating_sub(took));
-    let report = probe.finish();
-    assert_eq!(status, 502, "{body}");
+    let put = a_put_against(
+        Hostility::EndlessListing,
+        "endless",
+        "an endless listing",
+        &["--max-directory-entries", "5000", "--mount-timeout", "20s"],
+        32,
+    );
+    assert_eq!(put.status, 502, "{}", put.body);
     assert!(
-        error_message(&body).contains("more than 5000 entries"),
-        "the error names the cause: {body}"
+        error_message(&put.body).contains("more than 5000 entries"),
+        "the error names the cause: {}",
+        put.body
     );
     assert!(
-        server.pages_sent() <= 7,
+        put.server.pages_sent() <= 7,
         "it stopped at the limit ({} pages)",
-        server.pages_sent()
+        put.server.pages_sent()
     );
-    let rss = support::status_field(node.agent.worker_pid().unwrap(), "VmRSS:");
+    let rss = support::status_field(put.node.agent.worker_pid().unwrap(), "VmRSS:");
     assert!(rss < 100 * 1024, "RSS {rss} KiB");
-    assert_healthy_and_bounded(&node, &report, "an endless listing", before, 32);
-    node.assert_nothing_left("endless");
     eprintln!(
-        "figure: endless listing refused after {} pages in {took:?}, agent RSS {} MiB",
-        server.pages_sent(),
+        "figure: endless listing refused after {} pages in {:?}, agent RSS {} MiB",
+        put.server.pages_sent(),
+        put.took,
         rss / 1024
     );
 }

@@ -468,6 +468,25 @@ fn walkdir(dir: &std::path::Path) -> Vec<PathBuf> {
     found
 }
 
+/// Bytes the node has written to its node cache.
+fn cache_written(node: &Node) -> u64 {
+    metric(node, r#"hotmount_cache_bytes_total{direction="written"}"#)
+}
+
+/// Waits until the node cache has taken `bytes` in (written in the
+/// background after a read); fails after 10 s.
+fn wait_cached(node: &Node, bytes: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cache_written(node) < bytes {
+        assert!(
+            Instant::now() < deadline,
+            "the node cache took {} of {bytes} bytes in",
+            cache_written(node)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// `hotmount_cache_requests_total{result="passthrough"}`: opens the kernel
 /// was handed a node cache file for.
 fn passthrough_opens(node: &Node) -> u64 {
@@ -561,14 +580,7 @@ fn a_file_open_in_passthrough_outlives_its_worker_and_the_next_opens_still_read(
     let (status, body) = s3.put("held", &s3.spec("data"));
     assert_eq!(status, 201, "{body}");
     assert_eq!(s3.node.pod.read("held/f.bin").unwrap(), content, "epoch 1");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(&s3.node, "hotmount_cache_size_bytes") < content.len() as u64 {
-        assert!(
-            Instant::now() < deadline,
-            "the object never reached the cache"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_cached(&s3.node, content.len() as u64);
     let passthrough = |s3: &S3Node| passthrough_opens(&s3.node);
     // A reader holds the file open in passthrough mode...
     let held = open_with_passthrough(&s3.node, "held/f.bin");
@@ -744,15 +756,7 @@ fn an_object_replaced_while_open_with_passthrough_is_never_read_in_its_old_bytes
     let (status, body) = s3.put("replaced", &s3.spec("data"));
     assert_eq!(status, 201, "{body}");
     assert_eq!(s3.node.pod.read("replaced/f.bin").unwrap(), old);
-    let written = r#"hotmount_cache_bytes_total{direction="written"}"#;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(&s3.node, written) < old.len() as u64 {
-        assert!(
-            Instant::now() < deadline,
-            "the object never reached the cache"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_cached(&s3.node, old.len() as u64);
     let held = open_with_passthrough(&s3.node, "replaced/f.bin");
     // The object is replaced; once the metadata expires an open pins the
     // new version, which the kernel cannot read through the old backing
@@ -801,17 +805,8 @@ fn the_node_cache_serves_the_next_epoch_across_restarts_and_never_a_corrupt_bloc
     read_all(&s3);
     let first_gets = object_gets(&s3.node, "epochs");
     assert!(first_gets >= objects.len() as u64, "{first_gets} GETs");
-    let written = |s3: &S3Node| {
-        metric(
-            &s3.node,
-            r#"hotmount_cache_bytes_total{direction="written"}"#,
-        )
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while written(&s3) < total && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(written(&s3), total, "every byte cached");
+    wait_cached(&s3.node, total);
+    assert_eq!(cache_written(&s3.node), total, "every byte cached once");
 
     // Epoch 2, after the agent was killed and started again (a new FUSE
     // connection: nothing in the kernel's page cache): no GET at all.
