@@ -685,14 +685,7 @@ impl Config {
 
 /// Octal permission bits for the socket (`0660`, `666`).
 fn parse_socket_mode(text: &str) -> Result<u32, String> {
-    let mode = u32::from_str_radix(text.trim_start_matches("0o"), 8)
-        .map_err(|_| format!("{text:?} is not an octal mode such as 0660"))?;
-    if mode > 0o777 {
-        return Err(format!(
-            "{text:?} is more than permission bits (at most 0777)"
-        ));
-    }
-    Ok(mode)
+    crate::spec::FileMode::parse(text).map(|mode| mode.0)
 }
 
 /// `value` (or `default`), refused when zero.

@@ -53,6 +53,18 @@ impl S3Node {
         }
     }
 
+    /// A node whose agent has a node cache of `size` in a fresh directory
+    /// (returned second, so that it outlives the node).
+    fn with_cache(size: &str, extra_args: &[&str]) -> (S3Node, tempfile::TempDir) {
+        let cache = tempfile::tempdir().unwrap();
+        let dir = cache.path().to_str().unwrap().to_string();
+        let args: Vec<&str> = ["--cache-dir", dir.as_str(), "--cache-size", size]
+            .into_iter()
+            .chain(extra_args.iter().copied())
+            .collect();
+        (S3Node::start(&args), cache)
+    }
+
     /// A spec for `bucket` on Garage, credentials from the file (by path).
     fn spec(&self, bucket: &str) -> Value {
         self.spec_with(bucket, json!({"file": self.credentials}))
@@ -522,9 +534,7 @@ fn open_with_passthrough(node: &Node, rel: &str) -> std::fs::File {
 
 #[test]
 fn opens_of_one_file_never_mix_passthrough_with_reads_through_fuse() {
-    let cache = tempfile::tempdir().unwrap();
-    let cache_dir = cache.path().to_str().unwrap().to_string();
-    let s3 = S3Node::start(&["--cache-dir", &cache_dir, "--cache-size", "64MiB"]);
+    let (s3, _cache) = S3Node::with_cache("64MiB", &[]);
     let content = object_bytes(7, 300_000);
     s3.garage.put_object("data", "f.bin", &content);
     let (status, body) = s3.put("modes", &s3.spec("data"));
@@ -572,9 +582,7 @@ fn opens_of_one_file_never_mix_passthrough_with_reads_through_fuse() {
 #[test]
 fn a_file_open_in_passthrough_outlives_its_worker_and_the_next_opens_still_read() {
     use std::os::unix::fs::FileExt;
-    let cache = tempfile::tempdir().unwrap();
-    let cache_dir = cache.path().to_str().unwrap().to_string();
-    let s3 = S3Node::start(&["--cache-dir", &cache_dir, "--cache-size", "64MiB"]);
+    let (s3, _cache) = S3Node::with_cache("64MiB", &[]);
     let content = object_bytes(8, 200_000);
     s3.garage.put_object("data", "f.bin", &content);
     let (status, body) = s3.put("held", &s3.spec("data"));
@@ -628,9 +636,7 @@ fn warm_done(node: &Node, name: &str) -> Value {
 
 #[test]
 fn a_warm_up_fetches_chosen_paths_into_the_node_cache_and_can_be_cancelled() {
-    let cache = tempfile::tempdir().unwrap();
-    let cache_dir = cache.path().to_str().unwrap().to_string();
-    let s3 = S3Node::start(&["--cache-dir", &cache_dir, "--cache-size", "256MiB"]);
+    let (s3, _cache) = S3Node::with_cache("256MiB", &[]);
     let train: Vec<(String, Vec<u8>)> = (0..30)
         .map(|n| {
             (
@@ -741,16 +747,7 @@ fn a_dataset_without_a_node_cache_has_nothing_to_warm() {
 
 #[test]
 fn an_object_replaced_while_open_with_passthrough_is_never_read_in_its_old_bytes() {
-    let cache = tempfile::tempdir().unwrap();
-    let cache_dir = cache.path().to_str().unwrap().to_string();
-    let s3 = S3Node::start(&[
-        "--cache-dir",
-        &cache_dir,
-        "--cache-size",
-        "64MiB",
-        "--metadata-ttl",
-        "200ms",
-    ]);
+    let (s3, _cache) = S3Node::with_cache("64MiB", &["--metadata-ttl", "200ms"]);
     let old = object_bytes(11, 100_000);
     s3.garage.put_object("data", "f.bin", &old);
     let (status, body) = s3.put("replaced", &s3.spec("data"));
@@ -776,9 +773,7 @@ fn an_object_replaced_while_open_with_passthrough_is_never_read_in_its_old_bytes
 
 #[test]
 fn the_node_cache_serves_the_next_epoch_across_restarts_and_never_a_corrupt_block() {
-    let cache = tempfile::tempdir().unwrap();
-    let cache_dir = cache.path().to_str().unwrap().to_string();
-    let mut s3 = S3Node::start(&["--cache-dir", &cache_dir, "--cache-size", "256MiB"]);
+    let (mut s3, cache) = S3Node::with_cache("256MiB", &[]);
     let objects: Vec<(String, Vec<u8>)> = (0..20)
         .map(|n| {
             (

@@ -29,8 +29,7 @@ use crate::api::{ApiError, ErrorCode};
 use crate::spec::{MountSpec, S3Credentials, SourceSpec};
 
 /// What a token may do at most.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     /// Everything, without a policy.
     Admin,
@@ -151,6 +150,9 @@ pub enum Verb {
 }
 
 impl Verb {
+    /// Every verb (what a rule's `verbs` may name).
+    const ALL: [Verb; 5] = [Verb::Get, Verb::List, Verb::Put, Verb::Delete, Verb::Warm];
+
     fn as_str(self) -> &'static str {
         match self {
             Verb::Get => "get",
@@ -207,7 +209,7 @@ impl Policy {
         let policy: Policy = toml::from_str(text).map_err(|e| e.to_string())?;
         for (index, rule) in policy.rules.iter().enumerate() {
             for verb in &rule.verbs {
-                if !["get", "list", "put", "delete", "warm"].contains(&verb.as_str()) {
+                if !Verb::ALL.iter().any(|known| known.as_str() == verb) {
                     return Err(format!("rule {}: unknown verb {verb:?}", index + 1));
                 }
             }

@@ -153,7 +153,12 @@ pub async fn serve<L: Listener>(
             continue;
         };
         // Handlers learn who is calling from the peer.
-        let service = TowerToHyperService::new(router.clone().layer(axum::Extension(peer.clone())));
+        // One small wrapper, not `Router::layer` (which rebuilds every route
+        // for every connection, in the accept loop).
+        let service = TowerToHyperService::new(tower::Layer::layer(
+            &axum::Extension(peer.clone()),
+            router.clone(),
+        ));
         let watcher = graceful.watcher();
         let peers = Arc::clone(&peers);
         let tls = tls.clone();

@@ -565,18 +565,9 @@ impl Manager {
         }
     }
 
-    /// Mounts `spec` as `name` (PUT). Identical spec: the existing dataset;
+    /// Mounts `spec` as `name` (PUT) on behalf of `caller` (recorded as the
+    /// creator of a new dataset). Identical spec: the existing dataset;
     /// another spec under the name: conflict. A failure leaves nothing behind.
-    pub async fn put(
-        &self,
-        name: &DatasetName,
-        spec: MountSpec,
-    ) -> Result<PutOutcome, ManagerError> {
-        self.put_by(name, spec, None).await
-    }
-
-    /// [`Manager::put`] on behalf of `caller` (recorded as the creator of a
-    /// new dataset).
     pub async fn put_by(
         &self,
         name: &DatasetName,

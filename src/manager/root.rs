@@ -83,22 +83,21 @@ fn prepare_root(mounter: &dyn Mounter, root: &Path) -> Result<(), ManagerError> 
             carrier.optional_fields.join(" ")
         )));
     }
-    if mounted_here {
-        // Our tmpfs reaches the host only if the mount holding it is shared.
-        if let Some(parent) = table.iter().find(|m| m.mount_id == top.parent_id)
-            && !parent.is_shared()
-        {
-            let _ = mounter.unmount(root, crate::sys::UnmountMode::Lazy);
-            return Err(fail(format!(
-                "its parent mount {} is not shared (propagation: {}), so datasets mounted here would stay invisible outside this mount namespace; {HOW_TO_FIX}",
-                parent.mount_point.display(),
-                if parent.optional_fields.is_empty() {
-                    "private".to_string()
-                } else {
-                    parent.optional_fields.join(" ")
-                }
-            )));
-        }
+    // Our tmpfs reaches the host only if the mount holding it is shared.
+    if mounted_here
+        && let Some(parent) = carrier
+        && !parent.is_shared()
+    {
+        let _ = mounter.unmount(root, crate::sys::UnmountMode::Lazy);
+        return Err(fail(format!(
+            "its parent mount {} is not shared (propagation: {}), so datasets mounted here would stay invisible outside this mount namespace; {HOW_TO_FIX}",
+            parent.mount_point.display(),
+            if parent.optional_fields.is_empty() {
+                "private".to_string()
+            } else {
+                parent.optional_fields.join(" ")
+            }
+        )));
     }
     mounter
         .verify_propagation(root)

@@ -53,7 +53,6 @@ use crate::s3fs::inodes::{Inode, InodeRecord, InodeSnapshot, InodeTable};
 pub use crate::s3fs::inodes::{NodeKind, ObjectStat, ROOT_INODE};
 use crate::s3fs::journal::{Entry, Journal, JournaledTable, TableGuard, lock_table};
 use crate::s3fs::keys::{MAX_NAME_LEN, SkippedKeys};
-use crate::s3fs::node_cache::ObjectId;
 use crate::s3fs::prefetch::{FileReader, PrefetchBudget, RangeReader, ReadStats};
 use crate::s3fs::store::Bucket;
 use crate::s3fs::write::{Completion, ObjectWriter, WriteBudget};
@@ -160,7 +159,7 @@ pub struct OpenedFile {
     pub keep_cache: bool,
     /// The whole object in the node cache, checked, when the caller asked
     /// for it: the kernel may read it directly (FUSE passthrough).
-    pub backing: Option<std::fs::File>,
+    pub backing: Option<Arc<std::fs::File>>,
     /// The version the handle is pinned to.
     pub stat: ObjectStat,
 }
@@ -213,6 +212,9 @@ pub struct S3Filesystem {
     /// Requests answered so far (a connection whose count stands still
     /// while requests wait is stuck, not busy).
     answered: std::sync::atomic::AtomicU64,
+    /// Whether the kernel reads node cache files itself (FUSE passthrough:
+    /// granted at INIT, and no backing file refused for good since).
+    passthrough: std::sync::atomic::AtomicBool,
 }
 
 impl S3Filesystem {
@@ -279,6 +281,7 @@ impl S3Filesystem {
             scans: Mutex::new(HashMap::new()),
             skipped_keys: SkippedKeys::default(),
             answered: std::sync::atomic::AtomicU64::new(0),
+            passthrough: std::sync::atomic::AtomicBool::new(false),
         };
         let restored = handles(&filesystem);
         *filesystem.handles() = restored;
@@ -854,15 +857,11 @@ impl S3Filesystem {
         let backing = if !want_backing || fetched.is_some() {
             None
         } else if let Some(file) = checked {
-            file.await.and_then(|file| file.try_clone().ok())
+            file.await
+        } else if let Some(scope) = &self.options.cache {
+            scope.whole_file(&inode.key, &stat).await
         } else {
-            match (&self.options.cache, &stat.etag) {
-                (Some(scope), Some(etag)) => {
-                    let id = ObjectId::new(&scope.origin, inode.key.as_ref(), etag);
-                    scope.cache.whole_object(id, stat.size).await
-                }
-                _ => None,
-            }
+            None
         };
         let pinned = stat.clone();
         let reader = FileReader::new(
@@ -885,6 +884,18 @@ impl S3Filesystem {
     /// Whether this mount reads through the node cache.
     pub fn has_node_cache(&self) -> bool {
         self.options.cache.is_some()
+    }
+
+    /// Whether the kernel may be handed node cache files to read itself.
+    pub fn passthrough(&self) -> bool {
+        self.has_node_cache() && self.passthrough.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Serves with FUSE passthrough or without (what INIT negotiated, or
+    /// off for good after the cache's filesystem refused a backing file).
+    pub fn set_passthrough(&self, enabled: bool) {
+        self.passthrough
+            .store(enabled, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The open read handles, each with its inode (after a restore: the
@@ -2080,6 +2091,8 @@ mod tests {
             ..Setup::default()
         }
         .build(store.clone());
+        // As the FUSE adapter sets it when the kernel grants passthrough.
+        fs.set_passthrough(true);
         let dir = fs.lookup(ROOT_INODE, OsStr::new("d")).await.unwrap();
         let epoch = |want_backing: bool| {
             let fs = &fs;
@@ -2121,7 +2134,8 @@ mod tests {
         let backings = epoch(true).await;
         assert_eq!(store.gets.load(Ordering::SeqCst), gets_before, "no GET");
         for (i, backing) in backings.into_iter().enumerate() {
-            let mut file = backing.unwrap_or_else(|| panic!("f{i:02} has no cache file"));
+            let file = backing.unwrap_or_else(|| panic!("f{i:02} has no cache file"));
+            let mut file = &*file;
             let mut bytes = Vec::new();
             std::io::Seek::rewind(&mut file).unwrap();
             std::io::Read::read_to_end(&mut file, &mut bytes).unwrap();

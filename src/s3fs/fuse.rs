@@ -6,7 +6,6 @@
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
@@ -110,9 +109,6 @@ pub struct FuseAdapter {
     fs: Arc<S3Filesystem>,
     /// The unsupported requests already logged (each kind once per mount).
     unsupported_seen: Mutex<HashSet<&'static str>>,
-    /// Whether the kernel reads node cache files itself (FUSE passthrough:
-    /// granted at INIT, and no backing file refused so far).
-    passthrough: Arc<AtomicBool>,
     io_modes: Arc<Mutex<IoModes>>,
     /// The connection's fd, once resumed: to close backing ids an earlier
     /// process opened that no open takes over.
@@ -139,7 +135,6 @@ impl FuseAdapter {
         FuseAdapter {
             fs,
             unsupported_seen: Mutex::new(HashSet::new()),
-            passthrough: Arc::new(AtomicBool::new(false)),
             io_modes: Arc::new(Mutex::new(io_modes)),
             device: Arc::new(std::sync::OnceLock::new()),
         }
@@ -170,7 +165,7 @@ impl FuseAdapter {
     /// Serves with FUSE passthrough or without (a resumed connection keeps
     /// what its INIT negotiated).
     pub fn set_passthrough(&self, enabled: bool) {
-        self.passthrough.store(enabled, Ordering::Relaxed);
+        self.fs.set_passthrough(enabled);
     }
 
     /// Answers a request this filesystem does not serve with `errno`,
@@ -241,7 +236,6 @@ fn lock_io(io_modes: &Mutex<IoModes>) -> std::sync::MutexGuard<'_, IoModes> {
 fn reply_open(
     fs: &S3Filesystem,
     io_modes: &Mutex<IoModes>,
-    passthrough: &AtomicBool,
     ino: u64,
     opened: crate::s3fs::fs::OpenedFile,
     reply: ReplyOpen,
@@ -274,7 +268,7 @@ fn reply_open(
                 if lasting {
                     // The cache's filesystem cannot back FUSE files (a
                     // stacked one, say): read through FUSE from now on.
-                    passthrough.store(false, Ordering::Relaxed);
+                    fs.set_passthrough(false);
                 }
                 tracing::warn!(%error, lasting, "fuse passthrough refused; this file is read through fuse");
             }
@@ -526,16 +520,14 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let passthrough = Arc::clone(&self.passthrough);
         let io_modes = Arc::clone(&self.io_modes);
         // A file open in another mode cannot pass through: no need to look.
-        let want_backing = passthrough.load(Ordering::Relaxed)
-            && self.fs.has_node_cache()
-            && !lock_io(&self.io_modes).inodes.contains_key(&ino.0);
+        let want_backing =
+            self.fs.passthrough() && !lock_io(&self.io_modes).inodes.contains_key(&ino.0);
         self.spawn("open", move |fs| async move {
             match fs.open(ino.0, flags.0, want_backing).await {
                 Ok(opened) => {
-                    if reply_open(&fs, &io_modes, &passthrough, ino.0, opened, reply) {
+                    if reply_open(&fs, &io_modes, ino.0, opened, reply) {
                         fs.metrics()
                             .cache_requests
                             .with_label_values(&["passthrough"])

@@ -211,10 +211,14 @@ pub enum Entry<R> {
     Head {
         /// [`SNAPSHOT_FORMAT`] of the build that wrote it.
         format: u32,
-        /// The next key (keys are never reused within a mount).
+        /// The next key (keys are never reused within a mount). Builds
+        /// before the tables shared this type wrote `next_ino` in inode
+        /// journals: a worker of this build takes their connections over.
+        #[serde(alias = "next_ino")]
         next: u64,
     },
-    /// A record as it is now.
+    /// A record as it is now (`Inode` or `Handle` in older builds).
+    #[serde(alias = "Inode", alias = "Handle")]
     Record(R),
     /// A key the kernel let go of.
     Gone(u64),
@@ -398,6 +402,37 @@ mod tests {
 
     fn reopen(journal: &Journal) -> Journal {
         Journal::open(journal.fd().try_clone_to_owned().unwrap()).unwrap()
+    }
+
+    impl Keyed for Entry {
+        fn key(&self) -> u64 {
+            self.key
+        }
+    }
+
+    #[test]
+    fn journals_of_builds_before_the_shared_entry_type_replay() {
+        // What those builds wrote: `Inode`/`Handle` records, and `next_ino`
+        // in the head of inode journals.
+        let lines = [
+            format!(r#"{{"Head":{{"format":{SNAPSHOT_FORMAT},"next_ino":9}}}}"#),
+            r#"{"Inode":{"key":3,"text":"x"}}"#.to_string(),
+            r#"{"Handle":{"key":5,"text":"y"}}"#.to_string(),
+            r#"{"Gone":3}"#.to_string(),
+        ];
+        let entries: Vec<super::Entry<Entry>> = lines
+            .iter()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        let (next, records) = replay(entries).unwrap();
+        assert_eq!(next, 9);
+        assert_eq!(
+            records,
+            vec![Entry {
+                key: 5,
+                text: "y".to_string()
+            }]
+        );
     }
 
     #[test]

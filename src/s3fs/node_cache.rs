@@ -76,7 +76,12 @@ impl ObjectId {
     }
 
     fn hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        use std::fmt::Write;
+        let mut hex = String::with_capacity(64);
+        for byte in self.0 {
+            let _ = write!(hex, "{byte:02x}");
+        }
+        hex
     }
 
     fn parse(hex: &str) -> Option<ObjectId> {
@@ -98,6 +103,32 @@ pub struct CacheScope {
     pub cache: Arc<NodeCache>,
     /// The endpoint and bucket (`http://10.0.0.9:3900/datasets`).
     pub origin: String,
+}
+
+impl CacheScope {
+    /// The cache's name for `key` at the version `stat` (none without an
+    /// ETag: such objects are not cached).
+    pub fn object(
+        &self,
+        key: &object_store::path::Path,
+        stat: &crate::s3fs::inodes::ObjectStat,
+    ) -> Option<ObjectId> {
+        Some(ObjectId::new(
+            &self.origin,
+            key.as_ref(),
+            stat.etag.as_ref()?,
+        ))
+    }
+
+    /// [`NodeCache::whole_object`] of `key` at `stat`.
+    pub async fn whole_file(
+        &self,
+        key: &object_store::path::Path,
+        stat: &crate::s3fs::inodes::ObjectStat,
+    ) -> Option<Arc<std::fs::File>> {
+        let id = self.object(key, stat)?;
+        self.cache.whole_object(id, stat.size).await
+    }
 }
 
 /// One block of one object version.
@@ -216,10 +247,8 @@ impl NodeCache {
     }
 
     fn path_of(&self, key: &BlockKey, crc: u32) -> PathBuf {
-        let hex = key.0.hex();
-        self.dir
-            .join(&hex[..2])
-            .join(format!("{hex}-{:08x}-{crc:08x}", key.1))
+        let name = format!("{}-{:08x}-{crc:08x}", key.0.hex(), key.1);
+        self.dir.join(&name[..2]).join(&name)
     }
 
     /// Indexes the block files on disk, oldest first; removes temporaries
@@ -334,7 +363,11 @@ impl NodeCache {
     /// most one block), open for reading and checked against its CRC: what
     /// the kernel may read directly (FUSE passthrough; the caller counts
     /// `hotmount_cache_requests_total{result="passthrough"}` if it does).
-    pub async fn whole_object(self: &Arc<Self>, id: ObjectId, size: u64) -> Option<std::fs::File> {
+    pub async fn whole_object(
+        self: &Arc<Self>,
+        id: ObjectId,
+        size: u64,
+    ) -> Option<Arc<std::fs::File>> {
         if size == 0 || size > BLOCK_SIZE {
             return None;
         }
@@ -344,7 +377,7 @@ impl NodeCache {
         let file = tokio::task::spawn_blocking(move || {
             let path = cache.path_of(&key, entry.crc);
             match read_checked(&path, size, entry.crc) {
-                Ok((file, _)) => Some(file),
+                Ok((file, _)) => Some(Arc::new(file)),
                 Err(fault) => {
                     cache.drop_block(&key, &path, fault);
                     None
@@ -424,13 +457,22 @@ impl NodeCache {
                 .inc_by(blocks.len() as u64);
             return;
         };
+        self.write_blocks(blocks, Some(permit));
+    }
+
+    /// Writes `blocks` on a blocking thread, then lets `room` go.
+    fn write_blocks(
+        self: &Arc<Self>,
+        blocks: Vec<(BlockKey, Bytes)>,
+        room: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> tokio::task::JoinHandle<()> {
         let cache = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
             for (key, data) in blocks {
                 cache.write_block(key, &data);
             }
-            drop(permit);
-        });
+            drop(room);
+        })
     }
 
     /// The blocks of the object `id` (of `size` bytes) that lie whole in
@@ -479,13 +521,7 @@ impl NodeCache {
     /// [`NodeCache::warm_room`]).
     pub async fn store_now(self: &Arc<Self>, id: ObjectId, start: u64, data: Bytes, size: u64) {
         let blocks = self.new_whole_blocks(id, start, &data, size);
-        let cache = Arc::clone(self);
-        let _ = tokio::task::spawn_blocking(move || {
-            for (key, data) in blocks {
-                cache.write_block(key, &data);
-            }
-        })
-        .await;
+        let _ = self.write_blocks(blocks, None).await;
     }
 
     /// Writes one block (temporary file, then rename) and evicts to stay

@@ -122,6 +122,12 @@ impl RangeReader {
         }
     }
 
+    /// The node cache and its name for `key` at `stat`, if it is cached.
+    fn cached(&self, key: &ObjectPath, stat: &ObjectStat) -> Option<(&CacheScope, ObjectId)> {
+        let scope = self.cache.as_ref()?;
+        Some((scope, scope.object(key, stat)?))
+    }
+
     /// The bytes `range` (inside the object) of `key` as it was at open
     /// (`stat`).
     pub async fn get(
@@ -130,10 +136,9 @@ impl RangeReader {
         stat: &ObjectStat,
         range: Range<u64>,
     ) -> Result<Bytes, FsError> {
-        let (Some(scope), Some(etag)) = (&self.cache, &stat.etag) else {
+        let Some((scope, id)) = self.cached(key, stat) else {
             return self.fetch(key, stat, range).await;
         };
-        let id = ObjectId::new(&scope.origin, key.as_ref(), etag);
         if let Some(cached) = scope.cache.read(id, range.clone(), stat.size).await {
             return Ok(cached);
         }
@@ -149,10 +154,9 @@ impl RangeReader {
     /// bytes fetched (none when it was whole already, or without a cache or
     /// an ETag).
     pub async fn warm(&self, key: &ObjectPath, stat: &ObjectStat) -> Result<u64, FsError> {
-        let (Some(scope), Some(etag)) = (&self.cache, &stat.etag) else {
+        let Some((scope, id)) = self.cached(key, stat) else {
             return Ok(0);
         };
-        let id = ObjectId::new(&scope.origin, key.as_ref(), etag);
         if scope.cache.holds(id, stat.size) {
             return Ok(0);
         }

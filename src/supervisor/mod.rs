@@ -199,18 +199,14 @@ pub async fn supervise(config: Config) -> Result<(), SupervisorError> {
         .await;
         match ended {
             Ended::Terminate => {
-                if let Some(mut standby) = standby.take() {
-                    let _ = standby.child.start_kill();
-                }
+                discard(&mut standby);
                 stop_worker(&mut worker).await;
                 let _ = std::fs::remove_file(&config.socket);
                 let _ = std::fs::remove_file(&config.supervision.takeover_socket);
                 return Ok(());
             }
             Ended::Fatal => {
-                if let Some(mut standby) = standby.take() {
-                    let _ = standby.child.start_kill();
-                }
+                discard(&mut standby);
                 let _ = std::fs::remove_file(&config.socket);
                 let _ = std::fs::remove_file(&config.supervision.takeover_socket);
                 return Err(SupervisorError::WorkerFailed);
@@ -220,9 +216,7 @@ pub async fn supervise(config: Config) -> Result<(), SupervisorError> {
                     Ok(()) => {
                         // The new supervisor has everything: let go.
                         drop(lock);
-                        if let Some(mut standby) = standby.take() {
-                            let _ = standby.child.start_kill();
-                        }
+                        discard(&mut standby);
                         drop(held);
                         drop(takeover_listener);
                         tracing::info!("the node is handed over; idle until SIGTERM");
@@ -458,6 +452,13 @@ fn apply(
         }
         Message::Heartbeat | Message::Quiesced { .. } => {}
         other => tracing::warn!(message = ?other, "unexpected message from the worker"),
+    }
+}
+
+/// Kills the spare worker, if one waits (its exit is reaped by tokio).
+fn discard(standby: &mut Option<Worker>) {
+    if let Some(mut standby) = standby.take() {
+        let _ = standby.child.start_kill();
     }
 }
 

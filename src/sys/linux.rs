@@ -49,19 +49,10 @@ fn open_mount_point(target: &Path) -> Result<OwnedFd, SysError> {
         target: target.to_path_buf(),
         errno,
     };
+    // O_NOFOLLOW applies to the last component only: the parents (the
+    // root's path, the operator's) resolve as usual.
     let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    match (target.parent(), target.file_name()) {
-        (Some(parent), Some(name)) => {
-            let parent = nix::fcntl::open(
-                parent,
-                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(fail)?;
-            nix::fcntl::openat(&parent, name, flags, Mode::empty()).map_err(fail)
-        }
-        _ => nix::fcntl::open(target, flags, Mode::empty()).map_err(fail),
-    }
+    nix::fcntl::open(target, flags, Mode::empty()).map_err(fail)
 }
 
 /// The path through which the kernel reaches exactly the directory `fd` holds.

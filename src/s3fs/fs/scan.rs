@@ -18,7 +18,7 @@ use super::S3Filesystem;
 use crate::s3fs::handles::ListedEntry;
 use crate::s3fs::inodes::NodeKind;
 use crate::s3fs::inodes::ObjectStat;
-use crate::s3fs::node_cache::{BLOCK_SIZE, ObjectId};
+use crate::s3fs::node_cache::BLOCK_SIZE;
 use crate::s3fs::prefetch::PrefetchedObject;
 
 /// A cache file being opened and checked ahead of its open.
@@ -137,15 +137,18 @@ impl S3Filesystem {
         key: &object_store::path::Path,
         stat: &ObjectStat,
     ) -> Option<CheckedFile> {
+        if !self.passthrough() {
+            // Without passthrough the bytes are wanted, fetched ahead.
+            return None;
+        }
         let scope = self.options.cache.as_ref()?;
-        let etag = stat.etag.as_ref()?;
-        let id = ObjectId::new(&scope.origin, key.as_ref(), etag);
+        let id = scope.object(key, stat)?;
         if stat.size > BLOCK_SIZE || !scope.cache.holds(id, stat.size) {
             return None;
         }
         let cache = Arc::clone(&scope.cache);
         let size = stat.size;
-        let file = async move { cache.whole_object(id, size).await.map(Arc::new) }
+        let file = async move { cache.whole_object(id, size).await }
             .boxed()
             .shared();
         // Started now, not at the open: that is the point.

@@ -95,11 +95,7 @@ impl Warmup {
         if let Some(task) = self.task.lock().unwrap_or_else(|p| p.into_inner()).take() {
             task.abort();
         }
-        let mut status = self.lock();
-        if status.running() {
-            status.state = WarmupState::Cancelled;
-            status.finished_at = Some(Utc::now());
-        }
+        self.finish(WarmupState::Cancelled);
     }
 
     fn finish(&self, state: WarmupState) {
