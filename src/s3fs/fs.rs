@@ -47,7 +47,7 @@ pub use warm::{Warmup, WarmupState, WarmupStatus};
 
 pub use crate::s3fs::error::FsError;
 use crate::s3fs::handles::{
-    DirHandle, Handle, HandleRecord, HandleSnapshot, HandleTable, WriteHandle,
+    DirHandle, Handle, HandleRecord, HandleSnapshot, HandleTable, ReadHandle, WriteHandle,
 };
 use crate::s3fs::inodes::{Inode, InodeRecord, InodeSnapshot, InodeTable};
 pub use crate::s3fs::inodes::{NodeKind, ObjectStat, ROOT_INODE};
@@ -410,16 +410,26 @@ impl S3Filesystem {
                         ino,
                         ..DirHandle::default()
                     })),
-                    HandleRecord::Read { key, stat, .. } => {
+                    HandleRecord::Read {
+                        key,
+                        stat,
+                        ino,
+                        backing,
+                        ..
+                    } => {
                         let key = ObjectPath::parse(&key).unwrap_or_else(|_| ObjectPath::from(key));
-                        Handle::Read(Arc::new(FileReader::new(
-                            key,
-                            stat,
-                            Arc::clone(&fs.reader),
-                            Arc::clone(&fs.options.prefetch_budget),
-                            fs.runtime.clone(),
-                            None,
-                        )))
+                        Handle::Read(ReadHandle {
+                            reader: Arc::new(FileReader::new(
+                                key,
+                                stat,
+                                Arc::clone(&fs.reader),
+                                Arc::clone(&fs.options.prefetch_budget),
+                                fs.runtime.clone(),
+                                None,
+                            )),
+                            ino,
+                            backing,
+                        })
                     }
                     HandleRecord::Write { ino, .. } => {
                         let key = keys.get(&ino).cloned().unwrap_or_default();

@@ -57,13 +57,25 @@ pub(crate) struct OpenReader {
     pub(crate) backing: Option<u32>,
 }
 
+/// A file open for reading.
+#[derive(Debug, Clone)]
+pub(crate) struct ReadHandle {
+    pub(crate) reader: Arc<FileReader>,
+    /// Its inode (unknown for handles restored from an older journal).
+    pub(crate) ino: Option<u64>,
+    /// The FUSE backing id the kernel reads it through (passthrough): it
+    /// belongs to the connection, not the process, so the next process
+    /// must reuse it for every open of the same file.
+    pub(crate) backing: Option<u32>,
+}
+
 /// What a handle number stands for.
 #[derive(Debug, Clone)]
 pub(crate) enum Handle {
     /// An open directory.
     Directory(Arc<DirHandle>),
     /// A file open for reading.
-    Read(Arc<FileReader>),
+    Read(ReadHandle),
     /// A new file being written.
     Write(Arc<WriteHandle>),
 }
@@ -73,12 +85,6 @@ pub(crate) enum Handle {
 pub(crate) struct HandleTable {
     next: u64,
     handles: HashMap<u64, Handle>,
-    /// The FUSE backing id of each read handle the kernel reads itself
-    /// (passthrough): it belongs to the connection, not the process, so
-    /// the next process must reuse it for every open of the same file.
-    backing: HashMap<u64, u32>,
-    /// The inode of each read handle (a key may have had several).
-    read_inodes: HashMap<u64, u64>,
     /// The journal changes go to (a supervised worker's mounts).
     journal: Option<TableJournal>,
 }
@@ -88,8 +94,6 @@ impl Default for HandleTable {
         HandleTable {
             next: 1,
             handles: HashMap::new(),
-            backing: HashMap::new(),
-            read_inodes: HashMap::new(),
             journal: None,
         }
     }
@@ -107,9 +111,11 @@ impl HandleTable {
 
     /// Adds file `ino` open for reading through `reader` under a new number.
     pub(crate) fn insert_read(&mut self, reader: Arc<FileReader>, ino: u64) -> u64 {
-        let fh = self.next;
-        self.read_inodes.insert(fh, ino);
-        self.insert(Handle::Read(reader))
+        self.insert(Handle::Read(ReadHandle {
+            reader,
+            ino: Some(ino),
+            backing: None,
+        }))
     }
 
     /// The open directory `fh`.
@@ -123,7 +129,7 @@ impl HandleTable {
     /// The file `fh` open for reading.
     pub(crate) fn reader(&self, fh: u64) -> Option<Arc<FileReader>> {
         match self.handles.get(&fh) {
-            Some(Handle::Read(reader)) => Some(Arc::clone(reader)),
+            Some(Handle::Read(read)) => Some(Arc::clone(&read.reader)),
             _ => None,
         }
     }
@@ -147,15 +153,13 @@ impl HandleTable {
     /// Closes `fh`.
     pub(crate) fn remove(&mut self, fh: u64) -> Option<Handle> {
         self.mark(fh);
-        self.backing.remove(&fh);
-        self.read_inodes.remove(&fh);
         self.handles.remove(&fh)
     }
 
     /// Records that the kernel reads `fh` through backing id `id`.
     pub(crate) fn set_backing(&mut self, fh: u64, id: u32) {
-        if self.handles.contains_key(&fh) {
-            self.backing.insert(fh, id);
+        if let Some(Handle::Read(read)) = self.handles.get_mut(&fh) {
+            read.backing = Some(id);
             self.mark(fh);
         }
     }
@@ -165,12 +169,12 @@ impl HandleTable {
         self.handles
             .iter()
             .filter_map(|(fh, handle)| match handle {
-                Handle::Read(reader) => Some(OpenReader {
+                Handle::Read(read) => Some(OpenReader {
                     fh: *fh,
-                    ino: self.read_inodes.get(fh).copied(),
-                    key: reader.key().clone(),
-                    stat: reader.stat().clone(),
-                    backing: self.backing.get(fh).copied(),
+                    ino: read.ino,
+                    key: read.reader.key().clone(),
+                    stat: read.reader.stat().clone(),
+                    backing: read.backing,
                 }),
                 _ => None,
             })
@@ -262,25 +266,9 @@ impl HandleTable {
         let mut table = HandleTable {
             next: snapshot.next,
             handles: HashMap::new(),
-            backing: HashMap::new(),
-            read_inodes: HashMap::new(),
             journal: None,
         };
         for record in snapshot.handles {
-            if let HandleRecord::Read {
-                fh, ino: Some(ino), ..
-            } = &record
-            {
-                table.read_inodes.insert(*fh, *ino);
-            }
-            if let HandleRecord::Read {
-                fh,
-                backing: Some(id),
-                ..
-            } = &record
-            {
-                table.backing.insert(*fh, *id);
-            }
             table.handles.insert(record.fh(), restore(record));
         }
         table
@@ -303,12 +291,12 @@ impl HandleTable {
     fn record_of(&self, fh: u64) -> Option<HandleRecord> {
         Some(match self.handles.get(&fh)? {
             Handle::Directory(dir) => HandleRecord::Directory { fh, ino: dir.ino },
-            Handle::Read(reader) => HandleRecord::Read {
+            Handle::Read(read) => HandleRecord::Read {
                 fh,
-                key: reader.key().to_string(),
-                stat: reader.stat().clone(),
-                backing: self.backing.get(&fh).copied(),
-                ino: self.read_inodes.get(&fh).copied(),
+                key: read.reader.key().to_string(),
+                stat: read.reader.stat().clone(),
+                backing: read.backing,
+                ino: read.ino,
             },
             Handle::Write(writer) => HandleRecord::Write {
                 fh,
