@@ -703,6 +703,29 @@ fn a_warm_up_fetches_chosen_paths_into_the_node_cache_and_can_be_cancelled() {
         "val/ was not warmed"
     );
 
+    // `--detach` starts one and returns; `--status` follows it to its end.
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_hotmount"))
+            .args(args)
+            .arg("--socket")
+            .arg(s3.node.agent.socket())
+            .output()
+            .unwrap()
+    };
+    let detached = cli(&["warm", "warmed", "val", "--detach"]);
+    assert!(detached.status.success(), "{detached:?}");
+    let followed = cli(&["warm", "warmed", "--status", "--json"]);
+    assert!(followed.status.success(), "{followed:?}");
+    let last: Value = serde_json::from_str(
+        String::from_utf8_lossy(&followed.stdout)
+            .lines()
+            .last()
+            .expect("progress lines"),
+    )
+    .unwrap();
+    assert_eq!(last["state"], "Done", "{last}");
+    assert_eq!(last["paths"], json!(["val"]));
+
     // Warming it again fetches nothing.
     let (status, body) = s3.node.call(
         "POST",

@@ -352,6 +352,24 @@ mod tests {
     const ALL: &[ErrorCode] = ErrorCode::ALL;
 
     #[test]
+    fn answers_that_say_later_say_when() {
+        let later = [
+            ErrorCode::TooManyRequests,
+            ErrorCode::TooManyHungMounts,
+            ErrorCode::NotReady,
+        ];
+        for &code in ALL {
+            let response = ApiError::new(code, "x").into_response();
+            let retry = response.headers().get(axum::http::header::RETRY_AFTER);
+            if later.contains(&code) {
+                assert_eq!(retry.map(|v| v.to_str().unwrap()), Some("1"), "{code:?}");
+            } else {
+                assert!(retry.is_none(), "{code:?}");
+            }
+        }
+    }
+
+    #[test]
     fn every_code_is_an_error_status_and_spelled_once() {
         let mut spelled = std::collections::HashSet::new();
         for code in ALL {
