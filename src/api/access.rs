@@ -170,7 +170,7 @@ impl Verb {
 pub struct Rule {
     /// `uid:N` and `token:NAME` the rule is for.
     pub callers: Vec<String>,
-    /// `get`, `list`, `put`, `delete`.
+    /// `get`, `list`, `put`, `delete`, `warm`.
     pub verbs: Vec<String>,
     /// Globs (`*`) of the dataset names it covers.
     #[serde(default)]

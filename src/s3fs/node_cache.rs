@@ -20,9 +20,10 @@
 //!   {event="corrupt"}`) and fetched from the store again: it is never
 //!   served.
 //! - **Size.** Least-recently-used blocks are evicted to stay within the
-//!   size. A write that would leave the disk with less than
-//!   [`MIN_FREE_BYTES`] (or 1% of it) free is skipped: a full disk costs a
-//!   read its cache, never an error.
+//!   size. A write that would leave the disk with less free than its
+//!   reserve ([`MIN_FREE_BYTES`] or 1% of it, whichever is more, at most a
+//!   quarter of it) is skipped: a full disk costs a read its cache, never
+//!   an error.
 //! - **Restarts.** The index is rebuilt from the directory at start (in the
 //!   background: reads meanwhile miss), oldest files first in the LRU.
 //! - **Memory.** Blocks being written wait in at most
@@ -577,7 +578,7 @@ impl NodeCache {
         let fragment = stat.fragment_size();
         let available = stat.blocks_available() * fragment;
         let total = stat.blocks() * fragment;
-        available >= bytes + MIN_FREE_BYTES.max(total / 100).min(total / 4)
+        available >= bytes + reserve_of(total)
     }
 
     /// Deletes least-recently-used blocks until the cache fits its size.
@@ -598,6 +599,13 @@ impl NodeCache {
         }
         self.metrics.cache_size_bytes.set(index.bytes as i64);
     }
+}
+
+/// The free space a disk of `total` bytes keeps: [`MIN_FREE_BYTES`] or 1%
+/// of it, whichever is more, and at most a quarter of it (a small disk
+/// still caches).
+fn reserve_of(total: u64) -> u64 {
+    MIN_FREE_BYTES.max(total / 100).min(total / 4)
 }
 
 /// Why a block could not be served.
@@ -818,6 +826,14 @@ mod tests {
         drop(cache);
         let (cache, _) = open(dir.path(), MIB);
         assert_eq!(cache.size(), MIB);
+    }
+
+    #[test]
+    fn the_disk_reserve_is_256_mib_or_one_percent_at_most_a_quarter() {
+        const GIB: u64 = 1024 * MIB;
+        assert_eq!(reserve_of(10 * GIB), 256 * MIB);
+        assert_eq!(reserve_of(100 * GIB), GIB);
+        assert_eq!(reserve_of(512 * MIB), 128 * MIB);
     }
 
     #[test]
