@@ -373,8 +373,21 @@ async fn put_mount(
     Ok(response)
 }
 
+/// The first byte of a request body that is not white space: a body must
+/// be a JSON object (`{`), since serde would also take a struct as an
+/// array of its fields.
+fn first_byte(body: &[u8]) -> Option<u8> {
+    body.iter().copied().find(|b| !b.is_ascii_whitespace())
+}
+
 /// Parses a mount spec; the error names the JSON path of the bad field.
 pub fn parse_spec(body: &[u8]) -> Result<MountSpec, ApiError> {
+    if first_byte(body) != Some(b'{') {
+        return Err(ApiError::new(
+            ErrorCode::InvalidSpec,
+            "request body: expected a JSON object",
+        ));
+    }
     let deserializer = &mut serde_json::Deserializer::from_slice(body);
     let spec: MountSpec = serde_path_to_error::deserialize(deserializer).map_err(|err| {
         let path = err.path().to_string();
@@ -477,11 +490,11 @@ const MAX_WARM_PATHS: usize = 1000;
 /// The paths of a warm-up request, checked: relative, no `.` or `..`
 /// segment, no empty segment but a trailing `/`.
 fn warm_paths(body: &[u8]) -> Result<Vec<String>, ApiError> {
-    let request: WarmRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        WarmRequest::default()
-    } else {
-        serde_json::from_slice(body)
-            .map_err(|e| ApiError::new(ErrorCode::InvalidBody, format!("request body: {e}")))?
+    let invalid = |e: String| ApiError::new(ErrorCode::InvalidBody, format!("request body: {e}"));
+    let request: WarmRequest = match first_byte(body) {
+        None => WarmRequest::default(),
+        Some(b'{') => serde_json::from_slice(body).map_err(|e| invalid(e.to_string()))?,
+        Some(_) => return Err(invalid("expected a JSON object".to_string())),
     };
     if request.paths.len() > MAX_WARM_PATHS {
         return Err(ApiError::new(
@@ -621,6 +634,38 @@ async fn metrics(State(manager): State<Manager>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn warm_requests_are_objects_of_paths_inside_the_dataset() {
+        assert_eq!(warm_paths(b"").unwrap(), Vec::<String>::new());
+        assert_eq!(warm_paths(b" {} ").unwrap(), Vec::<String>::new());
+        assert_eq!(
+            warm_paths(br#"{"paths": ["train/", "a.csv"]}"#).unwrap(),
+            vec!["train", "a.csv"]
+        );
+        for bad in [
+            &b"[]"[..],
+            br#"[["x"]]"#,
+            b"null",
+            br#"{"paths": ["../x"]}"#,
+            br#"{"paths": ["/etc"]}"#,
+            br#"{"pathz": []}"#,
+        ] {
+            let refused = warm_paths(bad).unwrap_err();
+            assert_eq!(
+                refused.code(),
+                ErrorCode::InvalidBody,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn a_spec_as_an_array_is_refused() {
+        let err = parse_spec(br#"[{"nfs": {"server": "10.0.0.5", "export": "/x"}}]"#);
+        assert!(err.is_err(), "{err:?}");
+    }
 
     #[test]
     fn token_files_need_long_tokens() {
