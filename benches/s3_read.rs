@@ -708,13 +708,15 @@ fn hotmount_counters(node: &support::Node) -> Counters {
 
 /// The agent of the benchmark's node (no node cache).
 struct Hotmount<'a> {
+    /// The column: `hotmount`, or an allocator column.
+    name: &'static str,
     node: &'a support::Node,
     spec: Value,
 }
 
 impl MountTool for Hotmount<'_> {
     fn name(&self) -> &'static str {
-        "hotmount"
+        self.name
     }
     fn mount(&mut self, read_only: bool) -> (PathBuf, u32) {
         hotmount_mount(self.node, &self.spec, read_only)
@@ -1102,7 +1104,29 @@ fn report(tool: &str, label: &str, workload: &str, run: &Run) {
     );
 }
 
-type Results = BTreeMap<(&'static str, &'static str), (Figure, Option<f64>)>;
+/// The agent's columns with another allocator preloaded (`LD_PRELOAD`, the
+/// Debian packages `libjemalloc2` and `libmimalloc2.0`) in place of glibc's
+/// malloc as `src/memory.rs` tunes it: the same binary, so the columns
+/// differ in the allocator alone.
+const ALLOCATOR_COLUMNS: [(&str, &str); 2] = [
+    (
+        "hotmount+jemalloc",
+        "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
+    ),
+    (
+        "hotmount+mimalloc",
+        "/usr/lib/x86_64-linux-gnu/libmimalloc.so.2",
+    ),
+];
+
+/// What a server process cost during one workload.
+#[derive(Debug, Clone, Copy)]
+struct Cost {
+    peak_rss_mib: f64,
+    cpu_seconds: f64,
+}
+
+type Results = BTreeMap<(&'static str, &'static str), (Figure, Option<Cost>)>;
 
 /// Both epochs of a workload through a cache column.
 #[derive(Debug)]
@@ -1141,7 +1165,11 @@ fn run_tool(
         let run = measure(&*tool, &mount, pid, workload, sizes, server);
         tool.unmount();
         report(tool.name(), &describe(workload, sizes), workload, &run);
-        results.insert((tool.name(), workload), (run.figure, Some(run.rss_mib)));
+        let cost = Cost {
+            peak_rss_mib: run.rss_mib,
+            cpu_seconds: run.cpu_seconds,
+        };
+        results.insert((tool.name(), workload), (run.figure, Some(cost)));
     }
 }
 
@@ -1234,7 +1262,8 @@ fn print_table(results: &Results, sizes: &Sizes, tools: &[&'static str]) {
     for tool in tools {
         let peak = WORKLOADS
             .iter()
-            .filter_map(|w| results.get(&(*tool, *w)).and_then(|(_, rss)| *rss))
+            .filter_map(|w| results.get(&(*tool, *w)).and_then(|(_, cost)| *cost))
+            .map(|cost| cost.peak_rss_mib)
             .fold(f64::NAN, f64::max);
         if peak.is_nan() {
             print!(" - |");
@@ -1243,6 +1272,50 @@ fn print_table(results: &Results, sizes: &Sizes, tools: &[&'static str]) {
         }
     }
     println!(" | | |");
+    print_cost_table(results, sizes, tools);
+}
+
+/// Peak RSS and CPU-seconds of each column's server per workload (and CPU
+/// per GiB moved, for the workloads that move bytes).
+fn print_cost_table(results: &Results, sizes: &Sizes, tools: &[&'static str]) {
+    let measured: Vec<&'static str> = tools
+        .iter()
+        .copied()
+        .filter(|tool| *tool != "ceiling")
+        .collect();
+    if measured.is_empty() {
+        return;
+    }
+    println!();
+    print!("| workload: peak RSS, CPU-s (CPU-s per GiB) |");
+    for tool in &measured {
+        print!(" {tool} |");
+    }
+    println!();
+    println!("|---|{}", "---|".repeat(measured.len()));
+    for workload in WORKLOADS {
+        print!("| {} |", describe(workload, sizes));
+        for tool in &measured {
+            match results.get(&(*tool, workload)) {
+                Some((figure, Some(cost))) => {
+                    let per_gib = if figure.bytes > 0 {
+                        format!(
+                            " ({:.2})",
+                            cost.cpu_seconds / (figure.bytes as f64 / (1024.0 * MIB as f64))
+                        )
+                    } else {
+                        String::new()
+                    };
+                    print!(
+                        " {:.0} MiB, {:.2} s{per_gib} |",
+                        cost.peak_rss_mib, cost.cpu_seconds
+                    );
+                }
+                _ => print!(" - |"),
+            }
+        }
+        println!();
+    }
 }
 
 /// The second-epoch table, and how hotmount+cache stands against the goal
@@ -1377,7 +1450,13 @@ fn main() {
     if !agent_args.is_empty() {
         eprintln!("hotmount serve flags: {}", agent_args.join(" "));
     }
-    let node = support::Node::start(&agent_args);
+    let agent_env: Vec<(String, String)> = std::env::var("BENCH_AGENT_ENV")
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let node = support::Node::start_with_env(None, &agent_args, &agent_env);
     let work = tempfile::tempdir().expect("work directory");
     garage.write_credentials_file(&node.credentials_dir().join("garage"));
     let mut tools: Vec<&'static str> = Vec::new();
@@ -1414,9 +1493,34 @@ fn main() {
             }
             "hotmount" => {
                 let spec = garage.spec("bench", json!({"secret": "garage"}));
-                let mut hotmount = Hotmount { node: &node, spec };
+                let mut hotmount = Hotmount {
+                    name: "hotmount",
+                    node: &node,
+                    spec,
+                };
                 run_tool(&mut hotmount, &sizes, Some(&stats), &mut results);
                 tools.push("hotmount");
+            }
+            column if ALLOCATOR_COLUMNS.iter().any(|(name, _)| *name == column) => {
+                let (name, library) = ALLOCATOR_COLUMNS
+                    .into_iter()
+                    .find(|(name, _)| *name == column)
+                    .expect("an allocator column");
+                assert!(
+                    Path::new(library).exists(),
+                    "{name}: {library} is missing (scripts/setup-test-env.sh installs libjemalloc2 and libmimalloc2.0)"
+                );
+                let preload = [("LD_PRELOAD".to_string(), library.to_string())];
+                let node = support::Node::start_with_env(None, &agent_args, &preload);
+                garage.write_credentials_file(&node.credentials_dir().join("garage"));
+                let spec = garage.spec("bench", json!({"secret": "garage"}));
+                let mut hotmount = Hotmount {
+                    name,
+                    node: &node,
+                    spec,
+                };
+                run_tool(&mut hotmount, &sizes, Some(&stats), &mut results);
+                tools.push(name);
             }
             "s3fs" => {
                 run_tool(&mut s3fs(None), &sizes, Some(&stats), &mut results);
@@ -1453,7 +1557,7 @@ fn main() {
                 epoch_tools.push("rclone+cache");
             }
             other => panic!(
-                "BENCH_TOOLS: unknown column {other:?} (ceiling,hotmount,s3fs,rclone,hotmount+cache,s3fs+cache,rclone+cache)"
+                "BENCH_TOOLS: unknown column {other:?} (ceiling,hotmount,s3fs,rclone,hotmount+cache,s3fs+cache,rclone+cache,hotmount+jemalloc,hotmount+mimalloc)"
             ),
         }
     }
@@ -1485,6 +1589,7 @@ fn smoke(runtime: &tokio::runtime::Runtime, results: &mut Results) {
     let spec = node.file_spec("bench");
     run_tool(
         &mut Hotmount {
+            name: "hotmount",
             node: &node,
             spec: spec.clone(),
         },

@@ -29,6 +29,7 @@ APT_PACKAGES=(
   util-linux       # unshare, nsenter (mount tier)
   socat iproute2   # check-api-contract.sh: the unix socket bridged to TCP; lo in a netns
   s3fs rclone      # reference S3 clients used in comparisons
+  libjemalloc2 libmimalloc2.0   # the benchmark's allocator columns (LD_PRELOAD)
   rsync            # conformance: rsync -a into a read-write dataset
   systemd          # systemd-analyze verify of the unit (check-manifests.sh); systemd as
                    # PID 1 of a test machine running the unit (tests/systemd_unit.rs)

@@ -235,7 +235,7 @@ pub struct ServeArgs {
     #[arg(long, env = "HOTMOUNT_FUSE_THREADS")]
     pub fuse_threads: Option<usize>,
     /// Memory for data prefetched ahead of sequential S3 readers, shared by
-    /// all mounts; 0 turns prefetching off [default: 512MiB].
+    /// all mounts; 0 turns prefetching off [default: 256MiB].
     #[arg(long, env = "HOTMOUNT_PREFETCH_MEMORY", value_parser = parse_size)]
     pub prefetch_memory: Option<u64>,
     /// Memory for data being written to S3 datasets, shared by all mounts;

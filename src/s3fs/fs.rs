@@ -29,7 +29,6 @@ use std::ffi::OsStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use fuser::{FileAttr, FileType, Generation};
 use futures::StreamExt;
@@ -45,6 +44,7 @@ mod warm;
 
 pub use warm::{Warmup, WarmupState, WarmupStatus};
 
+use crate::s3fs::chunked::ChunkedBytes;
 pub use crate::s3fs::error::FsError;
 use crate::s3fs::handles::{
     DirHandle, Handle, HandleRecord, HandleSnapshot, HandleTable, ReadHandle, WriteHandle,
@@ -946,7 +946,7 @@ impl S3Filesystem {
 
     /// Reads `[offset, offset + size)` of open file `fh`, clipped to the size
     /// seen at open; empty at or after the end.
-    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Bytes, FsError> {
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<ChunkedBytes, FsError> {
         self.file_handle(fh)?.read(offset, size).await
     }
 
@@ -1394,6 +1394,7 @@ impl S3Filesystem {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
     use std::fmt;
     use std::sync::atomic::Ordering;
 
@@ -1512,7 +1513,7 @@ mod tests {
             .fh;
         let data = fs.read(fh, 0, u32::MAX).await.expect("read");
         fs.release(fh);
-        data.to_vec()
+        data.to_bytes().to_vec()
     }
 
     /// No limit on entries per readdir call.
@@ -1677,7 +1678,7 @@ mod tests {
         fs.getattr(attr.ino.0).await.unwrap();
         let fh = fs.open(attr.ino.0, libc::O_RDONLY, false).await.unwrap().fh;
         assert_eq!(store.requests(), before, "no revalidation when immutable");
-        assert_eq!(&fs.read(fh, 0, 100).await.unwrap()[..], b"hello");
+        assert_eq!(&fs.read(fh, 0, 100).await.unwrap().to_bytes()[..], b"hello");
     }
 
     #[tokio::test]
@@ -1961,7 +1962,10 @@ mod tests {
             !third.keep_cache,
             "new ETag: the kernel must drop its pages"
         );
-        assert_eq!(&fs.read(third.fh, 0, 10).await.unwrap()[..], b"two");
+        assert_eq!(
+            &fs.read(third.fh, 0, 10).await.unwrap().to_bytes()[..],
+            b"two"
+        );
     }
 
     const MIB: u64 = 1024 * 1024;
@@ -1977,7 +1981,7 @@ mod tests {
                 break;
             }
             offset += data.len() as u64;
-            out.extend_from_slice(&data);
+            out.extend_from_slice(&data.to_bytes());
         }
         out
     }
@@ -2122,7 +2126,7 @@ mod tests {
                         .unwrap();
                     if !want_backing {
                         let data = fs.read(opened.fh, 0, 1 << 20).await.unwrap();
-                        assert!(data == pattern(2000 + i), "{}", entry.name);
+                        assert!(data == pattern(2000 + i)[..], "{}", entry.name);
                     }
                     backings.push(opened.backing);
                     fs.release(opened.fh);
@@ -2175,7 +2179,7 @@ mod tests {
                 .unwrap()
                 .fh;
             let data = fs.read(fh, 0, 1 << 20).await.unwrap();
-            assert!(data == pattern(1000 + i), "content of {}", entry.name);
+            assert!(data == pattern(1000 + i)[..], "content of {}", entry.name);
             if fs.read_stats(fh).unwrap().parts_started == 0 {
                 served_ahead += 1;
             }
@@ -2276,7 +2280,7 @@ mod tests {
         // A failed lookup is not cached as a negative entry.
         store.fail_with(None);
         assert!(fs.lookup(ROOT_INODE, OsStr::new("dir")).await.is_ok());
-        assert_eq!(&fs.read(fh, 0, 5).await.unwrap()[..], b"hello");
+        assert_eq!(&fs.read(fh, 0, 5).await.unwrap().to_bytes()[..], b"hello");
         assert_eq!(fs.readdir(dir_fh, 0, ALL).await.unwrap().len(), 7);
     }
 
@@ -2642,7 +2646,7 @@ mod tests {
         let a = fs.lookup(dir.ino.0, OsStr::new("a.bin")).await.unwrap();
         let opened = fs.open(a.ino.0, libc::O_RDONLY, false).await.unwrap();
         assert_eq!(
-            fs.read(opened.fh, 0, 10).await.unwrap()[..],
+            fs.read(opened.fh, 0, 10).await.unwrap().to_bytes()[..],
             pattern(100_000)[..10]
         );
         let dh = fs.opendir(dir.ino.0).unwrap();
@@ -2697,7 +2701,11 @@ mod tests {
         assert_eq!(counting.requests(), 0, "nothing asked of the store");
         // The open file reads on, pinned to the version it opened.
         assert_eq!(
-            restored.read(opened.fh, 10, 90_000).await.unwrap()[..],
+            restored
+                .read(opened.fh, 10, 90_000)
+                .await
+                .unwrap()
+                .to_bytes()[..],
             pattern(100_000)[10..90_010]
         );
         // The open directory lists on from where the kernel was.
@@ -2758,7 +2766,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            &next.read(opened.fh, 0, 100).await.unwrap()[..],
+            &next.read(opened.fh, 0, 100).await.unwrap().to_bytes()[..],
             b"hello world"
         );
         let again = next

@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
+use std::io::IoSlice;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
@@ -552,7 +553,11 @@ impl fuser::Filesystem for FuseAdapter {
     ) {
         self.spawn("read", move |fs| async move {
             match fs.read(fh.0, offset, size).await {
-                Ok(data) => reply.data(&data),
+                Ok(data) => {
+                    let slices: Vec<IoSlice<'_>> =
+                        data.chunks().iter().map(|c| IoSlice::new(c)).collect();
+                    reply.data_vectored(&slices);
+                }
                 Err(err) => reply.error(errno("read", &err)),
             }
         });

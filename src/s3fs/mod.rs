@@ -3,10 +3,12 @@
 //! without the kernel ([`fs`], with its directory listings and scan-ahead);
 //! the tables the kernel's node ids and handles refer to ([`inodes`],
 //! [`handles`], which a new process can restore from a snapshot); which keys
-//! can be names ([`keys`]); the read path ([`prefetch`]) and the write path
+//! can be names ([`keys`]); the read path ([`prefetch`], whose bytes stay
+//! in the HTTP client's chunks: [`chunked`]) and the write path
 //! ([`write`](self::write)); errors and their errnos ([`error`]); and the thin fuser
 //! adapter ([`fuse`]).
 
+pub mod chunked;
 pub mod credentials;
 pub mod error;
 pub mod fs;

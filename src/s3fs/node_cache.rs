@@ -44,6 +44,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
 use crate::metrics::Metrics;
+use crate::s3fs::chunked::ChunkedBytes;
 
 /// The size of a cached block (the last block of an object is shorter).
 pub const BLOCK_SIZE: u64 = 1024 * 1024;
@@ -444,8 +445,8 @@ impl NodeCache {
     /// Caches the whole blocks of the object `id` (of `size` bytes) that
     /// `data`, fetched at `start`, covers. In the background; skipped when
     /// too much is waiting to be written.
-    pub fn store(self: &Arc<Self>, id: ObjectId, start: u64, data: Bytes, size: u64) {
-        let blocks = self.new_whole_blocks(id, start, &data, size);
+    pub fn store(self: &Arc<Self>, id: ObjectId, start: u64, data: &ChunkedBytes, size: u64) {
+        let blocks = self.new_whole_blocks(id, start, data, size);
         let bytes: u64 = blocks.iter().map(|(_, b)| b.len() as u64).sum();
         if bytes == 0 {
             return;
@@ -482,7 +483,7 @@ impl NodeCache {
         &self,
         id: ObjectId,
         start: u64,
-        data: &Bytes,
+        data: &ChunkedBytes,
         size: u64,
     ) -> Vec<(BlockKey, Bytes)> {
         let end = start + data.len() as u64;
@@ -493,8 +494,11 @@ impl NodeCache {
                 let block_end = block_start + block_len(block, size);
                 let whole = block_start >= start && block_end <= end;
                 (whole && !index.entries.contains_key(&(id, block))).then(|| {
-                    let slice =
-                        data.slice((block_start - start) as usize..(block_end - start) as usize);
+                    // One buffer per block file (a copy when the block spans
+                    // chunks of the body).
+                    let slice = data
+                        .slice((block_start - start) as usize..(block_end - start) as usize)
+                        .to_bytes();
                     ((id, block), slice)
                 })
             })
@@ -520,8 +524,14 @@ impl NodeCache {
     /// Like [`NodeCache::store`], but writes the blocks before it returns
     /// (a warm-up must not skip any; its memory is its own, see
     /// [`NodeCache::warm_room`]).
-    pub async fn store_now(self: &Arc<Self>, id: ObjectId, start: u64, data: Bytes, size: u64) {
-        let blocks = self.new_whole_blocks(id, start, &data, size);
+    pub async fn store_now(
+        self: &Arc<Self>,
+        id: ObjectId,
+        start: u64,
+        data: &ChunkedBytes,
+        size: u64,
+    ) {
+        let blocks = self.new_whole_blocks(id, start, data, size);
         let _ = self.write_blocks(blocks, None).await;
     }
 
@@ -704,8 +714,18 @@ mod tests {
         assert_eq!(cache.read(id, 0..10, size).await, None, "empty cache");
         // A fetch of half a block then of the rest: only whole blocks (and
         // the short last one) are kept.
-        cache.store(id, 0, data.slice(..(MIB / 2) as usize), size);
-        cache.store(id, MIB / 2, data.slice((MIB / 2) as usize..), size);
+        cache.store(
+            id,
+            0,
+            &ChunkedBytes::from(data.slice(..(MIB / 2) as usize)),
+            size,
+        );
+        cache.store(
+            id,
+            MIB / 2,
+            &ChunkedBytes::from(data.slice((MIB / 2) as usize..)),
+            size,
+        );
         settled(&cache, MIB + DISK_BLOCK).await;
         assert_eq!(
             cache.read(id, 0..10, size).await,
@@ -714,7 +734,7 @@ mod tests {
         );
         let tail = cache.read(id, MIB + 5..size, size).await.unwrap();
         assert_eq!(tail, data.slice((MIB + 5) as usize..));
-        cache.store(id, 0, data.slice(..MIB as usize), size);
+        cache.store(id, 0, &ChunkedBytes::from(data.slice(..MIB as usize)), size);
         settled(&cache, 2 * MIB + DISK_BLOCK).await;
         let across = cache.read(id, 100..2 * MIB + 10, size).await.unwrap();
         assert_eq!(
@@ -736,7 +756,7 @@ mod tests {
         let (cache, _) = open(dir.path(), 64 * MIB);
         let data = object(1000, 2);
         let id = ObjectId::new("http://s3:3900/b", "k", "\"v1\"");
-        cache.store(id, 0, data.clone(), 1000);
+        cache.store(id, 0, &ChunkedBytes::from(data.clone()), 1000);
         settled(&cache, DISK_BLOCK).await;
         for other in [
             ObjectId::new("http://s3:3900/b", "k", "\"v2\""),
@@ -755,7 +775,7 @@ mod tests {
         let size = 2 * MIB;
         let data = object(size, 3);
         let id = ObjectId::new("o", "k", "e");
-        cache.store(id, 0, data.clone(), size);
+        cache.store(id, 0, &ChunkedBytes::from(data.clone()), size);
         settled(&cache, size).await;
         let files: Vec<PathBuf> = walk(&cache.dir);
         assert_eq!(files.len(), 2);
@@ -774,7 +794,7 @@ mod tests {
         assert!(walk(&cache.dir).is_empty(), "corrupt files deleted");
         assert_eq!(cache.size(), 0);
         // Fetched again, it is good again.
-        cache.store(id, 0, data.clone(), size);
+        cache.store(id, 0, &ChunkedBytes::from(data.clone()), size);
         settled(&cache, size).await;
         assert_eq!(cache.read(id, 0..size, size).await, Some(data));
     }
@@ -787,15 +807,15 @@ mod tests {
             .map(|n| ObjectId::new("o", &format!("k{n}"), "e"))
             .collect();
         let data = object(MIB, 4);
-        cache.store(ids[0], 0, data.clone(), MIB);
+        cache.store(ids[0], 0, &ChunkedBytes::from(data.clone()), MIB);
         settled(&cache, MIB).await;
-        cache.store(ids[1], 0, data.clone(), MIB);
+        cache.store(ids[1], 0, &ChunkedBytes::from(data.clone()), MIB);
         settled(&cache, 2 * MIB).await;
         assert!(
             cache.read(ids[0], 0..1, MIB).await.is_some(),
             "k0 used again"
         );
-        cache.store(ids[2], 0, data.clone(), MIB);
+        cache.store(ids[2], 0, &ChunkedBytes::from(data.clone()), MIB);
         settled(&cache, 2 * MIB).await;
         assert!(
             cache.read(ids[1], 0..1, MIB).await.is_none(),
@@ -814,7 +834,7 @@ mod tests {
         let id = ObjectId::new("o", "k", "e");
         {
             let (cache, _) = open(dir.path(), 64 * MIB);
-            cache.store(id, 0, data.clone(), 3 * MIB);
+            cache.store(id, 0, &ChunkedBytes::from(data.clone()), 3 * MIB);
             settled(&cache, 3 * MIB).await;
         }
         // Leftovers of a dead writer and stray files are cleaned up.

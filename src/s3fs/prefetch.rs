@@ -17,6 +17,9 @@
 //! - when a directory is read file after file in listing order, the next few
 //!   small files are fetched whole before they are opened
 //!   ([`PrefetchedObject`], same budget, same ETag pinning);
+//! - a GET's body is kept in the chunks the HTTP client received
+//!   ([`ChunkedBytes`]): a read slices them and the FUSE reply writes them
+//!   with one vectored write, so no byte is copied in the agent;
 //! - every GET carries `If-Match` with the ETag seen at open (or
 //!   `If-Unmodified-Since` without one), and the reply's metadata is checked
 //!   again: an object replaced under an open handle fails the read with EIO.
@@ -27,7 +30,6 @@ use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
-use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use object_store::path::Path as ObjectPath;
@@ -36,12 +38,17 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::metrics::Metrics;
 use crate::operation::StoreRequest;
+use crate::s3fs::chunked::{ChunkCollector, ChunkedBytes};
 use crate::s3fs::error::FsError;
 use crate::s3fs::inodes::ObjectStat;
 use crate::s3fs::node_cache::{CacheScope, ObjectId};
 
-/// The default agent-wide budget for prefetched data (`--prefetch-memory`).
-pub const DEFAULT_PREFETCH_MEMORY: u64 = 512 * 1024 * 1024;
+/// The default agent-wide budget for prefetched data (`--prefetch-memory`):
+/// with the write budget, the node cache's and the agent itself it keeps
+/// the DaemonSet inside its 1 GiB limit (doc/SCALE.md, "The budget in the
+/// manifest"); four sequential readers at full speed need about 150 MiB of
+/// it (4 x a 32 MiB window, a 4 MiB part and 2 MiB of slack).
+pub const DEFAULT_PREFETCH_MEMORY: u64 = 256 * 1024 * 1024;
 /// The ranged GETs of a warm-up (whole node cache blocks).
 pub const WARM_RANGE: u64 = 4 * crate::s3fs::node_cache::BLOCK_SIZE;
 /// The first prefetch window of a sequential reader.
@@ -135,17 +142,15 @@ impl RangeReader {
         key: &ObjectPath,
         stat: &ObjectStat,
         range: Range<u64>,
-    ) -> Result<Bytes, FsError> {
+    ) -> Result<ChunkedBytes, FsError> {
         let Some((scope, id)) = self.cached(key, stat) else {
             return self.fetch(key, stat, range).await;
         };
         if let Some(cached) = scope.cache.read(id, range.clone(), stat.size).await {
-            return Ok(cached);
+            return Ok(cached.into());
         }
         let fetched = self.fetch(key, stat, range.clone()).await?;
-        scope
-            .cache
-            .store(id, range.start, fetched.clone(), stat.size);
+        scope.cache.store(id, range.start, &fetched, stat.size);
         Ok(fetched)
     }
 
@@ -167,7 +172,7 @@ impl RangeReader {
             let _room = scope.cache.warm_room(end - start).await;
             let data = self.fetch(key, stat, start..end).await?;
             fetched += data.len() as u64;
-            scope.cache.store_now(id, start, data, stat.size).await;
+            scope.cache.store_now(id, start, &data, stat.size).await;
             start = end;
         }
         Ok(fetched)
@@ -179,7 +184,7 @@ impl RangeReader {
         key: &ObjectPath,
         stat: &ObjectStat,
         range: Range<u64>,
-    ) -> Result<Bytes, FsError> {
+    ) -> Result<ChunkedBytes, FsError> {
         let options = GetOptions {
             if_match: stat.etag.clone(),
             // Without an ETag, the modification time pins the version.
@@ -239,11 +244,15 @@ impl RangeReader {
     }
 }
 
-/// The body of `result`, refused as soon as it grows past `limit` bytes (the
-/// range asked for): a server that sends more cannot grow the agent's memory.
-async fn collect_at_most(result: GetResult, limit: u64) -> Result<Bytes, object_store::Error> {
+/// The body of `result` in the chunks it arrived in, refused as soon as it
+/// grows past `limit` bytes (the range asked for): a server that sends more
+/// cannot grow the agent's memory.
+async fn collect_at_most(
+    result: GetResult,
+    limit: u64,
+) -> Result<ChunkedBytes, object_store::Error> {
     let mut body = result.into_stream();
-    let mut collected = BytesMut::with_capacity(usize::try_from(limit).unwrap_or(0));
+    let mut collected = ChunkCollector::new(limit);
     while let Some(chunk) = body.next().await {
         let chunk = chunk?;
         if (collected.len() + chunk.len()) as u64 > limit {
@@ -252,13 +261,13 @@ async fn collect_at_most(result: GetResult, limit: u64) -> Result<Bytes, object_
                 source: format!("the server sent more than the {limit} bytes asked for").into(),
             });
         }
-        collected.extend_from_slice(&chunk);
+        collected.push(chunk);
     }
-    Ok(collected.freeze())
+    Ok(collected.finish())
 }
 
 /// A part being fetched (or fetched): its bytes, once, for every reader.
-type PartData = Shared<BoxFuture<'static, Result<Bytes, Arc<FsError>>>>;
+type PartData = Shared<BoxFuture<'static, Result<Arc<ChunkedBytes>, Arc<FsError>>>>;
 
 /// One prefetched range of the object.
 #[derive(Debug)]
@@ -359,17 +368,17 @@ impl FileReader {
 
     /// Reads `[offset, offset + size)`, clipped to the size seen at open;
     /// empty at or after the end.
-    pub async fn read(&self, offset: u64, size: u32) -> Result<Bytes, FsError> {
+    pub async fn read(&self, offset: u64, size: u32) -> Result<ChunkedBytes, FsError> {
         let end = offset.saturating_add(u64::from(size)).min(self.stat.size);
         if offset >= end {
-            return Ok(Bytes::new());
+            return Ok(ChunkedBytes::new());
         }
         match self.plan(offset..end) {
             Plan::Direct => self.reader.get(&self.key, &self.stat, offset..end).await,
             Plan::Parts(pieces) => {
-                let mut slices = Vec::with_capacity(pieces.len());
-                for (range, data) in pieces {
-                    let bytes = match data.await {
+                let mut data = ChunkedBytes::new();
+                for (range, part) in pieces {
+                    let bytes = match part.await {
                         Ok(bytes) => bytes,
                         Err(err) => {
                             // A failed part is not kept: the next read asks again.
@@ -383,17 +392,8 @@ impl FileReader {
                     let to = usize::try_from(end.min(range.end) - part_start)
                         .unwrap_or(usize::MAX)
                         .min(bytes.len());
-                    slices.push(bytes.slice(from.min(to)..to));
+                    data.extend(bytes.slice(from.min(to)..to));
                 }
-                let data = if slices.len() == 1 {
-                    slices.pop().unwrap_or_default()
-                } else {
-                    let mut joined = BytesMut::with_capacity((end - offset) as usize);
-                    for slice in slices {
-                        joined.extend_from_slice(&slice);
-                    }
-                    joined.freeze()
-                };
                 if data.len() as u64 != end - offset {
                     return Err(FsError::ObjectChanged {
                         key: self.key.to_string(),
@@ -523,6 +523,7 @@ fn spawn_part(
         reader
             .get(&task_key, &task_stat, range)
             .await
+            .map(Arc::new)
             .map_err(Arc::new)
     });
     let key = key.to_string();

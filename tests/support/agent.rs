@@ -32,6 +32,9 @@ pub struct AgentOptions {
     /// The binary to run instead of the one cargo built (an installed copy
     /// that a test replaces, as a package upgrade does).
     pub binary: Option<PathBuf>,
+    /// Environment variables set for the agent alone (the benchmark's
+    /// allocator columns: `LD_PRELOAD`).
+    pub env: Vec<(String, String)>,
 }
 
 impl AgentOptions {
@@ -45,6 +48,7 @@ impl AgentOptions {
             credentials_dir: dir.join("creds"),
             extra_args: Vec::new(),
             binary: None,
+            env: Vec::new(),
         }
     }
 }
@@ -77,7 +81,8 @@ impl Agent {
             .arg(&options.socket)
             .arg("--credentials-dir")
             .arg(&options.credentials_dir)
-            .args(&options.extra_args);
+            .args(&options.extra_args)
+            .envs(options.env.iter().map(|(k, v)| (k, v)));
         Agent::start_command(command, options)
     }
 

@@ -31,6 +31,16 @@ impl Node {
     /// [`Node::start`] running `binary` (an installed copy) instead of the
     /// one cargo built.
     pub fn start_binary(binary: Option<&Path>, extra_args: &[&str]) -> Node {
+        Node::start_with_env(binary, extra_args, &[])
+    }
+
+    /// [`Node::start_binary`] with environment variables for the agent
+    /// alone.
+    pub fn start_with_env(
+        binary: Option<&Path>,
+        extra_args: &[&str],
+        env: &[(String, String)],
+    ) -> Node {
         super::require_root();
         super::require_fuse();
         let dir = tempfile::tempdir().unwrap();
@@ -51,6 +61,7 @@ impl Node {
             .map(|s| s.to_string())
             .collect();
         options.binary = binary.map(Path::to_path_buf);
+        options.env = env.to_vec();
         let mut agent = Agent::start(options);
         agent.wait_ready(Duration::from_secs(30));
         let pod = Pod::start(&agent.options().root);
