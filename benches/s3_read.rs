@@ -19,8 +19,12 @@
 //! `hotmount+cache,s3fs+cache,rclone+cache` for the epochs only), the
 //! workloads with `BENCH_WORKLOADS` (e.g. `seq,small`; the cache columns run
 //! only those two), the agent's flags with `BENCH_AGENT_ARGS` (e.g.
-//! `--prefetch-memory 64MiB`), and `BENCH_WARM=1` keeps the page caches (for
-//! profiling the FUSE path without the server's disk).
+//! `--prefetch-memory 64MiB`), its environment with `BENCH_AGENT_ENV` (e.g.
+//! `MALLOC_ARENA_MAX=4`; space-separated `NAME=VALUE`s), and `BENCH_WARM=1`
+//! keeps the page caches (for profiling the FUSE path without the server's
+//! disk). The allocator columns `hotmount+jemalloc` and `hotmount+mimalloc`
+//! (not in the default set) run the same agent with another allocator
+//! preloaded.
 //!
 //! Every line also shows what the S3 server counted meanwhile (Garage's
 //! admin `/metrics`: requests by operation, MiB read from its disk), so a
@@ -1105,18 +1109,12 @@ fn report(tool: &str, label: &str, workload: &str, run: &Run) {
 }
 
 /// The agent's columns with another allocator preloaded (`LD_PRELOAD`, the
-/// Debian packages `libjemalloc2` and `libmimalloc2.0`) in place of glibc's
-/// malloc as `src/memory.rs` tunes it: the same binary, so the columns
-/// differ in the allocator alone.
+/// Debian packages `libjemalloc2` and `libmimalloc2.0`, in
+/// `/usr/lib/ARCH-linux-gnu/`) in place of glibc's malloc as `src/memory.rs`
+/// tunes it: the same binary, so the columns differ in the allocator alone.
 const ALLOCATOR_COLUMNS: [(&str, &str); 2] = [
-    (
-        "hotmount+jemalloc",
-        "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
-    ),
-    (
-        "hotmount+mimalloc",
-        "/usr/lib/x86_64-linux-gnu/libmimalloc.so.2",
-    ),
+    ("hotmount+jemalloc", "libjemalloc.so.2"),
+    ("hotmount+mimalloc", "libmimalloc.so.2"),
 ];
 
 /// What a server process cost during one workload.
@@ -1506,12 +1504,14 @@ fn main() {
                     .into_iter()
                     .find(|(name, _)| *name == column)
                     .expect("an allocator column");
+                let library = format!("/usr/lib/{}-linux-gnu/{library}", std::env::consts::ARCH);
                 assert!(
-                    Path::new(library).exists(),
+                    Path::new(&library).exists(),
                     "{name}: {library} is missing (scripts/setup-test-env.sh installs libjemalloc2 and libmimalloc2.0)"
                 );
-                let preload = [("LD_PRELOAD".to_string(), library.to_string())];
-                let node = support::Node::start_with_env(None, &agent_args, &preload);
+                let mut env = agent_env.clone();
+                env.push(("LD_PRELOAD".to_string(), library));
+                let node = support::Node::start_with_env(None, &agent_args, &env);
                 garage.write_credentials_file(&node.credentials_dir().join("garage"));
                 let spec = garage.spec("bench", json!({"secret": "garage"}));
                 let mut hotmount = Hotmount {

@@ -13,10 +13,12 @@
 #! Sizes and columns: BENCH_SEQ_MIB (1024), BENCH_SMALL_FILES (2000),
 #! BENCH_LS_KEYS (10000), BENCH_RANDOM_READS (200), BENCH_PARALLEL_MIB (256 per
 #! reader), BENCH_TOOLS (ceiling,hotmount,s3fs,rclone,hotmount+cache,
-#! s3fs+cache,rclone+cache), BENCH_WORKLOADS (seq,small,ls,random,parallel,
+#! s3fs+cache,rclone+cache; also hotmount+jemalloc and hotmount+mimalloc, the
+#! agent with that allocator preloaded), BENCH_WORKLOADS (seq,small,ls,random,parallel,
 #! write; the cache columns run seq and small), BENCH_CACHE_ROOT (where the
 #! cache columns' fresh cache directories go: /var/tmp, must be a disk, not a
-#! tmpfs), BENCH_AGENT_ARGS (extra `hotmount serve` flags).
+#! tmpfs), BENCH_AGENT_ARGS (extra `hotmount serve` flags), BENCH_AGENT_ENV
+#! (NAME=VALUE pairs for the agent's environment).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."

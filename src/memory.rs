@@ -8,25 +8,25 @@
 //!
 //! So, before any thread starts: two arenas, and a fixed mmap threshold of
 //! 8 MiB (blocks of 8 MiB and more are mapped on their own and unmapped when
-//! freed). Fixing the mmap threshold also leaves glibc's trim threshold at
-//! 128 KiB: every time the top of an arena was freed it went back to the
-//! kernel, and the next part of the read path faulted it in again, page by
-//! page (84,000 page faults and about 0.1 CPU-second per GiB read, measured
-//! on the worker with `/proc/PID/stat` during `scripts/bench-s3.sh`'s
-//! sequential read). The trim threshold is [`TRIM_THRESHOLD`] (24,000
-//! faults: the first touch of the pages in use). What that keeps is handed
-//! back by `malloc_trim` every [`IDLE_TRIM_EVERY`] and after a dataset is
-//! gone.
+//! freed). After a dataset is gone, freed memory is handed back with
+//! `malloc_trim`.
+//!
+//! Fixing the mmap threshold leaves glibc's trim threshold at 128 KiB: the
+//! top of an arena goes back to the kernel as soon as it is free. When the
+//! read path copied every GET into a 4 MiB buffer of its own, that cost
+//! 84,000 page faults per GiB read (the worker's `minflt` in
+//! `/proc/PID/stat` during `scripts/bench-s3.sh`'s sequential read); since
+//! bodies stay in the HTTP client's buffers (`crate::s3fs::chunked`) it is
+//! 30,000. A 64 MiB trim threshold (15,000) or a 16 MiB top pad (18,600)
+//! moved the CPU by less than run-to-run noise (0.55–0.63 s per GiB), and a
+//! trim threshold that high keeps the second arena's free top resident for
+//! good (`malloc_trim` does not shrink a non-main arena's top), so neither
+//! is set.
 
 /// Arenas glibc may create: threads beyond share them.
 const ARENAS: libc::c_int = 2;
 /// Blocks this large or larger are mapped (and unmapped) on their own.
 const MMAP_THRESHOLD: libc::c_int = 8 * 1024 * 1024;
-/// Free memory at the top of an arena is kept up to this much (a sequential
-/// reader's prefetch window and then some).
-const TRIM_THRESHOLD: libc::c_int = 64 * 1024 * 1024;
-/// How often the worker hands freed memory back anyway.
-pub const IDLE_TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Tunes the allocator; call first thing in `main`, before any thread starts.
 pub fn tune_allocator() {
@@ -35,7 +35,6 @@ pub fn tune_allocator() {
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, ARENAS);
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
     }
 }
 

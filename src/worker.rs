@@ -27,9 +27,6 @@ pub const WORKER_NAME: &str = "hotmount-worker";
 pub const STANDBY_NAME: &str = "hotmount-spare";
 /// How often the worker says it is alive.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
-/// Heartbeats between two hand-backs of freed memory
-/// ([`crate::memory::IDLE_TRIM_EVERY`]).
-const TRIM_EVERY_BEATS: u64 = crate::memory::IDLE_TRIM_EVERY.as_secs() / HEARTBEAT_EVERY.as_secs();
 /// Heartbeats between two saves of the counters (each scrape saves them too).
 const COUNTERS_SAVED_EVERY_BEATS: u64 = 5;
 /// How often a quiescing worker looks whether open writers are done.
@@ -154,9 +151,6 @@ impl Supervision {
                 heartbeat.send(&Message::Heartbeat, &[]);
                 if beat % COUNTERS_SAVED_EVERY_BEATS == 0 {
                     saved.save_counters();
-                }
-                if beat % TRIM_EVERY_BEATS == 0 {
-                    crate::memory::return_freed_memory();
                 }
             }
         });

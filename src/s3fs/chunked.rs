@@ -13,16 +13,19 @@ use bytes::{Bytes, BytesMut};
 /// `file://` store streams 8 KiB chunks; a reply of a hundred tiny pieces
 /// costs more than their copy).
 const GATHER_BELOW: usize = 64 * 1024;
-/// A body shorter than this is copied into one buffer of its exact size: a
-/// chunk shares (and keeps alive) the HTTP client's whole read buffer, up to
-/// a few hundred KiB, so a small object held ahead of its open would pin
+/// A body of at most this much is copied into one buffer of its exact size:
+/// a chunk shares (and keeps alive) the HTTP client's whole read buffer, up
+/// to a few hundred KiB, so a small object held ahead of its open would pin
 /// several times its size. Larger bodies fill those buffers themselves.
-const KEEP_CHUNKS_FROM: usize = 1024 * 1024;
+const GATHER_WHOLE_UP_TO: usize = 1024 * 1024;
+/// The most buffers a FUSE reply is written from (the kernel takes at most
+/// `UIO_MAXIOV`, 1024, in one `writev`, the reply's header included).
+pub const MAX_REPLY_SLICES: usize = 256;
 /// The buffer small chunks are gathered into.
 const GATHER_CAPACITY: usize = 256 * 1024;
 
 /// Bytes in order, held as a sequence of chunks.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct ChunkedBytes {
     chunks: Vec<Bytes>,
     len: usize,
@@ -58,15 +61,16 @@ impl ChunkedBytes {
     }
 
     /// Bytes `range` of these, sharing their chunks (no copy). A range past
-    /// the end is cut at the end.
+    /// the end is cut at the end; an inverted range is empty.
     pub fn slice(&self, range: Range<usize>) -> ChunkedBytes {
         let end = range.end.min(self.len);
+        let start = range.start.min(end);
         let mut sliced = ChunkedBytes::new();
         let mut at = 0;
         for chunk in &self.chunks {
             let chunk_end = at + chunk.len();
-            if chunk_end > range.start && at < end {
-                let from = range.start.saturating_sub(at);
+            if chunk_end > start && at < end {
+                let from = start.saturating_sub(at);
                 let to = end.min(chunk_end) - at;
                 sliced.push(chunk.slice(from..to));
             }
@@ -82,6 +86,16 @@ impl ChunkedBytes {
     pub fn extend(&mut self, other: ChunkedBytes) {
         for chunk in other.chunks {
             self.push(chunk);
+        }
+    }
+
+    /// These bytes in at most `max_chunks` chunks: themselves, or one copy
+    /// when they are in more (a FUSE reply of [`MAX_REPLY_SLICES`]).
+    pub fn within_chunks(self, max_chunks: usize) -> ChunkedBytes {
+        if self.chunks.len() <= max_chunks {
+            self
+        } else {
+            self.to_bytes().into()
         }
     }
 
@@ -110,6 +124,15 @@ impl From<Bytes> for ChunkedBytes {
     }
 }
 
+/// Equal bytes are equal however they are chunked.
+impl PartialEq for ChunkedBytes {
+    fn eq(&self, other: &ChunkedBytes) -> bool {
+        self.len == other.len && *self == other.to_bytes()[..]
+    }
+}
+
+impl Eq for ChunkedBytes {}
+
 impl PartialEq<[u8]> for ChunkedBytes {
     fn eq(&self, other: &[u8]) -> bool {
         if other.len() != self.len {
@@ -124,10 +147,11 @@ impl PartialEq<[u8]> for ChunkedBytes {
     }
 }
 
-/// Collects a body's chunks as they arrive: in a body of at least
-/// [`KEEP_CHUNKS_FROM`] bytes large chunks are kept as they are and runs of
-/// small ones are gathered into buffers of [`GATHER_CAPACITY`]; a shorter
-/// body is gathered whole.
+/// Collects a body's chunks as they arrive: in a body of more than
+/// [`GATHER_WHOLE_UP_TO`] bytes large chunks are kept as they are and runs of
+/// small ones are gathered into buffers of [`GATHER_CAPACITY`] (each run
+/// takes only what it fills, the rest serves the next run); a shorter body
+/// is gathered whole.
 #[derive(Debug)]
 pub struct ChunkCollector {
     collected: ChunkedBytes,
@@ -139,7 +163,7 @@ pub struct ChunkCollector {
 impl ChunkCollector {
     /// A collector for a body of `expected` bytes.
     pub fn new(expected: u64) -> Self {
-        let keep_chunks = expected >= KEEP_CHUNKS_FROM as u64;
+        let keep_chunks = expected > GATHER_WHOLE_UP_TO as u64;
         let gathering = if keep_chunks {
             BytesMut::new()
         } else {
@@ -176,8 +200,9 @@ impl ChunkCollector {
         if self.gathering.len() + chunk.len() > GATHER_CAPACITY {
             self.flush();
         }
-        if self.gathering.capacity() == 0 {
-            self.gathering.reserve(GATHER_CAPACITY);
+        if self.gathering.capacity() - self.gathering.len() < chunk.len() {
+            // A new buffer (the old one stays with the runs it holds).
+            self.gathering = BytesMut::with_capacity(GATHER_CAPACITY);
         }
         self.gathering.extend_from_slice(&chunk);
     }
@@ -190,7 +215,8 @@ impl ChunkCollector {
 
     fn flush(&mut self) {
         if !self.gathering.is_empty() {
-            let gathered = std::mem::take(&mut self.gathering).freeze();
+            // The run only: the buffer's free rest takes the next one.
+            let gathered = self.gathering.split().freeze();
             self.collected.push(gathered);
         }
     }
@@ -226,11 +252,18 @@ mod tests {
             }
         }
         // A slice inside one chunk is one chunk, and to_bytes does not copy it.
+        #[allow(clippy::reversed_empty_ranges)]
+        let inverted = chunked.slice(5..3);
+        assert!(inverted.is_empty());
         let inside = chunked.slice(4..6);
         assert_eq!(inside.chunks().len(), 1);
         assert_eq!(inside.to_bytes().as_ptr(), inside.chunks()[0].as_ptr());
         assert_eq!(&chunked.to_bytes()[..], b"abcdefghi");
         assert!(chunked != b"abcdefghX"[..]);
+        assert_eq!(
+            chunked,
+            ChunkedBytes::from(Bytes::from_static(b"abcdefghi"))
+        );
         assert!(chunked != b"abcdefgh"[..]);
     }
 
@@ -258,8 +291,49 @@ mod tests {
     }
 
     #[test]
+    fn runs_of_small_chunks_between_large_ones_share_gather_buffers() {
+        // 64 KiB and 1 byte alternating: each 1-byte run is flushed alone,
+        // but into the same 256 KiB buffer, not a new one per run.
+        let mut collector = ChunkCollector::new(8 * 1024 * 1024);
+        let mut expected = Vec::new();
+        for i in 0..64u8 {
+            let large = Bytes::from(vec![i; GATHER_BELOW]);
+            expected.extend_from_slice(&large);
+            collector.push(large);
+            collector.push(Bytes::from(vec![i; 1]));
+            expected.push(i);
+        }
+        let collected = collector.finish();
+        assert!(collected == expected[..]);
+        let runs: Vec<&Bytes> = collected.chunks().iter().filter(|c| c.len() == 1).collect();
+        assert_eq!(runs.len(), 64);
+        let first = runs[0].as_ptr() as usize;
+        assert!(
+            runs.iter()
+                .all(|r| (r.as_ptr() as usize).abs_diff(first) < GATHER_CAPACITY),
+            "every run is in the first gather buffer"
+        );
+    }
+
+    #[test]
+    fn a_reply_in_too_many_chunks_is_joined() {
+        let mut many = ChunkedBytes::new();
+        for i in 0..2000u32 {
+            many.push(Bytes::from(i.to_le_bytes().to_vec()));
+        }
+        let bytes = many.to_bytes();
+        let few = many.clone().within_chunks(MAX_REPLY_SLICES);
+        assert_eq!(few.chunks().len(), 1);
+        assert!(few == bytes[..]);
+        let kept = three_chunks().within_chunks(MAX_REPLY_SLICES);
+        assert_eq!(kept.chunks().len(), 3);
+    }
+
+    #[test]
     fn a_small_body_is_gathered_into_one_buffer_of_its_size() {
         let mut collector = ChunkCollector::new(100 * 1024);
+        assert!(!collector.keep_chunks);
+        assert!(!ChunkCollector::new(GATHER_WHOLE_UP_TO as u64).keep_chunks);
         collector.push(Bytes::from(vec![1u8; GATHER_BELOW]));
         collector.push(Bytes::from(vec![2u8; 100 * 1024 - GATHER_BELOW]));
         let collected = collector.finish();

@@ -18,6 +18,7 @@ use fuser::{
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
+use crate::s3fs::chunked::MAX_REPLY_SLICES;
 use crate::s3fs::fs::{FsError, GENERATION, S3Filesystem};
 
 /// Largest read and write the kernel may send (and readahead we ask for).
@@ -554,6 +555,7 @@ impl fuser::Filesystem for FuseAdapter {
         self.spawn("read", move |fs| async move {
             match fs.read(fh.0, offset, size).await {
                 Ok(data) => {
+                    let data = data.within_chunks(MAX_REPLY_SLICES);
                     let slices: Vec<IoSlice<'_>> =
                         data.chunks().iter().map(|c| IoSlice::new(c)).collect();
                     reply.data_vectored(&slices);

@@ -39,7 +39,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
@@ -320,7 +320,7 @@ impl NodeCache {
         id: ObjectId,
         range: Range<u64>,
         size: u64,
-    ) -> Option<Bytes> {
+    ) -> Option<ChunkedBytes> {
         if range.is_empty() {
             return None;
         }
@@ -422,8 +422,8 @@ impl NodeCache {
         blocks: &[(BlockKey, Entry)],
         range: Range<u64>,
         size: u64,
-    ) -> Option<Bytes> {
-        let mut out = BytesMut::with_capacity((range.end - range.start) as usize);
+    ) -> Option<ChunkedBytes> {
+        let mut out = ChunkedBytes::new();
         for (key, entry) in blocks {
             let block_start = key.1 * BLOCK_SIZE;
             let expected = block_len(key.1, size);
@@ -437,9 +437,9 @@ impl NodeCache {
             };
             let from = range.start.max(block_start) - block_start;
             let to = range.end.min(block_start + expected) - block_start;
-            out.extend_from_slice(&data[from as usize..to as usize]);
+            out.push(Bytes::from(data).slice(from as usize..to as usize));
         }
-        Some(out.freeze())
+        Some(out)
     }
 
     /// Caches the whole blocks of the object `id` (of `size` bytes) that
@@ -465,7 +465,7 @@ impl NodeCache {
     /// Writes `blocks` on a blocking thread, then lets `room` go.
     fn write_blocks(
         self: &Arc<Self>,
-        blocks: Vec<(BlockKey, Bytes)>,
+        blocks: Vec<(BlockKey, ChunkedBytes)>,
         room: Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> tokio::task::JoinHandle<()> {
         let cache = Arc::clone(self);
@@ -478,14 +478,15 @@ impl NodeCache {
     }
 
     /// The blocks of the object `id` (of `size` bytes) that lie whole in
-    /// `data`, fetched at `start`, and are not cached yet.
+    /// `data`, fetched at `start`, and are not cached yet (slices of `data`,
+    /// not copies).
     fn new_whole_blocks(
         &self,
         id: ObjectId,
         start: u64,
         data: &ChunkedBytes,
         size: u64,
-    ) -> Vec<(BlockKey, Bytes)> {
+    ) -> Vec<(BlockKey, ChunkedBytes)> {
         let end = start + data.len() as u64;
         let index = self.lock();
         block_span(&(start..end))
@@ -494,11 +495,8 @@ impl NodeCache {
                 let block_end = block_start + block_len(block, size);
                 let whole = block_start >= start && block_end <= end;
                 (whole && !index.entries.contains_key(&(id, block))).then(|| {
-                    // One buffer per block file (a copy when the block spans
-                    // chunks of the body).
-                    let slice = data
-                        .slice((block_start - start) as usize..(block_end - start) as usize)
-                        .to_bytes();
+                    let slice =
+                        data.slice((block_start - start) as usize..(block_end - start) as usize);
                     ((id, block), slice)
                 })
             })
@@ -537,7 +535,7 @@ impl NodeCache {
 
     /// Writes one block (temporary file, then rename) and evicts to stay
     /// within the size.
-    fn write_block(&self, key: BlockKey, data: &[u8]) {
+    fn write_block(&self, key: BlockKey, data: &ChunkedBytes) {
         if !self.room_on_disk(data.len() as u64) {
             self.metrics
                 .cache_blocks
@@ -545,7 +543,10 @@ impl NodeCache {
                 .inc();
             return;
         }
-        let crc = crc32c::crc32c(data);
+        let crc = data
+            .chunks()
+            .iter()
+            .fold(0, |crc, chunk| crc32c::crc32c_append(crc, chunk));
         let path = self.path_of(&key, crc);
         let temporary = self.dir.join(format!(
             "{}.{}.tmp",
@@ -555,7 +556,7 @@ impl NodeCache {
         let written = path
             .parent()
             .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|()| std::fs::write(&temporary, data))
+            .and_then(|()| write_chunks(&temporary, data))
             .and_then(|()| {
                 // In place and in the index at once: an eviction of the
                 // same path cannot fall in between.
@@ -667,6 +668,16 @@ fn parse_block_name(name: &str) -> Option<(BlockKey, u32)> {
     parts.next().is_none().then_some(((id, block), crc))
 }
 
+/// Writes `data` as the whole content of a new file at `path`.
+fn write_chunks(path: &Path, data: &ChunkedBytes) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path)?;
+    for chunk in data.chunks() {
+        file.write_all(chunk)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -733,13 +744,13 @@ mod tests {
             "block 0 was never whole"
         );
         let tail = cache.read(id, MIB + 5..size, size).await.unwrap();
-        assert_eq!(tail, data.slice((MIB + 5) as usize..));
+        assert_eq!(tail, data.slice((MIB + 5) as usize..)[..]);
         cache.store(id, 0, &ChunkedBytes::from(data.slice(..MIB as usize)), size);
         settled(&cache, 2 * MIB + DISK_BLOCK).await;
         let across = cache.read(id, 100..2 * MIB + 10, size).await.unwrap();
         assert_eq!(
             across,
-            data.slice(100..(2 * MIB + 10) as usize),
+            data.slice(100..(2 * MIB + 10) as usize)[..],
             "across three blocks"
         );
         assert!(counter(&metrics, &metrics.cache_requests, "hit") >= 2);
@@ -765,7 +776,7 @@ mod tests {
         ] {
             assert_eq!(cache.read(other, 0..1000, 1000).await, None);
         }
-        assert_eq!(cache.read(id, 0..1000, 1000).await, Some(data));
+        assert_eq!(cache.read(id, 0..1000, 1000).await, Some(data.into()));
     }
 
     #[tokio::test]
@@ -796,7 +807,7 @@ mod tests {
         // Fetched again, it is good again.
         cache.store(id, 0, &ChunkedBytes::from(data.clone()), size);
         settled(&cache, size).await;
-        assert_eq!(cache.read(id, 0..size, size).await, Some(data));
+        assert_eq!(cache.read(id, 0..size, size).await, Some(data.into()));
     }
 
     #[tokio::test]
@@ -841,7 +852,7 @@ mod tests {
         std::fs::write(dir.path().join(LAYOUT).join("ab"), b"not a shard").unwrap();
         let (cache, _) = open(dir.path(), 64 * MIB);
         assert_eq!(cache.size(), 3 * MIB);
-        assert_eq!(cache.read(id, 0..3 * MIB, 3 * MIB).await, Some(data));
+        assert_eq!(cache.read(id, 0..3 * MIB, 3 * MIB).await, Some(data.into()));
         // A smaller size on restart evicts down to it.
         drop(cache);
         let (cache, _) = open(dir.path(), MIB);

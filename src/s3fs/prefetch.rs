@@ -17,9 +17,11 @@
 //! - when a directory is read file after file in listing order, the next few
 //!   small files are fetched whole before they are opened
 //!   ([`PrefetchedObject`], same budget, same ETag pinning);
-//! - a GET's body is kept in the chunks the HTTP client received
-//!   ([`ChunkedBytes`]): a read slices them and the FUSE reply writes them
-//!   with one vectored write, so no byte is copied in the agent;
+//! - a GET's body of more than 1 MiB is kept in the chunks the HTTP client
+//!   received ([`ChunkedBytes`]): a read slices them and the FUSE reply
+//!   writes them with one vectored write, so those bytes are not copied in
+//!   the agent (shorter bodies are copied once, into a buffer of their
+//!   size);
 //! - every GET carries `If-Match` with the ETag seen at open (or
 //!   `If-Unmodified-Since` without one), and the reply's metadata is checked
 //!   again: an object replaced under an open handle fails the read with EIO.
@@ -147,7 +149,7 @@ impl RangeReader {
             return self.fetch(key, stat, range).await;
         };
         if let Some(cached) = scope.cache.read(id, range.clone(), stat.size).await {
-            return Ok(cached.into());
+            return Ok(cached);
         }
         let fetched = self.fetch(key, stat, range.clone()).await?;
         scope.cache.store(id, range.start, &fetched, stat.size);
