@@ -197,11 +197,10 @@ impl ChunkCollector {
             self.collected.push(chunk);
             return;
         }
-        if self.gathering.len() + chunk.len() > GATHER_CAPACITY {
-            self.flush();
-        }
         if self.gathering.capacity() - self.gathering.len() < chunk.len() {
-            // A new buffer (the old one stays with the runs it holds).
+            // The run so far, then a new buffer (the old one stays with the
+            // runs it holds).
+            self.flush();
             self.gathering = BytesMut::with_capacity(GATHER_CAPACITY);
         }
         self.gathering.extend_from_slice(&chunk);
@@ -313,6 +312,40 @@ mod tests {
                 .all(|r| (r.as_ptr() as usize).abs_diff(first) < GATHER_CAPACITY),
             "every run is in the first gather buffer"
         );
+    }
+
+    #[test]
+    fn every_byte_comes_out_in_order_whatever_the_chunk_sizes() {
+        // Sizes around the thresholds, in a fixed pseudo-random order.
+        let sizes = [
+            1,
+            GATHER_BELOW - 1,
+            GATHER_BELOW,
+            100 * 1024,
+            150 * 1024,
+            10 * 1024,
+            GATHER_CAPACITY,
+            7,
+            200 * 1024,
+            60 * 1024,
+            300 * 1024,
+        ];
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut collector = ChunkCollector::new(64 * 1024 * 1024);
+        let mut expected = Vec::new();
+        for i in 0..500 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let size = sizes[(seed % sizes.len() as u64) as usize];
+            let chunk: Vec<u8> = (0..size).map(|j| (i * 31 + j) as u8).collect();
+            expected.extend_from_slice(&chunk);
+            collector.push(Bytes::from(chunk));
+            assert_eq!(collector.len(), expected.len());
+        }
+        let collected = collector.finish();
+        assert_eq!(collected.len(), expected.len());
+        assert!(collected == expected[..], "the bytes, in order");
     }
 
     #[test]
