@@ -192,7 +192,11 @@ impl FuseAdapter {
         errno
     }
 
-    /// Runs `work` on the filesystem's runtime, timing it as FUSE op `op`.
+    /// Runs `work`, timing it as FUSE op `op`: first on this thread, up to
+    /// where it has to wait (a read from bytes already prefetched, an open
+    /// of a file checked ahead: answered here, start to finish), and the
+    /// rest, if any, on the filesystem's runtime. Handing every request to
+    /// a runtime thread cost a thread wake-up and switch each.
     fn spawn<F>(&self, op: &'static str, work: impl FnOnce(Arc<S3Filesystem>) -> F)
     where
         F: Future<Output = ()> + Send + 'static,
@@ -201,11 +205,29 @@ impl FuseAdapter {
         let started = Instant::now();
         fs.metrics().count_fuse_request(&fs.options().dataset, op);
         let task = work(Arc::clone(&fs));
-        self.fs.runtime().spawn(async move {
+        let mut task = Box::pin(async move {
             task.await;
             fs.note_answered();
             fs.metrics().observe_fuse_duration(op, started.elapsed());
         });
+        let runtime = self.fs.runtime();
+        let _inside = runtime.enter();
+        // A waker that does nothing: a task that is not done goes to the
+        // runtime, whose next poll registers its own (a future wakes only
+        // the waker of its latest poll).
+        let mut here = std::task::Context::from_waker(std::task::Waker::noop());
+        // A panic stays with its request (its reply, dropped, answers EIO),
+        // as it did in a runtime task, instead of taking the pool's thread.
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            task.as_mut().poll(&mut here)
+        }));
+        match polled {
+            Ok(std::task::Poll::Pending) => {
+                runtime.spawn(task);
+            }
+            Ok(std::task::Poll::Ready(())) => {}
+            Err(_) => tracing::error!(op, "fuse request handler panicked"),
+        }
     }
 
     /// Counts and times a FUSE op answered without the network.
