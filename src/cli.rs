@@ -523,14 +523,10 @@ pub fn render_warm(status: &crate::s3fs::fs::WarmupStatus) -> String {
         String::new()
     };
     let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
-    let failed = if status.failed_files > 0 {
-        format!(
-            ", {} failed ({})",
-            status.failed_files,
-            status.last_error.as_deref().unwrap_or("")
-        )
-    } else {
-        String::new()
+    let failed = match (status.failed_files, status.last_error.as_deref()) {
+        (0, Some(error)) => format!(" ({error})"),
+        (0, None) => String::new(),
+        (files, error) => format!(", {files} failed ({})", error.unwrap_or("")),
     };
     format!(
         "{:?}: {}/{} files, {:.1}/{:.1} MiB ({:.1} MiB fetched) at {:.1} MiB/s{eta}{failed}",

@@ -726,6 +726,15 @@ fn a_warm_up_fetches_chosen_paths_into_the_node_cache_and_can_be_cancelled() {
     assert_eq!(last["state"], "Done", "{last}");
     assert_eq!(last["paths"], json!(["val"]));
 
+    // A path that names nothing (a typo) fails, and says which.
+    let typo = cli(&["warm", "warmed", "trian"]);
+    assert!(!typo.status.success(), "{typo:?}");
+    let said = String::from_utf8_lossy(&typo.stderr);
+    assert!(
+        said.contains("Failed") && said.contains("trian: no such file or directory"),
+        "{said}"
+    );
+
     // Warming it again fetches nothing.
     let (status, body) = s3.node.call(
         "POST",

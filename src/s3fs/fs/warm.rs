@@ -189,7 +189,9 @@ impl S3Filesystem {
         warmup
     }
 
-    /// Every object under `paths` (a path naming an object is that object).
+    /// Every object under `paths` (a path naming an object is that object);
+    /// a path naming nothing fails the warm-up (a typo must not pass for a
+    /// warm-up of nothing).
     async fn warm_list(&self, paths: &[String]) -> Result<Vec<(ObjectPath, ObjectStat)>, String> {
         let root = self.bucket.root_path();
         let whole = [String::new()];
@@ -208,6 +210,7 @@ impl S3Filesystem {
                 objects.push((meta.location.clone(), ObjectStat::from_meta(&meta)));
                 continue;
             }
+            let listed_before = objects.len();
             let mut listing = self.bucket.store.list(Some(&target));
             while let Some(meta) = listing.next().await {
                 let meta = meta.map_err(|e| format!("list {path}: {e}"))?;
@@ -217,6 +220,9 @@ impl S3Filesystem {
                         "more than {MAX_WARM_OBJECTS} objects: warm the dataset in parts"
                     ));
                 }
+            }
+            if !path.is_empty() && objects.len() == listed_before {
+                return Err(format!("{path}: no such file or directory in the dataset"));
             }
         }
         objects.sort_by(|a, b| a.0.cmp(&b.0));
