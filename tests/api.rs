@@ -156,10 +156,15 @@ async fn start(
 }
 
 async fn fixture() -> Fixture {
+    fixture_with(|_| {}).await
+}
+
+/// [`fixture`] with its configuration changed by `tune`.
+async fn fixture_with(tune: impl FnOnce(&mut ManagerConfig)) -> Fixture {
     start(
         tempfile::tempdir().unwrap(),
         Arc::new(RecordingMounter::new()),
-        |_| {},
+        tune,
     )
     .await
     .unwrap()
@@ -310,11 +315,7 @@ async fn a_failing_mount_leaves_no_directory_state_or_entry() {
 
 #[tokio::test]
 async fn a_hanging_mount_times_out_and_is_undone_when_it_completes() {
-    let dir = tempfile::tempdir().unwrap();
-    let fake = Arc::new(RecordingMounter::new());
-    let f = start(dir, fake, |c| c.mount_timeout = Duration::from_millis(300))
-        .await
-        .unwrap();
+    let f = fixture_with(|c| c.mount_timeout = Duration::from_millis(300)).await;
     f.fake.delay("mount", Duration::from_millis(1200));
     let spec = json!({"source": {"nfs": {"server": "10.0.2.2", "export": "/data"}}});
     let started = std::time::Instant::now();
@@ -381,11 +382,7 @@ async fn a_hanging_mount_times_out_and_is_undone_when_it_completes() {
 #[tokio::test]
 async fn mount_calls_stuck_in_the_kernel_are_capped_and_the_cap_frees_itself() {
     use hotmount::manager::MAX_MOUNTS_IN_KERNEL;
-    let dir = tempfile::tempdir().unwrap();
-    let fake = Arc::new(RecordingMounter::new());
-    let f = start(dir, fake, |c| c.mount_timeout = Duration::from_millis(200))
-        .await
-        .unwrap();
+    let f = fixture_with(|c| c.mount_timeout = Duration::from_millis(200)).await;
     // NFS servers that never answer: every mount call stays in the kernel.
     f.fake.delay("mount", Duration::from_secs(3));
     let spec =

@@ -539,7 +539,6 @@ fn opens_of_one_file_never_mix_passthrough_with_reads_through_fuse() {
     s3.garage.put_object("data", "f.bin", &content);
     let (status, body) = s3.put("modes", &s3.spec("data"));
     assert_eq!(status, 201, "{body}");
-    let passthrough = |s3: &S3Node| passthrough_opens(&s3.node);
     // The kernel refuses an open in one mode while the file is open in the
     // other (EIO): every open below must succeed and read right.
     let expected = content.clone();
@@ -562,7 +561,11 @@ fn opens_of_one_file_never_mix_passthrough_with_reads_through_fuse() {
         opened_while_cached.unwrap(),
         "second read, beside a cached open"
     );
-    assert_eq!(passthrough(&s3), 0, "no passthrough beside a cached open");
+    assert_eq!(
+        passthrough_opens(&s3.node),
+        0,
+        "no passthrough beside a cached open"
+    );
     // All closed: the next opens pass through, sharing one backing file.
     let one = open_with_passthrough(&s3.node, "modes/f.bin");
     let two = s3
@@ -576,7 +579,10 @@ fn opens_of_one_file_never_mix_passthrough_with_reads_through_fuse() {
         file.read_exact_at(&mut read, 0).unwrap();
         assert!(read == content, "a passthrough open reads the object");
     }
-    assert!(passthrough(&s3) >= 2, "both opens passed through");
+    assert!(
+        passthrough_opens(&s3.node) >= 2,
+        "both opens passed through"
+    );
 }
 
 #[test]
@@ -589,7 +595,6 @@ fn a_file_open_in_passthrough_outlives_its_worker_and_the_next_opens_still_read(
     assert_eq!(status, 201, "{body}");
     assert_eq!(s3.node.pod.read("held/f.bin").unwrap(), content, "epoch 1");
     wait_cached(&s3.node, content.len() as u64);
-    let passthrough = |s3: &S3Node| passthrough_opens(&s3.node);
     // A reader holds the file open in passthrough mode...
     let held = open_with_passthrough(&s3.node, "held/f.bin");
     // ...while the worker that opened it dies.
@@ -607,16 +612,19 @@ fn a_file_open_in_passthrough_outlives_its_worker_and_the_next_opens_still_read(
     // file while it is open: the new worker reuses the backing id the
     // journal recorded, and new opens read right.
     wait_readable(&s3.node.pod, "held/f.bin", Duration::from_secs(10)).unwrap();
-    let before = passthrough(&s3);
+    let before = passthrough_opens(&s3.node);
     assert_eq!(s3.node.pod.read("held/f.bin").unwrap(), content);
-    assert!(passthrough(&s3) > before, "the new opens passed through");
+    assert!(
+        passthrough_opens(&s3.node) > before,
+        "the new opens passed through"
+    );
     // Once every handle is closed the id is closed, and the next opens get
     // a new one.
     drop(held);
     for _ in 0..3 {
-        let before = passthrough(&s3);
+        let before = passthrough_opens(&s3.node);
         assert_eq!(s3.node.pod.read("held/f.bin").unwrap(), content);
-        assert!(passthrough(&s3) > before);
+        assert!(passthrough_opens(&s3.node) > before);
     }
 }
 

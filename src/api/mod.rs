@@ -460,19 +460,40 @@ async fn delete_mount(
             .map_err(ApiError::from),
         Err(refused) => Err(refused),
     };
+    let view = audited(
+        &manager,
+        &caller,
+        Verb::Delete,
+        &name,
+        StatusCode::OK,
+        result,
+    )?;
+    Ok(Json(view))
+}
+
+/// Writes the audit line of call `verb` on `name` by `caller` (`success`:
+/// the status it answers with when `result` is Ok), and passes `result` on.
+fn audited<T>(
+    manager: &Manager,
+    caller: &Caller,
+    verb: Verb,
+    name: &DatasetName,
+    success: StatusCode,
+    result: Result<T, ApiError>,
+) -> Result<T, ApiError> {
     let status = match &result {
-        Ok(_) => StatusCode::OK,
+        Ok(_) => success,
         Err(err) => err.status(),
     };
     access::audit(
         manager.store(),
-        &caller,
-        Verb::Delete,
+        caller,
+        verb,
         name.as_str(),
         None,
         status.as_u16(),
     );
-    Ok(Json(result?))
+    result
 }
 
 /// The body of `POST /v1/mounts/{name}/warm`.
@@ -502,29 +523,29 @@ fn warm_paths(body: &[u8]) -> Result<Vec<String>, ApiError> {
             format!("paths: at most {MAX_WARM_PATHS}"),
         ));
     }
-    for path in &request.paths {
-        let trimmed = path.strip_suffix('/').unwrap_or(path);
-        let bad = path.starts_with('/')
-            || path.len() > 1024
-            || path.chars().any(char::is_control)
-            || (!trimmed.is_empty()
-                && trimmed
-                    .split('/')
-                    .any(|segment| matches!(segment, "" | "." | "..")));
-        if bad {
-            return Err(ApiError::new(
-                ErrorCode::InvalidBody,
-                format!(
-                    "paths: {path:?} is not a path inside the dataset (relative, no . or .. or empty segments, at most 1024 bytes)"
-                ),
-            ));
-        }
-    }
-    Ok(request
+    request
         .paths
         .into_iter()
-        .map(|p| p.trim_end_matches('/').to_string())
-        .collect())
+        .map(|path| {
+            let trimmed = path.strip_suffix('/').unwrap_or(&path);
+            let bad = path.starts_with('/')
+                || path.len() > 1024
+                || path.chars().any(char::is_control)
+                || (!trimmed.is_empty()
+                    && trimmed
+                        .split('/')
+                        .any(|segment| matches!(segment, "" | "." | "..")));
+            if bad {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidBody,
+                    format!(
+                        "paths: {path:?} is not a path inside the dataset (relative, no . or .. or empty segments, at most 1024 bytes)"
+                    ),
+                ));
+            }
+            Ok(trimmed.to_string())
+        })
+        .collect()
 }
 
 async fn start_warm(
@@ -535,38 +556,19 @@ async fn start_warm(
 ) -> Result<Response, ApiError> {
     let name = dataset_name(name)?;
     let paths = warm_paths(&body?)?;
-    let started = warm_call(&manager, &caller, &name, StatusCode::ACCEPTED, |manager| {
-        manager.warm(&name, paths)
-    })?;
-    Ok((StatusCode::ACCEPTED, Json(started)).into_response())
-}
-
-/// Runs warm-up call `act` if the policy lets `caller` warm `name`, and
-/// writes its audit line (`success`: the status it answers with).
-fn warm_call(
-    manager: &Manager,
-    caller: &Caller,
-    name: &DatasetName,
-    success: StatusCode,
-    act: impl FnOnce(&Manager) -> Result<crate::s3fs::fs::WarmupStatus, crate::manager::ManagerError>,
-) -> Result<crate::s3fs::fs::WarmupStatus, ApiError> {
     let result = manager
         .access()
-        .authorize(caller, Verb::Warm, name.as_str(), None, &[])
-        .and_then(|()| act(manager).map_err(ApiError::from));
-    let status = match &result {
-        Ok(_) => success,
-        Err(err) => err.status(),
-    };
-    access::audit(
-        manager.store(),
-        caller,
+        .authorize(&caller, Verb::Warm, name.as_str(), None, &[])
+        .and_then(|()| manager.warm(&name, paths).map_err(ApiError::from));
+    let started = audited(
+        &manager,
+        &caller,
         Verb::Warm,
-        name.as_str(),
-        None,
-        status.as_u16(),
-    );
-    result
+        &name,
+        StatusCode::ACCEPTED,
+        result,
+    )?;
+    Ok((StatusCode::ACCEPTED, Json(started)).into_response())
 }
 
 async fn get_warm(
@@ -587,9 +589,11 @@ async fn cancel_warm(
     name: Result<Path<String>, PathRejection>,
 ) -> Result<Json<crate::s3fs::fs::WarmupStatus>, ApiError> {
     let name = dataset_name(name)?;
-    let cancelled = warm_call(&manager, &caller, &name, StatusCode::OK, |manager| {
-        manager.cancel_warm(&name)
-    })?;
+    let result = manager
+        .access()
+        .authorize(&caller, Verb::Warm, name.as_str(), None, &[])
+        .and_then(|()| manager.cancel_warm(&name).map_err(ApiError::from));
+    let cancelled = audited(&manager, &caller, Verb::Warm, &name, StatusCode::OK, result)?;
     Ok(Json(cancelled))
 }
 

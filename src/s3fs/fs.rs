@@ -2086,14 +2086,20 @@ mod tests {
         }
     }
 
+    /// A store holding `d/f00`, `d/f01`... (`count` files), file `i` holding
+    /// `pattern(base + i)`.
+    async fn numbered_files(count: usize, base: usize) -> Arc<CountingStore> {
+        let inner = Arc::new(InMemory::new());
+        for i in 0..count {
+            put(&*inner, &format!("d/f{i:02}"), pattern(base + i)).await;
+        }
+        CountingStore::new(inner)
+    }
+
     #[tokio::test]
     async fn files_whole_in_the_node_cache_are_checked_ahead_and_handed_over_for_passthrough() {
         use crate::s3fs::node_cache::{CacheScope, NodeCache};
-        let inner = Arc::new(InMemory::new());
-        for i in 0..12 {
-            put(&*inner, &format!("d/f{i:02}"), pattern(2000 + i)).await;
-        }
-        let store = CountingStore::new(inner);
+        let store = numbered_files(12, 2000).await;
         let cache_dir = tempfile::tempdir().unwrap();
         let cache =
             NodeCache::open_indexed(cache_dir.path(), 64 << 20, Arc::new(Metrics::new())).unwrap();
@@ -2159,11 +2165,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_directory_read_in_listing_order_fetches_the_next_files_ahead() {
-        let inner = Arc::new(InMemory::new());
-        for i in 0..20 {
-            put(&*inner, &format!("d/f{i:02}"), pattern(1000 + i)).await;
-        }
-        let store = CountingStore::new(inner);
+        let store = numbered_files(20, 1000).await;
         let fs = Setup::default().build(store.clone());
         let dir = fs.lookup(ROOT_INODE, OsStr::new("d")).await.unwrap();
         let dh = fs.opendir(dir.ino.0).unwrap();

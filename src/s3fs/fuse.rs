@@ -212,20 +212,19 @@ impl FuseAdapter {
         });
         let runtime = self.fs.runtime();
         let _inside = runtime.enter();
-        // A waker that does nothing: a task that is not done goes to the
-        // runtime, whose next poll registers its own (a future wakes only
-        // the waker of its latest poll).
-        let mut here = std::task::Context::from_waker(std::task::Waker::noop());
-        // A panic stays with its request (its reply, dropped, answers EIO),
-        // as it did in a runtime task, instead of taking the pool's thread.
+        // Polled once with a waker that does nothing: a task that is not
+        // done goes to the runtime, whose next poll registers its own (a
+        // future wakes only the waker of its latest poll). A panic stays
+        // with its request (its reply, dropped, answers EIO), as it did in a
+        // runtime task, instead of taking the pool's thread.
         let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            task.as_mut().poll(&mut here)
+            futures::FutureExt::now_or_never(task.as_mut())
         }));
         match polled {
-            Ok(std::task::Poll::Pending) => {
+            Ok(None) => {
                 runtime.spawn(task);
             }
-            Ok(std::task::Poll::Ready(())) => {}
+            Ok(Some(())) => {}
             Err(_) => tracing::error!(op, "fuse request handler panicked"),
         }
     }

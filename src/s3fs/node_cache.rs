@@ -378,8 +378,8 @@ impl NodeCache {
         let cache = Arc::clone(self);
         let file = tokio::task::spawn_blocking(move || {
             let path = cache.path_of(&key, entry.crc);
-            match read_checked(&path, size, entry.crc) {
-                Ok((file, _)) => Some(Arc::new(file)),
+            match check_file(&path, size, entry.crc) {
+                Ok(file) => Some(Arc::new(file)),
                 Err(fault) => {
                     cache.drop_block(&key, &path, fault);
                     None
@@ -429,7 +429,7 @@ impl NodeCache {
             let expected = block_len(key.1, size);
             let path = self.path_of(key, entry.crc);
             let data = match read_checked(&path, expected, entry.crc) {
-                Ok((_, data)) => data,
+                Ok(data) => data,
                 Err(fault) => {
                     self.drop_block(key, &path, fault);
                     return None;
@@ -628,22 +628,53 @@ enum BlockFault {
     Corrupt,
 }
 
-/// The block file at `path` read whole, if it is `len` bytes (looked at
-/// before reading: a stray big file costs no memory) with CRC `crc`.
-fn read_checked(path: &Path, len: u64, crc: u32) -> Result<(std::fs::File, Vec<u8>), BlockFault> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path).map_err(|_| BlockFault::Missing)?;
+/// The block file at `path`, open, if it is `len` bytes (looked at before
+/// reading: a stray big file costs no memory).
+fn open_block(path: &Path, len: u64) -> Result<std::fs::File, BlockFault> {
+    let file = std::fs::File::open(path).map_err(|_| BlockFault::Missing)?;
     let on_disk = file.metadata().map_err(|_| BlockFault::Missing)?.len();
     if on_disk != len {
         return Err(BlockFault::Corrupt);
     }
+    Ok(file)
+}
+
+/// The block file at `path` read whole, if it is `len` bytes with CRC `crc`.
+fn read_checked(path: &Path, len: u64, crc: u32) -> Result<Vec<u8>, BlockFault> {
+    use std::io::Read;
+    let mut file = open_block(path, len)?;
     let mut data = Vec::with_capacity(len as usize);
     file.read_to_end(&mut data)
         .map_err(|_| BlockFault::Missing)?;
     if data.len() as u64 != len || crc32c::crc32c(&data) != crc {
         return Err(BlockFault::Corrupt);
     }
-    Ok((file, data))
+    Ok(data)
+}
+
+/// The block file at `path`, open, if it is `len` bytes with CRC `crc`:
+/// checked through a small buffer, its bytes not kept (the kernel reads
+/// them through passthrough).
+fn check_file(path: &Path, len: u64, crc: u32) -> Result<std::fs::File, BlockFault> {
+    use std::io::Read;
+    let mut file = open_block(path, len)?;
+    let mut buffer = [0u8; 64 * 1024];
+    let (mut read, mut sum) = (0u64, 0u32);
+    loop {
+        match file.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => {
+                read += n as u64;
+                sum = crc32c::crc32c_append(sum, &buffer[..n]);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(BlockFault::Missing),
+        }
+    }
+    if read != len || sum != crc {
+        return Err(BlockFault::Corrupt);
+    }
+    Ok(file)
 }
 
 /// The blocks `range` touches.
