@@ -676,6 +676,12 @@ mod tests {
         assert_eq!(s3.bucket, "bucket");
         assert_eq!(s3.prefix.as_deref(), Some("a/b"));
         assert_eq!(s3.endpoint.as_deref(), Some("file:///srv/buckets"));
+        assert!(s3.cache, "through the node cache unless told otherwise");
+        let uncached = attach(&["ds", "--s3", "s3://bucket", "--no-cache"]).unwrap();
+        let SourceSpec::S3(s3) = uncached.source else {
+            panic!()
+        };
+        assert!(!s3.cache, "--no-cache");
     }
 
     #[test]

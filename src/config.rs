@@ -720,6 +720,20 @@ mod tests {
     }
 
     #[test]
+    fn the_read_and_write_budgets_are_the_documented_defaults() {
+        // README (serve's flags), doc/SCALE.md and daemonset.yaml add these up
+        // against the DaemonSet's 1 GiB limit.
+        assert_eq!(
+            crate::s3fs::prefetch::DEFAULT_PREFETCH_MEMORY,
+            256 * 1024 * 1024
+        );
+        assert_eq!(
+            crate::s3fs::write::WriteBudget::DEFAULT_BYTES,
+            256 * 1024 * 1024
+        );
+    }
+
+    #[test]
     fn the_credentials_dir_comes_from_flag_or_file() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("hotmount.toml");

@@ -786,6 +786,34 @@ fn a_dataset_without_a_node_cache_has_nothing_to_warm() {
 }
 
 #[test]
+fn a_dataset_with_cache_false_stays_out_of_the_node_cache() {
+    let (s3, _cache) = S3Node::with_cache("64MiB", &[]);
+    let uncached = object_bytes(13, 150_000);
+    let cached = object_bytes(14, 170_000);
+    s3.garage.put_object("data", "u.bin", &uncached);
+    s3.garage.put_object("data", "c.bin", &cached);
+    let mut spec = s3.spec("data");
+    spec["source"]["s3"]["cache"] = json!(false);
+    let (status, body) = s3.put("uncached", &spec);
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = s3.put("cached", &s3.spec("data"));
+    assert_eq!(status, 201, "{body}");
+    // Read through the dataset without the cache first: once the other
+    // one's bytes are in, anything the first had sent would be too.
+    assert_eq!(s3.node.pod.read("uncached/u.bin").unwrap(), uncached);
+    assert_eq!(s3.node.pod.read("cached/c.bin").unwrap(), cached);
+    wait_cached(&s3.node, cached.len() as u64);
+    assert_eq!(
+        cache_written(&s3.node),
+        cached.len() as u64,
+        "only the cached dataset's bytes"
+    );
+    let (status, body) = s3.node.call("POST", "/v1/mounts/uncached/warm", None);
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "NoNodeCache");
+}
+
+#[test]
 fn an_object_replaced_while_open_with_passthrough_is_never_read_in_its_old_bytes() {
     let (s3, _cache) = S3Node::with_cache("64MiB", &["--metadata-ttl", "200ms"]);
     let old = object_bytes(11, 100_000);

@@ -752,6 +752,42 @@ mod tests {
     }
 
     #[test]
+    fn warming_needs_the_warm_verb_and_a_viewer_never_warms() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy.toml");
+        std::fs::write(
+            &path,
+            "[[rule]]\ncallers = [\"uid:1000\", \"token:ro\"]\nverbs = [\"get\", \"warm\"]\nnames = [\"a-*\"]\n\n\
+             [[rule]]\ncallers = [\"uid:1001\"]\nverbs = [\"get\", \"put\", \"delete\"]\nnames = [\"*\"]\n",
+        )
+        .unwrap();
+        let access = Access::new(Some(path)).unwrap();
+        let warm = |caller: &Caller, name: &str| {
+            access
+                .authorize(caller, Verb::Warm, name, None, &[])
+                .is_ok()
+        };
+        assert!(warm(&Caller::Uid(1000), "a-1"), "a rule with warm");
+        assert!(!warm(&Caller::Uid(1000), "b-1"), "outside its names");
+        assert!(
+            !warm(&Caller::Uid(1001), "a-1"),
+            "put and delete are not warm"
+        );
+        let viewer = Caller::Token {
+            name: Some("ro".to_string()),
+            role: Role::Viewer,
+        };
+        assert!(!warm(&viewer, "a-1"), "a viewer never warms");
+    }
+
+    #[test]
+    fn the_load_limits_are_the_documented_ones() {
+        // README ("Load") and SECURITY.md ("Callers") name these figures.
+        assert_eq!(MAX_PUTS_IN_FLIGHT, 8);
+        assert_eq!(crate::manager::MAX_MOUNTS_IN_KERNEL, 32);
+    }
+
+    #[test]
     fn a_broken_policy_change_keeps_the_last_good_one_and_says_so() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("policy.toml");
