@@ -20,7 +20,9 @@
 //! workloads with `BENCH_WORKLOADS` (e.g. `seq,small`; the cache columns run
 //! only those two), the agent's flags with `BENCH_AGENT_ARGS` (e.g.
 //! `--prefetch-memory 64MiB`), its environment with `BENCH_AGENT_ENV` (e.g.
-//! `MALLOC_ARENA_MAX=4`; space-separated `NAME=VALUE`s), and `BENCH_WARM=1`
+//! `MALLOC_ARENA_MAX=4`; space-separated `NAME=VALUE`s), another agent binary
+//! with `BENCH_AGENT_BIN` (an A/B against a build of another commit), and
+//! `BENCH_WARM=1`
 //! keeps the page caches (for profiling the FUSE path without the server's
 //! disk). The allocator columns `hotmount+jemalloc` and `hotmount+mimalloc`
 //! (not in the default set) run the same agent with another allocator
@@ -759,7 +761,7 @@ impl MountTool for CachedHotmount<'_> {
         let cache_arg = cache.path().display().to_string();
         let mut args: Vec<&str> = self.args.iter().map(String::as_str).collect();
         args.extend(["--cache-dir", &cache_arg, "--cache-size", CACHE_SIZE]);
-        let node = support::Node::start(&args);
+        let node = support::Node::start_binary(agent_binary().as_deref(), &args);
         let spec = (self.prepare)(&node);
         let mounted = hotmount_mount(&node, &spec, read_only);
         self.running = Some((node, cache));
@@ -1140,6 +1142,18 @@ struct Epochs {
 
 type EpochResults = BTreeMap<(&'static str, &'static str), Epochs>;
 
+/// The agent binary to run instead of this build's (`BENCH_AGENT_BIN`, e.g.
+/// a build of another commit, for an A/B in alternation).
+fn agent_binary() -> Option<PathBuf> {
+    let binary = PathBuf::from(std::env::var_os("BENCH_AGENT_BIN")?);
+    assert!(
+        binary.is_file(),
+        "BENCH_AGENT_BIN {} is not a file",
+        binary.display()
+    );
+    Some(binary)
+}
+
 /// The workloads to run (`BENCH_WORKLOADS`, e.g. `seq,small`; all by default).
 fn selected_workloads() -> Vec<&'static str> {
     let wanted = std::env::var("BENCH_WORKLOADS").unwrap_or_default();
@@ -1454,7 +1468,7 @@ fn main() {
         .filter_map(|pair| pair.split_once('='))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    let node = support::Node::start_with_env(None, &agent_args, &agent_env);
+    let node = support::Node::start_with_env(agent_binary().as_deref(), &agent_args, &agent_env);
     let work = tempfile::tempdir().expect("work directory");
     garage.write_credentials_file(&node.credentials_dir().join("garage"));
     let mut tools: Vec<&'static str> = Vec::new();
@@ -1511,7 +1525,8 @@ fn main() {
                 );
                 let mut env = agent_env.clone();
                 env.push(("LD_PRELOAD".to_string(), library));
-                let node = support::Node::start_with_env(None, &agent_args, &env);
+                let node =
+                    support::Node::start_with_env(agent_binary().as_deref(), &agent_args, &env);
                 garage.write_credentials_file(&node.credentials_dir().join("garage"));
                 let spec = garage.spec("bench", json!({"secret": "garage"}));
                 let mut hotmount = Hotmount {

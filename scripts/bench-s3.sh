@@ -18,7 +18,8 @@
 #! write; the cache columns run seq and small), BENCH_CACHE_ROOT (where the
 #! cache columns' fresh cache directories go: /var/tmp, must be a disk, not a
 #! tmpfs), BENCH_AGENT_ARGS (extra `hotmount serve` flags), BENCH_AGENT_ENV
-#! (NAME=VALUE pairs for the agent's environment).
+#! (NAME=VALUE pairs for the agent's environment), BENCH_AGENT_BIN (another
+#! agent binary, e.g. a build of another commit for an A/B).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."

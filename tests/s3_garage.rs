@@ -429,32 +429,18 @@ fn after_kill_9_a_garage_dataset_comes_back_in_the_pod() {
     assert_eq!(s3.node.pod.mount_count("survivor"), 1);
 }
 
-/// The value of one metric series (`name{labels}` as exposed), 0 if absent.
-fn metric(node: &Node, series: &str) -> u64 {
-    let (_, metrics) = node.call("GET", "/metrics", None);
-    let series = format!("{series} ");
-    metrics
-        .as_str()
-        .unwrap_or_default()
-        .lines()
-        .find_map(|line| line.strip_prefix(series.as_str()))
-        .map_or(0, |value| value.trim().parse().unwrap_or(0))
-}
-
 /// The `hotmount_s3_keys_skipped_total` value of dataset `name` for `reason`.
 fn skipped_keys(node: &Node, name: &str, reason: &str) -> u64 {
-    metric(
-        node,
-        &format!(r#"hotmount_s3_keys_skipped_total{{name="{name}",reason="{reason}"}}"#),
-    )
+    node.metric(&format!(
+        r#"hotmount_s3_keys_skipped_total{{name="{name}",reason="{reason}"}}"#
+    ))
 }
 
 /// GETs dataset `name` sent to the store so far.
 fn object_gets(node: &Node, name: &str) -> u64 {
-    metric(
-        node,
-        &format!(r#"hotmount_s3_requests_total{{name="{name}",op="get",result="success"}}"#),
-    )
+    node.metric(&format!(
+        r#"hotmount_s3_requests_total{{name="{name}",op="get",result="success"}}"#
+    ))
 }
 
 /// The block files in a node cache directory.
@@ -482,7 +468,7 @@ fn walkdir(dir: &std::path::Path) -> Vec<PathBuf> {
 
 /// Bytes the node has written to its node cache.
 fn cache_written(node: &Node) -> u64 {
-    metric(node, r#"hotmount_cache_bytes_total{direction="written"}"#)
+    node.metric(r#"hotmount_cache_bytes_total{direction="written"}"#)
 }
 
 /// Waits until the node cache has taken `bytes` in (written in the
@@ -502,10 +488,7 @@ fn wait_cached(node: &Node, bytes: u64) {
 /// `hotmount_cache_requests_total{result="passthrough"}`: opens the kernel
 /// was handed a node cache file for.
 fn passthrough_opens(node: &Node) -> u64 {
-    metric(
-        node,
-        r#"hotmount_cache_requests_total{result="passthrough"}"#,
-    )
+    node.metric(r#"hotmount_cache_requests_total{result="passthrough"}"#)
 }
 
 /// Opens `rel` in the pod once it opens with passthrough: the RELEASE of
@@ -883,14 +866,17 @@ fn the_node_cache_serves_the_next_epoch_across_restarts_and_never_a_corrupt_bloc
         gets_before,
         "the second epoch came from the node cache"
     );
-    assert!(metric(&s3.node, r#"hotmount_cache_requests_total{result="hit"}"#) > 0);
+    assert!(
+        s3.node
+            .metric(r#"hotmount_cache_requests_total{result="hit"}"#)
+            > 0
+    );
     // The small files (one block each) were handed to the kernel to read
     // from the cache file itself (FUSE passthrough).
     assert!(
-        metric(
-            &s3.node,
-            r#"hotmount_cache_requests_total{result="passthrough"}"#
-        ) >= 20,
+        s3.node
+            .metric(r#"hotmount_cache_requests_total{result="passthrough"}"#)
+            >= 20,
         "small files opened with passthrough"
     );
 
@@ -917,7 +903,8 @@ fn the_node_cache_serves_the_next_epoch_across_restarts_and_never_a_corrupt_bloc
     let gets_before = object_gets(&s3.node, "epochs");
     read_all(&s3);
     assert_eq!(
-        metric(&s3.node, r#"hotmount_cache_blocks_total{event="corrupt"}"#),
+        s3.node
+            .metric(r#"hotmount_cache_blocks_total{event="corrupt"}"#),
         2,
         "both corrupt blocks were found"
     );

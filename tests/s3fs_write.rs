@@ -270,6 +270,34 @@ cp {big_source} big.bin
     assert_eq!(status, 200, "unmount: {body}");
 }
 
+#[test]
+fn a_readers_close_waits_for_no_flush_and_a_writers_close_still_reports() {
+    let (garage, node) = read_write_dataset("closes", |_| {});
+    garage.put_object("closes", "existing", b"old bytes");
+    let flushes = || node.metric(r#"hotmount_fuse_requests_total{name="rw",op="flush"}"#);
+    let opens = || node.metric(r#"hotmount_fuse_requests_total{name="rw",op="open"}"#);
+
+    // A writer's close comes to the agent as FLUSH, which completes the
+    // object, so that close(2) can report a failed upload.
+    let written = node.root().join("rw/written");
+    within_timeout(STEP_TIMEOUT, "write a new file", move || {
+        std::fs::write(written, b"new bytes")
+    })
+    .unwrap_or_else(|e| panic!("write: {e}"));
+    wait_object(&garage, "closes", "written", b"new bytes");
+    let after_writing = flushes();
+    assert!(after_writing >= 1, "a writer's close sent no FLUSH");
+
+    // A reader's does not: nothing is buffered on the read path, and its
+    // close(2) would wait for the agent's answer.
+    let before_reading = opens();
+    for _ in 0..5 {
+        assert_eq!(node.pod.read("rw/existing").unwrap(), b"old bytes");
+    }
+    assert!(opens() >= before_reading + 5, "each read opened the file");
+    assert_eq!(flushes(), after_writing, "a reader's close sent FLUSH");
+}
+
 /// Runs `script` with `sh -c` in the pod (as root unless it says otherwise)
 /// and panics with its output and the agent's log if it fails.
 fn pod_sh(node: &support::Node, script: &str) -> String {

@@ -264,12 +264,15 @@ fn reply_open(
     reply: ReplyOpen,
 ) -> bool {
     let fh = opened.fh;
+    // Nothing is buffered on the read path, so a close needs no FLUSH: the
+    // kernel skips that round trip, which the closing reader waits for.
+    let read_flags = FopenFlags::FOPEN_NOFLUSH;
     // Pages cached from the same ETag stay; otherwise the kernel drops them
     // at this open.
     let cached_flags = if opened.keep_cache {
-        FopenFlags::FOPEN_KEEP_CACHE
+        read_flags | FopenFlags::FOPEN_KEEP_CACHE
     } else {
-        FopenFlags::empty()
+        read_flags
     };
     let version = version_of(&opened.stat);
     let mut io = lock_io(io_modes);
@@ -327,7 +330,7 @@ fn reply_open(
     match io.inodes.get(&ino) {
         Some(InodeIo::Passthrough(_, Backing::Owned(backing), _)) => {
             fs.note_passthrough(fh, backing.raw());
-            reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), backing);
+            reply.opened_passthrough(FileHandle(fh), read_flags, backing);
             true
         }
         _ => {
@@ -623,7 +626,10 @@ impl fuser::Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         if !self.fs.is_writer(fh.0) {
-            // Nothing is buffered on the read path.
+            // Nothing is buffered on the read path (a reader is opened with
+            // FOPEN_NOFLUSH: this comes only for handles of an earlier
+            // worker, opened without it).
+            self.observe("flush", Instant::now());
             reply.ok();
             return;
         }

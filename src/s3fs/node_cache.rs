@@ -370,32 +370,33 @@ impl NodeCache {
         id: ObjectId,
         size: u64,
     ) -> Option<Arc<std::fs::File>> {
+        let cache = Arc::clone(self);
+        tokio::task::spawn_blocking(move || cache.whole_object_blocking(id, size))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// [`Self::whole_object`] on the calling thread, which it blocks on the
+    /// disk: for a blocking pool's thread.
+    pub fn whole_object_blocking(&self, id: ObjectId, size: u64) -> Option<Arc<std::fs::File>> {
         if size == 0 || size > BLOCK_SIZE {
             return None;
         }
         let key = (id, 0);
         let entry = self.lock().touch(&key)?;
-        let cache = Arc::clone(self);
-        let file = tokio::task::spawn_blocking(move || {
-            let path = cache.path_of(&key, entry.crc);
-            match check_file(&path, size, entry.crc) {
-                Ok(file) => Some(Arc::new(file)),
-                Err(fault) => {
-                    cache.drop_block(&key, &path, fault);
-                    None
-                }
+        let path = self.path_of(&key, entry.crc);
+        match check_file(&path, size, entry.crc) {
+            Ok(file) => Some(Arc::new(file)),
+            Err(fault) => {
+                self.drop_block(&key, &path, fault);
+                self.metrics
+                    .cache_requests
+                    .with_label_values(&["miss"])
+                    .inc();
+                None
             }
-        })
-        .await
-        .ok()
-        .flatten();
-        if file.is_none() {
-            self.metrics
-                .cache_requests
-                .with_label_values(&["miss"])
-                .inc();
         }
-        file
     }
 
     /// Forgets a block whose file is gone or failed its check (deleted,

@@ -102,6 +102,19 @@ impl Node {
         (status, value)
     }
 
+    /// The value of one metric series (`name{labels}` as `/metrics` shows
+    /// it), 0 if absent.
+    pub fn metric(&self, series: &str) -> u64 {
+        let (_, metrics) = self.call("GET", "/metrics", None);
+        let series = format!("{series} ");
+        metrics
+            .as_str()
+            .unwrap_or_default()
+            .lines()
+            .find_map(|line| line.strip_prefix(series.as_str()))
+            .map_or(0, |value| value.trim().parse().unwrap_or(0))
+    }
+
     /// Mounts stacked at exactly `path` in the node's namespace.
     pub fn mounts_at(&self, path: &Path) -> usize {
         super::thread_mountinfo()

@@ -148,11 +148,16 @@ impl S3Filesystem {
         }
         let cache = Arc::clone(&scope.cache);
         let size = stat.size;
-        let file = async move { cache.whole_object(id, size).await }
-            .boxed()
-            .shared();
-        // Started now, not at the open: that is the point.
-        self.runtime.spawn(file.clone());
-        Some(file)
+        // Started now, not at the open: that is the point. Straight on the
+        // blocking pool: the open that takes it finds it done and answers
+        // on its own thread, and no runtime thread is woken in between.
+        let checking = self
+            .runtime
+            .spawn_blocking(move || cache.whole_object_blocking(id, size));
+        Some(
+            async move { checking.await.ok().flatten() }
+                .boxed()
+                .shared(),
+        )
     }
 }
