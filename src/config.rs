@@ -719,6 +719,87 @@ mod tests {
         );
     }
 
+    /// The agent container of daemonset.yaml's DaemonSet.
+    fn daemonset_agent() -> serde_yaml::Value {
+        let text = include_str!("../daemonset.yaml");
+        let daemonset = serde_yaml::Deserializer::from_str(text)
+            .map(|document| serde_yaml::Value::deserialize(document).unwrap())
+            .find(|document| document["kind"] == "DaemonSet")
+            .expect("daemonset.yaml has a DaemonSet");
+        daemonset["spec"]["template"]["spec"]["containers"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|container| container["name"] == "agent")
+            .expect("a container named agent")
+            .clone()
+    }
+
+    #[test]
+    fn the_daemonsets_args_are_a_valid_configuration() {
+        use clap::Parser;
+        let agent = daemonset_agent();
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = dir.path().join("tokens");
+        std::fs::write(&tokens, "ops admin s3cr3t-token-of-32-bytes-or-more!!\n").unwrap();
+        let args = agent["args"].as_sequence().unwrap().iter().map(|arg| {
+            let arg = arg.as_str().unwrap().replace("$(NODE_IP)", "10.0.0.7");
+            // The Secret the pod mounts, here where the test can write it.
+            match arg.strip_prefix("--token-file=") {
+                Some(_) => format!("--token-file={}", tokens.display()),
+                None => arg,
+            }
+        });
+        // The cluster CA the pod projects (checked below to be where the
+        // default looks) is not on this machine: the system's roots stand in.
+        let args = std::iter::once("hotmount".to_string())
+            .chain(args)
+            .chain(["--sa-api-ca=system".to_string()]);
+        let cli = crate::cli::Cli::try_parse_from(args)
+            .unwrap_or_else(|e| panic!("daemonset.yaml's args do not parse: {e}"));
+        let crate::cli::Command::Serve(serve) = cli.command else {
+            panic!("daemonset.yaml does not run serve");
+        };
+        let token = serve.sa_api_token.clone();
+        let ca = match crate::cli::Cli::parse_from(["hotmount", "serve"]).command {
+            crate::cli::Command::Serve(defaults) => defaults.sa_api_ca,
+            _ => unreachable!("parsed serve"),
+        };
+        let config = Config::from_args(serve)
+            .unwrap_or_else(|e| panic!("daemonset.yaml's args are refused: {e}"));
+        let cache = config.cache.expect("the DaemonSet runs a node cache");
+        assert_eq!(cache.dir, Path::new("/var/lib/hotmount/cache"));
+        assert_eq!(cache.size, 20 << 30);
+        assert_eq!(config.manager.root, Path::new("/var/lib/hotmount/mnt"));
+        let listen = config.listen.map(|(address, _)| address.to_string());
+        assert_eq!(listen.as_deref(), Some("10.0.0.7:7470"));
+        let metrics = config.metrics_listen.map(|address| address.to_string());
+        assert_eq!(metrics.as_deref(), Some("10.0.0.7:9470"));
+
+        // Every path the agent reads or writes is in a volume of the pod.
+        let mounted: Vec<PathBuf> = agent["volumeMounts"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|mount| PathBuf::from(mount["mountPath"].as_str().unwrap()))
+            .collect();
+        for path in [
+            cache.dir.as_path(),
+            &config.manager.root,
+            &config.state_dir,
+            &config.socket,
+            config.manager.credentials_dir.path(),
+            &token,
+            Path::new(&ca),
+        ] {
+            assert!(
+                mounted.iter().any(|volume| path.starts_with(volume)),
+                "{} is in no volume of the agent's pod",
+                path.display()
+            );
+        }
+    }
+
     #[test]
     fn the_read_and_write_budgets_are_the_documented_defaults() {
         // README (serve's flags), doc/SCALE.md and daemonset.yaml add these up

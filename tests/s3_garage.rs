@@ -797,6 +797,48 @@ fn a_dataset_with_cache_false_stays_out_of_the_node_cache() {
 }
 
 #[test]
+fn a_full_cache_disk_costs_reads_their_cache_never_their_bytes() {
+    let (mut s3, cache) = S3Node::with_cache("1GiB", &[]);
+    // The cache on a 64 MiB filesystem of its own (in the node's private
+    // namespace), filled to 14 MiB free: under the reserve of a disk that
+    // size (a quarter of it, 16 MiB), so no block may be written.
+    nix::mount::mount(
+        Some("hotmount-cache"),
+        cache.path(),
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=64m"),
+    )
+    .unwrap_or_else(|e| panic!("mount a tmpfs on {}: {e}", cache.path().display()));
+    let ballast = cache.path().join("ballast");
+    std::fs::write(&ballast, vec![1u8; 50 << 20]).unwrap();
+    s3.node.restart();
+    let first = object_bytes(15, 300_000);
+    let second = object_bytes(16, 200_000);
+    s3.garage.put_object("data", "first.bin", &first);
+    s3.garage.put_object("data", "second.bin", &second);
+    let (status, body) = s3.put("full", &s3.spec("data"));
+    assert_eq!(status, 201, "{body}");
+
+    assert!(s3.node.pod.read("full/first.bin").unwrap() == first);
+    let skipped = || {
+        s3.node
+            .metric(r#"hotmount_cache_blocks_total{event="skipped"}"#)
+    };
+    support::poll_until(Duration::from_secs(10), Duration::from_millis(20), || {
+        (skipped() > 0).then_some(())
+    })
+    .expect("the block past the disk's reserve was counted as skipped");
+    assert_eq!(cache_written(&s3.node), 0, "a block went past the reserve");
+
+    // Room again: the next read is cached (the check looks at the disk
+    // each time, not once).
+    std::fs::remove_file(&ballast).unwrap();
+    assert!(s3.node.pod.read("full/second.bin").unwrap() == second);
+    wait_cached(&s3.node, second.len() as u64);
+}
+
+#[test]
 fn an_object_replaced_while_open_with_passthrough_is_never_read_in_its_old_bytes() {
     let (s3, _cache) = S3Node::with_cache("64MiB", &["--metadata-ttl", "200ms"]);
     let old = object_bytes(11, 100_000);

@@ -481,6 +481,24 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn write_requests_waiting_for_budget_hold_at_most_16_mib_then_fail_at_once() {
+        let budget = WriteBudget::new(WriteBudget::MIN_BYTES);
+        let largest = 1024 * 1024;
+        let waiting: Vec<_> = (0..16)
+            .map(|n| {
+                budget
+                    .admit(largest)
+                    .unwrap_or_else(|| panic!("write {n} of 1 MiB refused"))
+            })
+            .collect();
+        assert_eq!(WRITES_IN_FLIGHT_BYTES, 16 * largest);
+        // No wait: the FUSE thread answers ENOSPC right away.
+        assert!(budget.admit(1).is_none(), "a 17th MiB was held");
+        drop(waiting);
+        assert!(budget.admit(largest).is_some(), "room once they were taken");
+    }
+
     #[tokio::test]
     async fn writers_share_one_budget_and_get_enospc_past_it() {
         let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
