@@ -125,7 +125,8 @@ pub struct AttachArgs {
     #[arg(long, default_value = "60s")]
     pub timeout: String,
     /// Stay running while the dataset is used (a pod's sidecar): after the
-    /// attach, wait for SIGTERM or SIGINT, then detach the dataset and exit.
+    /// attach, wait for SIGTERM or SIGINT, then detach the dataset and exit
+    /// (one that comes while it is being mounted detaches it once mounted).
     #[arg(long)]
     pub hold: bool,
     /// Print the result as JSON.
@@ -367,11 +368,21 @@ pub async fn run_client(command: Command) -> Result<String, CommandError> {
             let spec = spec_from_attach(&args)?;
             let body = serde_json::to_vec(&spec).expect("a spec serialises");
             let path = format!("/v1/mounts/{}", args.name);
+            // Caught before the PUT: a pod that ends while its dataset is
+            // being mounted still detaches it.
+            let mut signals = args.hold.then(StopSignals::catch).transpose()?;
             let reply = request(&args.connect, Method::PUT, &path, Some(body)).await?;
             let mut view: MountView = decode(&reply)?;
             if args.wait && view.state != crate::manager::MountState::Mounted {
                 let wait_path = format!("{path}?wait=Mounted&timeout={}", args.timeout);
-                let reply = request(&args.connect, Method::GET, &wait_path, None).await?;
+                let waited = request(&args.connect, Method::GET, &wait_path, None);
+                let reply = match signals.as_mut() {
+                    Some(signals) => tokio::select! {
+                        reply = waited => reply?,
+                        () = signals.stopped() => return detach(&args.connect, &path).await,
+                    },
+                    None => waited.await?,
+                };
                 view = decode(&reply)?;
             }
             let attached = if args.json {
@@ -389,11 +400,11 @@ pub async fn run_client(command: Command) -> Result<String, CommandError> {
                     view.state.as_str()
                 )
             };
-            if !args.hold {
+            let Some(mut signals) = signals else {
                 return Ok(attached);
-            }
+            };
             println!("{attached}");
-            hold_until_stopped().await;
+            signals.stopped().await;
             detach(&args.connect, &path).await
         }
         Command::Detach(args) => {
@@ -457,6 +468,8 @@ async fn warm(args: &WarmArgs) -> Result<String, CommandError> {
     use crate::s3fs::fs::{WarmupState, WarmupStatus};
     use std::io::{IsTerminal, Write};
     let path = format!("/v1/mounts/{}/warm", args.name);
+    // Caught before the warm-up starts: a Ctrl-C from then on cancels it.
+    let mut signals = StopSignals::catch()?;
     if !args.status {
         let body = serde_json::to_vec(&serde_json::json!({ "paths": args.paths }))
             .expect("paths serialise");
@@ -467,8 +480,6 @@ async fn warm(args: &WarmArgs) -> Result<String, CommandError> {
         }
     }
     let bar = !args.json && std::io::stderr().is_terminal();
-    let stopped = hold_until_stopped();
-    tokio::pin!(stopped);
     let status = loop {
         let reply = request(&args.connect, Method::GET, &path, None).await?;
         let status: WarmupStatus = decode(&reply)?;
@@ -485,7 +496,7 @@ async fn warm(args: &WarmArgs) -> Result<String, CommandError> {
             break status;
         }
         tokio::select! {
-            () = &mut stopped => {
+            () = signals.stopped() => {
                 let reply = request(&args.connect, Method::DELETE, &path, None).await?;
                 let cancelled: WarmupStatus = decode(&reply)?;
                 if bar {
@@ -551,15 +562,35 @@ async fn detach(connect: &ConnectArgs, path: &str) -> Result<String, CommandErro
     ))
 }
 
-/// Waits for SIGTERM (a pod ending) or SIGINT.
-async fn hold_until_stopped() {
-    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-    else {
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+/// SIGTERM (a pod ending) and SIGINT (Ctrl-C), caught from the moment this
+/// is made: one that comes while a request is under way waits for
+/// [`StopSignals::stopped`] instead of ending the process by its default
+/// action before it cleans up (a dataset left attached by a sidecar whose
+/// pod ended while it was being mounted, a warm-up left running).
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn catch() -> Result<StopSignals, CommandError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let caught = |kind| {
+            signal(kind)
+                .map_err(|e| CommandError::new(format!("cannot catch SIGTERM and SIGINT: {e}")))
+        };
+        Ok(StopSignals {
+            term: caught(SignalKind::terminate())?,
+            interrupt: caught(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Waits for either (at once if one came already).
+    async fn stopped(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
     }
 }
 

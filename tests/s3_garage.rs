@@ -611,6 +611,51 @@ fn a_file_open_in_passthrough_outlives_its_worker_and_the_next_opens_still_read(
     }
 }
 
+#[test]
+fn a_sidecar_stopped_while_its_dataset_is_being_mounted_still_detaches_it() {
+    let s3 = S3Node::start(&[]);
+    // The server hangs: the sidecar's PUT waits on the mount.
+    s3.garage.freeze();
+    let mut sidecar = std::process::Command::new(env!("CARGO_BIN_EXE_hotmount"))
+        .args(["attach", "late", "--s3", "s3://data", "--path-style"])
+        .args(["--endpoint", &s3.garage.endpoint()])
+        .args(["--region", s3.garage.region()])
+        .arg("--credentials-file")
+        .arg(&s3.credentials)
+        .args(["--wait", "--hold", "--socket"])
+        .arg(s3.node.agent.socket())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let waiting = sidecar.try_wait().unwrap().is_none();
+    // The pod ends while its dataset is still being mounted; then the
+    // server answers again and the mount completes.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(sidecar.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    s3.garage.thaw();
+    let exited = support::wait_exit(&mut sidecar, Duration::from_secs(30));
+    if exited.is_none() {
+        let _ = sidecar.kill();
+    }
+    let output = sidecar.wait_with_output().unwrap();
+    assert!(
+        waiting,
+        "the sidecar did not wait for the mount: {output:?}"
+    );
+    assert!(exited.is_some_and(|s| s.success()), "{output:?}");
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(said.contains("late unmounted from"), "{said}");
+    let (status, body) = s3.node.call("GET", "/v1/mounts/late", None);
+    assert_eq!(status, 404, "the dataset was left behind: {body}");
+    s3.node.assert_nothing_left("late");
+}
+
 /// Waits for the warm-up of `name` to end; its last status.
 fn warm_done(node: &Node, name: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -742,6 +787,36 @@ fn a_warm_up_fetches_chosen_paths_into_the_node_cache_and_can_be_cancelled() {
     s3.garage
         .put_object("data", "slow/x.bin", &object_bytes(5, 100_000));
     s3.garage.freeze();
+    // Ctrl-C on `hotmount warm` cancels the warm-up it follows, in the
+    // agent too.
+    let mut following = std::process::Command::new(env!("CARGO_BIN_EXE_hotmount"))
+        .args(["warm", "warmed", "--json", "--socket"])
+        .arg(s3.node.agent.socket())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first_line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(following.stdout.as_mut().unwrap()),
+        &mut first_line,
+    )
+    .unwrap();
+    assert!(first_line.contains("\"state\""), "{first_line}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(following.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let exited = support::wait_exit(&mut following, Duration::from_secs(10));
+    if exited.is_none() {
+        let _ = following.kill();
+    }
+    let output = following.wait_with_output().unwrap();
+    assert!(exited.is_some_and(|s| !s.success()), "{output:?}");
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains("cancelled"), "{said}");
+    assert_eq!(warm_done(&s3.node, "warmed")["state"], "Cancelled");
     let (status, body) = s3.node.call("POST", "/v1/mounts/warmed/warm", None);
     assert_eq!(status, 202, "{body}");
     let (status, body) = s3.node.call("POST", "/v1/mounts/warmed/warm", None);

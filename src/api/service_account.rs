@@ -380,6 +380,33 @@ OsjqIlAvhd90DvvFtttXF9ktyapEVT5g5mN3hfDMaJy9olCIlrumvdzQ
         assert_eq!(accounts.caller("not.a.jwt").await, None);
     }
 
+    #[tokio::test]
+    async fn a_rotated_key_file_is_read_again_and_a_broken_one_keeps_the_last_good_keys() {
+        let (dir, accounts) = accounts();
+        let path = dir.path().join("jwks.json");
+        let rotated = token("cluster-2", ISSUER, AUDIENCE, 600);
+        assert_eq!(accounts.caller(&rotated).await, None, "an unknown key id");
+        // The cluster rotates its key (the same key pair under a new id
+        // here); the file is replaced, as a Secret or a ConfigMap is.
+        let stamp = |path: &PathBuf, seconds: u64| {
+            let file = std::fs::File::options().write(true).open(path).unwrap();
+            let at = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(seconds);
+            file.set_modified(at).unwrap();
+        };
+        std::fs::write(&path, TEST_JWKS.replace("cluster-1", "cluster-2")).unwrap();
+        stamp(&path, 1_000_000);
+        assert!(
+            accounts.caller(&rotated).await.is_some(),
+            "the new key was not read"
+        );
+        let retired = token("cluster-1", ISSUER, AUDIENCE, 600);
+        assert_eq!(accounts.caller(&retired).await, None, "a retired key");
+        // A half-written file: the keys read last stay.
+        std::fs::write(&path, "{\"keys\": [").unwrap();
+        stamp(&path, 2_000_000);
+        assert!(accounts.caller(&rotated).await.is_some());
+    }
+
     /// A stand-in for the API server's `/openid/v1/jwks`: it serves `keys`
     /// to the bearer of `AGENT_TOKEN` only, and counts the fetches.
     struct FakeApiServer {
