@@ -672,7 +672,8 @@ fn warm_done(node: &Node, name: &str) -> Value {
 
 #[test]
 fn a_warm_up_fetches_chosen_paths_into_the_node_cache_and_can_be_cancelled() {
-    let (s3, _cache) = S3Node::with_cache("256MiB", &[]);
+    // No health probe meanwhile: the S3 requests counted are the warm-up's.
+    let (s3, _cache) = S3Node::with_cache("256MiB", &["--probe-interval", "1h"]);
     let train: Vec<(String, Vec<u8>)> = (0..30)
         .map(|n| {
             (
@@ -701,6 +702,11 @@ fn a_warm_up_fetches_chosen_paths_into_the_node_cache_and_can_be_cancelled() {
     assert_eq!(status, 404);
 
     // The CLI warms train/ and follows it to its end (JSON lines).
+    let lists = || {
+        s3.node
+            .metric(r#"hotmount_s3_requests_total{name="warmed",op="list",result="success"}"#)
+    };
+    let lists_before = lists();
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_hotmount"))
         .args(["warm", "warmed", "train", "--json", "--socket"])
         .arg(s3.node.agent.socket())
@@ -719,6 +725,7 @@ fn a_warm_up_fetches_chosen_paths_into_the_node_cache_and_can_be_cancelled() {
     assert_eq!(last["bytesTotal"], bytes);
     assert_eq!(last["bytesFetched"], bytes);
     assert_eq!(last["failedFiles"], 0);
+    assert!(lists() > lists_before, "the warm-up's listing went uncounted");
 
     // What it fetched is read from the node cache: not one GET.
     let gets = object_gets(&s3.node, "warmed");

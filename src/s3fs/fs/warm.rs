@@ -14,6 +14,7 @@ use object_store::path::Path as ObjectPath;
 use serde::{Deserialize, Serialize};
 
 use super::S3Filesystem;
+use crate::operation::StoreRequest;
 use crate::s3fs::inodes::ObjectStat;
 
 /// Objects fetched at once by one warm-up.
@@ -213,14 +214,20 @@ impl S3Filesystem {
             let listed_before = objects.len();
             let mut listing = self.bucket.store.list(Some(&target));
             while let Some(meta) = listing.next().await {
-                let meta = meta.map_err(|e| format!("list {path}: {e}"))?;
+                let meta = meta.map_err(|e| {
+                    self.observe(StoreRequest::List, false);
+                    format!("list {path}: {e}")
+                })?;
                 objects.push((meta.location.clone(), ObjectStat::from_meta(&meta)));
                 if objects.len() > MAX_WARM_OBJECTS {
+                    self.observe(StoreRequest::List, true);
                     return Err(format!(
                         "more than {MAX_WARM_OBJECTS} objects: warm the dataset in parts"
                     ));
                 }
             }
+            // Counted as a directory listing is: once, whatever its pages.
+            self.observe(StoreRequest::List, true);
             if !path.is_empty() && objects.len() == listed_before {
                 return Err(format!("{path}: no such file or directory in the dataset"));
             }
