@@ -1030,10 +1030,21 @@ async fn before_the_start_finished_a_name_not_restored_yet_is_not_ready_not_miss
         manager,
         app,
     };
-    for method in [Method::GET, Method::DELETE] {
-        let (status, body) = f.send(method.clone(), "/v1/mounts/images", None).await;
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{method} {body}");
-        assert_eq!(error_code(&body), "NotReady");
+    for (method, path) in [
+        (Method::GET, "/v1/mounts/images"),
+        (Method::GET, "/v1/mounts/images?wait=Mounted&timeout=1s"),
+        (Method::DELETE, "/v1/mounts/images"),
+        (Method::POST, "/v1/mounts/images/warm"),
+        (Method::GET, "/v1/mounts/images/warm"),
+        (Method::DELETE, "/v1/mounts/images/warm"),
+    ] {
+        let (status, body) = f.send(method.clone(), path, None).await;
+        assert_eq!(
+            status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{method} {path}: {body}"
+        );
+        assert_eq!(error_code(&body), "NotReady", "{method} {path}");
     }
     f.manager.start().await.unwrap();
     let (status, body) = f.send(Method::GET, "/v1/mounts/images", None).await;

@@ -725,7 +725,10 @@ fn a_warm_up_fetches_chosen_paths_into_the_node_cache_and_can_be_cancelled() {
     assert_eq!(last["bytesTotal"], bytes);
     assert_eq!(last["bytesFetched"], bytes);
     assert_eq!(last["failedFiles"], 0);
-    assert!(lists() > lists_before, "the warm-up's listing went uncounted");
+    assert!(
+        lists() > lists_before,
+        "the warm-up's listing went uncounted"
+    );
 
     // What it fetched is read from the node cache: not one GET.
     let gets = object_gets(&s3.node, "warmed");

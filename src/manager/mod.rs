@@ -537,13 +537,6 @@ impl Manager {
         }
     }
 
-    /// The slot of `name`, or NotFound.
-    fn slot_named(&self, name: &str) -> Result<Arc<Slot>, ManagerError> {
-        self.slot(name).ok_or_else(|| ManagerError::NotFound {
-            name: name.to_string(),
-        })
-    }
-
     /// Waits until the dataset reaches `state`, or `timeout` passes.
     pub async fn wait_for(
         &self,
@@ -552,7 +545,7 @@ impl Manager {
         timeout: Duration,
     ) -> Result<MountView, ManagerError> {
         let name = name.as_str();
-        let slot = self.slot_named(name)?;
+        let slot = self.known_slot(name)?;
         let mut receiver = slot.record.subscribe();
         let reached = tokio::time::timeout(timeout, receiver.wait_for(|r| r.state == state)).await;
         match reached {

@@ -9,7 +9,7 @@ use crate::s3fs::fs::{Warmup, WarmupStatus};
 impl Manager {
     /// Starts fetching `paths` of dataset `name` into the node cache.
     pub fn warm(&self, name: &str, paths: Vec<String>) -> Result<WarmupStatus, ManagerError> {
-        let slot = self.slot_named(name)?;
+        let slot = self.known_slot(name)?;
         let no_cache = |reason: &str| ManagerError::NoNodeCache {
             name: name.to_string(),
             reason: reason.to_string(),
@@ -49,7 +49,7 @@ impl Manager {
     }
 
     fn warmup_of(&self, name: &str) -> Result<Arc<Warmup>, ManagerError> {
-        let slot = self.slot_named(name)?;
+        let slot = self.known_slot(name)?;
         let warmup = lock(&slot.warmup).clone();
         warmup.ok_or_else(|| ManagerError::NoWarmup {
             name: name.to_string(),
