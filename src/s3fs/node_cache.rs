@@ -506,8 +506,13 @@ impl NodeCache {
 
     /// Whether every block of the object `id` (of `size` bytes) is cached.
     pub fn holds(&self, id: ObjectId, size: u64) -> bool {
+        self.holds_range(id, 0..size)
+    }
+
+    /// Whether every block that `range` of the object `id` touches is here.
+    pub fn holds_range(&self, id: ObjectId, range: Range<u64>) -> bool {
         let index = self.lock();
-        block_span(&(0..size)).all(|block| index.entries.contains_key(&(id, block)))
+        block_span(&range).all(|block| index.entries.contains_key(&(id, block)))
     }
 
     /// Room for a warm-up to fetch `bytes` (all warm-ups of the node share

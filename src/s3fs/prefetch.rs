@@ -43,7 +43,7 @@ use crate::operation::StoreRequest;
 use crate::s3fs::chunked::{ChunkCollector, ChunkedBytes};
 use crate::s3fs::error::FsError;
 use crate::s3fs::inodes::ObjectStat;
-use crate::s3fs::node_cache::{CacheScope, ObjectId};
+use crate::s3fs::node_cache::{BLOCK_SIZE, CacheScope, ObjectId};
 
 /// The default agent-wide budget for prefetched data (`--prefetch-memory`):
 /// with the write budget, the node cache's and the agent itself it keeps
@@ -156,21 +156,28 @@ impl RangeReader {
         Ok(fetched)
     }
 
-    /// Fetches what the node cache lacks of `key` (as `stat`) into it, in
-    /// ranges of [`WARM_RANGE`], waiting for every block to be written; the
-    /// bytes fetched (none when it was whole already, or without a cache or
-    /// an ETag).
+    /// Fetches the blocks the node cache lacks of `key` (as `stat`) into
+    /// it, runs of missing blocks in ranges of at most [`WARM_RANGE`],
+    /// waiting for every block to be written; the bytes fetched (none when
+    /// it was whole already, or without a cache or an ETag).
     pub async fn warm(&self, key: &ObjectPath, stat: &ObjectStat) -> Result<u64, FsError> {
         let Some((scope, id)) = self.cached(key, stat) else {
             return Ok(0);
         };
-        if scope.cache.holds(id, stat.size) {
-            return Ok(0);
-        }
+        let size = stat.size;
+        let block_end = |at: u64| (at + BLOCK_SIZE).min(size);
+        let held = |at: u64| scope.cache.holds_range(id, at..block_end(at));
         let mut fetched = 0;
         let mut start = 0;
-        while start < stat.size {
-            let end = (start + WARM_RANGE).min(stat.size);
+        while start < size {
+            if held(start) {
+                start = block_end(start);
+                continue;
+            }
+            let mut end = block_end(start);
+            while end < size && end - start < WARM_RANGE && !held(end) {
+                end = block_end(end);
+            }
             let _room = scope.cache.warm_room(end - start).await;
             let data = self.fetch(key, stat, start..end).await?;
             fetched += data.len() as u64;
@@ -580,6 +587,74 @@ mod tests {
 
     use super::*;
     use crate::s3fs::test_store::CountingStore;
+
+    #[tokio::test]
+    async fn a_warm_up_fetches_only_the_blocks_the_node_cache_lacks() {
+        use crate::s3fs::node_cache::NodeCache;
+        let dir = tempfile::tempdir().unwrap();
+        let store = CountingStore::new(Arc::new(InMemory::new()));
+        let key = ObjectPath::from("shard.tar");
+        // Six blocks: two warm ranges.
+        let size = 5 * BLOCK_SIZE + 10;
+        store
+            .put(&key, PutPayload::from(vec![3u8; size as usize]))
+            .await
+            .unwrap();
+        let stat = ObjectStat::from_meta(&store.head(&key).await.unwrap());
+        let open_cache = || {
+            NodeCache::open_indexed(dir.path(), 64 * BLOCK_SIZE, Arc::new(Metrics::new())).unwrap()
+        };
+        let reader = |cache: Arc<NodeCache>| {
+            let scope = CacheScope {
+                cache,
+                origin: "memory:///bucket".to_string(),
+            };
+            let metrics = Arc::new(Metrics::new());
+            RangeReader::new(store.clone(), metrics, "test".to_string(), Some(scope))
+        };
+        let cache = open_cache();
+        assert_eq!(
+            reader(Arc::clone(&cache)).warm(&key, &stat).await.unwrap(),
+            size
+        );
+        assert_eq!(
+            reader(cache).warm(&key, &stat).await.unwrap(),
+            0,
+            "whole already"
+        );
+        // One block's file is lost (a disk fault): the index rebuilt at the
+        // next start no longer has it.
+        let lost = walk(dir.path())
+            .into_iter()
+            .find(|path| path.to_string_lossy().contains("-00000003-"))
+            .expect("block 3 on disk");
+        std::fs::remove_file(lost).unwrap();
+        let gets = store.gets.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(
+            reader(open_cache()).warm(&key, &stat).await.unwrap(),
+            BLOCK_SIZE,
+            "only the missing block is fetched"
+        );
+        assert_eq!(
+            store.gets.load(std::sync::atomic::Ordering::SeqCst),
+            gets + 1
+        );
+    }
+
+    /// Every file below `dir`.
+    fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flat_map(|entry| {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    walk(&path)
+                } else {
+                    vec![path]
+                }
+            })
+            .collect()
+    }
 
     #[tokio::test]
     async fn a_body_larger_than_the_range_asked_for_is_refused() {

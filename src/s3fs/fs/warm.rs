@@ -1,8 +1,9 @@
 //! Warm-up: fetching chosen paths of a dataset into the node cache ahead of
 //! the job that reads them (like JuiceFS `warmup` or Fluid's `DataLoad`).
 //! One warm-up per dataset runs at a time, on the filesystem's runtime: it
-//! lists its paths, then fetches every object the cache does not hold whole,
-//! [`WARM_PARALLELISM`] objects at a time, reporting its progress as it goes;
+//! lists its paths, then fetches the blocks the cache lacks of every object
+//! (of one missing a single block, that block), [`WARM_PARALLELISM`]
+//! objects at a time, reporting its progress as it goes;
 //! cancelling it stops it at once. What it fetched is then read from the
 //! node's disk.
 
