@@ -199,6 +199,9 @@ pub struct NodeCache {
     warm_memory: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     temporaries: AtomicU64,
+    /// Bytes of blocks being written right now (counted as gone from the
+    /// disk by the reserve check of every other write).
+    writing: AtomicU64,
 }
 
 impl NodeCache {
@@ -236,6 +239,7 @@ impl NodeCache {
             warm_memory: Arc::new(Semaphore::new(WARM_MEMORY as usize)),
             metrics,
             temporaries: AtomicU64::new(0),
+            writing: AtomicU64::new(0),
         }))
     }
 
@@ -539,16 +543,32 @@ impl NodeCache {
         let _ = self.write_blocks(blocks, None).await;
     }
 
-    /// Writes one block (temporary file, then rename) and evicts to stay
-    /// within the size.
+    /// Writes one block (temporary file, then rename) if the disk keeps its
+    /// reserve, and evicts to stay within the size.
     fn write_block(&self, key: BlockKey, data: &ChunkedBytes) {
-        if !self.room_on_disk(data.len() as u64) {
+        let len = data.len() as u64;
+        // What other writes are putting on the disk now counts as gone: two
+        // writes must not both pass a check that only one of them fits.
+        let others = self.writing.fetch_add(len, Ordering::SeqCst);
+        let written = self.room_on_disk(others + len) && self.write_block_file(key, data);
+        self.writing.fetch_sub(len, Ordering::SeqCst);
+        if !written {
             self.metrics
                 .cache_blocks
                 .with_label_values(&["skipped"])
                 .inc();
             return;
         }
+        self.metrics
+            .cache_bytes
+            .with_label_values(&["written"])
+            .inc_by(len);
+        self.evict();
+    }
+
+    /// Puts the block's file in place and in the index; false if it could
+    /// not be written (nothing of it is left).
+    fn write_block_file(&self, key: BlockKey, data: &ChunkedBytes) -> bool {
         let crc = data
             .chunks()
             .iter()
@@ -571,20 +591,11 @@ impl NodeCache {
                 index.insert(key, data.len() as u64, crc);
                 Ok(())
             });
-        if let Err(error) = written {
+        if let Err(error) = &written {
             let _ = std::fs::remove_file(&temporary);
             tracing::debug!(%error, "cache block not written");
-            self.metrics
-                .cache_blocks
-                .with_label_values(&["skipped"])
-                .inc();
-            return;
         }
-        self.metrics
-            .cache_bytes
-            .with_label_values(&["written"])
-            .inc_by(data.len() as u64);
-        self.evict();
+        written.is_ok()
     }
 
     /// Whether the disk keeps its reserve after writing `bytes`.
@@ -796,6 +807,30 @@ mod tests {
             2 * MIB + DISK_BLOCK,
             "sizes count whole filesystem blocks"
         );
+    }
+
+    #[tokio::test]
+    async fn blocks_being_written_count_against_the_disk_reserve() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cache, metrics) = open(dir.path(), 64 * MIB);
+        let id = ObjectId::new("http://s3:3900/b", "x.bin", "\"etag-1\"");
+        let data = object(1000, 3);
+        // Other writes under way would take all the disk has left: this
+        // one must not pass the check too.
+        let stat = nix::sys::statvfs::statvfs(dir.path()).unwrap();
+        let free = stat.blocks_available() * stat.fragment_size();
+        cache.writing.store(free, Ordering::SeqCst);
+        cache
+            .store_now(id, 0, &ChunkedBytes::from(data.clone()), 1000)
+            .await;
+        assert_eq!(counter(&metrics, &metrics.cache_blocks, "skipped"), 1);
+        assert_eq!(cache.read(id, 0..1000, 1000).await, None);
+        // Once they are done, it fits.
+        cache.writing.store(0, Ordering::SeqCst);
+        cache
+            .store_now(id, 0, &ChunkedBytes::from(data.clone()), 1000)
+            .await;
+        assert_eq!(cache.read(id, 0..1000, 1000).await.unwrap(), data[..]);
     }
 
     #[tokio::test]
