@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use support::{
     Agent, Garage, Node, build_static_agent, children_of, object_bytes, signal, wait_readable,
-    worker_of,
+    worker_of, zombies_of,
 };
 
 /// Worker kills in the main run (the issue asks for 50;
@@ -806,6 +806,16 @@ fn at_an_upgrade_open_writers_finish_in_the_old_worker() {
         assert!(Instant::now() < deadline, "the takeover never finished");
         std::thread::sleep(Duration::from_millis(10));
     }
+    // The old supervisor idles until its pod ends, its workers reaped (the
+    // standby beside the worker too).
+    let reaped = support::poll_until(Duration::from_secs(2), Duration::from_millis(20), || {
+        zombies_of(old_supervisor).is_empty().then_some(())
+    });
+    assert!(
+        reaped.is_some(),
+        "the old supervisor keeps zombies: {:?}",
+        zombies_of(old_supervisor)
+    );
     let mut expected = object_bytes(21, 1 << 20);
     expected.extend(object_bytes(22, 1 << 20));
     assert!(

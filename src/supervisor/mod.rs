@@ -199,14 +199,14 @@ pub async fn supervise(config: Config) -> Result<(), SupervisorError> {
         .await;
         match ended {
             Ended::Terminate => {
-                discard(&mut standby);
+                discard(&mut standby).await;
                 stop_worker(&mut worker).await;
                 let _ = std::fs::remove_file(&config.socket);
                 let _ = std::fs::remove_file(&config.supervision.takeover_socket);
                 return Ok(());
             }
             Ended::Fatal => {
-                discard(&mut standby);
+                discard(&mut standby).await;
                 let _ = std::fs::remove_file(&config.socket);
                 let _ = std::fs::remove_file(&config.supervision.takeover_socket);
                 return Err(SupervisorError::WorkerFailed);
@@ -216,7 +216,7 @@ pub async fn supervise(config: Config) -> Result<(), SupervisorError> {
                     Ok(()) => {
                         // The new supervisor has everything: let go.
                         drop(lock);
-                        discard(&mut standby);
+                        discard(&mut standby).await;
                         drop(held);
                         drop(takeover_listener);
                         tracing::info!("the node is handed over; idle until SIGTERM");
@@ -234,12 +234,7 @@ pub async fn supervise(config: Config) -> Result<(), SupervisorError> {
                 }
             }
             Ended::Upgrade => {
-                if let Some(mut standby) = standby.take() {
-                    // Reaped before the exec: the next binary knows no
-                    // child of ours.
-                    let _ = standby.child.start_kill();
-                    let _ = tokio::time::timeout(KILLED_EXIT_WAIT, standby.child.wait()).await;
-                }
+                discard(&mut standby).await;
                 let handed = stop_for_handover(&config, worker, &mut held, &mut report).await;
                 let binary = binary
                     .as_deref()
@@ -455,10 +450,12 @@ fn apply(
     }
 }
 
-/// Kills the spare worker, if one waits (its exit is reaped by tokio).
-fn discard(standby: &mut Option<Worker>) {
+/// Kills the spare worker, if one waits, and reaps it (left to tokio's
+/// orphan reaping, it could stay a zombie for as long as an idle supervisor
+/// lives; and before an exec, the next binary knows no child of ours).
+async fn discard(standby: &mut Option<Worker>) {
     if let Some(mut standby) = standby.take() {
-        let _ = standby.child.start_kill();
+        kill(&mut standby).await;
     }
 }
 

@@ -81,7 +81,7 @@ pub use pod::Pod;
 pub use promtool::{promtool_check, promtool_check_metrics};
 pub use raw_s3::RawS3;
 pub use service_account::{TEST_ISSUER, TEST_JWKS, TokenClaims, splice, write_test_jwks};
-pub use workers::{build_static_agent, children_of, signal, worker_of};
+pub use workers::{build_static_agent, children_of, signal, worker_of, zombies_of};
 
 /// The script that installs everything these tests need.
 pub const SETUP_SCRIPT: &str = "scripts/setup-test-env.sh";

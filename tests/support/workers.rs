@@ -36,6 +36,21 @@ pub fn children_of(pid: u32) -> Vec<u32> {
     children
 }
 
+/// The children of `pid` that ended and were not reaped (zombies).
+pub fn zombies_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| {
+            name_state_and_parent(*child)
+                .is_some_and(|(_, state, parent)| parent == pid && state == 'Z')
+        })
+        .collect()
+}
+
 /// A process's name, state letter and parent pid, from `/proc/PID/stat`.
 fn name_state_and_parent(pid: u32) -> Option<(String, char, u32)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
