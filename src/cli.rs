@@ -200,6 +200,8 @@ pub struct WarmArgs {
 
 /// How often `warm` asks for progress.
 const WARM_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+/// How long a cancel after Ctrl-C waits for the agent's answer.
+const CANCEL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// `ready`.
 #[derive(Debug, clap::Args)]
@@ -377,9 +379,9 @@ pub async fn run_client(command: Command) -> Result<String, CommandError> {
                 let wait_path = format!("{path}?wait=Mounted&timeout={}", args.timeout);
                 let waited = request(&args.connect, Method::GET, &wait_path, None);
                 let reply = match signals.as_mut() {
-                    Some(signals) => tokio::select! {
-                        reply = waited => reply?,
-                        () = signals.stopped() => return detach(&args.connect, &path).await,
+                    Some(signals) => match signals.unless_stopped(waited).await {
+                        Some(reply) => reply?,
+                        None => return detach(&args.connect, &path).await,
                     },
                     None => waited.await?,
                 };
@@ -468,21 +470,28 @@ async fn warm(args: &WarmArgs) -> Result<String, CommandError> {
     use crate::s3fs::fs::{WarmupState, WarmupStatus};
     use std::io::{IsTerminal, Write};
     let path = format!("/v1/mounts/{}/warm", args.name);
-    // Caught before the warm-up starts: a Ctrl-C from then on cancels it.
+    // Caught before the warm-up starts: a Ctrl-C from then on cancels it,
+    // whatever the command is waiting for.
     let mut signals = StopSignals::catch()?;
+    let bar = !args.json && std::io::stderr().is_terminal();
     if !args.status {
         let body = serde_json::to_vec(&serde_json::json!({ "paths": args.paths }))
             .expect("paths serialise");
-        let reply = request(&args.connect, Method::POST, &path, Some(body)).await?;
-        let started: WarmupStatus = decode(&reply)?;
+        let posted = request(&args.connect, Method::POST, &path, Some(body));
+        let Some(reply) = signals.unless_stopped(posted).await else {
+            return cancel_warm(args, &path, &mut signals, false).await;
+        };
+        let started: WarmupStatus = decode(&reply?)?;
         if args.detach {
             return Ok(render_warm(&started));
         }
     }
-    let bar = !args.json && std::io::stderr().is_terminal();
     let status = loop {
-        let reply = request(&args.connect, Method::GET, &path, None).await?;
-        let status: WarmupStatus = decode(&reply)?;
+        let polled = request(&args.connect, Method::GET, &path, None);
+        let Some(reply) = signals.unless_stopped(polled).await else {
+            return cancel_warm(args, &path, &mut signals, bar).await;
+        };
+        let status: WarmupStatus = decode(&reply?)?;
         if args.json {
             println!(
                 "{}",
@@ -495,16 +504,9 @@ async fn warm(args: &WarmArgs) -> Result<String, CommandError> {
         if !status.running() {
             break status;
         }
-        tokio::select! {
-            () = signals.stopped() => {
-                let reply = request(&args.connect, Method::DELETE, &path, None).await?;
-                let cancelled: WarmupStatus = decode(&reply)?;
-                if bar {
-                    eprintln!();
-                }
-                return Err(CommandError::new(format!("cancelled: {}", render_warm(&cancelled))));
-            }
-            () = tokio::time::sleep(WARM_POLL) => {}
+        let waited = signals.unless_stopped(tokio::time::sleep(WARM_POLL)).await;
+        if waited.is_none() {
+            return cancel_warm(args, &path, &mut signals, bar).await;
         }
     };
     if bar {
@@ -516,6 +518,35 @@ async fn warm(args: &WarmArgs) -> Result<String, CommandError> {
             Ok(if args.json { String::new() } else { summary })
         }
         _ => Err(CommandError::new(summary)),
+    }
+}
+
+/// Cancels the warm-up at `path` after a stop signal. A second signal, or
+/// an agent that does not answer within [`CANCEL_WAIT`], ends the wait: the
+/// command must not hang on Ctrl-C.
+async fn cancel_warm(
+    args: &WarmArgs,
+    path: &str,
+    signals: &mut StopSignals,
+    bar: bool,
+) -> Result<String, CommandError> {
+    use crate::s3fs::fs::WarmupStatus;
+    if bar {
+        eprintln!();
+    }
+    let cancel = request(&args.connect, Method::DELETE, path, None);
+    match tokio::time::timeout(CANCEL_WAIT, signals.unless_stopped(cancel)).await {
+        Ok(Some(reply)) => {
+            let cancelled: WarmupStatus = decode(&reply?)?;
+            Err(CommandError::new(format!(
+                "cancelled: {}",
+                render_warm(&cancelled)
+            )))
+        }
+        _ => Err(CommandError::new(format!(
+            "stopped before the agent confirmed the cancel; `hotmount warm {} --status` shows whether it still runs",
+            args.name
+        ))),
     }
 }
 
@@ -590,6 +621,14 @@ impl StopSignals {
         tokio::select! {
             _ = self.term.recv() => {}
             _ = self.interrupt.recv() => {}
+        }
+    }
+
+    /// What `work` gives, unless a signal comes first (`None`).
+    async fn unless_stopped<T>(&mut self, work: impl std::future::Future<Output = T>) -> Option<T> {
+        tokio::select! {
+            done = work => Some(done),
+            () = self.stopped() => None,
         }
     }
 }

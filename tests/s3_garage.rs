@@ -628,22 +628,16 @@ fn a_sidecar_stopped_while_its_dataset_is_being_mounted_still_detaches_it() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    let waiting = sidecar.try_wait().unwrap().is_none();
+    // Its PUT has come (the dataset is Pending): the sidecar waits on it.
+    let asked = support::poll_until(Duration::from_secs(10), Duration::from_millis(10), || {
+        (s3.node.call("GET", "/v1/mounts/late", None).0 == 200).then_some(())
+    });
+    let waiting = asked.is_some() && sidecar.try_wait().unwrap().is_none();
     // The pod ends while its dataset is still being mounted; then the
     // server answers again and the mount completes.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(sidecar.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    support::signal(sidecar.id(), nix::sys::signal::Signal::SIGTERM);
     s3.garage.thaw();
-    let exited = support::wait_exit(&mut sidecar, Duration::from_secs(30));
-    if exited.is_none() {
-        let _ = sidecar.kill();
-    }
-    let output = sidecar.wait_with_output().unwrap();
+    let (exited, output) = support::exit_and_output(sidecar, Duration::from_secs(30));
     assert!(
         waiting,
         "the sidecar did not wait for the mount: {output:?}"
@@ -725,9 +719,10 @@ fn a_warm_up_fetches_chosen_paths_into_the_node_cache_and_can_be_cancelled() {
     assert_eq!(last["bytesTotal"], bytes);
     assert_eq!(last["bytesFetched"], bytes);
     assert_eq!(last["failedFiles"], 0);
-    assert!(
-        lists() > lists_before,
-        "the warm-up's listing went uncounted"
+    assert_eq!(
+        lists(),
+        lists_before + 1,
+        "the warm-up's listing of train/ is counted once"
     );
 
     // What it fetched is read from the node cache: not one GET.
@@ -813,16 +808,8 @@ fn a_warm_up_fetches_chosen_paths_into_the_node_cache_and_can_be_cancelled() {
     )
     .unwrap();
     assert!(first_line.contains("\"state\""), "{first_line}");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(following.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
-    let exited = support::wait_exit(&mut following, Duration::from_secs(10));
-    if exited.is_none() {
-        let _ = following.kill();
-    }
-    let output = following.wait_with_output().unwrap();
+    support::signal(following.id(), nix::sys::signal::Signal::SIGINT);
+    let (exited, output) = support::exit_and_output(following, Duration::from_secs(10));
     assert!(exited.is_some_and(|s| !s.success()), "{output:?}");
     let said = String::from_utf8_lossy(&output.stderr);
     assert!(said.contains("cancelled"), "{said}");
@@ -897,6 +884,9 @@ fn a_full_cache_disk_costs_reads_their_cache_never_their_bytes() {
     .unwrap_or_else(|e| panic!("mount a tmpfs on {}: {e}", cache.path().display()));
     let ballast = cache.path().join("ballast");
     std::fs::write(&ballast, vec![1u8; 50 << 20]).unwrap();
+    // The agent starts again on it (killed first: `restart` is for an agent
+    // that is gone, else the new one would race the old one's end).
+    s3.node.agent.kill9();
     s3.node.restart();
     let first = object_bytes(15, 300_000);
     let second = object_bytes(16, 200_000);
@@ -921,6 +911,7 @@ fn a_full_cache_disk_costs_reads_their_cache_never_their_bytes() {
     std::fs::remove_file(&ballast).unwrap();
     assert!(s3.node.pod.read("full/second.bin").unwrap() == second);
     wait_cached(&s3.node, second.len() as u64);
+    // (The tmpfs goes with the node's namespace.)
 }
 
 #[test]

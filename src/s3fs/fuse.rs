@@ -265,7 +265,8 @@ fn reply_open(
 ) -> bool {
     let fh = opened.fh;
     // Nothing is buffered on the read path, so a close needs no FLUSH: the
-    // kernel skips that round trip, which the closing reader waits for.
+    // kernel (5.16 and later) skips that round trip, which the closing
+    // reader waits for.
     let read_flags = FopenFlags::FOPEN_NOFLUSH;
     // Pages cached from the same ETag stay; otherwise the kernel drops them
     // at this open.
@@ -627,8 +628,8 @@ impl fuser::Filesystem for FuseAdapter {
     ) {
         if !self.fs.is_writer(fh.0) {
             // Nothing is buffered on the read path (a reader is opened with
-            // FOPEN_NOFLUSH: this comes only for handles of an earlier
-            // worker, opened without it).
+            // FOPEN_NOFLUSH: this comes only from a kernel older than 5.16,
+            // or for handles of an earlier worker, opened without it).
             self.observe("flush", Instant::now());
             reply.ok();
             return;

@@ -549,9 +549,9 @@ impl NodeCache {
         let len = data.len() as u64;
         // What other writes are putting on the disk now counts as gone: two
         // writes must not both pass a check that only one of them fits.
-        let others = self.writing.fetch_add(len, Ordering::SeqCst);
-        let written = self.room_on_disk(others + len) && self.write_block_file(key, data);
-        self.writing.fetch_sub(len, Ordering::SeqCst);
+        let writing = Writing::start(&self.writing, len);
+        let written = self.room_on_disk(writing.others + len) && self.write_block_file(key, data);
+        drop(writing);
         if !written {
             self.metrics
                 .cache_blocks
@@ -626,6 +626,33 @@ impl NodeCache {
             }
         }
         self.metrics.cache_size_bytes.set(index.bytes as i64);
+    }
+}
+
+/// A block being written, counted in [`NodeCache`]'s `writing` while this
+/// lives (given back on drop, a panic included: a count left behind would
+/// skip every later block).
+struct Writing<'a> {
+    counter: &'a AtomicU64,
+    bytes: u64,
+    /// What other writes were putting on the disk when this one started.
+    others: u64,
+}
+
+impl<'a> Writing<'a> {
+    fn start(counter: &'a AtomicU64, bytes: u64) -> Writing<'a> {
+        let others = counter.fetch_add(bytes, Ordering::SeqCst);
+        Writing {
+            counter,
+            bytes,
+            others,
+        }
+    }
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(self.bytes, Ordering::SeqCst);
     }
 }
 

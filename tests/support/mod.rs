@@ -147,6 +147,20 @@ pub fn wait_exit(
     })
 }
 
+/// Waits up to `within` for `child` to exit by itself (killed if it does
+/// not); how it exited if it did by itself, and all it printed.
+pub fn exit_and_output(
+    mut child: std::process::Child,
+    within: Duration,
+) -> (Option<std::process::ExitStatus>, std::process::Output) {
+    let exited = wait_exit(&mut child, within);
+    if exited.is_none() {
+        let _ = child.kill();
+    }
+    let output = child.wait_with_output().expect("collect the output");
+    (exited, output)
+}
+
 /// `N` distinct loopback TCP ports that were free a moment ago (held together
 /// while chosen, so they differ; released just before the caller binds them).
 pub fn free_loopback_ports<const N: usize>() -> [u16; N] {
