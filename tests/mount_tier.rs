@@ -255,6 +255,47 @@ fn metrics_are_valid_prometheus_text() {
 }
 
 #[test]
+fn ctrl_c_ends_hotmount_warm_even_when_the_agent_does_not_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("api.sock");
+    // An agent that takes connections and never answers.
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let next_connection = || {
+        support::poll_until(Duration::from_secs(10), Duration::from_millis(5), || {
+            listener.accept().ok().map(|(stream, _)| stream)
+        })
+        .expect("hotmount warm did not connect")
+    };
+    let warm = std::process::Command::new(env!("CARGO_BIN_EXE_hotmount"))
+        .args(["warm", "data", "--socket"])
+        .arg(&socket)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its POST is here, unanswered; Ctrl-C sends the cancel...
+    let _post = next_connection();
+    support::signal(warm.id(), nix::sys::signal::Signal::SIGINT);
+    let _cancel = next_connection();
+    // ...which is not answered either: a second Ctrl-C ends it at once.
+    let asked = Instant::now();
+    support::signal(warm.id(), nix::sys::signal::Signal::SIGINT);
+    let (exited, output) = support::exit_and_output(warm, Duration::from_secs(10));
+    assert!(
+        asked.elapsed() < Duration::from_secs(4),
+        "it waited for the cancel's answer"
+    );
+    assert_eq!(exited.and_then(|s| s.code()), Some(1), "{output:?}");
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        said.contains("stopped before the agent confirmed the cancel")
+            && said.contains("hotmount warm data --status"),
+        "{said}"
+    );
+}
+
+#[test]
 fn the_cli_drives_the_agent_and_fails_loudly() {
     let node = start_node();
     let socket = node.agent.socket().to_str().unwrap().to_string();
