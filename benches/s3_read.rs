@@ -699,6 +699,10 @@ fn hotmount_counters(node: &support::Node) -> Counters {
                 (format!("s3 {} {}", label("result"), label("op")), value)
             }
             "hotmount_fuse_requests_total" if dataset => (format!("fuse {}", label("op")), value),
+            // Time the agent took to answer them, in ms (every dataset's).
+            "hotmount_fuse_request_duration_seconds_sum" => {
+                (format!("fuse ms {}", label("op")), value * 1000.0)
+            }
             "hotmount_cache_requests_total" => (format!("cache {}", label("result")), value),
             "hotmount_cache_bytes_total" => (
                 format!("cache MiB {}", label("direction")),
