@@ -2164,6 +2164,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_warm_up_fetches_8_objects_at_a_time() {
+        use crate::s3fs::node_cache::{CacheScope, NodeCache};
+        let store = numbered_files(20, 3000).await;
+        *store.get_delay.lock().unwrap() = Some(Duration::from_millis(50));
+        let cache_dir = tempfile::tempdir().unwrap();
+        let cache =
+            NodeCache::open_indexed(cache_dir.path(), 64 << 20, Arc::new(Metrics::new())).unwrap();
+        let fs = Arc::new(
+            Setup {
+                cache: Some(CacheScope {
+                    cache: Arc::clone(&cache),
+                    origin: "test".to_string(),
+                }),
+                ..Setup::default()
+            }
+            .build(store.clone()),
+        );
+        let warmup = fs.warm(Vec::new());
+        for _ in 0..500 {
+            if !warmup.status().running() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let status = warmup.status();
+        assert_eq!(status.state, WarmupState::Done, "{status:?}");
+        assert_eq!(status.files_done, 20);
+        // As the README and the API say: 8 at a time, never more.
+        assert_eq!(store.most_gets_in_flight.load(Ordering::SeqCst), 8);
+        assert_eq!(warm::WARM_PARALLELISM, 8);
+    }
+
+    #[tokio::test]
     async fn a_directory_read_in_listing_order_fetches_the_next_files_ahead() {
         let store = numbered_files(20, 1000).await;
         let fs = Setup::default().build(store.clone());

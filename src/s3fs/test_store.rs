@@ -31,6 +31,11 @@ pub(crate) struct CountingStore {
     /// Raw keys every delimited listing reports as left out (what the
     /// patched S3 client does with keys that are not valid paths).
     pub(crate) unparseable: Mutex<Vec<String>>,
+    /// When set, every GET waits this long before it is answered.
+    pub(crate) get_delay: Mutex<Option<std::time::Duration>>,
+    gets_in_flight: AtomicUsize,
+    /// The most GETs that were waiting for their answer at once.
+    pub(crate) most_gets_in_flight: AtomicUsize,
 }
 
 impl CountingStore {
@@ -44,6 +49,9 @@ impl CountingStore {
             failure: Mutex::new(None),
             oversend: AtomicBool::new(false),
             unparseable: Mutex::new(Vec::new()),
+            get_delay: Mutex::new(None),
+            gets_in_flight: AtomicUsize::new(0),
+            most_gets_in_flight: AtomicUsize::new(0),
         })
     }
 
@@ -104,6 +112,13 @@ impl ObjectStore for CountingStore {
         counter.fetch_add(1, Ordering::SeqCst);
         if let Some(err) = self.injected() {
             return Err(err);
+        }
+        let delay = *self.get_delay.lock().unwrap();
+        if let Some(delay) = delay.filter(|_| !options.head) {
+            let now = self.gets_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most_gets_in_flight.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(delay).await;
+            self.gets_in_flight.fetch_sub(1, Ordering::SeqCst);
         }
         if !self.oversend.load(Ordering::SeqCst) {
             return self.inner.get_opts(location, options).await;
