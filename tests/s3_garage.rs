@@ -915,6 +915,47 @@ fn a_full_cache_disk_costs_reads_their_cache_never_their_bytes() {
 }
 
 #[test]
+fn a_node_cache_on_overlayfs_is_read_through_fuse_instead_of_passthrough() {
+    let (mut s3, cache) = S3Node::with_cache("64MiB", &[]);
+    // The cache directory on an overlay (in the node's private namespace):
+    // a stacked filesystem, whose files the kernel takes as no backing file.
+    let layers = tempfile::tempdir().unwrap();
+    for layer in ["lower", "upper", "work"] {
+        std::fs::create_dir(layers.path().join(layer)).unwrap();
+    }
+    let options = format!(
+        "lowerdir={0}/lower,upperdir={0}/upper,workdir={0}/work",
+        layers.path().display()
+    );
+    nix::mount::mount(
+        Some("overlay"),
+        cache.path(),
+        Some("overlay"),
+        nix::mount::MsFlags::empty(),
+        Some(options.as_str()),
+    )
+    .unwrap_or_else(|e| panic!("mount an overlay on {}: {e}", cache.path().display()));
+    s3.node.agent.kill9();
+    s3.node.restart();
+    let content = object_bytes(17, 100_000);
+    s3.garage.put_object("data", "f.bin", &content);
+    let (status, body) = s3.put("stacked", &s3.spec("data"));
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(s3.node.pod.read("stacked/f.bin").unwrap(), content);
+    wait_cached(&s3.node, content.len() as u64);
+    // Whole in the cache, but not passed through: read through FUSE, from
+    // the cache, and the right bytes every time.
+    let gets = object_gets(&s3.node, "stacked");
+    for _ in 0..3 {
+        assert_eq!(s3.node.pod.read("stacked/f.bin").unwrap(), content);
+    }
+    assert_eq!(passthrough_opens(&s3.node), 0, "passed through an overlay");
+    assert_eq!(object_gets(&s3.node, "stacked"), gets, "not from the cache");
+    let log = s3.node.agent.log();
+    assert!(log.contains("fuse passthrough refused"), "{log}");
+}
+
+#[test]
 fn an_object_replaced_while_open_with_passthrough_is_never_read_in_its_old_bytes() {
     let (s3, _cache) = S3Node::with_cache("64MiB", &["--metadata-ttl", "200ms"]);
     let old = object_bytes(11, 100_000);
