@@ -3,8 +3,9 @@
 //! the document's paths and operations; every [`ErrorCode`] is in the
 //! document's `ErrorCode` enum, and an answer of the document with the
 //! code's status allows it (and no answer allows a code under another
-//! status); the fields of the mount spec and of a Mount, the states, NFS
-//! versions and credentials forms are the ones serde reads and writes.
+//! status); the fields of the mount spec, of a Mount and of a warm-up's
+//! progress, the states, NFS versions and credentials forms are the ones
+//! serde reads and writes.
 //! (`scripts/check-api-contract.sh` then runs the document against a real
 //! agent with Schemathesis.)
 
@@ -15,6 +16,7 @@ use serde_json::Value;
 
 use super::{ErrorCode, ROUTES};
 use crate::manager::{Health, MountState, MountView};
+use crate::s3fs::fs::{WarmupState, WarmupStatus};
 use crate::spec::{
     FileMode, InlineCredentials, MountSpec, NfsSource, NfsVersion, S3Credentials, S3Source,
     SourceSpec,
@@ -393,4 +395,62 @@ fn the_mount_schema_has_the_fields_a_mount_shows() {
         .map(|s| s.as_str().to_string())
         .collect();
     assert_eq!(strings(&schema(&doc, "MountState")["enum"]), states);
+}
+
+#[test]
+fn the_warmup_schema_has_the_fields_a_warmup_shows() {
+    let doc = document();
+    let ended = WarmupStatus {
+        state: WarmupState::Failed,
+        paths: vec!["train".into()],
+        files_total: 2,
+        bytes_total: 10,
+        files_done: 1,
+        bytes_done: 5,
+        bytes_fetched: 5,
+        failed_files: 1,
+        last_error: Some("train/b: denied".into()),
+        started_at: chrono::Utc::now(),
+        finished_at: Some(chrono::Utc::now()),
+    };
+    let json = serde_json::to_value(&ended).unwrap();
+    let warmup = schema(&doc, "WarmupStatus");
+    assert_eq!(
+        properties(&doc, warmup),
+        keys(&json),
+        "the fields of a warm-up"
+    );
+    let mut always = keys(&json);
+    always.remove("lastError");
+    always.remove("finishedAt");
+    assert_eq!(
+        strings(&warmup["required"]),
+        always,
+        "the fields every warm-up has"
+    );
+    // A new state does not compile here until it is in the list below.
+    let _every_state = |state: WarmupState| match state {
+        WarmupState::Listing
+        | WarmupState::Fetching
+        | WarmupState::Done
+        | WarmupState::Cancelled
+        | WarmupState::Failed => (),
+    };
+    let states = [
+        WarmupState::Listing,
+        WarmupState::Fetching,
+        WarmupState::Done,
+        WarmupState::Cancelled,
+        WarmupState::Failed,
+    ]
+    .iter()
+    .map(|state| {
+        serde_json::to_value(state)
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_string()
+    })
+    .collect::<BTreeSet<_>>();
+    assert_eq!(strings(&schema(&doc, "WarmupState")["enum"]), states);
 }
