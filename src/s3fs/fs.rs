@@ -2096,10 +2096,16 @@ mod tests {
         CountingStore::new(inner)
     }
 
-    #[tokio::test]
-    async fn files_whole_in_the_node_cache_are_checked_ahead_and_handed_over_for_passthrough() {
+    /// A filesystem over `store` with a node cache of 64 MiB in a fresh
+    /// directory (returned last, so that it outlives the cache).
+    fn with_node_cache(
+        store: Arc<CountingStore>,
+    ) -> (
+        S3Filesystem,
+        Arc<crate::s3fs::node_cache::NodeCache>,
+        tempfile::TempDir,
+    ) {
         use crate::s3fs::node_cache::{CacheScope, NodeCache};
-        let store = numbered_files(12, 2000).await;
         let cache_dir = tempfile::tempdir().unwrap();
         let cache =
             NodeCache::open_indexed(cache_dir.path(), 64 << 20, Arc::new(Metrics::new())).unwrap();
@@ -2110,7 +2116,14 @@ mod tests {
             }),
             ..Setup::default()
         }
-        .build(store.clone());
+        .build(store);
+        (fs, cache, cache_dir)
+    }
+
+    #[tokio::test]
+    async fn files_whole_in_the_node_cache_are_checked_ahead_and_handed_over_for_passthrough() {
+        let store = numbered_files(12, 2000).await;
+        let (fs, cache, _cache_dir) = with_node_cache(store.clone());
         // As the FUSE adapter sets it when the kernel grants passthrough.
         fs.set_passthrough(true);
         let dir = fs.lookup(ROOT_INODE, OsStr::new("d")).await.unwrap();
@@ -2165,22 +2178,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_warm_up_fetches_8_objects_at_a_time() {
-        use crate::s3fs::node_cache::{CacheScope, NodeCache};
         let store = numbered_files(20, 3000).await;
         *store.get_delay.lock().unwrap() = Some(Duration::from_millis(50));
-        let cache_dir = tempfile::tempdir().unwrap();
-        let cache =
-            NodeCache::open_indexed(cache_dir.path(), 64 << 20, Arc::new(Metrics::new())).unwrap();
-        let fs = Arc::new(
-            Setup {
-                cache: Some(CacheScope {
-                    cache: Arc::clone(&cache),
-                    origin: "test".to_string(),
-                }),
-                ..Setup::default()
-            }
-            .build(store.clone()),
-        );
+        let (fs, _cache, _cache_dir) = with_node_cache(store.clone());
+        let fs = Arc::new(fs);
         let warmup = fs.warm(Vec::new());
         for _ in 0..500 {
             if !warmup.status().running() {
