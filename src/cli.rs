@@ -486,29 +486,29 @@ async fn warm(args: &WarmArgs) -> Result<String, CommandError> {
             return Ok(render_warm(&started));
         }
     }
-    let status = loop {
-        let polled = request(&args.connect, Method::GET, &path, None);
-        let Some(reply) = signals.unless_stopped(polled).await else {
-            return cancel_warm(args, &path, &mut signals, bar).await;
-        };
-        let status: WarmupStatus = decode(&reply?)?;
-        if args.json {
-            println!(
-                "{}",
-                serde_json::to_string(&status).expect("statuses serialise")
-            );
-        } else if bar {
-            eprint!("\r\x1b[2K{}", render_warm(&status));
-            let _ = std::io::stderr().flush();
-        }
-        if !status.running() {
-            break status;
-        }
-        let waited = signals.unless_stopped(tokio::time::sleep(WARM_POLL)).await;
-        if waited.is_none() {
-            return cancel_warm(args, &path, &mut signals, bar).await;
+    let follow = async {
+        loop {
+            let reply = request(&args.connect, Method::GET, &path, None).await?;
+            let status: WarmupStatus = decode(&reply)?;
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&status).expect("statuses serialise")
+                );
+            } else if bar {
+                eprint!("\r\x1b[2K{}", render_warm(&status));
+                let _ = std::io::stderr().flush();
+            }
+            if !status.running() {
+                return Ok::<_, CommandError>(status);
+            }
+            tokio::time::sleep(WARM_POLL).await;
         }
     };
+    let Some(followed) = signals.unless_stopped(follow).await else {
+        return cancel_warm(args, &path, &mut signals, bar).await;
+    };
+    let status = followed?;
     if bar {
         eprintln!();
     }

@@ -801,6 +801,25 @@ mod tests {
     }
 
     #[test]
+    fn the_example_sidecar_outlasts_a_mount_when_its_pod_ends() {
+        // A sidecar stopped while its dataset is being mounted waits for
+        // the mount (at most --mount-timeout) and then detaches it.
+        let sidecar: serde_yaml::Value =
+            serde_yaml::from_str(include_str!("../deploy/examples/sidecar.yaml")).unwrap();
+        let grace = sidecar["spec"]["terminationGracePeriodSeconds"]
+            .as_u64()
+            .expect("a grace period");
+        let mount_timeout = Config::from_args(ServeArgs::default())
+            .unwrap()
+            .manager
+            .mount_timeout;
+        assert!(
+            Duration::from_secs(grace) > mount_timeout,
+            "{grace} s is not longer than the mount timeout, {mount_timeout:?}"
+        );
+    }
+
+    #[test]
     fn the_read_and_write_budgets_are_the_documented_defaults() {
         // README (serve's flags), doc/SCALE.md and daemonset.yaml add these up
         // against the DaemonSet's 1 GiB limit.
@@ -811,6 +830,11 @@ mod tests {
         assert_eq!(
             crate::s3fs::write::WriteBudget::DEFAULT_BYTES,
             256 * 1024 * 1024
+        );
+        // The node cache's 128 MiB in the same sum.
+        assert_eq!(
+            crate::s3fs::node_cache::MAX_PENDING_WRITE_BYTES + crate::s3fs::node_cache::WARM_MEMORY,
+            128 * 1024 * 1024
         );
     }
 

@@ -946,18 +946,13 @@ async fn a_root_that_cannot_be_shared_refuses_to_start() {
 
 #[tokio::test]
 async fn an_endpoint_allowed_by_name_passes_the_egress_check() {
-    let f = start(
-        tempfile::tempdir().unwrap(),
-        Arc::new(RecordingMounter::new()),
-        |config| {
-            config.egress = hotmount::egress::EgressPolicy {
-                allowed_hosts: vec!["169.254.169.254".to_string()],
-                only: Vec::new(),
-            };
-        },
-    )
-    .await
-    .unwrap();
+    let f = fixture_with(|config| {
+        config.egress = hotmount::egress::EgressPolicy {
+            allowed_hosts: vec!["169.254.169.254".to_string()],
+            only: Vec::new(),
+        };
+    })
+    .await;
     let nfs = json!({"source": {"nfs": {"server": "169.254.169.254", "export": "/x"}}});
     let (status, body) = f.send(Method::PUT, "/v1/mounts/allowed", Some(nfs)).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -965,18 +960,13 @@ async fn an_endpoint_allowed_by_name_passes_the_egress_check() {
 
 #[tokio::test]
 async fn with_egress_rules_only_their_servers_are_reached() {
-    let f = start(
-        tempfile::tempdir().unwrap(),
-        Arc::new(RecordingMounter::new()),
-        |config| {
-            config.egress = hotmount::egress::EgressPolicy {
-                allowed_hosts: Vec::new(),
-                only: vec!["10.0.0.0/8:2049".parse().unwrap()],
-            };
-        },
-    )
-    .await
-    .unwrap();
+    let f = fixture_with(|config| {
+        config.egress = hotmount::egress::EgressPolicy {
+            allowed_hosts: Vec::new(),
+            only: vec!["10.0.0.0/8:2049".parse().unwrap()],
+        };
+    })
+    .await;
     let inside = json!({"source": {"nfs": {"server": "10.0.2.2", "export": "/x"}}});
     let (status, body) = f.send(Method::PUT, "/v1/mounts/inside", Some(inside)).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -1046,6 +1036,12 @@ async fn before_the_start_finished_a_name_not_restored_yet_is_not_ready_not_miss
         );
         assert_eq!(error_code(&body), "NotReady", "{method} {path}");
     }
+    // A PUT too: a spec the state may already hold under that name.
+    let (status, body) = f
+        .send(Method::PUT, "/v1/mounts/images", Some(f.s3_spec("data")))
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "PUT: {body}");
+    assert_eq!(error_code(&body), "NotReady");
     f.manager.start().await.unwrap();
     let (status, body) = f.send(Method::GET, "/v1/mounts/images", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");

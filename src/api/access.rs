@@ -732,13 +732,9 @@ mod tests {
                 .authorize(&Caller::Unknown, Verb::List, "", None, &[])
                 .is_err()
         );
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("policy.toml");
-        std::fs::write(
-            &path,
+        let (_dir, path) = policy_file(
             "[[rule]]\ncallers = [\"token:ro\"]\nverbs = [\"get\", \"put\"]\nnames = [\"*\"]\n",
-        )
-        .unwrap();
+        );
         let access = Access::new(Some(path)).unwrap();
         let viewer = Caller::Token {
             name: Some("ro".to_string()),
@@ -751,16 +747,21 @@ mod tests {
         assert!(format!("{refused:?}").contains("role"), "{refused:?}");
     }
 
-    #[test]
-    fn warming_needs_the_warm_verb_and_a_viewer_never_warms() {
+    /// A policy file holding `text`, in a fresh directory (returned first,
+    /// so that it outlives the path's use).
+    fn policy_file(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("policy.toml");
-        std::fs::write(
-            &path,
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn warming_needs_the_warm_verb_and_a_viewer_never_warms() {
+        let (_dir, path) = policy_file(
             "[[rule]]\ncallers = [\"uid:1000\", \"token:ro\"]\nverbs = [\"get\", \"warm\"]\nnames = [\"a-*\"]\n\n\
              [[rule]]\ncallers = [\"uid:1001\"]\nverbs = [\"get\", \"put\", \"delete\"]\nnames = [\"*\"]\n",
-        )
-        .unwrap();
+        );
         let access = Access::new(Some(path)).unwrap();
         let warm = |caller: &Caller, name: &str| {
             access
@@ -789,13 +790,8 @@ mod tests {
 
     #[test]
     fn a_broken_policy_change_keeps_the_last_good_one_and_says_so() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("policy.toml");
-        std::fs::write(
-            &path,
-            "[[rule]]\ncallers = [\"uid:7\"]\nverbs = [\"get\"]\nnames = [\"*\"]\n",
-        )
-        .unwrap();
+        let (_dir, path) =
+            policy_file("[[rule]]\ncallers = [\"uid:7\"]\nverbs = [\"get\"]\nnames = [\"*\"]\n");
         let access = Access::new(Some(path.clone())).unwrap();
         assert!(
             access

@@ -355,6 +355,26 @@ fn the_spec_schemas_have_the_fields_the_parser_reads() {
     }
 }
 
+/// Schema `name` has exactly the fields of `json` (a value with every
+/// field set), and requires all but `optional`.
+fn assert_fields(doc: &Value, name: &str, json: &Value, optional: &[&str]) {
+    let schema = schema(doc, name);
+    assert_eq!(
+        properties(doc, schema),
+        keys(json),
+        "the fields of a {name}"
+    );
+    let mut always = keys(json);
+    for field in optional {
+        always.remove(*field);
+    }
+    assert_eq!(
+        strings(&schema["required"]),
+        always,
+        "the fields every {name} has"
+    );
+}
+
 #[test]
 fn the_mount_schema_has_the_fields_a_mount_shows() {
     let doc = document();
@@ -376,15 +396,7 @@ fn the_mount_schema_has_the_fields_a_mount_shows() {
     };
     let json = serde_json::to_value(&view).unwrap();
     let mount = schema(&doc, "Mount");
-    assert_eq!(
-        properties(&doc, mount),
-        keys(&json),
-        "the fields of a Mount"
-    );
-    let required = strings(&mount["required"]);
-    let mut always = keys(&json);
-    always.remove("createdBy");
-    assert_eq!(required, always, "the fields every Mount has");
+    assert_fields(&doc, "Mount", &json, &["createdBy"]);
     assert_eq!(
         properties(&doc, &mount["properties"]["health"]),
         keys(&json["health"]),
@@ -414,20 +426,7 @@ fn the_warmup_schema_has_the_fields_a_warmup_shows() {
         finished_at: Some(chrono::Utc::now()),
     };
     let json = serde_json::to_value(&ended).unwrap();
-    let warmup = schema(&doc, "WarmupStatus");
-    assert_eq!(
-        properties(&doc, warmup),
-        keys(&json),
-        "the fields of a warm-up"
-    );
-    let mut always = keys(&json);
-    always.remove("lastError");
-    always.remove("finishedAt");
-    assert_eq!(
-        strings(&warmup["required"]),
-        always,
-        "the fields every warm-up has"
-    );
+    assert_fields(&doc, "WarmupStatus", &json, &["lastError", "finishedAt"]);
     // A new state does not compile here until it is in the list below.
     let _every_state = |state: WarmupState| match state {
         WarmupState::Listing

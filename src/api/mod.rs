@@ -647,6 +647,10 @@ mod tests {
             warm_paths(br#"{"paths": ["train/", "a.csv"]}"#).unwrap(),
             vec!["train", "a.csv"]
         );
+        // The limits the API document states: no control character, at
+        // most 1024 bytes, no empty or `.` segment, at most 1000 paths.
+        let long = serde_json::json!({ "paths": ["x".repeat(1025)] }).to_string();
+        let many = serde_json::json!({ "paths": vec!["x"; 1001] }).to_string();
         for bad in [
             &b"[]"[..],
             br#"[["x"]]"#,
@@ -654,6 +658,11 @@ mod tests {
             br#"{"paths": ["../x"]}"#,
             br#"{"paths": ["/etc"]}"#,
             br#"{"pathz": []}"#,
+            br#"{"paths": ["a\nb"]}"#,
+            br#"{"paths": ["a//b"]}"#,
+            br#"{"paths": ["./x"]}"#,
+            long.as_bytes(),
+            many.as_bytes(),
         ] {
             let refused = warm_paths(bad).unwrap_err();
             assert_eq!(

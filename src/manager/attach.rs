@@ -248,26 +248,9 @@ impl Manager {
     /// the spec turns it off, or for `file://` buckets (already local).
     fn cache_scope(&self, s3: &S3Source) -> Option<crate::s3fs::node_cache::CacheScope> {
         let cache = self.inner.config.node_cache.as_ref()?;
-        let endpoint = s3.endpoint.as_deref().unwrap_or("aws");
-        if !s3.cache || endpoint.starts_with("file://") {
-            return None;
-        }
-        // Blocks are shared by datasets that read with the same
-        // credentials: another dataset's must not let a reader see bytes
-        // its own credentials could not GET.
-        let principal = match &s3.credentials {
-            None | Some(S3Credentials::Anonymous) => "anonymous".to_string(),
-            Some(S3Credentials::Secret(name)) => format!("secret:{name}"),
-            Some(S3Credentials::File(path)) => format!("file:{}", path.display()),
-            Some(S3Credentials::Inline(keys)) => format!("key:{}", keys.access_key_id),
-        };
         Some(crate::s3fs::node_cache::CacheScope {
             cache: std::sync::Arc::clone(cache),
-            origin: format!(
-                "{}/{}#{principal}",
-                endpoint.trim_end_matches('/'),
-                s3.bucket
-            ),
+            origin: cache_origin(s3)?,
         })
     }
 
@@ -711,5 +694,81 @@ fn ownership_of(s3: &S3Source, read_only: bool) -> Ownership {
         gid: s3.gid.unwrap_or(defaults.gid),
         file_mode: mode(s3.file_mode, defaults.file_mode),
         dir_mode: mode(s3.dir_mode, defaults.dir_mode),
+    }
+}
+
+/// What the node cache names the blocks of `s3` by, besides key, ETag and
+/// index: endpoint, bucket and the credentials reference that reads them
+/// (Secret name, file path or access key id), so that datasets share blocks
+/// only with those reading with the same credentials. None when the
+/// dataset stays out of the node cache (`"cache": false`, a `file://`
+/// bucket).
+fn cache_origin(s3: &S3Source) -> Option<String> {
+    let endpoint = s3.endpoint.as_deref().unwrap_or("aws");
+    if !s3.cache || endpoint.starts_with("file://") {
+        return None;
+    }
+    // Another dataset's blocks must not let a reader see bytes its own
+    // credentials could not GET.
+    let principal = match &s3.credentials {
+        None | Some(S3Credentials::Anonymous) => "anonymous".to_string(),
+        Some(S3Credentials::Secret(name)) => format!("secret:{name}"),
+        Some(S3Credentials::File(path)) => format!("file:{}", path.display()),
+        Some(S3Credentials::Inline(keys)) => format!("key:{}", keys.access_key_id),
+    };
+    Some(format!(
+        "{}/{}#{principal}",
+        endpoint.trim_end_matches('/'),
+        s3.bucket
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(spec: serde_json::Value) -> S3Source {
+        match serde_json::from_value::<crate::spec::MountSpec>(spec)
+            .unwrap()
+            .source
+        {
+            crate::spec::SourceSpec::S3(s3) => s3,
+            other => panic!("not s3: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn node_cache_blocks_are_shared_only_under_the_same_credentials() {
+        let with = |bucket: &str, credentials: serde_json::Value| {
+            cache_origin(&source(serde_json::json!({"source": {"s3": {
+                "bucket": bucket, "endpoint": "http://10.0.0.9:3900", "credentials": credentials
+            }}})))
+        };
+        let reader = with("data", serde_json::json!({"secret": "reader"}));
+        assert!(reader.is_some());
+        assert_eq!(
+            reader,
+            with("data", serde_json::json!({"secret": "reader"}))
+        );
+        for other in [
+            with("data", serde_json::json!({"secret": "writer"})),
+            with(
+                "data",
+                serde_json::json!({"file": "/etc/hotmount/creds/reader"}),
+            ),
+            with("data", serde_json::json!("anonymous")),
+            with("other", serde_json::json!({"secret": "reader"})),
+        ] {
+            assert!(other.is_some());
+            assert_ne!(other, reader);
+        }
+        let uncached = source(serde_json::json!({"source": {"s3": {
+            "bucket": "data", "endpoint": "http://10.0.0.9:3900", "cache": false
+        }}}));
+        assert_eq!(cache_origin(&uncached), None);
+        let local = source(serde_json::json!({"source": {"s3": {
+            "bucket": "data", "endpoint": "file:///srv/buckets"
+        }}}));
+        assert_eq!(cache_origin(&local), None);
     }
 }

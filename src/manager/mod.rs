@@ -374,7 +374,7 @@ impl Manager {
     /// Whether start-up finished (and the supervisor is not backing off a
     /// worker that keeps dying).
     pub fn is_ready(&self) -> bool {
-        self.inner.ready.load(Ordering::SeqCst) && lock(&self.inner.supervision_problem).is_none()
+        self.restored() && lock(&self.inner.supervision_problem).is_none()
     }
 
     /// Things an operator should know about (e.g. a corrupt state file).
@@ -525,12 +525,17 @@ impl Manager {
         Ok(self.view(name, &slot.record()))
     }
 
+    /// Whether the start has restored every dataset of the state.
+    fn restored(&self) -> bool {
+        self.inner.ready.load(Ordering::SeqCst)
+    }
+
     /// The slot of `name`; while starting, a name not restored yet may still
     /// be in the state: NotReady, not NotFound.
     fn known_slot(&self, name: &str) -> Result<Arc<Slot>, ManagerError> {
         match self.slot(name) {
             Some(slot) => Ok(slot),
-            None if !self.inner.ready.load(Ordering::SeqCst) => Err(ManagerError::NotReady),
+            None if !self.restored() => Err(ManagerError::NotReady),
             None => Err(ManagerError::NotFound {
                 name: name.to_string(),
             }),

@@ -2,7 +2,6 @@
 //! stopped when the dataset goes.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use super::{Attached, Manager, ManagerError, lock};
 use crate::s3fs::fs::{Warmup, WarmupStatus};
@@ -19,7 +18,7 @@ impl Manager {
             Some(Attached::Fuse(fuse)) => Arc::clone(&fuse.filesystem),
             Some(Attached::Kernel) => return Err(no_cache("an NFS dataset")),
             // Restored, not mounted again yet: ask again, not a refusal.
-            None if !self.inner.ready.load(Ordering::SeqCst) => return Err(ManagerError::NotReady),
+            None if !self.restored() => return Err(ManagerError::NotReady),
             None => return Err(no_cache("not mounted now")),
         };
         if !filesystem.has_node_cache() {

@@ -84,6 +84,11 @@ impl ChunkedBytes {
 
     /// `self` followed by `other`'s chunks.
     pub fn extend(&mut self, other: ChunkedBytes) {
+        if self.chunks.is_empty() {
+            // The common case (a read from one part): no second list.
+            *self = other;
+            return;
+        }
         for chunk in other.chunks {
             self.push(chunk);
         }

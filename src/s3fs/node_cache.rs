@@ -374,16 +374,27 @@ impl NodeCache {
         id: ObjectId,
         size: u64,
     ) -> Option<Arc<std::fs::File>> {
-        let cache = Arc::clone(self);
-        tokio::task::spawn_blocking(move || cache.whole_object_blocking(id, size))
+        self.start_whole_object(&tokio::runtime::Handle::current(), id, size)
             .await
-            .ok()
-            .flatten()
+    }
+
+    /// [`Self::whole_object`], started now on `runtime`'s blocking pool
+    /// (not when the future is first polled): a check ahead of the open
+    /// that takes it.
+    pub fn start_whole_object(
+        self: &Arc<Self>,
+        runtime: &tokio::runtime::Handle,
+        id: ObjectId,
+        size: u64,
+    ) -> impl Future<Output = Option<Arc<std::fs::File>>> + Send + 'static {
+        let cache = Arc::clone(self);
+        let checking = runtime.spawn_blocking(move || cache.whole_object_blocking(id, size));
+        async move { checking.await.ok().flatten() }
     }
 
     /// [`Self::whole_object`] on the calling thread, which it blocks on the
-    /// disk: for a blocking pool's thread.
-    pub fn whole_object_blocking(&self, id: ObjectId, size: u64) -> Option<Arc<std::fs::File>> {
+    /// disk.
+    fn whole_object_blocking(&self, id: ObjectId, size: u64) -> Option<Arc<std::fs::File>> {
         if size == 0 || size > BLOCK_SIZE {
             return None;
         }
@@ -510,13 +521,13 @@ impl NodeCache {
 
     /// Whether every block of the object `id` (of `size` bytes) is cached.
     pub fn holds(&self, id: ObjectId, size: u64) -> bool {
-        self.holds_range(id, 0..size)
+        let index = self.lock();
+        block_span(&(0..size)).all(|block| index.entries.contains_key(&(id, block)))
     }
 
-    /// Whether every block that `range` of the object `id` touches is here.
-    pub fn holds_range(&self, id: ObjectId, range: Range<u64>) -> bool {
-        let index = self.lock();
-        block_span(&range).all(|block| index.entries.contains_key(&(id, block)))
+    /// Whether block `block` of the object `id` is cached.
+    pub fn holds_block(&self, id: ObjectId, block: u64) -> bool {
+        self.lock().entries.contains_key(&(id, block))
     }
 
     /// Room for a warm-up to fetch `bytes` (all warm-ups of the node share

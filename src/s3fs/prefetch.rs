@@ -164,25 +164,31 @@ impl RangeReader {
         let Some((scope, id)) = self.cached(key, stat) else {
             return Ok(0);
         };
-        let size = stat.size;
-        let block_end = |at: u64| (at + BLOCK_SIZE).min(size);
-        let held = |at: u64| scope.cache.holds_range(id, at..block_end(at));
+        let blocks = stat.size.div_ceil(BLOCK_SIZE);
         let mut fetched = 0;
-        let mut start = 0;
-        while start < size {
-            if held(start) {
-                start = block_end(start);
+        let mut block = 0;
+        while block < blocks {
+            if scope.cache.holds_block(id, block) {
+                block += 1;
                 continue;
             }
-            let mut end = block_end(start);
-            while end < size && end - start < WARM_RANGE && !held(end) {
-                end = block_end(end);
+            // The run of missing blocks from here, at most a warm range.
+            let mut end = block + 1;
+            while end < blocks
+                && (end - block) * BLOCK_SIZE < WARM_RANGE
+                && !scope.cache.holds_block(id, end)
+            {
+                end += 1;
             }
-            let _room = scope.cache.warm_room(end - start).await;
-            let data = self.fetch(key, stat, start..end).await?;
+            let range = block * BLOCK_SIZE..(end * BLOCK_SIZE).min(stat.size);
+            let _room = scope.cache.warm_room(range.end - range.start).await;
+            let data = self.fetch(key, stat, range.clone()).await?;
             fetched += data.len() as u64;
-            scope.cache.store_now(id, start, &data, stat.size).await;
-            start = end;
+            scope
+                .cache
+                .store_now(id, range.start, &data, stat.size)
+                .await;
+            block = end;
         }
         Ok(fetched)
     }
@@ -398,10 +404,9 @@ impl FileReader {
                     let part_start = range.start;
                     let from =
                         usize::try_from(offset.max(part_start) - part_start).unwrap_or(usize::MAX);
-                    let to = usize::try_from(end.min(range.end) - part_start)
-                        .unwrap_or(usize::MAX)
-                        .min(bytes.len());
-                    data.extend(bytes.slice(from.min(to)..to));
+                    let to = usize::try_from(end.min(range.end) - part_start).unwrap_or(usize::MAX);
+                    // (`slice` cuts at the part's end: a short part shows in the length check.)
+                    data.extend(bytes.slice(from..to));
                 }
                 if data.len() as u64 != end - offset {
                     return Err(FsError::ObjectChanged {

@@ -13,31 +13,16 @@ const WORKER_NAME: &str = "hotmount-worker";
 /// The live (not zombie) workers serving for supervisor `pid` (the standby
 /// waiting beside them is not one).
 pub fn children_of(pid: u32) -> Vec<u32> {
-    let mut children = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return children;
-    };
-    for entry in entries.flatten() {
-        let Some(child) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if let Some((name, state, parent)) = name_state_and_parent(child)
-            && parent == pid
-            && state != 'Z'
-            && name == WORKER_NAME
-        {
-            children.push(child);
-        }
-    }
-    children
+    processes_of(pid, |name, state| state != 'Z' && name == WORKER_NAME)
 }
 
 /// The children of `pid` that ended and were not reaped (zombies).
 pub fn zombies_of(pid: u32) -> Vec<u32> {
+    processes_of(pid, |_, state| state == 'Z')
+}
+
+/// The children of `pid` whose name and state letter `keep` takes.
+fn processes_of(pid: u32, keep: impl Fn(&str, char) -> bool) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -46,7 +31,7 @@ pub fn zombies_of(pid: u32) -> Vec<u32> {
         .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
         .filter(|child| {
             name_state_and_parent(*child)
-                .is_some_and(|(_, state, parent)| parent == pid && state == 'Z')
+                .is_some_and(|(name, state, parent)| parent == pid && keep(&name, state))
         })
         .collect()
 }

@@ -146,18 +146,10 @@ impl S3Filesystem {
         if stat.size > BLOCK_SIZE || !scope.cache.holds(id, stat.size) {
             return None;
         }
-        let cache = Arc::clone(&scope.cache);
-        let size = stat.size;
         // Started now, not at the open: that is the point. Straight on the
         // blocking pool: the open that takes it finds it done and answers
         // on its own thread, and no runtime thread is woken in between.
-        let checking = self
-            .runtime
-            .spawn_blocking(move || cache.whole_object_blocking(id, size));
-        Some(
-            async move { checking.await.ok().flatten() }
-                .boxed()
-                .shared(),
-        )
+        let checking = scope.cache.start_whole_object(&self.runtime, id, stat.size);
+        Some(checking.boxed().shared())
     }
 }
